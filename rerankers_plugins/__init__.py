@@ -1,0 +1,35 @@
+"""rerankers-plugins: second-stage reranking for RAG chains, with LangChain and LlamaIndex adapters.
+
+Importing this package needs no optional dependency; each backend asks for its extra when built.
+"""
+
+from rerankers_plugins.errors import BackendError, ConfigError, MissingExtraError, RerankError
+from rerankers_plugins.pipeline.rerank import arerank, rerank
+from rerankers_plugins.registry import get_scorer
+from rerankers_plugins.scorers.base import BaseScorer, Ranker, Scorer
+from rerankers_plugins.scorers.bi_encoder import BiEncoderScorer
+from rerankers_plugins.scorers.cross_encoder import CrossEncoderScorer
+from rerankers_plugins.scorers.fake import FakeScorer
+from rerankers_plugins.types import Candidate, Scored, ScoreScale
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendError",
+    "BaseScorer",
+    "BiEncoderScorer",
+    "Candidate",
+    "ConfigError",
+    "CrossEncoderScorer",
+    "FakeScorer",
+    "MissingExtraError",
+    "Ranker",
+    "RerankError",
+    "Scored",
+    "ScoreScale",
+    "Scorer",
+    "__version__",
+    "arerank",
+    "get_scorer",
+    "rerank",
+]

@@ -1,0 +1,42 @@
+"""Exceptions raised by rerankers-plugins.
+
+Hierarchy::
+
+    RerankError                      base of everything this package raises on purpose
+    ├── MissingExtraError(ImportError)   an optional dependency is not installed; names the pip command
+    ├── ConfigError(ValueError)          bad arguments or inputs: a threshold off the scorer's scale,
+    │                                    top_n <= 0, an empty query, an unknown backend name, ...
+    └── BackendError(RuntimeError)       a backend failed or misbehaved: a model that cannot be loaded,
+                                         a scorer returning the wrong number of scores or NaN
+
+Catching ``RerankError`` catches all three; each also derives from the builtin a caller would
+naturally catch (``ImportError``, ``ValueError``, ``RuntimeError``).
+"""
+
+from __future__ import annotations
+
+__all__ = ["BackendError", "ConfigError", "MissingExtraError", "RerankError"]
+
+
+class RerankError(Exception):
+    """Base class of every exception raised on purpose by rerankers-plugins."""
+
+
+class MissingExtraError(RerankError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+    def __init__(self, module: str, extra: str) -> None:
+        self.module = module
+        self.extra = extra
+        super().__init__(
+            f"This feature needs the optional dependency {module!r}, which is not installed. "
+            f'Install it with: pip install "rerankers-plugins[{extra}]"'
+        )
+
+
+class ConfigError(RerankError, ValueError):
+    """Invalid configuration or call arguments (the message names the offending value)."""
+
+
+class BackendError(RerankError, RuntimeError):
+    """A scoring backend failed to load or returned something unusable."""

@@ -1,0 +1,141 @@
+"""LangChain adapter: a ``BaseDocumentCompressor`` over any scorer.
+
+Works wherever LangChain takes a document compressor, e.g.::
+
+    from langchain_classic.retrievers import ContextualCompressionRetriever
+    retriever = ContextualCompressionRetriever(
+        base_compressor=RerankCompressor(scorer=CrossEncoderScorer("cross-encoder/ms-marco-MiniLM-L-6-v2"), top_n=5),
+        base_retriever=base,
+    )
+
+Returned documents are new objects: the caller's documents and their metadata are never touched.
+Each carries ``metadata["relevance_score"]`` (the convention of LangChain's Cohere reranker) and
+``metadata["rerank"]`` (original rank, model, score scale).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+from rerankers_plugins._optional import require
+from rerankers_plugins.integrations._options import build_local_scorer
+from rerankers_plugins.pipeline.rerank import arerank, check_options, rerank
+from rerankers_plugins.types import Candidate, Scored
+
+require("langchain_core", "langchain")
+
+from langchain_core.callbacks import Callbacks  # noqa: E402
+from langchain_core.documents import BaseDocumentCompressor, Document  # noqa: E402
+from pydantic import ConfigDict, Field, model_validator  # noqa: E402
+
+__all__ = ["BiEncoderRerank", "CrossEncoderRerank", "RerankCompressor"]
+
+
+class RerankCompressor(BaseDocumentCompressor):
+    """Rerank retrieved documents with ``scorer`` and keep the best.
+
+    The model reads ``Document.page_content``. Sorting, ``top_n`` and ``threshold`` follow
+    :func:`rerankers_plugins.rerank` exactly; a threshold off the scorer's scale is refused here,
+    at construction, not at query time.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    scorer: Any = Field(description="A Scorer (score(query, texts)) or Ranker (rank(query, texts)).")
+    top_n: int | None = Field(default=None, description="Keep at most this many documents; None keeps all.")
+    threshold: float | None = Field(
+        default=None, description="Keep documents scoring >= this, on the scorer's declared scale."
+    )
+    skip_empty: bool = Field(
+        default=False, description="Leave documents with empty page_content out instead of scoring them."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> RerankCompressor:
+        check_options(self.scorer, self.top_n, self.threshold)
+        return self
+
+    def _candidates(self, documents: Sequence[Document]) -> list[Candidate]:
+        return [
+            Candidate(text=d.page_content, id=d.id if d.id is not None else str(i), metadata=d.metadata)
+            for i, d in enumerate(documents)
+        ]
+
+    def _documents(self, documents: Sequence[Document], ranked: list[Scored]) -> list[Document]:
+        out = []
+        for s in ranked:
+            src = documents[s.details["original_rank"]]
+            metadata = copy.deepcopy(src.metadata)
+            metadata["relevance_score"] = s.score
+            metadata["rerank"] = dict(s.details)
+            out.append(Document(page_content=src.page_content, metadata=metadata, id=src.id))
+        return out
+
+    def compress_documents(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+    ) -> Sequence[Document]:
+        """Rerank ``documents`` for ``query``; returns new Documents, best first."""
+        ranked = rerank(
+            query,
+            self._candidates(documents),
+            self.scorer,
+            top_n=self.top_n,
+            threshold=self.threshold,
+            skip_empty=self.skip_empty,
+        )
+        return self._documents(documents, ranked)
+
+    async def acompress_documents(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+    ) -> Sequence[Document]:
+        """Async rerank: model compute runs off the event loop (or natively async for API backends)."""
+        ranked = await arerank(
+            query,
+            self._candidates(documents),
+            self.scorer,
+            top_n=self.top_n,
+            threshold=self.threshold,
+            skip_empty=self.skip_empty,
+        )
+        return self._documents(documents, ranked)
+
+
+class _LocalModelRerank(RerankCompressor):
+    """Shared fields of the local-model conveniences; the scorer is built from them."""
+
+    _kind: ClassVar[str] = "cross-encoder"
+    scorer: Any = Field(default=None, description="Built from `model` and the options below.")
+    model: str = Field(description="Hugging Face Hub id or local directory.")
+    device: str | None = Field(default=None, description="None: CUDA if present, else CPU.")
+    max_length: int | None = Field(default=None, description="Token window; None uses the model's.")
+    batch_size: int = Field(default=32, description="Pairs per forward pass.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="auto: bfloat16 where the hardware is fast at it, else float32."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _build_scorer(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = {**data, "scorer": build_local_scorer(cls._kind, data)}
+        return data
+
+
+class CrossEncoderRerank(_LocalModelRerank):
+    """``RerankCompressor`` over a :class:`~rerankers_plugins.CrossEncoderScorer` built from ``model``.
+
+    ``CrossEncoderRerank(model="cross-encoder/ms-marco-MiniLM-L-6-v2", top_n=5, threshold=0.3)``
+    """
+
+    _kind: ClassVar[str] = "cross-encoder"
+    activation: Literal["sigmoid"] | None = Field(
+        default="sigmoid", description="sigmoid: scores 0..1 (PROBABILITY); None: raw logits (LOGIT)."
+    )
+
+
+class BiEncoderRerank(_LocalModelRerank):
+    """``RerankCompressor`` over a :class:`~rerankers_plugins.BiEncoderScorer` (cosine) built from ``model``."""
+
+    _kind: ClassVar[str] = "bi-encoder"

@@ -1,0 +1,214 @@
+"""LlamaIndex adapter: a ``BaseNodePostprocessor`` over any scorer.
+
+    engine = index.as_query_engine(
+        similarity_top_k=50,
+        node_postprocessors=[RerankPostprocessor(scorer=CrossEncoderScorer("cross-encoder/ms-marco-MiniLM-L-6-v2"), top_n=5)],
+    )
+
+Returns new ``NodeWithScore`` objects whose ``score`` is the rerank score; the caller's
+``NodeWithScore`` objects and nodes are never modified. With ``include_details`` (default) each
+returned node is a shallow copy whose metadata also holds ``retrieval_score`` and ``rerank``
+(original rank, model, scale); both keys are excluded from what the LLM and the embedder read.
+Emits ``ReRankStartEvent`` / ``ReRankEndEvent`` through LlamaIndex instrumentation and a
+``RERANKING`` event through the callback manager.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, ClassVar, Literal
+
+from rerankers_plugins._optional import require
+from rerankers_plugins.errors import ConfigError
+from rerankers_plugins.integrations._options import build_local_scorer
+from rerankers_plugins.pipeline.rerank import arerank, check_options, rerank, scorer_name
+from rerankers_plugins.types import Candidate, Scored
+
+require("llama_index.core", "llama-index")
+
+from llama_index.core.bridge.pydantic import ConfigDict, Field, model_validator  # noqa: E402
+from llama_index.core.callbacks import CBEventType, EventPayload  # noqa: E402
+from llama_index.core.instrumentation import get_dispatcher  # noqa: E402
+from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent  # noqa: E402
+from llama_index.core.postprocessor.types import BaseNodePostprocessor  # noqa: E402
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle  # noqa: E402
+
+__all__ = ["BiEncoderRerank", "CrossEncoderRerank", "RerankPostprocessor"]
+
+dispatcher = get_dispatcher(__name__)
+
+_DETAIL_KEYS = ("retrieval_score", "rerank")
+
+
+class RerankPostprocessor(BaseNodePostprocessor):
+    """Rerank retrieved nodes with ``scorer`` and keep the best.
+
+    The model reads ``node.get_content(metadata_mode=metadata_mode)`` (EMBED by default, as
+    LlamaIndex's own rerankers do). Sorting, ``top_n`` and ``threshold`` follow
+    :func:`rerankers_plugins.rerank` exactly.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    scorer: Any = Field(description="A Scorer (score(query, texts)) or Ranker (rank(query, texts)).")
+    top_n: int | None = Field(default=None, description="Keep at most this many nodes; None keeps all.")
+    threshold: float | None = Field(
+        default=None, description="Keep nodes scoring >= this, on the scorer's declared scale."
+    )
+    skip_empty: bool = Field(default=False, description="Leave nodes with empty text out instead of scoring them.")
+    metadata_mode: MetadataMode = Field(
+        default=MetadataMode.EMBED, description="Which metadata the model reads along with the node text."
+    )
+    include_details: bool = Field(
+        default=True,
+        description="Return node copies whose metadata holds retrieval_score and rerank details "
+        "(hidden from the LLM and embedder); False returns the original nodes with new scores.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> RerankPostprocessor:
+        check_options(self.scorer, self.top_n, self.threshold)
+        return self
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "RerankPostprocessor"
+
+    def _query(self, query_bundle: QueryBundle | None) -> str:
+        if query_bundle is None:
+            raise ConfigError(
+                f"{self.class_name()} needs a query: call postprocess_nodes(nodes, query_str=...) "
+                "or use it inside a query engine"
+            )
+        return query_bundle.query_str
+
+    def _candidates(self, nodes: list[NodeWithScore]) -> list[Candidate]:
+        return [
+            Candidate(
+                text=n.node.get_content(metadata_mode=self.metadata_mode),
+                id=n.node.node_id,
+                retrieval_score=n.score,
+            )
+            for n in nodes
+        ]
+
+    def _results(self, nodes: list[NodeWithScore], ranked: list[Scored]) -> list[NodeWithScore]:
+        out = []
+        for s in ranked:
+            src = nodes[s.details["original_rank"]]
+            node = src.node
+            if self.include_details:
+                node = node.model_copy()
+                node.metadata = copy.deepcopy(src.node.metadata)
+                node.metadata["retrieval_score"] = src.score
+                node.metadata["rerank"] = dict(s.details)
+                node.excluded_llm_metadata_keys = [
+                    *src.node.excluded_llm_metadata_keys,
+                    *(k for k in _DETAIL_KEYS if k not in src.node.excluded_llm_metadata_keys),
+                ]
+                node.excluded_embed_metadata_keys = [
+                    *src.node.excluded_embed_metadata_keys,
+                    *(k for k in _DETAIL_KEYS if k not in src.node.excluded_embed_metadata_keys),
+                ]
+            out.append(NodeWithScore(node=node, score=s.score))
+        return out
+
+    def _start(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None) -> None:
+        dispatcher.event(
+            ReRankStartEvent(
+                query=query_bundle,
+                nodes=nodes,
+                top_n=self.top_n if self.top_n is not None else len(nodes),
+                model_name=scorer_name(self.scorer),
+            )
+        )
+
+    def _payload(self, nodes: list[NodeWithScore], query: str) -> dict[str, Any]:
+        return {
+            EventPayload.NODES: nodes,
+            EventPayload.MODEL_NAME: scorer_name(self.scorer),
+            EventPayload.QUERY_STR: query,
+            EventPayload.TOP_K: self.top_n,
+        }
+
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        query = self._query(query_bundle)
+        self._start(nodes, query_bundle)
+        with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query)) as event:
+            ranked = rerank(
+                query,
+                self._candidates(nodes),
+                self.scorer,
+                top_n=self.top_n,
+                threshold=self.threshold,
+                skip_empty=self.skip_empty,
+            )
+            result = self._results(nodes, ranked)
+            event.on_end(payload={EventPayload.NODES: result})
+        dispatcher.event(ReRankEndEvent(nodes=result))
+        return result
+
+    async def _apostprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        query = self._query(query_bundle)
+        self._start(nodes, query_bundle)
+        with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query)) as event:
+            ranked = await arerank(
+                query,
+                self._candidates(nodes),
+                self.scorer,
+                top_n=self.top_n,
+                threshold=self.threshold,
+                skip_empty=self.skip_empty,
+            )
+            result = self._results(nodes, ranked)
+            event.on_end(payload={EventPayload.NODES: result})
+        dispatcher.event(ReRankEndEvent(nodes=result))
+        return result
+
+
+class _LocalModelRerank(RerankPostprocessor):
+    """Shared fields of the local-model conveniences; the scorer is built from them."""
+
+    _kind: ClassVar[str] = "cross-encoder"
+    scorer: Any = Field(default=None, description="Built from `model` and the options below.")
+    model: str = Field(description="Hugging Face Hub id or local directory.")
+    device: str | None = Field(default=None, description="None: CUDA if present, else CPU.")
+    max_length: int | None = Field(default=None, description="Token window; None uses the model's.")
+    batch_size: int = Field(default=32, description="Pairs per forward pass.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="auto: bfloat16 where the hardware is fast at it, else float32."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _build_scorer(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = {**data, "scorer": build_local_scorer(cls._kind, data)}
+        return data
+
+
+class CrossEncoderRerank(_LocalModelRerank):
+    """``RerankPostprocessor`` over a :class:`~rerankers_plugins.CrossEncoderScorer` built from ``model``."""
+
+    _kind: ClassVar[str] = "cross-encoder"
+    activation: Literal["sigmoid"] | None = Field(
+        default="sigmoid", description="sigmoid: scores 0..1 (PROBABILITY); None: raw logits (LOGIT)."
+    )
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "CrossEncoderRerank"
+
+
+class BiEncoderRerank(_LocalModelRerank):
+    """``RerankPostprocessor`` over a :class:`~rerankers_plugins.BiEncoderScorer` (cosine) built from ``model``."""
+
+    _kind: ClassVar[str] = "bi-encoder"
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "BiEncoderRerank"

@@ -1,0 +1,162 @@
+"""Helpers shared by the torch / sentence-transformers backends: device, dtype, loading, truncation.
+
+Every local-model scorer goes through these, so a device string, a dtype name or a model that
+cannot be fetched behaves the same way in each backend.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from rerankers_plugins._optional import require
+from rerankers_plugins.errors import BackendError, ConfigError
+
+__all__ = [
+    "DTYPES",
+    "DTypeName",
+    "TruncationReport",
+    "cpu_has_fast_bf16",
+    "load_model",
+    "resolve_device",
+    "resolve_dtype",
+]
+
+logger = logging.getLogger(__name__)
+
+DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
+DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
+_T = TypeVar("_T")
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with native bfloat16 matrix instructions (AMX-BF16 or AVX512-BF16).
+
+    Read from ``/proc/cpuinfo`` flags (Linux). Without those instructions PyTorch emulates bf16
+    matmuls and they run *slower* than float32, so ``dtype="auto"`` stays at float32 there.
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            return bool({"amx_bf16", "avx512_bf16"} & flags)
+    return False
+
+
+def resolve_device(device: str | None) -> str:
+    """``None`` -> ``"cuda"`` when a CUDA device is present, else ``"cpu"``; explicit strings are checked."""
+    torch = require("torch", "cross-encoder")
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device {device!r} is not a valid torch device: {exc}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} was requested but no CUDA device is available")
+    return str(dev)
+
+
+def resolve_dtype(dtype: str, device: str) -> Any:
+    """Map a dtype name to a ``torch.dtype`` for ``device``.
+
+    ``"auto"`` picks bfloat16 where the hardware runs it fast (CUDA devices with bf16 support; CPUs
+    with AMX or AVX512-BF16) and float32 everywhere else. float16 on CPU is refused: PyTorch's CPU
+    float16 kernels are slow and lose precision.
+    """
+    torch = require("torch", "cross-encoder")
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    kind = torch.device(device).type
+    if dtype == "auto":
+        if kind == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if kind == "cpu" and cpu_has_fast_bf16():
+            return torch.bfloat16
+        return torch.float32
+    if dtype == "float16" and kind == "cpu":
+        raise ConfigError('dtype="float16" is not supported on CPU; use "bfloat16" or "float32"')
+    return getattr(torch, dtype)
+
+
+def _looks_like_path(model: str) -> bool:
+    """A Hub id is ``name`` or ``org/name``; anything else (``./x``, ``/x``, ``~/x``, ``a/b/c``) is a path."""
+    return model.startswith((".", "/", "~", "\\")) or model.count("/") >= 2 or (os.name == "nt" and ":" in model)
+
+
+def load_model(kind: str, model: str, loader: Callable[[], _T]) -> _T:
+    """Run ``loader()``; translate any failure into a BackendError that says how to load offline.
+
+    ``kind`` names the model family in the message (``"cross-encoder"``, ``"sentence-transformers"``).
+    """
+    if not isinstance(model, str) or not model.strip():
+        raise ConfigError(f"model must be a Hub id or a local directory, got {model!r}")
+    expanded = os.path.expanduser(model)
+    if _looks_like_path(model) and not os.path.isdir(expanded):
+        raise BackendError(
+            f"{kind} model directory {model!r} does not exist. Pass the directory that holds "
+            "config.json and the weights (as written by save_pretrained / model.save)."
+        )
+    try:
+        return loader()
+    except Exception as exc:  # translate: the cause is chained, nothing is hidden
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
+        hint = (
+            f"If {model!r} is a Hugging Face Hub id and this machine cannot reach the Hub"
+            f"{' (HF_HUB_OFFLINE=1 is set)' if offline else ''}, download it on a connected machine "
+            f"(`hf download {model} --local-dir ./model-dir`), copy the directory over and pass its path "
+            "instead of the id, e.g. CrossEncoderScorer('./model-dir')."
+        )
+        if os.path.isdir(expanded):
+            hint = (
+                f"{model!r} is a local directory, but it does not hold a loadable {kind} model "
+                "(config.json, tokenizer files and weights are needed)."
+            )
+        raise BackendError(f"could not load {kind} model {model!r}: {type(exc).__name__}: {exc}. {hint}") from exc
+
+
+class TruncationReport:
+    """Counts tokens of texts against a limit and warns once per scorer when text will be cut.
+
+    Truncation is silent in the underlying libraries; a user reranking 20-page documents with a
+    512-token model should hear about it once, not on every call and not never.
+    """
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self.warned = False
+
+    def lengths(self, tokenizer: Any, texts: Sequence[str], limit: int) -> list[int]:
+        """Token count of each text without special tokens, capped at ``limit + 1``."""
+        if not texts:
+            return []
+        enc = tokenizer(
+            list(texts),
+            add_special_tokens=False,
+            truncation=True,
+            max_length=limit + 1,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        return [len(ids) for ids in enc["input_ids"]]
+
+    def check(self, over: int, total: int, limit: int) -> None:
+        if over and not self.warned:
+            self.warned = True
+            logger.warning(
+                "%s: %d of %d inputs are longer than the model's %d-token window and are truncated "
+                "(only their beginning is scored). Split long documents into passages for full coverage. "
+                "This warning is shown once per scorer.",
+                self.owner,
+                over,
+                total,
+                limit,
+            )
