@@ -47,8 +47,8 @@ def available() -> dict[str, str]:
 def get_scorer(name: str, /, **kwargs: Any) -> Any:
     """Build the backend registered as ``name`` with ``kwargs``.
 
-        >>> get_scorer("fake").name
-        'fake-overlap'
+    >>> get_scorer("fake").name
+    'fake-overlap'
     """
     table = available()
     try:

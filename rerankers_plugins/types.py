@@ -9,14 +9,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
 __all__ = ["Candidate", "ScoreScale", "Scored"]
 
 
-class ScoreScale(str, Enum):
+class ScoreScale(StrEnum):
     """The meaning of a scorer's numbers, so that a threshold means the same thing everywhere.
 
     ``PROBABILITY``  0..1, a calibrated-ish probability of relevance (sigmoid of a one-label cross-encoder).

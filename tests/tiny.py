@@ -4,13 +4,89 @@ from __future__ import annotations
 
 from pathlib import Path
 
-WORDS = (
-    "the a an of to in is are was for on with by and or not what how why who which does do "
-    "cat cats dog dogs sat mat fish water river bank money loan rate interest capital paris france "
-    "berlin germany city population people live museum apple red banana fruit pie day tree green "
-    "protein cell cells gene genes cancer risk vitamin blood brain heart study patients effect "
-    "reranking reranker search query document documents model models fast slow retrieval score"
-).split()
+WORDS = [
+    "the",
+    "a",
+    "an",
+    "of",
+    "to",
+    "in",
+    "is",
+    "are",
+    "was",
+    "for",
+    "on",
+    "with",
+    "by",
+    "and",
+    "or",
+    "not",
+    "what",
+    "how",
+    "why",
+    "who",
+    "which",
+    "does",
+    "do",
+    "cat",
+    "cats",
+    "dog",
+    "dogs",
+    "sat",
+    "mat",
+    "fish",
+    "water",
+    "river",
+    "bank",
+    "money",
+    "loan",
+    "rate",
+    "interest",
+    "capital",
+    "paris",
+    "france",
+    "berlin",
+    "germany",
+    "city",
+    "population",
+    "people",
+    "live",
+    "museum",
+    "apple",
+    "red",
+    "banana",
+    "fruit",
+    "pie",
+    "day",
+    "tree",
+    "green",
+    "protein",
+    "cell",
+    "cells",
+    "gene",
+    "genes",
+    "cancer",
+    "risk",
+    "vitamin",
+    "blood",
+    "brain",
+    "heart",
+    "study",
+    "patients",
+    "effect",
+    "reranking",
+    "reranker",
+    "search",
+    "query",
+    "document",
+    "documents",
+    "model",
+    "models",
+    "fast",
+    "slow",
+    "retrieval",
+    "score",
+]
 
 
 def write_vocab(path: Path) -> Path:
@@ -32,6 +108,7 @@ def _config(vocab_size: int, **kw: object):
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=128,
+        initializer_range=0.2,
         **kw,
     )
 
@@ -52,9 +129,6 @@ def build_cross_encoder(directory: Path, *, num_labels: int = 1, seed: int = 0, 
     tok = _tokenizer(directory, max_len)
     torch.manual_seed(seed)
     model = BertForSequenceClassification(_config(tok.vocab_size, num_labels=num_labels))
-    # Spread the untrained head so scores differ visibly between texts.
-    with torch.no_grad():
-        model.classifier.weight.mul_(20.0)
     model.save_pretrained(directory)
     tok.save_pretrained(directory)
     return directory

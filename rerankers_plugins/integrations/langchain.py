@@ -28,7 +28,7 @@ require("langchain_core", "langchain")
 
 from langchain_core.callbacks import Callbacks  # noqa: E402
 from langchain_core.documents import BaseDocumentCompressor, Document  # noqa: E402
-from pydantic import ConfigDict, Field, model_validator  # noqa: E402
+from pydantic import ConfigDict, Field  # noqa: E402
 
 __all__ = ["BiEncoderRerank", "CrossEncoderRerank", "RerankCompressor"]
 
@@ -52,10 +52,11 @@ class RerankCompressor(BaseDocumentCompressor):
         default=False, description="Leave documents with empty page_content out instead of scoring them."
     )
 
-    @model_validator(mode="after")
-    def _check(self) -> RerankCompressor:
+    def __init__(self, **data: Any) -> None:
+        super().__init__(**data)
+        # Checked here rather than in a pydantic validator so that the ConfigError reaches the
+        # caller as itself, not wrapped in a ValidationError.
         check_options(self.scorer, self.top_n, self.threshold)
-        return self
 
     def _candidates(self, documents: Sequence[Document]) -> list[Candidate]:
         return [
@@ -115,12 +116,8 @@ class _LocalModelRerank(RerankCompressor):
         default="auto", description="auto: bfloat16 where the hardware is fast at it, else float32."
     )
 
-    @model_validator(mode="before")
-    @classmethod
-    def _build_scorer(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            data = {**data, "scorer": build_local_scorer(cls._kind, data)}
-        return data
+    def __init__(self, **data: Any) -> None:
+        super().__init__(**{**data, "scorer": build_local_scorer(self._kind, data)})
 
 
 class CrossEncoderRerank(_LocalModelRerank):

@@ -26,7 +26,7 @@ from rerankers_plugins.types import Candidate, Scored
 
 require("llama_index.core", "llama-index")
 
-from llama_index.core.bridge.pydantic import ConfigDict, Field, model_validator  # noqa: E402
+from llama_index.core.bridge.pydantic import ConfigDict, Field  # noqa: E402
 from llama_index.core.callbacks import CBEventType, EventPayload  # noqa: E402
 from llama_index.core.instrumentation import get_dispatcher  # noqa: E402
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent  # noqa: E402
@@ -55,7 +55,9 @@ class RerankPostprocessor(BaseNodePostprocessor):
     threshold: float | None = Field(
         default=None, description="Keep nodes scoring >= this, on the scorer's declared scale."
     )
-    skip_empty: bool = Field(default=False, description="Leave nodes with empty text out instead of scoring them.")
+    skip_empty: bool = Field(
+        default=False, description="Leave nodes with empty text out instead of scoring them."
+    )
     metadata_mode: MetadataMode = Field(
         default=MetadataMode.EMBED, description="Which metadata the model reads along with the node text."
     )
@@ -65,10 +67,11 @@ class RerankPostprocessor(BaseNodePostprocessor):
         "(hidden from the LLM and embedder); False returns the original nodes with new scores.",
     )
 
-    @model_validator(mode="after")
-    def _check(self) -> RerankPostprocessor:
+    def __init__(self, **data: Any) -> None:
+        super().__init__(**data)
+        # Checked here rather than in a pydantic validator so that the ConfigError reaches the
+        # caller as itself, not wrapped in a ValidationError.
         check_options(self.scorer, self.top_n, self.threshold)
-        return self
 
     @classmethod
     def class_name(cls) -> str:
@@ -183,12 +186,8 @@ class _LocalModelRerank(RerankPostprocessor):
         default="auto", description="auto: bfloat16 where the hardware is fast at it, else float32."
     )
 
-    @model_validator(mode="before")
-    @classmethod
-    def _build_scorer(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            data = {**data, "scorer": build_local_scorer(cls._kind, data)}
-        return data
+    def __init__(self, **data: Any) -> None:
+        super().__init__(**{**data, "scorer": build_local_scorer(self._kind, data)})
 
 
 class CrossEncoderRerank(_LocalModelRerank):

@@ -33,8 +33,8 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
 def restore_order(batches: Sequence[Sequence[int]], values: Sequence[float]) -> list[float]:
     """Undo :func:`length_sorted_batches`: ``values`` (concatenated in batch order) back to input order.
 
-        >>> restore_order([[1, 3], [2, 4], [0]], [10.0, 30.0, 20.0, 40.0, 0.0])
-        [0.0, 10.0, 20.0, 30.0, 40.0]
+    >>> restore_order([[1, 3], [2, 4], [0]], [10.0, 30.0, 20.0, 40.0, 0.0])
+    [0.0, 10.0, 20.0, 30.0, 40.0]
     """
     flat = [i for batch in batches for i in batch]
     if len(flat) != len(values):

@@ -57,9 +57,7 @@ def check_threshold(scale: ScoreScale, threshold: float | None, *, who: str = "s
         )
     lo, hi = bounds
     if not (lo <= threshold <= hi) or math.isinf(threshold):
-        raise ConfigError(
-            f"threshold {threshold} is outside the {scale.value} scale of {who} ([{lo}, {hi}])"
-        )
+        raise ConfigError(f"threshold {threshold} is outside the {scale.value} scale of {who} ([{lo}, {hi}])")
 
 
 def _check_top_n(top_n: int | None) -> None:
@@ -87,9 +85,7 @@ def _as_candidates(candidates: Sequence[CandidateLike]) -> list[Candidate]:
         elif isinstance(c, str):
             out.append(Candidate(text=c, id=str(i)))
         else:
-            raise TypeError(
-                f"candidate {i} must be a Candidate or a str, got {type(c).__name__} ({c!r:.60})"
-            )
+            raise TypeError(f"candidate {i} must be a Candidate or a str, got {type(c).__name__} ({c!r:.60})")
     return out
 
 
@@ -139,9 +135,7 @@ def _validate_scores(raw: Any, n: int, name: str) -> list[float]:
         )
     bad = [i for i, s in enumerate(scores) if not math.isfinite(s)]
     if bad:
-        raise BackendError(
-            f"scorer {name!r} returned non-finite scores (NaN or inf) at positions {bad[:10]}"
-        )
+        raise BackendError(f"scorer {name!r} returned non-finite scores (NaN or inf) at positions {bad[:10]}")
     return scores
 
 
@@ -155,9 +149,7 @@ def _permutation_scores(perm: Any, n: int, name: str) -> list[float]:
     return scores
 
 
-def _finish(
-    plan: _Plan, scores: list[float], top_n: int | None, threshold: float | None
-) -> list[Scored]:
+def _finish(plan: _Plan, scores: list[float], top_n: int | None, threshold: float | None) -> list[Scored]:
     order = sorted(range(len(scores)), key=lambda k: -scores[k])  # stable: ties keep input order
     if threshold is not None:
         order = [k for k in order if scores[k] >= threshold]

@@ -89,7 +89,9 @@ def resolve_dtype(dtype: str, device: str) -> Any:
 
 def _looks_like_path(model: str) -> bool:
     """A Hub id is ``name`` or ``org/name``; anything else (``./x``, ``/x``, ``~/x``, ``a/b/c``) is a path."""
-    return model.startswith((".", "/", "~", "\\")) or model.count("/") >= 2 or (os.name == "nt" and ":" in model)
+    return (
+        model.startswith((".", "/", "~", "\\")) or model.count("/") >= 2 or (os.name == "nt" and ":" in model)
+    )
 
 
 def load_model(kind: str, model: str, loader: Callable[[], _T]) -> _T:
@@ -120,7 +122,10 @@ def load_model(kind: str, model: str, loader: Callable[[], _T]) -> _T:
                 f"{model!r} is a local directory, but it does not hold a loadable {kind} model "
                 "(config.json, tokenizer files and weights are needed)."
             )
-        raise BackendError(f"could not load {kind} model {model!r}: {type(exc).__name__}: {exc}. {hint}") from exc
+        cause = str(exc).strip().rstrip(".")
+        raise BackendError(
+            f"could not load {kind} model {model!r}: {type(exc).__name__}: {cause}. {hint}"
+        ) from exc
 
 
 class TruncationReport:

@@ -119,5 +119,3 @@ class BiEncoderScorer(BaseScorer):
             docs = self.embed_documents(texts)
             sims = (docs @ q).clamp_(-1.0, 1.0)
         return [float(s) for s in sims.tolist()]
-
-

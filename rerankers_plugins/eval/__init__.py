@@ -1,0 +1,1 @@
+"""Evaluation helpers: first-stage retrieval over a corpus, BEIR-format data, metrics."""

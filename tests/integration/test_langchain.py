@@ -1,0 +1,149 @@
+"""RerankCompressor inside real LangChain retrievers and pipelines."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+
+import pytest
+
+pytest.importorskip("langchain_core")
+pytest.importorskip("langchain_classic")
+
+from langchain_classic.retrievers import ContextualCompressionRetriever
+from langchain_classic.retrievers.document_compressors import DocumentCompressorPipeline
+from langchain_core.documents import Document
+from langchain_core.embeddings import DeterministicFakeEmbedding
+from langchain_core.vectorstores import InMemoryVectorStore
+
+from rerankers_plugins import ConfigError, FakeScorer, rerank
+from rerankers_plugins.integrations.langchain import (
+    BiEncoderRerank,
+    CrossEncoderRerank,
+    RerankCompressor,
+)
+
+DOCS = [
+    ("Paris is the capital of France.", "geo"),
+    ("The red apple fell from the tree.", "food"),
+    ("Apple pie with red apples and cinnamon.", "food"),
+    ("Berlin is the capital of Germany.", "geo"),
+    ("Bananas are yellow.", "food"),
+]
+
+
+@pytest.fixture
+def documents():
+    return [
+        Document(page_content=t, metadata={"topic": topic, "nested": {"n": i}}, id=f"doc{i}")
+        for i, (t, topic) in enumerate(DOCS)
+    ]
+
+
+@pytest.fixture
+def base_retriever(documents):
+    store = InMemoryVectorStore(embedding=DeterministicFakeEmbedding(size=16))
+    store.add_documents(documents)
+    return store.as_retriever(search_kwargs={"k": len(documents)})
+
+
+def test_contextual_compression_retriever_reranks(base_retriever, documents):
+    compressor = RerankCompressor(scorer=FakeScorer(), top_n=2)
+    retriever = ContextualCompressionRetriever(base_compressor=compressor, base_retriever=base_retriever)
+    out = retriever.invoke("red apple tree")
+    assert [d.page_content for d in out] == [
+        "The red apple fell from the tree.",
+        "Apple pie with red apples and cinnamon.",
+    ]
+    assert out[0].metadata["relevance_score"] == 1.0
+    assert out[1].metadata["relevance_score"] == pytest.approx(2 / 3)
+    assert out[0].metadata["rerank"]["model"] == "fake-overlap"
+    assert out[0].metadata["topic"] == "food"
+    assert out[0].id == "doc1"
+
+
+async def test_async_path_matches_sync(base_retriever):
+    compressor = RerankCompressor(scorer=FakeScorer(), top_n=3, threshold=0.4)
+    retriever = ContextualCompressionRetriever(base_compressor=compressor, base_retriever=base_retriever)
+    sync = retriever.invoke("capital of France")
+    asy = await retriever.ainvoke("capital of France")
+    assert [d.page_content for d in sync] == [d.page_content for d in asy]
+    assert [d.metadata["relevance_score"] for d in asy] == sorted(
+        (d.metadata["relevance_score"] for d in asy), reverse=True
+    )
+    assert all(d.metadata["relevance_score"] >= 0.4 for d in asy)
+
+
+async def test_concurrent_async_calls_do_not_cross_talk(documents):
+    compressor = RerankCompressor(scorer=FakeScorer(), top_n=1)
+    queries = ["Paris France", "Berlin Germany", "yellow bananas", "cinnamon pie"] * 5
+    results = await asyncio.gather(*(compressor.acompress_documents(documents, q) for q in queries))
+    expected = {
+        "Paris France": "doc0",
+        "Berlin Germany": "doc3",
+        "yellow bananas": "doc4",
+        "cinnamon pie": "doc2",
+    }
+    assert [r[0].id for r in results] == [expected[q] for q in queries]
+
+
+def test_caller_documents_never_mutated(documents):
+    snapshot = copy.deepcopy(documents)
+    out = RerankCompressor(scorer=FakeScorer()).compress_documents(documents, "red apple")
+    assert documents == snapshot
+    assert all("relevance_score" not in d.metadata for d in documents)
+    out[0].metadata["nested"]["n"] = 99
+    assert documents[1].metadata["nested"]["n"] == 1
+    assert len(out) == len(documents)  # no top_n: every document comes back
+
+
+def test_scores_match_core_rerank(documents):
+    out = RerankCompressor(scorer=FakeScorer()).compress_documents(documents, "capital")
+    core = rerank("capital", [d.page_content for d in documents], FakeScorer())
+    assert [(d.page_content, d.metadata["relevance_score"]) for d in out] == [(s.text, s.score) for s in core]
+
+
+def test_document_compressor_pipeline(documents):
+    pipeline = DocumentCompressorPipeline(
+        transformers=[
+            RerankCompressor(scorer=FakeScorer(), top_n=3),
+            RerankCompressor(scorer=FakeScorer(name="second"), top_n=1),
+        ]
+    )
+    out = pipeline.compress_documents(documents, "Berlin capital Germany")
+    assert [d.id for d in out] == ["doc3"]
+    assert out[0].metadata["rerank"]["model"] == "second"
+
+
+def test_bad_options_refused_at_construction():
+    with pytest.raises(ConfigError, match="outside the probability scale"):
+        RerankCompressor(scorer=FakeScorer(), threshold=3.0)
+    with pytest.raises(ConfigError, match="top_n"):
+        RerankCompressor(scorer=FakeScorer(), top_n=0)
+    with pytest.raises(ValueError, match="Extra inputs are not permitted"):
+        RerankCompressor(scorer=FakeScorer(), topn=3)
+
+
+def test_empty_documents_and_empty_query(documents):
+    compressor = RerankCompressor(scorer=FakeScorer())
+    assert compressor.compress_documents([], "q") == []
+    with pytest.raises(ConfigError, match="query is empty"):
+        compressor.compress_documents(documents, "")
+
+
+def test_cross_encoder_convenience(tiny_ce_dir, documents):
+    compressor = CrossEncoderRerank(model=str(tiny_ce_dir), top_n=2, threshold=0.0, dtype="float32")
+    out = compressor.compress_documents(documents, "capital of France")
+    scores = compressor.scorer.score("capital of France", [d.page_content for d in documents])
+    assert [d.metadata["relevance_score"] for d in out] == pytest.approx(sorted(scores, reverse=True)[:2])
+    raw = CrossEncoderRerank(model=str(tiny_ce_dir), activation=None, dtype="float32")
+    assert raw.scorer.scale.value == "logit"
+    with pytest.raises(ConfigError, match="not both"):
+        CrossEncoderRerank(model=str(tiny_ce_dir), scorer=FakeScorer())
+
+
+def test_bi_encoder_convenience(tiny_bi_dir, documents):
+    compressor = BiEncoderRerank(model=str(tiny_bi_dir), top_n=1, dtype="float32")
+    out = compressor.compress_documents(documents, "Bananas are yellow.")
+    assert out[0].id == "doc4"
+    assert out[0].metadata["rerank"]["scale"] == "similarity"

@@ -1,0 +1,145 @@
+"""RerankPostprocessor inside a real LlamaIndex query engine, with MockLLM and mock embeddings."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+pytest.importorskip("llama_index.core")
+
+from llama_index.core import Document, Settings, VectorStoreIndex
+from llama_index.core.embeddings import MockEmbedding
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
+from llama_index.core.llms import MockLLM
+from llama_index.core.schema import MetadataMode, NodeWithScore, TextNode
+
+from rerankers_plugins import ConfigError, FakeScorer
+from rerankers_plugins.integrations.llama_index import CrossEncoderRerank, RerankPostprocessor
+
+TEXTS = [
+    "Paris is the capital of France.",
+    "The red apple fell from the tree.",
+    "Apple pie with red apples and cinnamon.",
+    "Berlin is the capital of Germany.",
+    "Bananas are yellow.",
+]
+
+
+class Recorder(BaseEventHandler):
+    events: list
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "Recorder"
+
+    def handle(self, event, **kwargs):
+        if isinstance(event, ReRankStartEvent | ReRankEndEvent):
+            self.events.append(event)
+
+
+@pytest.fixture(scope="module")
+def index():
+    Settings.llm = MockLLM()
+    Settings.embed_model = MockEmbedding(embed_dim=8)
+    docs = [
+        Document(text=t, metadata={"i": i}, excluded_embed_metadata_keys=["i"]) for i, t in enumerate(TEXTS)
+    ]
+    return VectorStoreIndex.from_documents(docs)
+
+
+@pytest.fixture
+def recorder():
+    handler = Recorder(events=[])
+    root = get_dispatcher()
+    root.add_event_handler(handler)
+    yield handler
+    root.event_handlers.remove(handler)
+
+
+def nodes():
+    return [
+        NodeWithScore(node=TextNode(text=t, id_=f"n{i}", metadata={"k": [i]}), score=1.0 - i / 10)
+        for i, t in enumerate(TEXTS)
+    ]
+
+
+def test_query_engine_uses_reranked_nodes(index, recorder):
+    engine = index.as_query_engine(
+        similarity_top_k=5, node_postprocessors=[RerankPostprocessor(scorer=FakeScorer(), top_n=2)]
+    )
+    response = engine.query("red apple tree")
+    got = [n.node.get_content() for n in response.source_nodes]
+    assert got == ["The red apple fell from the tree.", "Apple pie with red apples and cinnamon."]
+    assert [n.score for n in response.source_nodes] == pytest.approx([1.0, 2 / 3])
+    starts = [e for e in recorder.events if isinstance(e, ReRankStartEvent)]
+    ends = [e for e in recorder.events if isinstance(e, ReRankEndEvent)]
+    assert len(starts) == len(ends) == 1
+    assert starts[0].model_name == "fake-overlap" and starts[0].top_n == 2
+    assert len(starts[0].nodes) == 5 and len(ends[0].nodes) == 2
+
+
+async def test_async_query_engine(index, recorder):
+    engine = index.as_query_engine(
+        similarity_top_k=5, node_postprocessors=[RerankPostprocessor(scorer=FakeScorer(), top_n=1)]
+    )
+    response = await engine.aquery("capital of Germany")
+    assert [n.node.get_content() for n in response.source_nodes] == ["Berlin is the capital of Germany."]
+    assert sum(isinstance(e, ReRankEndEvent) for e in recorder.events) == 1
+
+
+def test_new_nodes_and_no_mutation():
+    src = nodes()
+    snapshot = copy.deepcopy(src)
+    out = RerankPostprocessor(scorer=FakeScorer(), top_n=3).postprocess_nodes(src, query_str="capital France")
+    assert [n.node.node_id for n in src] == [n.node.node_id for n in snapshot]
+    assert [n.score for n in src] == [n.score for n in snapshot]
+    assert [n.node.metadata for n in src] == [n.node.metadata for n in snapshot]
+    top = out[0]
+    assert top.node.node_id == "n0" and top.score == 1.0
+    assert top.node.metadata["retrieval_score"] == 1.0
+    assert top.node.metadata["rerank"]["original_rank"] == 0
+    # details stay out of what the LLM and the embedder read
+    assert "rerank" not in top.node.get_content(metadata_mode=MetadataMode.LLM)
+    assert "retrieval_score" not in top.node.get_content(metadata_mode=MetadataMode.EMBED)
+    top.node.metadata["k"].append(7)
+    assert src[0].node.metadata["k"] == [0]
+
+
+def test_include_details_false_returns_original_nodes():
+    src = nodes()
+    out = RerankPostprocessor(scorer=FakeScorer(), include_details=False).postprocess_nodes(
+        src, query_str="yellow"
+    )
+    assert out[0].node is src[4].node
+    assert out[0] is not src[4]
+    assert src[4].score == pytest.approx(0.6)
+
+
+def test_query_required_and_options_checked():
+    post = RerankPostprocessor(scorer=FakeScorer())
+    with pytest.raises(ConfigError, match="needs a query"):
+        post.postprocess_nodes(nodes())
+    with pytest.raises(ConfigError, match="outside"):
+        RerankPostprocessor(scorer=FakeScorer(), threshold=-1)
+    assert RerankPostprocessor.class_name() == "RerankPostprocessor"
+    assert post.postprocess_nodes([], query_str="x") == []
+
+
+def test_threshold_keeps_only_confident_nodes():
+    out = RerankPostprocessor(scorer=FakeScorer(), threshold=0.5).postprocess_nodes(
+        nodes(), query_str="red apple"
+    )
+    assert {n.node.node_id for n in out} == {"n1", "n2"}
+
+
+def test_cross_encoder_convenience_in_engine(index, tiny_ce_dir):
+    post = CrossEncoderRerank(model=str(tiny_ce_dir), top_n=3, dtype="float32")
+    assert post.class_name() == "CrossEncoderRerank"
+    engine = index.as_query_engine(similarity_top_k=5, node_postprocessors=[post])
+    response = engine.query("capital of France")
+    scores = [n.score for n in response.source_nodes]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+    assert all(0.0 <= s <= 1.0 for s in scores)
