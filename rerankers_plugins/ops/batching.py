@@ -10,24 +10,41 @@ from collections.abc import Sequence
 __all__ = ["length_sorted_batches", "restore_order"]
 
 
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices of ``lengths`` grouped into batches of at most ``batch_size``, longest first.
+def length_sorted_batches(
+    lengths: Sequence[int], batch_size: int, max_tokens: int | None = None
+) -> list[list[int]]:
+    """Indices of ``lengths`` grouped into batches, longest first.
 
     Sorting by length before batching means each batch is padded only to its own longest item.
-    Longest first makes the first batch the largest, so an out-of-memory error shows at once.
-    Equal lengths keep their input order (stable sort).
+    A batch holds at most ``batch_size`` items and, when ``max_tokens`` is given, at most
+    ``max_tokens`` padded tokens (items x longest item; a single item longer than the budget still
+    gets a batch of its own). Longest first makes the first batch the largest, so an out-of-memory
+    error shows at once. Equal lengths keep their input order (stable sort).
 
     Shapes: ``lengths`` is ``[n]``; the result is a partition of ``range(n)``.
 
         >>> length_sorted_batches([5, 300, 7, 280, 6], batch_size=2)
         [[1, 3], [2, 4], [0]]
+        >>> length_sorted_batches([5, 300, 7, 280, 6], batch_size=8, max_tokens=600)
+        [[1, 3], [2, 4, 0]]
         >>> length_sorted_batches([], batch_size=4)
         []
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1 or None, got {max_tokens}")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    for i in order:
+        if batches:
+            batch = batches[-1]
+            padded = (len(batch) + 1) * max(lengths[batch[0]], 1)
+            if len(batch) < batch_size and (max_tokens is None or padded <= max_tokens):
+                batch.append(i)
+                continue
+        batches.append([i])
+    return batches
 
 
 def restore_order(batches: Sequence[Sequence[int]], values: Sequence[float]) -> list[float]:

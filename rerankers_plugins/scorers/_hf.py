@@ -24,6 +24,7 @@ __all__ = [
     "load_model",
     "resolve_device",
     "resolve_dtype",
+    "resolve_max_batch_tokens",
 ]
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,17 @@ def resolve_dtype(dtype: str, device: str) -> Any:
     if dtype == "float16" and kind == "cpu":
         raise ConfigError('dtype="float16" is not supported on CPU; use "bfloat16" or "float32"')
     return getattr(torch, dtype)
+
+
+def resolve_max_batch_tokens(value: int | str | None, device: str) -> int | None:
+    """``"auto"`` -> 1024 padded tokens per batch on CPU, no cap elsewhere; ints are checked."""
+    if value == "auto":
+        return 1024 if device == "cpu" else None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"max_batch_tokens must be a positive int, 'auto' or None, got {value!r}")
+    return value
 
 
 def _looks_like_path(model: str) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import ConfigError
@@ -21,6 +21,7 @@ from rerankers_plugins.scorers._hf import (
     load_model,
     resolve_device,
     resolve_dtype,
+    resolve_max_batch_tokens,
 )
 from rerankers_plugins.scorers.base import BaseScorer
 from rerankers_plugins.types import ScoreScale
@@ -46,6 +47,10 @@ class CrossEncoderScorer(BaseScorer):
         activation: ``"sigmoid"`` (default) maps a one-label model's logit to 0..1, scale
             PROBABILITY; for a two-label model it is the softmax probability of label 1. ``None``
             returns raw logits (two-label: logit difference), scale LOGIT.
+        max_batch_tokens: cap on padded tokens per forward pass (items x longest item). ``"auto"``
+            is 1024 on CPU, where large padded batches run slower per token (measured: fp32 100
+            SciFact pairs 7.1 s at 1024 vs 8.7 s uncapped), and no cap on accelerators.
+            ``None``: only ``batch_size`` applies.
         trust_remote_code, local_files_only, model_kwargs: passed to sentence-transformers.
     """
 
@@ -58,6 +63,7 @@ class CrossEncoderScorer(BaseScorer):
         batch_size: int = 32,
         dtype: DTypeName = "auto",
         activation: str | None = "sigmoid",
+        max_batch_tokens: int | Literal["auto"] | None = "auto",
         trust_remote_code: bool = False,
         local_files_only: bool = False,
         model_kwargs: dict[str, Any] | None = None,
@@ -73,6 +79,7 @@ class CrossEncoderScorer(BaseScorer):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.batch_size = batch_size
+        self.max_batch_tokens = resolve_max_batch_tokens(max_batch_tokens, self.device)
         self.activation = activation
         self.name = model
         self.model_id = model
@@ -128,7 +135,9 @@ class CrossEncoderScorer(BaseScorer):
         if not texts:
             return []
         torch = self._torch
-        batches = length_sorted_batches(self.pair_lengths(query, texts), self.batch_size)
+        batches = length_sorted_batches(
+            self.pair_lengths(query, texts), self.batch_size, self.max_batch_tokens
+        )
         out: list[float] = []
         with torch.inference_mode():
             for batch in batches:

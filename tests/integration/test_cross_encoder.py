@@ -39,6 +39,16 @@ def test_batching_by_length_restores_input_order(tiny_ce, passages):
     np.testing.assert_allclose(permuted, [scores[i] for i in perm], atol=1e-5)
 
 
+def test_token_budget_batches_give_the_same_scores(tiny_ce_dir, tiny_ce, passages):
+    texts = varied(passages)
+    tight = CrossEncoderScorer(str(tiny_ce_dir), dtype="float32", max_batch_tokens=40)
+    assert tight.max_batch_tokens == 40
+    np.testing.assert_allclose(tight.score(QUERY, texts), tiny_ce.score(QUERY, texts), atol=1e-5)
+    assert tiny_ce.max_batch_tokens == 1024  # "auto" on CPU
+    with pytest.raises(ConfigError, match="max_batch_tokens"):
+        CrossEncoderScorer(str(tiny_ce_dir), max_batch_tokens=0)
+
+
 def test_activation_none_gives_logits(tiny_ce_dir, tiny_ce, passages):
     raw = CrossEncoderScorer(str(tiny_ce_dir), dtype="float32", activation=None)
     assert raw.scale is ScoreScale.LOGIT

