@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,12 +40,15 @@ def minilm_cross_encoder_dir() -> str:
     return str(target)
 
 
-def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
+def interleaved_medians(fns: Sequence[Callable[[], object]], repeats: int) -> list[float]:
+    """Median milliseconds of each function, measured round-robin (one warm-up round first), so that
+    drift in machine load affects every contender alike."""
+    for fn in fns:
         fn()
-    times = []
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            times[i].append((time.perf_counter() - t0) * 1000)
+    return [statistics.median(t) for t in times]

@@ -86,13 +86,14 @@ def main() -> None:
         ),
         ("LlamaIndex SentenceTransformerRerank", lambda: li_peer.postprocess_nodes(nodes, bundle)),
     ]
-    results = [(name, _common.median_ms(fn, args.repeats)) for name, fn in rows]
+    medians = _common.interleaved_medians([fn for _, fn in rows], args.repeats)
+    results = [(name, ms) for (name, _), ms in zip(rows, medians, strict=True)]
     base = results[0][1]
     lengths = ours.pair_lengths(query, texts)
     print(
         f"query {qid!r}: {len(texts)} candidates, pair length median {sorted(lengths)[len(lengths) // 2]} tokens "
         f"(max {max(lengths)}), top {top_n}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{platform.processor() or platform.machine()}; median of {args.repeats}\n"
+        f"{platform.processor() or platform.machine()}; median of {args.repeats}, round-robin\n"
     )
     print("| pipeline | median ms | speed-up vs CrossEncoder.predict |")
     print("|---|---:|---:|")
