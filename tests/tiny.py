@@ -116,8 +116,10 @@ def _config(vocab_size: int, **kw: object):
 def _tokenizer(directory: Path, max_len: int):
     from transformers import BertTokenizerFast
 
-    vocab = write_vocab(directory / "vocab.txt")
-    return BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True, model_max_length=max_len)
+    write_vocab(directory / "vocab.txt")
+    # from_pretrained on a directory holding only vocab.txt works across transformers versions
+    # (the constructor's vocab argument changed name between 4.x and 5.x).
+    return BertTokenizerFast.from_pretrained(str(directory), do_lower_case=True, model_max_length=max_len)
 
 
 def build_cross_encoder(directory: Path, *, num_labels: int = 1, seed: int = 0, max_len: int = 128) -> Path:
@@ -128,7 +130,7 @@ def build_cross_encoder(directory: Path, *, num_labels: int = 1, seed: int = 0, 
     directory.mkdir(parents=True, exist_ok=True)
     tok = _tokenizer(directory, max_len)
     torch.manual_seed(seed)
-    model = BertForSequenceClassification(_config(tok.vocab_size, num_labels=num_labels))
+    model = BertForSequenceClassification(_config(len(tok), num_labels=num_labels))
     model.save_pretrained(directory)
     tok.save_pretrained(directory)
     return directory
@@ -145,9 +147,100 @@ def build_bi_encoder(directory: Path, *, seed: int = 0, max_len: int = 128) -> P
     raw.mkdir(parents=True, exist_ok=True)
     tok = _tokenizer(raw, max_len)
     torch.manual_seed(seed)
-    BertModel(_config(tok.vocab_size)).save_pretrained(raw)
+    BertModel(_config(len(tok))).save_pretrained(raw)
     tok.save_pretrained(raw)
     transformer = modules.Transformer(str(raw), max_seq_length=max_len)
     pooling = modules.Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
     SentenceTransformer(modules=[transformer, pooling]).save(str(directory / "st"))
     return directory / "st"
+
+
+def _bert_with_markers(directory: Path, seed: int, max_len: int, extra_tokens: list[str] | None = None):
+    import torch
+    from transformers import BertModel
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = write_vocab(directory / "vocab.txt")
+    lines = vocab.read_text(encoding="utf-8").splitlines()
+    # BERT vocabularies reserve [unused0], [unused1] right after [PAD]: ColBERT's markers.
+    vocab.write_text("\n".join([lines[0], "[unused0]", "[unused1]", *lines[1:]]) + "\n", encoding="utf-8")
+    from transformers import BertTokenizerFast
+
+    tok = BertTokenizerFast.from_pretrained(str(directory), do_lower_case=True, model_max_length=max_len)
+    if extra_tokens:
+        tok.add_tokens(extra_tokens)
+    torch.manual_seed(seed)
+    model = BertModel(_config(len(tok)))
+    return tok, model
+
+
+def build_colbert(directory: Path, *, dim: int = 16, seed: int = 0, max_len: int = 128) -> Path:
+    """Original ColBERT layout: encoder weights under `bert.` plus `linear.weight` in one file."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    tok, bert = _bert_with_markers(directory, seed, max_len)
+    bert.config.architectures = ["HF_ColBERT"]
+    bert.config.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    state = {f"bert.{k}": v.contiguous() for k, v in bert.state_dict().items()}
+    state["linear.weight"] = torch.randn(dim, bert.config.hidden_size) / bert.config.hidden_size**0.5
+    save_file(state, str(directory / "model.safetensors"))
+    meta = {
+        "query_token_id": "[unused0]",
+        "doc_token_id": "[unused1]",
+        "query_maxlen": 32,
+        "doc_maxlen": 180,
+        "dim": dim,
+        "mask_punctuation": True,
+        "attend_to_mask_tokens": False,
+        "similarity": "cosine",
+    }
+    (directory / "artifact.metadata").write_text(json.dumps(meta), encoding="utf-8")
+    return directory
+
+
+def build_pylate(directory: Path, *, dim: int = 12, seed: int = 0, max_len: int = 128) -> Path:
+    """PyLate layout: encoder at the root, Dense projection module in 1_Dense, prefixes in the ST config."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    tok, bert = _bert_with_markers(directory, seed, max_len, extra_tokens=["[Q] ", "[D] "])
+    bert.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"},
+    ]
+    (directory / "modules.json").write_text(json.dumps(modules), encoding="utf-8")
+    (directory / "1_Dense").mkdir(exist_ok=True)
+    (directory / "1_Dense" / "config.json").write_text(
+        json.dumps(
+            {
+                "in_features": bert.config.hidden_size,
+                "out_features": dim,
+                "bias": False,
+                "activation_function": "torch.nn.modules.linear.Identity",
+            }
+        ),
+        encoding="utf-8",
+    )
+    save_file(
+        {"linear.weight": torch.randn(dim, bert.config.hidden_size) / bert.config.hidden_size**0.5},
+        str(directory / "1_Dense" / "model.safetensors"),
+    )
+    cfg = {
+        "query_prefix": "[Q] ",
+        "document_prefix": "[D] ",
+        "query_length": 32,
+        "document_length": 180,
+        "do_query_expansion": True,
+        "attend_to_expansion_tokens": False,
+        "similarity_fn_name": "MaxSim",
+    }
+    (directory / "config_sentence_transformers.json").write_text(json.dumps(cfg), encoding="utf-8")
+    return directory
