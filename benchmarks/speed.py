@@ -100,6 +100,30 @@ def main() -> None:
     for name, ms in results:
         print(f"| {name} | {ms:.0f} | {base / ms:.2f}x |")
 
+    # Late interaction on the same 100 candidates, same-size encoder (MiniLM-L6 token embeddings).
+    from rerankers_plugins import ColBERTScorer
+
+    cached = ColBERTScorer(_common.minilm_dir())
+    cached.index(texts)
+    uncached = ColBERTScorer(_common.minilm_dir(), cache_bytes=0)  # keeps one document: re-encodes
+    late = [
+        (
+            "ColBERTScorer MaxSim, 100 documents cached (one query encoding + MaxSim)",
+            lambda: rerank(query, cands, cached, top_n=top_n),
+        ),
+        (
+            "ColBERTScorer MaxSim, documents encoded on the fly (cache_bytes=0)",
+            lambda: rerank(query, cands, uncached, top_n=top_n),
+        ),
+        ("CrossEncoderScorer dtype=auto (same candidates)", lambda: rerank(query, cands, ours, top_n=top_n)),
+    ]
+    late_ms = _common.interleaved_medians([fn for _, fn in late], args.repeats)
+    ce_ms = late_ms[-1]
+    print("\n| late interaction vs cross-encoder | median ms | speed-up vs cross-encoder |")
+    print("|---|---:|---:|")
+    for (name, _), ms in zip(late, late_ms, strict=True):
+        print(f"| {name} | {ms:.1f} | {ce_ms / ms:.1f}x |")
+
 
 if __name__ == "__main__":
     main()

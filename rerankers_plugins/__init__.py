@@ -8,6 +8,7 @@ from rerankers_plugins.pipeline.rerank import arerank, rerank
 from rerankers_plugins.registry import get_scorer
 from rerankers_plugins.scorers.base import BaseScorer, Ranker, Scorer
 from rerankers_plugins.scorers.bi_encoder import BiEncoderScorer
+from rerankers_plugins.scorers.colbert import ColBERTScorer
 from rerankers_plugins.scorers.cross_encoder import CrossEncoderScorer
 from rerankers_plugins.scorers.fake import FakeScorer
 from rerankers_plugins.types import Candidate, Scored, ScoreScale
@@ -19,6 +20,7 @@ __all__ = [
     "BaseScorer",
     "BiEncoderScorer",
     "Candidate",
+    "ColBERTScorer",
     "ConfigError",
     "CrossEncoderScorer",
     "FakeScorer",

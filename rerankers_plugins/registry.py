@@ -23,6 +23,7 @@ ENTRY_POINT_GROUP = "rerankers_plugins.scorers"
 _BUILTIN: dict[str, str] = {
     "cross-encoder": "rerankers_plugins.scorers.cross_encoder:CrossEncoderScorer",
     "bi-encoder": "rerankers_plugins.scorers.bi_encoder:BiEncoderScorer",
+    "colbert": "rerankers_plugins.scorers.colbert:ColBERTScorer",
     "fake": "rerankers_plugins.scorers.fake:FakeScorer",
 }
 _registered: dict[str, str] = {}

@@ -30,7 +30,7 @@ from langchain_core.callbacks import Callbacks  # noqa: E402
 from langchain_core.documents import BaseDocumentCompressor, Document  # noqa: E402
 from pydantic import ConfigDict, Field  # noqa: E402
 
-__all__ = ["BiEncoderRerank", "CrossEncoderRerank", "RerankCompressor"]
+__all__ = ["BiEncoderRerank", "ColBERTRerank", "CrossEncoderRerank", "RerankCompressor"]
 
 
 class RerankCompressor(BaseDocumentCompressor):
@@ -110,8 +110,7 @@ class _LocalModelRerank(RerankCompressor):
     scorer: Any = Field(default=None, description="Built from `model` and the options below.")
     model: str = Field(description="Hugging Face Hub id or local directory.")
     device: str | None = Field(default=None, description="None: CUDA if present, else CPU.")
-    max_length: int | None = Field(default=None, description="Token window; None uses the model's.")
-    batch_size: int = Field(default=32, description="Pairs per forward pass.")
+    batch_size: int = Field(default=32, description="Inputs per forward pass.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="auto: bfloat16 where the hardware is fast at it, else float32."
     )
@@ -127,6 +126,7 @@ class CrossEncoderRerank(_LocalModelRerank):
     """
 
     _kind: ClassVar[str] = "cross-encoder"
+    max_length: int | None = Field(default=None, description="Token window; None uses the model's.")
     activation: Literal["sigmoid"] | None = Field(
         default="sigmoid", description="sigmoid: scores 0..1 (PROBABILITY); None: raw logits (LOGIT)."
     )
@@ -136,3 +136,19 @@ class BiEncoderRerank(_LocalModelRerank):
     """``RerankCompressor`` over a :class:`~rerankers_plugins.BiEncoderScorer` (cosine) built from ``model``."""
 
     _kind: ClassVar[str] = "bi-encoder"
+    max_length: int | None = Field(default=None, description="Token window; None uses the model's.")
+
+
+class ColBERTRerank(_LocalModelRerank):
+    """``RerankCompressor`` over a :class:`~rerankers_plugins.ColBERTScorer` (MaxSim) built from ``model``.
+
+    Document vectors are cached (in memory, and on disk with ``cache_dir``), so reranking
+    candidates seen before costs one query encoding plus MaxSim.
+    """
+
+    _kind: ClassVar[str] = "colbert"
+    query_length: int = Field(default=32, description="Query tokens, markers and [MASK] padding included.")
+    doc_length: int = Field(default=300, description="Document tokens kept; longer ones are truncated.")
+    cache_dir: str | None = Field(
+        default=None, description="Directory for document vectors shared across processes."
+    )

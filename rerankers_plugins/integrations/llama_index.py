@@ -33,7 +33,7 @@ from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRan
 from llama_index.core.postprocessor.types import BaseNodePostprocessor  # noqa: E402
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle  # noqa: E402
 
-__all__ = ["BiEncoderRerank", "CrossEncoderRerank", "RerankPostprocessor"]
+__all__ = ["BiEncoderRerank", "ColBERTRerank", "CrossEncoderRerank", "RerankPostprocessor"]
 
 dispatcher = get_dispatcher(__name__)
 
@@ -180,8 +180,7 @@ class _LocalModelRerank(RerankPostprocessor):
     scorer: Any = Field(default=None, description="Built from `model` and the options below.")
     model: str = Field(description="Hugging Face Hub id or local directory.")
     device: str | None = Field(default=None, description="None: CUDA if present, else CPU.")
-    max_length: int | None = Field(default=None, description="Token window; None uses the model's.")
-    batch_size: int = Field(default=32, description="Pairs per forward pass.")
+    batch_size: int = Field(default=32, description="Inputs per forward pass.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="auto: bfloat16 where the hardware is fast at it, else float32."
     )
@@ -194,6 +193,7 @@ class CrossEncoderRerank(_LocalModelRerank):
     """``RerankPostprocessor`` over a :class:`~rerankers_plugins.CrossEncoderScorer` built from ``model``."""
 
     _kind: ClassVar[str] = "cross-encoder"
+    max_length: int | None = Field(default=None, description="Token window; None uses the model's.")
     activation: Literal["sigmoid"] | None = Field(
         default="sigmoid", description="sigmoid: scores 0..1 (PROBABILITY); None: raw logits (LOGIT)."
     )
@@ -207,7 +207,27 @@ class BiEncoderRerank(_LocalModelRerank):
     """``RerankPostprocessor`` over a :class:`~rerankers_plugins.BiEncoderScorer` (cosine) built from ``model``."""
 
     _kind: ClassVar[str] = "bi-encoder"
+    max_length: int | None = Field(default=None, description="Token window; None uses the model's.")
 
     @classmethod
     def class_name(cls) -> str:
         return "BiEncoderRerank"
+
+
+class ColBERTRerank(_LocalModelRerank):
+    """``RerankPostprocessor`` over a :class:`~rerankers_plugins.ColBERTScorer` (MaxSim) built from ``model``.
+
+    Document vectors are cached (in memory, and on disk with ``cache_dir``), so reranking
+    candidates seen before costs one query encoding plus MaxSim.
+    """
+
+    _kind: ClassVar[str] = "colbert"
+    query_length: int = Field(default=32, description="Query tokens, markers and [MASK] padding included.")
+    doc_length: int = Field(default=300, description="Document tokens kept; longer ones are truncated.")
+    cache_dir: str | None = Field(
+        default=None, description="Directory for document vectors shared across processes."
+    )
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "ColBERTRerank"
