@@ -8,9 +8,11 @@ from rerankers_plugins.pipeline.rerank import arerank, rerank
 from rerankers_plugins.registry import get_scorer
 from rerankers_plugins.scorers.base import BaseScorer, Ranker, Scorer
 from rerankers_plugins.scorers.bi_encoder import BiEncoderScorer
+from rerankers_plugins.scorers.cohere import CohereScorer
 from rerankers_plugins.scorers.colbert import ColBERTScorer
 from rerankers_plugins.scorers.cross_encoder import CrossEncoderScorer
 from rerankers_plugins.scorers.fake import FakeScorer
+from rerankers_plugins.scorers.remote import RemoteScorer
 from rerankers_plugins.types import Candidate, Scored, ScoreScale
 
 __version__ = "0.1.0"
@@ -20,12 +22,14 @@ __all__ = [
     "BaseScorer",
     "BiEncoderScorer",
     "Candidate",
+    "CohereScorer",
     "ColBERTScorer",
     "ConfigError",
     "CrossEncoderScorer",
     "FakeScorer",
     "MissingExtraError",
     "Ranker",
+    "RemoteScorer",
     "RerankError",
     "ScoreScale",
     "Scored",

@@ -24,6 +24,8 @@ _BUILTIN: dict[str, str] = {
     "cross-encoder": "rerankers_plugins.scorers.cross_encoder:CrossEncoderScorer",
     "bi-encoder": "rerankers_plugins.scorers.bi_encoder:BiEncoderScorer",
     "colbert": "rerankers_plugins.scorers.colbert:ColBERTScorer",
+    "cohere": "rerankers_plugins.scorers.cohere:CohereScorer",
+    "remote": "rerankers_plugins.scorers.remote:RemoteScorer",
     "fake": "rerankers_plugins.scorers.fake:FakeScorer",
 }
 _registered: dict[str, str] = {}

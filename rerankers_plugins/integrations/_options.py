@@ -1,40 +1,144 @@
-"""Framework-free pieces both adapters share: building the scorer a convenience class names."""
+"""What both adapters share: the fields of the named conveniences and how they build a scorer.
+
+The field mixins are plain pydantic models (both frameworks' bases are pydantic v2 models); each
+adapter combines them with its own base class, so a convenience is declared once for both.
+"""
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, ClassVar, Literal
 
+from pydantic import BaseModel, Field, SecretStr
+
+from rerankers_plugins._secret import Secret
 from rerankers_plugins.errors import ConfigError
 
-__all__ = ["LOCAL_MODEL_KINDS", "build_local_scorer"]
+__all__ = [
+    "BiEncoderFields",
+    "CohereFields",
+    "ColBERTFields",
+    "CrossEncoderFields",
+    "RemoteFields",
+    "build_scorer",
+]
 
-#: convenience kind -> (scorer class, constructor options the convenience exposes as fields)
-LOCAL_MODEL_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
+#: kind -> (scorer class, the field passed positionally, fields passed as keywords)
+KINDS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
     "cross-encoder": (
         "rerankers_plugins.scorers.cross_encoder:CrossEncoderScorer",
+        "model",
         ("device", "max_length", "batch_size", "dtype", "activation"),
     ),
     "bi-encoder": (
         "rerankers_plugins.scorers.bi_encoder:BiEncoderScorer",
+        "model",
         ("device", "max_length", "batch_size", "dtype"),
     ),
     "colbert": (
         "rerankers_plugins.scorers.colbert:ColBERTScorer",
+        "model",
         ("device", "batch_size", "dtype", "query_length", "doc_length", "cache_dir"),
+    ),
+    "cohere": (
+        "rerankers_plugins.scorers.cohere:CohereScorer",
+        "model",
+        ("api_key", "base_url", "timeout", "max_tokens_per_doc", "on_error"),
+    ),
+    "remote": (
+        "rerankers_plugins.scorers.remote:RemoteScorer",
+        "base_url",
+        ("protocol", "model", "api_key", "timeout", "batch_size", "max_concurrency", "on_error"),
     ),
 }
 
 _NULLABLE = {"activation"}  # None is a meaningful value for these (raw logits), not "unset"
 
 
-def build_local_scorer(kind: str, data: dict[str, Any]) -> Any:
-    """Build the scorer a convenience class describes with its fields (``model`` plus options)."""
+def build_scorer(kind: str, data: dict[str, Any]) -> Any:
+    """Build the scorer a convenience describes with its fields."""
     if data.get("scorer") is not None:
-        raise ConfigError(f"pass either scorer=... or model=... to the {kind} convenience, not both")
-    if "model" not in data:
-        raise ConfigError(f"the {kind} convenience needs model= (a Hub id or a local directory)")
-    target, names = LOCAL_MODEL_KINDS[kind]
+        raise ConfigError(f"pass either scorer=... or the {kind} model options, not both")
+    target, positional, names = KINDS[kind]
+    args = []
+    if positional is not None:
+        if data.get(positional) is not None:
+            args.append(data[positional])
+        elif kind != "cohere":
+            raise ConfigError(f"the {kind} convenience needs {positional}=...")
     options = {k: data[k] for k in names if k in data and (data[k] is not None or k in _NULLABLE)}
+    if isinstance(options.get("api_key"), SecretStr):
+        options["api_key"] = Secret(options["api_key"].get_secret_value())
     module, _, cls = target.partition(":")
-    return getattr(importlib.import_module(module), cls)(data["model"], **options)
+    return getattr(importlib.import_module(module), cls)(*args, **options)
+
+
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+class _LocalFields(BaseModel):
+    model: str = Field(description="Hugging Face Hub id or local directory.")
+    device: str | None = Field(default=None, description="None: CUDA if present, else CPU.")
+    batch_size: int = Field(default=32, description="Inputs per forward pass.")
+    dtype: DType = Field(
+        default="auto", description="auto: bfloat16 where the hardware is fast at it, else float32."
+    )
+
+
+class CrossEncoderFields(_LocalFields):
+    kind: ClassVar[str] = "cross-encoder"
+    max_length: int | None = Field(default=None, description="Token window; None uses the model's.")
+    activation: Literal["sigmoid"] | None = Field(
+        default="sigmoid", description="sigmoid: scores 0..1 (PROBABILITY); None: raw logits (LOGIT)."
+    )
+
+
+class BiEncoderFields(_LocalFields):
+    kind: ClassVar[str] = "bi-encoder"
+    max_length: int | None = Field(default=None, description="Token window; None uses the model's.")
+
+
+class ColBERTFields(_LocalFields):
+    kind: ClassVar[str] = "colbert"
+    query_length: int = Field(default=32, description="Query tokens, markers and [MASK] padding included.")
+    doc_length: int = Field(default=300, description="Document tokens kept; longer ones are truncated.")
+    cache_dir: str | None = Field(
+        default=None, description="Directory for document vectors shared across processes."
+    )
+
+
+OnErrorField = Literal["raise", "keep_order"]
+
+
+class CohereFields(BaseModel):
+    kind: ClassVar[str] = "cohere"
+    model: str = Field(default="rerank-v3.5", description="Cohere rerank model.")
+    api_key: SecretStr | None = Field(
+        default=None, description="Default: the COHERE_API_KEY environment variable."
+    )
+    base_url: str | None = Field(
+        default=None, description="A Cohere-compatible endpoint; default Cohere's API."
+    )
+    timeout: float = Field(default=30.0, description="Seconds per request.")
+    max_tokens_per_doc: int | None = Field(
+        default=None, description="Server-side truncation of each document."
+    )
+    on_error: OnErrorField = Field(
+        default="raise", description="keep_order: on failure, keep the original order."
+    )
+
+
+class RemoteFields(BaseModel):
+    kind: ClassVar[str] = "remote"
+    base_url: str = Field(description="Rerank server root, e.g. http://tei:8080.")
+    protocol: Literal["tei", "v1"] = Field(
+        default="tei", description="tei: POST /rerank; v1: POST /v1/rerank."
+    )
+    model: str | None = Field(default=None, description="Model name for v1 servers serving several.")
+    api_key: SecretStr | None = Field(default=None, description="Bearer token; default RERANK_API_KEY.")
+    timeout: float = Field(default=30.0, description="Seconds per request.")
+    batch_size: int = Field(default=32, description="Documents per request.")
+    max_concurrency: int = Field(default=16, description="Requests in flight at once.")
+    on_error: OnErrorField = Field(
+        default="raise", description="keep_order: on failure, keep the original order."
+    )

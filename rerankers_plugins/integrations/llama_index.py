@@ -16,11 +16,18 @@ Emits ``ReRankStartEvent`` / ``ReRankEndEvent`` through LlamaIndex instrumentati
 from __future__ import annotations
 
 import copy
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import ConfigError
-from rerankers_plugins.integrations._options import build_local_scorer
+from rerankers_plugins.integrations._options import (
+    BiEncoderFields,
+    CohereFields,
+    ColBERTFields,
+    CrossEncoderFields,
+    RemoteFields,
+    build_scorer,
+)
 from rerankers_plugins.pipeline.rerank import arerank, check_options, rerank, scorer_name
 from rerankers_plugins.types import Candidate, Scored
 
@@ -33,7 +40,14 @@ from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRan
 from llama_index.core.postprocessor.types import BaseNodePostprocessor  # noqa: E402
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle  # noqa: E402
 
-__all__ = ["BiEncoderRerank", "ColBERTRerank", "CrossEncoderRerank", "RerankPostprocessor"]
+__all__ = [
+    "BiEncoderRerank",
+    "CohereRerank",
+    "ColBERTRerank",
+    "CrossEncoderRerank",
+    "RemoteRerank",
+    "RerankPostprocessor",
+]
 
 dispatcher = get_dispatcher(__name__)
 
@@ -173,61 +187,58 @@ class RerankPostprocessor(BaseNodePostprocessor):
         return result
 
 
-class _LocalModelRerank(RerankPostprocessor):
-    """Shared fields of the local-model conveniences; the scorer is built from them."""
+class _Convenience(RerankPostprocessor):
+    """A RerankPostprocessor whose scorer is built from the convenience's own fields."""
 
-    _kind: ClassVar[str] = "cross-encoder"
-    scorer: Any = Field(default=None, description="Built from `model` and the options below.")
-    model: str = Field(description="Hugging Face Hub id or local directory.")
-    device: str | None = Field(default=None, description="None: CUDA if present, else CPU.")
-    batch_size: int = Field(default=32, description="Inputs per forward pass.")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        default="auto", description="auto: bfloat16 where the hardware is fast at it, else float32."
-    )
+    kind: ClassVar[str]
+    scorer: Any = Field(default=None, description="Built from the fields below.")
 
     def __init__(self, **data: Any) -> None:
-        super().__init__(**{**data, "scorer": build_local_scorer(self._kind, data)})
+        super().__init__(**{**data, "scorer": build_scorer(self.kind, data)})
 
 
-class CrossEncoderRerank(_LocalModelRerank):
-    """``RerankPostprocessor`` over a :class:`~rerankers_plugins.CrossEncoderScorer` built from ``model``."""
+class CrossEncoderRerank(CrossEncoderFields, _Convenience):
+    """``RerankPostprocessor`` over a :class:`~rerankers_plugins.CrossEncoderScorer` built from ``model``.
 
-    _kind: ClassVar[str] = "cross-encoder"
-    max_length: int | None = Field(default=None, description="Token window; None uses the model's.")
-    activation: Literal["sigmoid"] | None = Field(
-        default="sigmoid", description="sigmoid: scores 0..1 (PROBABILITY); None: raw logits (LOGIT)."
-    )
+    ``CrossEncoderRerank(model="cross-encoder/ms-marco-MiniLM-L-6-v2", top_n=5, threshold=0.3)``
+    """
 
     @classmethod
     def class_name(cls) -> str:
         return "CrossEncoderRerank"
 
 
-class BiEncoderRerank(_LocalModelRerank):
+class BiEncoderRerank(BiEncoderFields, _Convenience):
     """``RerankPostprocessor`` over a :class:`~rerankers_plugins.BiEncoderScorer` (cosine) built from ``model``."""
-
-    _kind: ClassVar[str] = "bi-encoder"
-    max_length: int | None = Field(default=None, description="Token window; None uses the model's.")
 
     @classmethod
     def class_name(cls) -> str:
         return "BiEncoderRerank"
 
 
-class ColBERTRerank(_LocalModelRerank):
+class ColBERTRerank(ColBERTFields, _Convenience):
     """``RerankPostprocessor`` over a :class:`~rerankers_plugins.ColBERTScorer` (MaxSim) built from ``model``.
 
     Document vectors are cached (in memory, and on disk with ``cache_dir``), so reranking
     candidates seen before costs one query encoding plus MaxSim.
     """
 
-    _kind: ClassVar[str] = "colbert"
-    query_length: int = Field(default=32, description="Query tokens, markers and [MASK] padding included.")
-    doc_length: int = Field(default=300, description="Document tokens kept; longer ones are truncated.")
-    cache_dir: str | None = Field(
-        default=None, description="Directory for document vectors shared across processes."
-    )
-
     @classmethod
     def class_name(cls) -> str:
         return "ColBERTRerank"
+
+
+class CohereRerank(CohereFields, _Convenience):
+    """``RerankPostprocessor`` over :class:`~rerankers_plugins.CohereScorer` (key from ``api_key`` or ``COHERE_API_KEY``)."""
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "CohereRerank"
+
+
+class RemoteRerank(RemoteFields, _Convenience):
+    """``RerankPostprocessor`` over a rerank server (TEI, vLLM, Infinity) through :class:`~rerankers_plugins.RemoteScorer`."""
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "RemoteRerank"

@@ -168,6 +168,39 @@ def _finish(plan: _Plan, scores: list[float], top_n: int | None, threshold: floa
     return out
 
 
+def _as_scores(scorer: Any, raw: Any, n: int, name: str) -> list[float]:
+    if hasattr(scorer, "score"):
+        return _validate_scores(raw, n, name)
+    return _permutation_scores(raw, n, name)
+
+
+def _keep_order(plan: _Plan, exc: Exception, top_n: int | None) -> list[Scored]:
+    """The documented fallback of scorers with ``on_error="keep_order"``: every candidate, in its
+    original order (cut by ``top_n``; no threshold, as there are no scores), marked in details.
+    The score is the candidate's retrieval score where it has one, else 0.0."""
+    logger.warning(
+        "scorer %r failed (%s); on_error='keep_order': returning %d candidates in their original order",
+        plan.name,
+        exc,
+        len(plan.scored_idx),
+    )
+    idx = plan.scored_idx if top_n is None else plan.scored_idx[:top_n]
+    out = []
+    for rank, i in enumerate(idx):
+        c = plan.candidates[i]
+        score = float(c.retrieval_score) if c.retrieval_score is not None else 0.0
+        details = {
+            "original_rank": i,
+            "model": plan.name,
+            "score": score,
+            "scale": plan.scale.value,
+            "fallback": "keep_order",
+            "error": f"{type(exc).__name__}: {exc}",
+        }
+        out.append(Scored(candidate=c, score=score, rank=rank, details=details))
+    return out
+
+
 def _texts(plan: _Plan) -> list[str]:
     return [plan.candidates[i].text for i in plan.scored_idx]
 
@@ -199,11 +232,13 @@ def rerank(
     if not plan.scored_idx:
         return []
     texts = _texts(plan)
-    if hasattr(scorer, "score"):
-        scores = _validate_scores(scorer.score(plan.query, texts), len(texts), plan.name)
-    else:
-        scores = _permutation_scores(scorer.rank(plan.query, texts), len(texts), plan.name)
-    return _finish(plan, scores, top_n, threshold)
+    try:
+        raw = scorer.score(plan.query, texts) if hasattr(scorer, "score") else scorer.rank(plan.query, texts)
+    except BackendError as exc:
+        if getattr(scorer, "on_error", "raise") != "keep_order":
+            raise
+        return _keep_order(plan, exc, top_n)
+    return _finish(plan, _as_scores(scorer, raw, len(texts), plan.name), top_n, threshold)
 
 
 async def arerank(
@@ -221,16 +256,18 @@ async def arerank(
     if not plan.scored_idx:
         return []
     texts = _texts(plan)
-    if hasattr(scorer, "score"):
-        if hasattr(scorer, "ascore"):
-            raw = await scorer.ascore(plan.query, texts)
+    try:
+        if hasattr(scorer, "score"):
+            if hasattr(scorer, "ascore"):
+                raw = await scorer.ascore(plan.query, texts)
+            else:
+                raw = await asyncio.to_thread(scorer.score, plan.query, texts)
+        elif hasattr(scorer, "arank"):
+            raw = await scorer.arank(plan.query, texts)
         else:
-            raw = await asyncio.to_thread(scorer.score, plan.query, texts)
-        scores = _validate_scores(raw, len(texts), plan.name)
-    else:
-        if hasattr(scorer, "arank"):
-            perm = await scorer.arank(plan.query, texts)
-        else:
-            perm = await asyncio.to_thread(scorer.rank, plan.query, texts)
-        scores = _permutation_scores(perm, len(texts), plan.name)
-    return _finish(plan, scores, top_n, threshold)
+            raw = await asyncio.to_thread(scorer.rank, plan.query, texts)
+    except BackendError as exc:
+        if getattr(scorer, "on_error", "raise") != "keep_order":
+            raise
+        return _keep_order(plan, exc, top_n)
+    return _finish(plan, _as_scores(scorer, raw, len(texts), plan.name), top_n, threshold)

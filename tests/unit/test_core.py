@@ -14,7 +14,21 @@ from rerankers_plugins._optional import require
 from rerankers_plugins.ops.batching import length_sorted_batches, restore_order
 from rerankers_plugins.registry import available, register
 
-HEAVY = ("torch", "sentence_transformers", "transformers", "langchain_core", "llama_index", "bm25s", "numpy")
+HEAVY = (
+    "torch",
+    "sentence_transformers",
+    "transformers",
+    "langchain_core",
+    "llama_index",
+    "bm25s",
+    "numpy",
+    "httpx",
+    "cohere",
+    "tenacity",
+    "pydantic",
+    "safetensors",
+    "ranx",
+)
 
 
 def test_import_needs_no_extra():

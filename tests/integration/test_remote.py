@@ -1,0 +1,299 @@
+"""Cohere and rerank-server backends against real HTTP servers on 127.0.0.1 (tests/rerank_server.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+
+import pytest
+
+pytest.importorskip("httpx")
+pytest.importorskip("cohere")
+
+from rerank_server import RerankServer, overlap  # noqa: E402
+
+from rerankers_plugins import (
+    BackendError,
+    Candidate,
+    CohereScorer,
+    ConfigError,
+    RemoteScorer,
+    arerank,
+    rerank,
+)  # noqa: E402
+from rerankers_plugins.scorers._http import RetryPolicy, parse_retry_after  # noqa: E402
+
+KEY = "sk-test-DO-NOT-LEAK-1234"
+DOCS = ["apple pie with cinnamon", "red apple", "banana bread", "red sports car", "green apple tree", "pear"]
+QUERY = "red apple"
+FAST = RetryPolicy(attempts=4, initial=0.01, max_wait=0.05)
+KINDS = ["tei", "v1", "cohere"]
+
+
+def make(kind: str, url: str, **kw):
+    kw.setdefault("retry", FAST)
+    if kind == "cohere":
+        return CohereScorer("rerank-v3.5", api_key=KEY, base_url=url, **kw)
+    return RemoteScorer(url, protocol=kind, model="bge-reranker", api_key=KEY, **kw)
+
+
+def expected_order(docs=DOCS, query=QUERY):
+    return [d for _, _, d in sorted((-overlap(query, d), i, d) for i, d in enumerate(docs))]
+
+
+@pytest.fixture
+def server():
+    with RerankServer() as s:
+        yield s
+
+
+@pytest.fixture
+def closed_port_url():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return f"http://127.0.0.1:{port}"
+
+
+def assert_no_loss(result, docs=DOCS):
+    assert sorted(s.text for s in result) == sorted(docs)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_results_mapped_by_index_not_position(server, kind):
+    scorer = make(kind, server.url)
+    scores = scorer.score(QUERY, DOCS)
+    assert scores == [overlap(QUERY, d) for d in DOCS]  # the server answered sorted by score
+    out = rerank(QUERY, DOCS, scorer)
+    assert [s.text for s in out] == expected_order()
+    assert out[0].details["scale"] == "relevance"
+    sent = server.requests[-1]
+    assert sent["headers"]["Authorization"] == f"Bearer {KEY}"
+    if kind == "tei":
+        assert sent["path"] == "/rerank"
+        assert sent["body"] == {"query": QUERY, "texts": DOCS, "raw_scores": False, "truncate": True}
+    elif kind == "v1":
+        assert sent["path"] == "/v1/rerank"
+        assert sent["body"] == {
+            "query": QUERY,
+            "documents": DOCS,
+            "top_n": len(DOCS),
+            "model": "bge-reranker",
+        }
+    else:
+        assert sent["path"] == "/v2/rerank"
+        assert sent["body"]["model"] == "rerank-v3.5" and sent["body"]["top_n"] == len(DOCS)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_async_matches_sync(server, kind):
+    scorer = make(kind, server.url)
+    out = await arerank(QUERY, DOCS, scorer, top_n=3)
+    assert [s.text for s in out] == expected_order()[:3]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_server_answering_only_its_top_k_loses_nothing(server, kind, caplog):
+    server.faults.append(("top", 2))
+    with caplog.at_level(logging.WARNING):
+        out = rerank(QUERY, DOCS, make(kind, server.url))
+    assert_no_loss(out)
+    assert [s.text for s in out[:2]] == expected_order()[:2]
+    assert all(s.score == 0.0 for s in out[2:])
+    assert "returned 2 of 6 results" in caplog.text
+
+
+def test_client_side_batches_merge_by_index(server):
+    scorer = RemoteScorer(server.url, protocol="tei", batch_size=4)
+    docs = [f"doc {i} red" if i % 3 else f"doc {i} red apple" for i in range(10)]
+    assert scorer.score(QUERY, docs) == [overlap(QUERY, d) for d in docs]
+    assert [len(r["body"]["texts"]) for r in server.requests] == [4, 4, 2]
+    cohere = CohereScorer(api_key=KEY, base_url=server.url, max_documents_per_request=3)
+    assert cohere.score(QUERY, docs) == [overlap(QUERY, d) for d in docs]
+    assert [len(r["body"]["documents"]) for r in server.requests[3:]] == [3, 3, 3, 1]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_429_with_retry_after_then_success(server, kind):
+    server.faults.append(("status", 429, {"Retry-After": "0.3"}))
+    t0 = time.perf_counter()
+    out = rerank(QUERY, DOCS, make(kind, server.url))
+    assert time.perf_counter() - t0 >= 0.3  # Retry-After honoured over the 10 ms backoff
+    assert [s.text for s in out] == expected_order()
+    assert len(server.requests) == 2
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_500_three_times_then_success(server, kind, caplog):
+    server.faults.extend([("status", 500), ("status", 502), ("status", 503)])
+    with caplog.at_level(logging.WARNING):
+        out = rerank(QUERY, DOCS, make(kind, server.url))
+    assert [s.text for s in out] == expected_order()
+    assert len(server.requests) == 4
+    assert caplog.text.count("retrying in") == 3
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_hang_longer_than_timeout(server, kind):
+    server.faults.extend([("hang", 3.0), ("hang", 3.0)])
+    scorer = make(kind, server.url, timeout=0.5, retry=RetryPolicy(attempts=2, initial=0.01))
+    t0 = time.perf_counter()
+    with pytest.raises(BackendError, match=r"(?i)timeout|timed out"):
+        scorer.score(QUERY, DOCS)
+    assert time.perf_counter() - t0 < 2.9  # gave up on the timeout, did not wait for the server
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_hang_then_success_is_retried(server, kind):
+    server.faults.append(("hang", 2.0))
+    out = rerank(QUERY, DOCS, make(kind, server.url, timeout=0.5))
+    assert [s.text for s in out] == expected_order()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_malformed_json_is_not_retried(server, kind):
+    server.faults.append(("malformed",))
+    with pytest.raises(BackendError):
+        make(kind, server.url).score(QUERY, DOCS)
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("fault", ["drop_index_key", "duplicate"])
+def test_missing_or_repeated_index_is_an_error(server, kind, fault):
+    server.faults.append((fault,))
+    with pytest.raises(BackendError):
+        make(kind, server.url).score(QUERY, DOCS)
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_other_4xx_not_retried(server, kind):
+    server.faults.append(("status", 400))
+    with pytest.raises(BackendError, match="400"):
+        make(kind, server.url).score(QUERY, DOCS)
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_connection_refused(closed_port_url, kind):
+    scorer = make(kind, closed_port_url, retry=RetryPolicy(attempts=2, initial=0.01))
+    with pytest.raises(BackendError, match=r"(?i)connect"):
+        scorer.score(QUERY, DOCS)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_keep_order_fallback_returns_every_candidate(closed_port_url, kind, caplog):
+    scorer = make(kind, closed_port_url, retry=RetryPolicy(attempts=2, initial=0.01), on_error="keep_order")
+    cands = [Candidate(d, id=str(i), retrieval_score=10.0 - i) for i, d in enumerate(DOCS)]
+    with caplog.at_level(logging.WARNING):
+        sync = rerank(QUERY, cands, scorer, threshold=0.9)
+        asy = await arerank(QUERY, cands, scorer, top_n=4)
+    assert [s.id for s in sync] == [str(i) for i in range(6)]
+    assert [s.id for s in asy] == ["0", "1", "2", "3"]
+    assert all(s.details["fallback"] == "keep_order" for s in sync)
+    assert sync[0].score == 10.0
+    assert "on_error='keep_order'" in caplog.text
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_api_key_never_in_logs_reprs_or_errors(server, kind, caplog):
+    server.faults.extend([("status", 500), ("status", 500), ("status", 401)])
+    scorer = make(kind, server.url)
+    with caplog.at_level(logging.DEBUG), pytest.raises(BackendError) as info:
+        scorer.score(QUERY, DOCS)
+    assert KEY not in caplog.text
+    assert KEY not in str(info.value) and KEY not in repr(info.value)
+    assert KEY not in repr(scorer) and KEY not in str(vars(scorer))
+    assert server.requests[0]["headers"]["Authorization"] == f"Bearer {KEY}"
+
+
+def test_keys_from_the_environment(server, monkeypatch):
+    monkeypatch.setenv("COHERE_API_KEY", KEY)
+    monkeypatch.setenv("RERANK_API_KEY", KEY)
+    CohereScorer(base_url=server.url).score(QUERY, DOCS)
+    RemoteScorer(server.url).score(QUERY, DOCS)
+    assert [r["headers"]["Authorization"] for r in server.requests] == [f"Bearer {KEY}"] * 2
+    monkeypatch.delenv("COHERE_API_KEY")
+    with pytest.raises(ConfigError, match="COHERE_API_KEY"):
+        CohereScorer()
+
+
+def test_bad_options():
+    with pytest.raises(ConfigError, match="protocol"):
+        RemoteScorer("http://x", protocol="grpc")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="base_url"):
+        RemoteScorer("x:8080")
+    with pytest.raises(ConfigError, match="on_error"):
+        RemoteScorer("http://x", on_error="ignore")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="max_documents_per_request"):
+        CohereScorer(api_key=KEY, max_documents_per_request=5000)
+
+
+def test_parse_retry_after():
+    assert parse_retry_after({"Retry-After": "2"}) == 2.0
+    assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
+    assert parse_retry_after({}) is None and parse_retry_after({"Retry-After": "soon"}) is None
+
+
+QUERIES = [f"topic{i} apple" for i in range(200)]
+
+
+def corpus_for(i: int) -> list[str]:
+    return [f"doc about topic{i} apple", f"doc about topic{(i + 1) % 200}", "unrelated text", f"topic{i}"]
+
+
+@pytest.mark.parametrize("kind", ["tei", "v1", "cohere"])
+async def test_200_concurrent_requests_through_both_adapters(kind):
+    from langchain_core.documents import Document
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    from rerankers_plugins.integrations.langchain import RerankCompressor
+    from rerankers_plugins.integrations.llama_index import RerankPostprocessor
+
+    with RerankServer(delay=0.01) as server:
+        scorer = make(kind, server.url, **({"max_concurrency": 8} if kind != "cohere" else {}))
+        lc = RerankCompressor(scorer=scorer, top_n=1)
+        li = RerankPostprocessor(scorer=scorer, top_n=1)
+
+        async def one(i: int):
+            docs = corpus_for(i)
+            if i % 2:
+                out = await lc.acompress_documents([Document(page_content=d) for d in docs], QUERIES[i])
+                return out[0].page_content
+            nodes = [NodeWithScore(node=TextNode(text=d), score=0.0) for d in docs]
+            got = await li.apostprocess_nodes(nodes, query_str=QUERIES[i])
+            return got[0].node.get_content()
+
+        t0 = time.perf_counter()
+        results = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(200))), timeout=60)
+        elapsed = time.perf_counter() - t0
+    assert results == [f"doc about topic{i} apple" for i in range(200)]  # no cross-talk
+    assert len(server.requests) == 200
+    if kind != "cohere":
+        assert server.max_in_flight <= 8  # bounded connections
+    assert elapsed < 60
+
+
+def test_conveniences_build_the_backends(server):
+    from langchain_core.documents import Document
+    from llama_index.core.schema import NodeWithScore, TextNode
+    from pydantic import SecretStr
+
+    from rerankers_plugins.integrations.langchain import CohereRerank, RemoteRerank
+    from rerankers_plugins.integrations.llama_index import CohereRerank as LICohere
+    from rerankers_plugins.integrations.llama_index import RemoteRerank as LIRemote
+
+    lc = CohereRerank(api_key=KEY, base_url=server.url, top_n=2)
+    assert KEY not in repr(lc)
+    docs = [Document(page_content=d) for d in DOCS]
+    assert [d.page_content for d in lc.compress_documents(docs, QUERY)] == expected_order()[:2]
+    remote = RemoteRerank(base_url=server.url, protocol="v1", model="m", api_key=SecretStr(KEY), top_n=1)
+    assert remote.compress_documents(docs, QUERY)[0].page_content == "red apple"
+    nodes = [NodeWithScore(node=TextNode(text=d), score=0.0) for d in DOCS]
+    assert LIRemote(base_url=server.url, top_n=1).postprocess_nodes(nodes, query_str=QUERY)[0].score == 1.0
+    assert LICohere(api_key=KEY, base_url=server.url).class_name() == "CohereRerank"
+    assert all(r["headers"].get("Authorization", f"Bearer {KEY}") == f"Bearer {KEY}" for r in server.requests)
