@@ -12,6 +12,7 @@ from rerankers_plugins.scorers.cohere import CohereScorer
 from rerankers_plugins.scorers.colbert import ColBERTScorer
 from rerankers_plugins.scorers.cross_encoder import CrossEncoderScorer
 from rerankers_plugins.scorers.fake import FakeScorer
+from rerankers_plugins.scorers.llm import LLMListwiseScorer, LLMPairwiseScorer, LLMPointwiseScorer
 from rerankers_plugins.scorers.remote import RemoteScorer
 from rerankers_plugins.types import Candidate, Scored, ScoreScale
 
@@ -27,6 +28,9 @@ __all__ = [
     "ConfigError",
     "CrossEncoderScorer",
     "FakeScorer",
+    "LLMListwiseScorer",
+    "LLMPairwiseScorer",
+    "LLMPointwiseScorer",
     "MissingExtraError",
     "Ranker",
     "RemoteScorer",

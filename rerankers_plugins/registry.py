@@ -26,6 +26,9 @@ _BUILTIN: dict[str, str] = {
     "colbert": "rerankers_plugins.scorers.colbert:ColBERTScorer",
     "cohere": "rerankers_plugins.scorers.cohere:CohereScorer",
     "remote": "rerankers_plugins.scorers.remote:RemoteScorer",
+    "llm-listwise": "rerankers_plugins.scorers.llm:LLMListwiseScorer",
+    "llm-pointwise": "rerankers_plugins.scorers.llm:LLMPointwiseScorer",
+    "llm-pairwise": "rerankers_plugins.scorers.llm:LLMPairwiseScorer",
     "fake": "rerankers_plugins.scorers.fake:FakeScorer",
 }
 _registered: dict[str, str] = {}

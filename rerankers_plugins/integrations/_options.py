@@ -19,6 +19,9 @@ __all__ = [
     "CohereFields",
     "ColBERTFields",
     "CrossEncoderFields",
+    "LLMListwiseFields",
+    "LLMPairwiseFields",
+    "LLMPointwiseFields",
     "RemoteFields",
     "build_scorer",
 ]
@@ -49,6 +52,21 @@ KINDS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
         "rerankers_plugins.scorers.remote:RemoteScorer",
         "base_url",
         ("protocol", "model", "api_key", "timeout", "batch_size", "max_concurrency", "on_error"),
+    ),
+    "llm-listwise": (
+        "rerankers_plugins.scorers.llm:LLMListwiseScorer",
+        "llm",
+        ("window", "step", "max_words"),
+    ),
+    "llm-pointwise": (
+        "rerankers_plugins.scorers.llm:LLMPointwiseScorer",
+        "llm",
+        ("mode", "max_words", "max_concurrency", "unparsable_score"),
+    ),
+    "llm-pairwise": (
+        "rerankers_plugins.scorers.llm:LLMPairwiseScorer",
+        "llm",
+        ("top_k", "both_orders", "max_words"),
     ),
 }
 
@@ -142,3 +160,29 @@ class RemoteFields(BaseModel):
     on_error: OnErrorField = Field(
         default="raise", description="keep_order: on failure, keep the original order."
     )
+
+
+class _LLMFields(BaseModel):
+    llm: Any = Field(description="A LangChain chat model, a LlamaIndex LLM, or a function(messages) -> str.")
+    max_words: int = Field(default=300, description="Each passage is cut to this many words in the prompt.")
+
+
+class LLMListwiseFields(_LLMFields):
+    kind: ClassVar[str] = "llm-listwise"
+    window: int = Field(default=20, description="Passages per LLM call.")
+    step: int = Field(default=10, description="How far the window moves up the list each call.")
+
+
+class LLMPointwiseFields(_LLMFields):
+    kind: ClassVar[str] = "llm-pointwise"
+    mode: Literal["yes_no", "grade"] = Field(
+        default="yes_no", description="yes_no: P(yes); grade: 0-10 / 10."
+    )
+    max_concurrency: int = Field(default=8, description="LLM calls in flight at once.")
+    unparsable_score: float = Field(default=0.0, description="Score of an answer that parses as neither.")
+
+
+class LLMPairwiseFields(_LLMFields):
+    kind: ClassVar[str] = "llm-pairwise"
+    top_k: int = Field(default=10, description="How many of the best candidates to order by comparisons.")
+    both_orders: bool = Field(default=True, description="Ask each comparison in both orders (position bias).")

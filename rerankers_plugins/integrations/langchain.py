@@ -25,6 +25,9 @@ from rerankers_plugins.integrations._options import (
     CohereFields,
     ColBERTFields,
     CrossEncoderFields,
+    LLMListwiseFields,
+    LLMPairwiseFields,
+    LLMPointwiseFields,
     RemoteFields,
     build_scorer,
 )
@@ -42,6 +45,9 @@ __all__ = [
     "CohereRerank",
     "ColBERTRerank",
     "CrossEncoderRerank",
+    "LLMListwiseRerank",
+    "LLMPairwiseRerank",
+    "LLMPointwiseRerank",
     "RemoteRerank",
     "RerankCompressor",
 ]
@@ -152,3 +158,15 @@ class CohereRerank(CohereFields, _Convenience):
 
 class RemoteRerank(RemoteFields, _Convenience):
     """``RerankCompressor`` over a rerank server (TEI, vLLM, Infinity) through :class:`~rerankers_plugins.RemoteScorer`."""
+
+
+class LLMListwiseRerank(LLMListwiseFields, _Convenience):
+    """``RerankCompressor`` over :class:`~rerankers_plugins.LLMListwiseScorer` (RankGPT, sliding window; top_n only)."""
+
+
+class LLMPointwiseRerank(LLMPointwiseFields, _Convenience):
+    """``RerankCompressor`` over :class:`~rerankers_plugins.LLMPointwiseScorer` (each passage judged alone)."""
+
+
+class LLMPairwiseRerank(LLMPairwiseFields, _Convenience):
+    """``RerankCompressor`` over :class:`~rerankers_plugins.LLMPairwiseScorer` (comparisons for the top k; top_n only)."""

@@ -25,6 +25,9 @@ from rerankers_plugins.integrations._options import (
     CohereFields,
     ColBERTFields,
     CrossEncoderFields,
+    LLMListwiseFields,
+    LLMPairwiseFields,
+    LLMPointwiseFields,
     RemoteFields,
     build_scorer,
 )
@@ -45,6 +48,9 @@ __all__ = [
     "CohereRerank",
     "ColBERTRerank",
     "CrossEncoderRerank",
+    "LLMListwiseRerank",
+    "LLMPairwiseRerank",
+    "LLMPointwiseRerank",
     "RemoteRerank",
     "RerankPostprocessor",
 ]
@@ -242,3 +248,27 @@ class RemoteRerank(RemoteFields, _Convenience):
     @classmethod
     def class_name(cls) -> str:
         return "RemoteRerank"
+
+
+class LLMListwiseRerank(LLMListwiseFields, _Convenience):
+    """``RerankPostprocessor`` over :class:`~rerankers_plugins.LLMListwiseScorer` (RankGPT, sliding window; top_n only)."""
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "LLMListwiseRerank"
+
+
+class LLMPointwiseRerank(LLMPointwiseFields, _Convenience):
+    """``RerankPostprocessor`` over :class:`~rerankers_plugins.LLMPointwiseScorer` (each passage judged alone)."""
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "LLMPointwiseRerank"
+
+
+class LLMPairwiseRerank(LLMPairwiseFields, _Convenience):
+    """``RerankPostprocessor`` over :class:`~rerankers_plugins.LLMPairwiseScorer` (comparisons for the top k; top_n only)."""
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "LLMPairwiseRerank"

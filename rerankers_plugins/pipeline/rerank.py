@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rerankers_plugins.errors import BackendError, ConfigError
+from rerankers_plugins.scorers.base import ScoreResult
 from rerankers_plugins.types import Candidate, Scored, ScoreScale
 
 __all__ = ["arerank", "check_options", "check_threshold", "rerank", "scorer_name", "scorer_scale"]
@@ -36,7 +37,7 @@ def scorer_scale(scorer: Any) -> ScoreScale:
     """The declared scale of a scorer; a ``Ranker`` without one is RANK_ONLY."""
     scale = getattr(scorer, "scale", None)
     if scale is None:
-        if hasattr(scorer, "rank") and not hasattr(scorer, "score"):
+        if _is_ranker(scorer):
             return ScoreScale.RANK_ONLY
         raise ConfigError(f"scorer {scorer_name(scorer)!r} declares no `scale` (a ScoreScale)")
     return ScoreScale(scale)
@@ -149,7 +150,9 @@ def _permutation_scores(perm: Any, n: int, name: str) -> list[float]:
     return scores
 
 
-def _finish(plan: _Plan, scores: list[float], top_n: int | None, threshold: float | None) -> list[Scored]:
+def _finish(
+    plan: _Plan, scores: list[float], top_n: int | None, threshold: float | None, result: ScoreResult
+) -> list[Scored]:
     order = sorted(range(len(scores)), key=lambda k: -scores[k])  # stable: ties keep input order
     if threshold is not None:
         order = [k for k in order if scores[k] >= threshold]
@@ -159,6 +162,8 @@ def _finish(plan: _Plan, scores: list[float], top_n: int | None, threshold: floa
     for rank, k in enumerate(order):
         i = plan.scored_idx[k]
         details = {
+            **result.info,
+            **(result.per_item[k] if result.per_item is not None else {}),
             "original_rank": i,
             "model": plan.name,
             "score": scores[k],
@@ -168,10 +173,41 @@ def _finish(plan: _Plan, scores: list[float], top_n: int | None, threshold: floa
     return out
 
 
-def _as_scores(scorer: Any, raw: Any, n: int, name: str) -> list[float]:
-    if hasattr(scorer, "score"):
-        return _validate_scores(raw, n, name)
-    return _permutation_scores(raw, n, name)
+def _is_ranker(scorer: Any) -> bool:
+    return not (hasattr(scorer, "score") or hasattr(scorer, "score_details"))
+
+
+def _as_result(raw: Any) -> ScoreResult:
+    return raw if isinstance(raw, ScoreResult) else ScoreResult(values=list(raw))
+
+
+_METHODS = ("score_details", "score", "rank_details", "rank")
+
+
+def _call(scorer: Any, query: str, texts: list[str]) -> ScoreResult:
+    """One call of the scorer: ``*_details`` methods where the scorer has them, else the plain ones."""
+    for method in _METHODS:
+        if hasattr(scorer, method):
+            return _as_result(getattr(scorer, method)(query, texts))
+    raise ConfigError(f"{type(scorer).__name__} is neither a Scorer (score) nor a Ranker (rank)")
+
+
+async def _acall(scorer: Any, query: str, texts: list[str]) -> ScoreResult:
+    """Async :func:`_call`: native ``a*`` methods first, else the sync method in a worker thread."""
+    for method in _METHODS:
+        if hasattr(scorer, "a" + method):
+            return _as_result(await getattr(scorer, "a" + method)(query, texts))
+        if hasattr(scorer, method):
+            return _as_result(await asyncio.to_thread(getattr(scorer, method), query, texts))
+    raise ConfigError(f"{type(scorer).__name__} is neither a Scorer (score) nor a Ranker (rank)")
+
+
+def _scores(scorer: Any, result: ScoreResult, n: int, name: str) -> list[float]:
+    if result.per_item is not None and len(result.per_item) != n:
+        raise BackendError(f"scorer {name!r} returned {len(result.per_item)} detail entries for {n} texts")
+    if _is_ranker(scorer):
+        return _permutation_scores(result.values, n, name)
+    return _validate_scores(result.values, n, name)
 
 
 def _keep_order(plan: _Plan, exc: Exception, top_n: int | None) -> list[Scored]:
@@ -233,12 +269,12 @@ def rerank(
         return []
     texts = _texts(plan)
     try:
-        raw = scorer.score(plan.query, texts) if hasattr(scorer, "score") else scorer.rank(plan.query, texts)
+        result = _call(scorer, plan.query, texts)
     except BackendError as exc:
         if getattr(scorer, "on_error", "raise") != "keep_order":
             raise
         return _keep_order(plan, exc, top_n)
-    return _finish(plan, _as_scores(scorer, raw, len(texts), plan.name), top_n, threshold)
+    return _finish(plan, _scores(scorer, result, len(texts), plan.name), top_n, threshold, result)
 
 
 async def arerank(
@@ -257,17 +293,9 @@ async def arerank(
         return []
     texts = _texts(plan)
     try:
-        if hasattr(scorer, "score"):
-            if hasattr(scorer, "ascore"):
-                raw = await scorer.ascore(plan.query, texts)
-            else:
-                raw = await asyncio.to_thread(scorer.score, plan.query, texts)
-        elif hasattr(scorer, "arank"):
-            raw = await scorer.arank(plan.query, texts)
-        else:
-            raw = await asyncio.to_thread(scorer.rank, plan.query, texts)
+        result = await _acall(scorer, plan.query, texts)
     except BackendError as exc:
         if getattr(scorer, "on_error", "raise") != "keep_order":
             raise
         return _keep_order(plan, exc, top_n)
-    return _finish(plan, _as_scores(scorer, raw, len(texts), plan.name), top_n, threshold)
+    return _finish(plan, _scores(scorer, result, len(texts), plan.name), top_n, threshold, result)

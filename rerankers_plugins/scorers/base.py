@@ -9,12 +9,28 @@ instead. Sorting, top_n and thresholds are *not* a scorer's job: they live once,
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 from rerankers_plugins.types import ScoreScale
 
-__all__ = ["BaseScorer", "Ranker", "Scorer"]
+__all__ = ["BaseScorer", "Ranker", "ScoreResult", "Scorer"]
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """What a scorer's optional ``score_details`` / ``rank_details`` methods return.
+
+    ``values`` are the scores (or, for a Ranker, the permutation); ``info`` is merged into every
+    returned candidate's ``Scored.details`` (e.g. the number of LLM calls); ``per_item``, aligned
+    with the texts, into that candidate's details only (e.g. the passage a long document was
+    scored by). :func:`rerankers_plugins.rerank` prefers these methods where a scorer has them.
+    """
+
+    values: list[Any]
+    info: Mapping[str, Any] = field(default_factory=dict)
+    per_item: Sequence[Mapping[str, Any]] | None = None
 
 
 @runtime_checkable

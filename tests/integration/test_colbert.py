@@ -135,7 +135,7 @@ def test_missing_projection_is_a_clear_error(tmp_path):
 
 def test_cache_makes_repeat_reranking_encode_nothing(colbert_dir):
     scorer = ColBERTScorer(str(colbert_dir), dtype="float32")
-    assert scorer.index(DOCS + [DOCS[0], ""]) == 3
+    assert scorer.index([*DOCS, DOCS[0], ""]) == 3
     assert scorer.index(DOCS) == 0
     misses = scorer.cache.misses
     first = scorer.score(QUERY, DOCS)

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("httpx")
 pytest.importorskip("cohere")
 
-from rerank_server import RerankServer, overlap  # noqa: E402
+from local_servers import RerankServer, overlap
 
 from rerankers_plugins import (
     BackendError,
@@ -22,8 +22,8 @@ from rerankers_plugins import (
     RemoteScorer,
     arerank,
     rerank,
-)  # noqa: E402
-from rerankers_plugins.scorers._http import RetryPolicy, parse_retry_after  # noqa: E402
+)
+from rerankers_plugins.scorers._http import RetryPolicy, parse_retry_after
 
 KEY = "sk-test-DO-NOT-LEAK-1234"
 DOCS = ["apple pie with cinnamon", "red apple", "banana bread", "red sports car", "green apple tree", "pear"]
