@@ -4,6 +4,18 @@ Importing this package needs no optional dependency; each backend asks for its e
 """
 
 from rerankers_plugins.errors import BackendError, ConfigError, MissingExtraError, RerankError
+from rerankers_plugins.pipeline import (
+    CachedScorer,
+    Calibrated,
+    Cascade,
+    Hybrid,
+    LongDocument,
+    Selective,
+    Signal,
+    Stage,
+    Threshold,
+    calibrate,
+)
 from rerankers_plugins.pipeline.rerank import arerank, rerank
 from rerankers_plugins.registry import get_scorer
 from rerankers_plugins.scorers.base import BaseScorer, Ranker, Scorer
@@ -12,6 +24,7 @@ from rerankers_plugins.scorers.cohere import CohereScorer
 from rerankers_plugins.scorers.colbert import ColBERTScorer
 from rerankers_plugins.scorers.cross_encoder import CrossEncoderScorer
 from rerankers_plugins.scorers.fake import FakeScorer
+from rerankers_plugins.scorers.lexical import BM25Scorer
 from rerankers_plugins.scorers.llm import LLMListwiseScorer, LLMPairwiseScorer, LLMPointwiseScorer
 from rerankers_plugins.scorers.remote import RemoteScorer
 from rerankers_plugins.types import Candidate, Scored, ScoreScale
@@ -19,18 +32,24 @@ from rerankers_plugins.types import Candidate, Scored, ScoreScale
 __version__ = "0.1.0"
 
 __all__ = [
+    "BM25Scorer",
     "BackendError",
     "BaseScorer",
     "BiEncoderScorer",
+    "CachedScorer",
+    "Calibrated",
     "Candidate",
+    "Cascade",
     "CohereScorer",
     "ColBERTScorer",
     "ConfigError",
     "CrossEncoderScorer",
     "FakeScorer",
+    "Hybrid",
     "LLMListwiseScorer",
     "LLMPairwiseScorer",
     "LLMPointwiseScorer",
+    "LongDocument",
     "MissingExtraError",
     "Ranker",
     "RemoteScorer",
@@ -38,8 +57,13 @@ __all__ = [
     "ScoreScale",
     "Scored",
     "Scorer",
+    "Selective",
+    "Signal",
+    "Stage",
+    "Threshold",
     "__version__",
     "arerank",
+    "calibrate",
     "get_scorer",
     "rerank",
 ]

@@ -29,6 +29,7 @@ _BUILTIN: dict[str, str] = {
     "llm-listwise": "rerankers_plugins.scorers.llm:LLMListwiseScorer",
     "llm-pointwise": "rerankers_plugins.scorers.llm:LLMPointwiseScorer",
     "llm-pairwise": "rerankers_plugins.scorers.llm:LLMPairwiseScorer",
+    "bm25": "rerankers_plugins.scorers.lexical:BM25Scorer",
     "fake": "rerankers_plugins.scorers.fake:FakeScorer",
 }
 _registered: dict[str, str] = {}

@@ -14,14 +14,23 @@ import asyncio
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from rerankers_plugins.errors import BackendError, ConfigError
 from rerankers_plugins.scorers.base import ScoreResult
 from rerankers_plugins.types import Candidate, Scored, ScoreScale
 
-__all__ = ["arerank", "check_options", "check_threshold", "rerank", "scorer_name", "scorer_scale"]
+__all__ = [
+    "arerank",
+    "ascore_with",
+    "check_options",
+    "check_threshold",
+    "rerank",
+    "score_with",
+    "scorer_name",
+    "scorer_scale",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -153,9 +162,12 @@ def _permutation_scores(perm: Any, n: int, name: str) -> list[float]:
 def _finish(
     plan: _Plan, scores: list[float], top_n: int | None, threshold: float | None, result: ScoreResult
 ) -> list[Scored]:
-    order = sorted(range(len(scores)), key=lambda k: -scores[k])  # stable: ties keep input order
+    if result.order is not None:  # a strategy decided the order (and may have left some out, logged)
+        order = list(result.order)
+    else:
+        order = sorted(range(len(scores)), key=lambda k: -scores[k])  # stable: ties keep input order
     if threshold is not None:
-        order = [k for k in order if scores[k] >= threshold]
+        order = [k for k in order if k in result.unscored or scores[k] >= threshold]
     if top_n is not None:
         order = order[:top_n]
     out = []
@@ -169,45 +181,70 @@ def _finish(
             "score": scores[k],
             "scale": plan.scale.value,
         }
+        if k in result.unscored:
+            details["reranked"] = False
         out.append(Scored(candidate=plan.candidates[i], score=scores[k], rank=rank, details=details))
     return out
 
 
 def _is_ranker(scorer: Any) -> bool:
-    return not (hasattr(scorer, "score") or hasattr(scorer, "score_details"))
+    return not any(hasattr(scorer, m) for m in ("score", "score_details", "score_candidates"))
 
 
 def _as_result(raw: Any) -> ScoreResult:
     return raw if isinstance(raw, ScoreResult) else ScoreResult(values=list(raw))
 
 
-_METHODS = ("score_details", "score", "rank_details", "rank")
+_METHODS = ("score_candidates", "score_details", "score", "rank_details", "rank")
 
 
-def _call(scorer: Any, query: str, texts: list[str]) -> ScoreResult:
-    """One call of the scorer: ``*_details`` methods where the scorer has them, else the plain ones."""
+def _args(method: str, query: str, candidates: list[Candidate]) -> tuple[str, Any]:
+    return (query, candidates) if method == "score_candidates" else (query, [c.text for c in candidates])
+
+
+def _call(scorer: Any, query: str, candidates: list[Candidate]) -> ScoreResult:
+    """One call of the scorer, through the richest method it has: ``score_candidates`` (strategies,
+    which see ids, metadata and retrieval scores), ``*_details``, then the plain methods."""
     for method in _METHODS:
         if hasattr(scorer, method):
-            return _as_result(getattr(scorer, method)(query, texts))
+            return _as_result(getattr(scorer, method)(*_args(method, query, candidates)))
     raise ConfigError(f"{type(scorer).__name__} is neither a Scorer (score) nor a Ranker (rank)")
 
 
-async def _acall(scorer: Any, query: str, texts: list[str]) -> ScoreResult:
+async def _acall(scorer: Any, query: str, candidates: list[Candidate]) -> ScoreResult:
     """Async :func:`_call`: native ``a*`` methods first, else the sync method in a worker thread."""
     for method in _METHODS:
         if hasattr(scorer, "a" + method):
-            return _as_result(await getattr(scorer, "a" + method)(query, texts))
+            return _as_result(await getattr(scorer, "a" + method)(*_args(method, query, candidates)))
         if hasattr(scorer, method):
-            return _as_result(await asyncio.to_thread(getattr(scorer, method), query, texts))
+            return _as_result(
+                await asyncio.to_thread(getattr(scorer, method), *_args(method, query, candidates))
+            )
     raise ConfigError(f"{type(scorer).__name__} is neither a Scorer (score) nor a Ranker (rank)")
 
 
 def _scores(scorer: Any, result: ScoreResult, n: int, name: str) -> list[float]:
     if result.per_item is not None and len(result.per_item) != n:
         raise BackendError(f"scorer {name!r} returned {len(result.per_item)} detail entries for {n} texts")
+    order = result.order
+    if order is not None and (len(set(order)) != len(order) or any(not 0 <= k < n for k in order)):
+        raise BackendError(f"scorer {name!r} returned an order that is not a subset of range({n})")
     if _is_ranker(scorer):
         return _permutation_scores(result.values, n, name)
     return _validate_scores(result.values, n, name)
+
+
+def score_with(scorer: Any, query: str, candidates: list[Candidate]) -> ScoreResult:
+    """Call any scorer, ranker or strategy on ``candidates``; ``values`` are checked float scores
+    (a ranker's permutation becomes ``n - position``). Strategies use this to call what they wrap."""
+    result = _call(scorer, query, candidates)
+    return replace(result, values=_scores(scorer, result, len(candidates), scorer_name(scorer)))
+
+
+async def ascore_with(scorer: Any, query: str, candidates: list[Candidate]) -> ScoreResult:
+    """Async :func:`score_with`."""
+    result = await _acall(scorer, query, candidates)
+    return replace(result, values=_scores(scorer, result, len(candidates), scorer_name(scorer)))
 
 
 def _keep_order(plan: _Plan, exc: Exception, top_n: int | None) -> list[Scored]:
@@ -237,10 +274,6 @@ def _keep_order(plan: _Plan, exc: Exception, top_n: int | None) -> list[Scored]:
     return out
 
 
-def _texts(plan: _Plan) -> list[str]:
-    return [plan.candidates[i].text for i in plan.scored_idx]
-
-
 def rerank(
     query: str,
     candidates: Sequence[CandidateLike],
@@ -267,14 +300,14 @@ def rerank(
     plan = _plan(query, candidates, scorer, top_n, threshold, skip_empty)
     if not plan.scored_idx:
         return []
-    texts = _texts(plan)
+    cands = [plan.candidates[i] for i in plan.scored_idx]
     try:
-        result = _call(scorer, plan.query, texts)
+        result = _call(scorer, plan.query, cands)
     except BackendError as exc:
         if getattr(scorer, "on_error", "raise") != "keep_order":
             raise
         return _keep_order(plan, exc, top_n)
-    return _finish(plan, _scores(scorer, result, len(texts), plan.name), top_n, threshold, result)
+    return _finish(plan, _scores(scorer, result, len(cands), plan.name), top_n, threshold, result)
 
 
 async def arerank(
@@ -291,11 +324,11 @@ async def arerank(
     plan = _plan(query, candidates, scorer, top_n, threshold, skip_empty)
     if not plan.scored_idx:
         return []
-    texts = _texts(plan)
+    cands = [plan.candidates[i] for i in plan.scored_idx]
     try:
-        result = await _acall(scorer, plan.query, texts)
+        result = await _acall(scorer, plan.query, cands)
     except BackendError as exc:
         if getattr(scorer, "on_error", "raise") != "keep_order":
             raise
         return _keep_order(plan, exc, top_n)
-    return _finish(plan, _scores(scorer, result, len(texts), plan.name), top_n, threshold, result)
+    return _finish(plan, _scores(scorer, result, len(cands), plan.name), top_n, threshold, result)

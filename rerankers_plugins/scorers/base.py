@@ -26,11 +26,19 @@ class ScoreResult:
     returned candidate's ``Scored.details`` (e.g. the number of LLM calls); ``per_item``, aligned
     with the texts, into that candidate's details only (e.g. the passage a long document was
     scored by). :func:`rerankers_plugins.rerank` prefers these methods where a scorer has them.
+    Strategies implement ``score_candidates(query, candidates)`` instead, to see ids, metadata
+    and retrieval scores.
     """
 
     values: list[Any]
     info: Mapping[str, Any] = field(default_factory=dict)
     per_item: Sequence[Mapping[str, Any]] | None = None
+    #: a strategy's final order (best first) of the positions to return; positions left out are
+    #: dropped by the strategy's own documented rule (a cascade stage's ``keep``, for instance).
+    order: Sequence[int] | None = None
+    #: positions carried without a score on the scale (a selective strategy's unreranked tail):
+    #: thresholds do not apply to them, and their ``details["reranked"]`` is False.
+    unscored: frozenset[int] = frozenset()
 
 
 @runtime_checkable

@@ -1,0 +1,48 @@
+"""BM25 over the candidates themselves (bm25s): a lexical signal for hybrid fusion."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from rerankers_plugins._optional import require
+from rerankers_plugins.scorers.base import BaseScorer
+from rerankers_plugins.types import ScoreScale
+
+__all__ = ["BM25Scorer"]
+
+logger = logging.getLogger(__name__)
+
+
+class BM25Scorer(BaseScorer):
+    """BM25 (Lucene variant, k1=1.2, b=0.75) of the query against the candidate list as a corpus.
+
+    Statistics (document frequencies, average length) come from the candidates, so the score says
+    how strongly a candidate matches the query's terms relative to the other candidates. English
+    stopwords; Snowball stemming when PyStemmer is installed. Scale LOGIT (any non-negative number).
+    """
+
+    scale = ScoreScale.LOGIT
+
+    def __init__(self, *, k1: float = 1.2, b: float = 0.75, stemming: bool = True) -> None:
+        self._bm25s = require("bm25s", "bm25")
+        self.k1, self.b = k1, b
+        self._stemmer: Any = None
+        if stemming:
+            self._stemmer = require("Stemmer", "bm25").Stemmer("english")
+        self.name = "bm25"
+
+    def score(self, query: str, texts: Sequence[str]) -> list[float]:
+        if not texts:
+            return []
+        tok = self._bm25s.tokenize
+        corpus = tok(
+            list(texts), stopwords="en", stemmer=self._stemmer, show_progress=False, allow_empty=True
+        )
+        index = self._bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
+        index.index(corpus, show_progress=False)
+        q = tok([query], stopwords="en", stemmer=self._stemmer, show_progress=False, return_ids=False)[0]
+        if not q:
+            return [0.0] * len(texts)
+        return [float(s) for s in index.get_scores(q)]
