@@ -151,8 +151,9 @@ class TruncationReport:
         self.owner = owner
         self.warned = False
 
-    def lengths(self, tokenizer: Any, texts: Sequence[str], limit: int) -> list[int]:
-        """Token count of each text without special tokens, capped at ``limit + 1``."""
+    def token_ids(self, tokenizer: Any, texts: Sequence[str], limit: int) -> list[list[int]]:
+        """Token ids of each text without special tokens, capped at ``limit + 1`` (one over the
+        limit tells that a text is truncated)."""
         if not texts:
             return []
         enc = tokenizer(
@@ -163,7 +164,11 @@ class TruncationReport:
             return_attention_mask=False,
             return_token_type_ids=False,
         )
-        return [len(ids) for ids in enc["input_ids"]]
+        return [list(ids) for ids in enc["input_ids"]]
+
+    def lengths(self, tokenizer: Any, texts: Sequence[str], limit: int) -> list[int]:
+        """Token count of each text without special tokens, capped at ``limit + 1``."""
+        return [len(ids) for ids in self.token_ids(tokenizer, texts, limit)]
 
     def check(self, over: int, total: int, limit: int) -> None:
         if over and not self.warned:

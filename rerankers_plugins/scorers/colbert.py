@@ -421,9 +421,9 @@ class ColBERTScorer(BaseScorer):
     ) -> list[list[int]]:
         tok = self._tokenizer
         room = max(limit - 2 - len(marker), 1)  # [CLS] marker ... [SEP]
-        raw = report.lengths(tok, texts, room)  # capped at room + 1: tells who is truncated
-        report.check(sum(n > room for n in raw), len(raw), limit)
-        enc = tok(list(texts), add_special_tokens=False, truncation=True, max_length=room)["input_ids"]
+        raw = report.token_ids(tok, texts, room)  # capped at room + 1: tells who is truncated
+        report.check(sum(len(ids) > room for ids in raw), len(raw), limit)
+        enc = [ids[:room] for ids in raw]
         cls, sep = tok.cls_token_id, tok.sep_token_id
         if cls is None or sep is None:
             cls = tok.bos_token_id if cls is None else cls

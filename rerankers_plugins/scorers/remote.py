@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -99,7 +100,11 @@ class RemoteScorer(BaseScorer):
         self.name = f"{protocol}:{model or self.base_url}"
         self._client: Any = None
         self._lock = threading.Lock()
-        self._async_clients: dict[int, tuple[Any, asyncio.Semaphore]] = {}
+        # One async client and bound per event loop (httpx async clients cannot cross loops); weak
+        # keys, so a loop that is gone (asyncio.run per call) does not keep its client alive.
+        self._async_clients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[Any, asyncio.Semaphore]
+        ] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
         return f"RemoteScorer({self.base_url!r}, protocol={self.protocol!r}, model={self.model!r}, api_key={'set' if self._key else None})"
@@ -129,15 +134,14 @@ class RemoteScorer(BaseScorer):
             return self._client
 
     def _async_client(self) -> tuple[Any, asyncio.Semaphore]:
-        # One client and one bound per event loop: httpx async clients cannot cross loops.
         loop = asyncio.get_running_loop()
-        entry = self._async_clients.get(id(loop))
+        entry = self._async_clients.get(loop)
         if entry is None:
             client = self._httpx.AsyncClient(
                 base_url=self.base_url, headers=self._headers(), timeout=self.timeout, limits=self._limits()
             )
             entry = (client, asyncio.Semaphore(self.max_concurrency))
-            self._async_clients[id(loop)] = entry
+            self._async_clients[loop] = entry
         return entry
 
     def close(self) -> None:
@@ -147,7 +151,7 @@ class RemoteScorer(BaseScorer):
             self._client = None
 
     async def aclose(self) -> None:
-        entry = self._async_clients.pop(id(asyncio.get_running_loop()), None)
+        entry = self._async_clients.pop(asyncio.get_running_loop(), None)
         if entry is not None:
             await entry[0].aclose()
 

@@ -297,3 +297,12 @@ def test_conveniences_build_the_backends(server):
     assert LIRemote(base_url=server.url, top_n=1).postprocess_nodes(nodes, query_str=QUERY)[0].score == 1.0
     assert LICohere(api_key=KEY, base_url=server.url).class_name() == "CohereRerank"
     assert all(r["headers"].get("Authorization", f"Bearer {KEY}") == f"Bearer {KEY}" for r in server.requests)
+
+
+def test_async_scorer_survives_new_event_loops(server):
+    """asyncio.run per call creates a new loop each time; each gets its own live client."""
+    scorer = RemoteScorer(server.url, protocol="v1", retry=FAST)
+    for _ in range(3):
+        out = asyncio.run(arerank(QUERY, DOCS, scorer, top_n=1))
+        assert out[0].text == "red apple"
+    assert len(server.requests) == 3
