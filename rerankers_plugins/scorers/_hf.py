@@ -147,8 +147,11 @@ class TruncationReport:
     512-token model should hear about it once, not on every call and not never.
     """
 
-    def __init__(self, owner: str) -> None:
+    def __init__(
+        self, owner: str, hint: str = "Split long documents into passages for full coverage."
+    ) -> None:
         self.owner = owner
+        self.hint = hint
         self.warned = False
 
     def token_ids(self, tokenizer: Any, texts: Sequence[str], limit: int) -> list[list[int]]:
@@ -175,10 +178,10 @@ class TruncationReport:
             self.warned = True
             logger.warning(
                 "%s: %d of %d inputs are longer than the model's %d-token window and are truncated "
-                "(only their beginning is scored). Split long documents into passages for full coverage. "
-                "This warning is shown once per scorer.",
+                "(only their beginning is scored). %s This warning is shown once per scorer.",
                 self.owner,
                 over,
                 total,
                 limit,
+                self.hint,
             )

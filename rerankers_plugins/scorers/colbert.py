@@ -392,7 +392,9 @@ class ColBERTScorer(BaseScorer):
         )
         self._special_ids = frozenset(int(i) for i in self._tokenizer.all_special_ids)
         self._doc_truncation = TruncationReport(f"ColBERTScorer({model!r}) documents")
-        self._query_truncation = TruncationReport(f"ColBERTScorer({model!r}) queries")
+        self._query_truncation = TruncationReport(
+            f"ColBERTScorer({model!r}) queries", hint="Raise query_length to read longer queries."
+        )
         model_key = hashlib.sha256(
             json.dumps(
                 [str(root.resolve()), self.layout, self.doc_length, self.dim, str(self.dtype)]
