@@ -95,10 +95,12 @@ class EvalReport:
         matplotlib.use("Agg")
         plt = require("matplotlib.pyplot", "eval")
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for r in self.results:
+        for i, r in enumerate(self.results):
             x = max(r.median_ms, 0.1)
             ax.scatter([x], [r.metrics[metric]], s=40)
-            ax.annotate(r.name, (x, r.metrics[metric]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            # alternate label sides so that neighbouring points stay readable
+            offset = (6, 5) if i % 2 == 0 else (6, -12)
+            ax.annotate(r.name, (x, r.metrics[metric]), textcoords="offset points", xytext=offset, fontsize=8)
         ax.set_xscale("log")
         ax.set_xlabel("median rerank latency per query (ms, log scale; first stage only at 0.1)")
         ax.set_ylabel(metric.upper())
