@@ -120,9 +120,10 @@ def _plan(
         raise TypeError(f"query must be a str, got {type(query).__name__}")
     if not query.strip():
         raise ConfigError("query is empty: a reranker needs a query to score candidates against")
-    check_options(scorer, top_n, threshold)
+    _check_top_n(top_n)
     name = scorer_name(scorer)
     scale = scorer_scale(scorer)
+    check_threshold(scale, threshold, who=f"scorer {name!r}")
     cands = _as_candidates(candidates)
     idx = list(range(len(cands)))
     if skip_empty:

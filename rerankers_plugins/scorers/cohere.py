@@ -10,8 +10,9 @@ the SDK's own retries are turned off so that the two do not multiply.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from rerankers_plugins._optional import require
@@ -150,6 +151,17 @@ class CohereScorer(BaseScorer):
             )
         return exc
 
+    @contextlib.contextmanager
+    def _sdk_errors(self) -> Iterator[None]:
+        """Re-raise what the SDK raises as :meth:`_translate` says (unknown errors unchanged)."""
+        try:
+            yield
+        except Exception as exc:
+            translated = self._translate(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+
     def _merge(self, response: Any, n: int) -> list[float]:
         try:
             pairs = [(r.index, r.relevance_score) for r in response.results]
@@ -167,13 +179,8 @@ class CohereScorer(BaseScorer):
         for chunk in self._chunks(texts):
 
             def once(chunk: Sequence[str] = chunk) -> list[float]:
-                try:
+                with self._sdk_errors():
                     response = client.rerank(**self._request(query, chunk))
-                except Exception as exc:
-                    translated = self._translate(exc)
-                    if translated is exc:
-                        raise
-                    raise translated from exc
                 return self._merge(response, len(chunk))
 
             out.extend(self.retry.call(once))
@@ -186,13 +193,8 @@ class CohereScorer(BaseScorer):
         async def one(chunk: Sequence[str]) -> list[float]:
             async def once() -> list[float]:
                 async with bound:
-                    try:
+                    with self._sdk_errors():
                         response = await client.rerank(**self._request(query, chunk))
-                    except Exception as exc:
-                        translated = self._translate(exc)
-                        if translated is exc:
-                            raise
-                        raise translated from exc
                 return self._merge(response, len(chunk))
 
             return await self.retry.acall(once)
