@@ -206,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if importlib.util.find_spec("transformers") is not None:
             from transformers.utils import logging as hf_logging
 
-            hf_logging.disable_progress_bar()
+            hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:
         return int(args.func(args))
     except RerankError as exc:

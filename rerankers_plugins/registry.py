@@ -1,6 +1,10 @@
-"""Explicit backend registry: a name maps to a ``"module:Class"`` string, imported on first use.
+"""The one registry: backend names, the classes they build, their adapter conveniences, and the
+strategies a pipeline file can name.
 
-Third-party packages add backends through the entry-point group ``rerankers_plugins.scorers``::
+A backend name maps to a :class:`Backend`: the ``"module:Class"`` it builds (imported on first use)
+and, for built-in backends, the convenience class both adapters generate from it (for example
+``CrossEncoderRerank``, whose fields are the backend's options). Third-party packages add backends
+through the entry-point group ``rerankers_plugins.scorers``::
 
     [project.entry-points."rerankers_plugins.scorers"]
     my-backend = "my_package.scorer:MyScorer"
@@ -11,28 +15,119 @@ Backends are never guessed from a substring of a model name.
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
 from rerankers_plugins.errors import ConfigError
 
-__all__ = ["ENTRY_POINT_GROUP", "available", "get_scorer", "register"]
+__all__ = [
+    "BACKENDS",
+    "ENTRY_POINT_GROUP",
+    "STRATEGIES",
+    "Backend",
+    "available",
+    "get_scorer",
+    "load",
+    "register",
+]
 
 ENTRY_POINT_GROUP = "rerankers_plugins.scorers"
 
-_BUILTIN: dict[str, str] = {
-    "cross-encoder": "rerankers_plugins.scorers.cross_encoder:CrossEncoderScorer",
-    "bi-encoder": "rerankers_plugins.scorers.bi_encoder:BiEncoderScorer",
-    "colbert": "rerankers_plugins.scorers.colbert:ColBERTScorer",
-    "cohere": "rerankers_plugins.scorers.cohere:CohereScorer",
-    "remote": "rerankers_plugins.scorers.remote:RemoteScorer",
-    "llm-listwise": "rerankers_plugins.scorers.llm:LLMListwiseScorer",
-    "llm-pointwise": "rerankers_plugins.scorers.llm:LLMPointwiseScorer",
-    "llm-pairwise": "rerankers_plugins.scorers.llm:LLMPairwiseScorer",
-    "bm25": "rerankers_plugins.scorers.lexical:BM25Scorer",
-    "fake": "rerankers_plugins.scorers.fake:FakeScorer",
+_OPTIONS = "rerankers_plugins.integrations._options"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """``target``: ``"module:Class"``. ``convenience``: the class name both adapters generate
+    (None: no convenience), whose pydantic fields are ``fields`` (``"module:Model"``) and whose
+    ``positional`` field is passed first to the class."""
+
+    target: str
+    convenience: str | None = None
+    fields: str | None = None
+    positional: str | None = None
+    summary: str = ""
+
+
+BACKENDS: dict[str, Backend] = {
+    "cross-encoder": Backend(
+        "rerankers_plugins.scorers.cross_encoder:CrossEncoderScorer",
+        "CrossEncoderRerank",
+        f"{_OPTIONS}:CrossEncoderFields",
+        "model",
+        "a sentence-transformers cross-encoder built from ``model``",
+    ),
+    "bi-encoder": Backend(
+        "rerankers_plugins.scorers.bi_encoder:BiEncoderScorer",
+        "BiEncoderRerank",
+        f"{_OPTIONS}:BiEncoderFields",
+        "model",
+        "a bi-encoder (cosine) built from ``model``",
+    ),
+    "colbert": Backend(
+        "rerankers_plugins.scorers.colbert:ColBERTScorer",
+        "ColBERTRerank",
+        f"{_OPTIONS}:ColBERTFields",
+        "model",
+        "ColBERT late interaction (MaxSim) built from ``model``; document vectors are cached",
+    ),
+    "cohere": Backend(
+        "rerankers_plugins.scorers.cohere:CohereScorer",
+        "CohereRerank",
+        f"{_OPTIONS}:CohereFields",
+        "model",
+        "the Cohere Rerank API (key from ``api_key`` or ``COHERE_API_KEY``)",
+    ),
+    "remote": Backend(
+        "rerankers_plugins.scorers.remote:RemoteScorer",
+        "RemoteRerank",
+        f"{_OPTIONS}:RemoteFields",
+        "base_url",
+        "a rerank server (TEI, vLLM, Infinity)",
+    ),
+    "llm-listwise": Backend(
+        "rerankers_plugins.scorers.llm:LLMListwiseScorer",
+        "LLMListwiseRerank",
+        f"{_OPTIONS}:LLMListwiseFields",
+        "llm",
+        "a listwise LLM reranker (RankGPT, sliding window; top_n only)",
+    ),
+    "llm-pointwise": Backend(
+        "rerankers_plugins.scorers.llm:LLMPointwiseScorer",
+        "LLMPointwiseRerank",
+        f"{_OPTIONS}:LLMPointwiseFields",
+        "llm",
+        "a pointwise LLM reranker (each passage judged alone)",
+    ),
+    "llm-pairwise": Backend(
+        "rerankers_plugins.scorers.llm:LLMPairwiseScorer",
+        "LLMPairwiseRerank",
+        f"{_OPTIONS}:LLMPairwiseFields",
+        "llm",
+        "a pairwise LLM reranker (comparisons for the top k; top_n only)",
+    ),
+    "bm25": Backend("rerankers_plugins.scorers.lexical:BM25Scorer"),
+    "fake": Backend("rerankers_plugins.scorers.fake:FakeScorer"),
 }
+
+#: pipeline-file keys (see :mod:`rerankers_plugins.eval.pipelines`) -> the strategy they build
+STRATEGIES: dict[str, str] = {
+    "threshold": "rerankers_plugins.pipeline.threshold:Threshold",
+    "selective": "rerankers_plugins.pipeline.selective:Selective",
+    "cascade": "rerankers_plugins.pipeline.cascade:Cascade",
+    "hybrid": "rerankers_plugins.pipeline.hybrid:Hybrid",
+    "cached": "rerankers_plugins.pipeline.cache:CachedScorer",
+    "long_document": "rerankers_plugins.pipeline.long_document:LongDocument",
+}
+
 _registered: dict[str, str] = {}
+
+
+def load(target: str) -> Any:
+    """Import ``"module:Attr"`` and return the attribute."""
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
 
 
 def register(name: str, target: str) -> None:
@@ -48,7 +143,7 @@ def _entry_points() -> dict[str, str]:
 
 def available() -> dict[str, str]:
     """Every known backend name and the ``"module:Class"`` it resolves to."""
-    return {**_BUILTIN, **_entry_points(), **_registered}
+    return {**{n: b.target for n, b in BACKENDS.items()}, **_entry_points(), **_registered}
 
 
 def get_scorer(name: str, /, **kwargs: Any) -> Any:
@@ -62,6 +157,4 @@ def get_scorer(name: str, /, **kwargs: Any) -> Any:
         target = table[name]
     except KeyError:
         raise ConfigError(f"unknown scorer {name!r}; known: {sorted(table)}") from None
-    module_name, _, attr = target.partition(":")
-    cls = getattr(importlib.import_module(module_name), attr)
-    return cls(**kwargs)
+    return load(target)(**kwargs)

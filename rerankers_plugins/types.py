@@ -7,13 +7,13 @@ cannot be changed behind another caller's back.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import numbers
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from types import MappingProxyType
 from typing import Any
 
-__all__ = ["Candidate", "ScoreScale", "Scored"]
+__all__ = ["Candidate", "FrozenMap", "ScoreScale", "Scored", "freeze", "thaw"]
 
 
 class ScoreScale(StrEnum):
@@ -47,8 +47,67 @@ _BOUNDS: dict[ScoreScale, tuple[float, float] | None] = {
 }
 
 
-def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return MappingProxyType(dict(value or {}))
+class FrozenMap(Mapping[str, Any]):
+    """A read-only mapping that, unlike ``types.MappingProxyType``, survives ``pickle``,
+    ``copy.deepcopy`` and ``multiprocessing``. Equal to any mapping with the same items.
+
+    >>> m = FrozenMap({"a": 1})
+    >>> m["a"], dict(m), m == {"a": 1}
+    (1, {'a': 1}, True)
+    >>> import pickle; pickle.loads(pickle.dumps(m)) == m
+    True
+    """
+
+    __slots__ = ("_data",)
+    _data: dict[str, Any]
+
+    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+        object.__setattr__(self, "_data", dict(data or {}))
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("FrozenMap is read-only")
+
+    def __reduce__(self) -> tuple[type[FrozenMap], tuple[dict[str, Any]]]:
+        return (FrozenMap, (self._data,))
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._data!r})"
+
+
+def freeze(value: Any) -> Any:
+    """A read-only deep view of plain data: dicts become :class:`FrozenMap`, lists and tuples
+    tuples (recursively); anything else is returned as is."""
+    if isinstance(value, Mapping):
+        return FrozenMap({k: freeze(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(freeze(v) for v in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """The inverse of :func:`freeze`: fresh plain dicts and lists that share nothing with ``value``
+    (other objects are shared, not copied)."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [thaw(v) for v in value]
+    return value
+
+
+def _real(value: Any, what: str) -> float:
+    """``value`` as a float (numpy scalars included); TypeError for anything that is not a real number."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} must be a real number, got {type(value).__name__} ({value!r:.60})")
+    return float(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +129,10 @@ class Candidate:
             raise TypeError(
                 f"Candidate.text must be a str, got {type(self.text).__name__} ({self.text!r:.60})"
             )
-        object.__setattr__(self, "metadata", _frozen_mapping(self.metadata))
+        if not isinstance(self.metadata, FrozenMap):  # the caller's mapping is copied, never kept
+            object.__setattr__(self, "metadata", FrozenMap(self.metadata))
+        if self.retrieval_score is not None:
+            object.__setattr__(self, "retrieval_score", _real(self.retrieval_score, "retrieval_score"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +149,8 @@ class Scored:
     details: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "details", _frozen_mapping(self.details))
+        object.__setattr__(self, "score", _real(self.score, "score"))
+        object.__setattr__(self, "details", freeze(self.details))
 
     @property
     def text(self) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rerankers_plugins.errors import ConfigError
-from rerankers_plugins.registry import get_scorer
+from rerankers_plugins.registry import STRATEGIES, get_scorer, load
 
 __all__ = ["build_pipeline", "build_pipelines", "load_pipeline_file", "parse_pipeline_arg"]
 
@@ -82,17 +82,9 @@ def _model_alias(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_pipeline(spec: dict[str, Any], named: dict[str, Any] | None = None) -> Any:
-    """Build one spec (see the module docstring); ``named`` resolves ``{"use": name}``."""
-    from rerankers_plugins import (
-        CachedScorer,
-        Cascade,
-        Hybrid,
-        LongDocument,
-        Selective,
-        Signal,
-        Stage,
-        Threshold,
-    )
+    """Build one spec (see the module docstring); ``named`` resolves ``{"use": name}``. Scorer
+    kinds and strategy keys come from :mod:`rerankers_plugins.registry`."""
+    from rerankers_plugins.pipeline import Signal, Stage
 
     named = named or {}
     if not isinstance(spec, dict):
@@ -113,31 +105,32 @@ def build_pipeline(spec: dict[str, Any], named: dict[str, Any] | None = None) ->
         if kind == "colbert":  # reruns reuse the document vectors
             spec.setdefault("cache_dir", str(Path.home() / ".cache" / "rerankers-plugins" / "colbert"))
         return get_scorer(kind, **_model_alias(spec))
-    if "threshold" in spec:
-        return Threshold(sub(spec.pop("threshold")), **spec)
-    if "selective" in spec:
-        return Selective(sub(spec.pop("selective")), **spec)
-    if "cached" in spec:
-        return CachedScorer(sub(spec.pop("cached")), **spec)
-    if "long_document" in spec:
-        return LongDocument(sub(spec.pop("long_document")), **spec)
-    if "cascade" in spec:
-        stages = [
-            Stage(sub(s["stage"]), keep=s.get("keep"), threshold=s.get("threshold"), name=s.get("name"))
-            for s in spec.pop("cascade")
-        ]
-        return Cascade(stages)
-    if "hybrid" in spec:
+    keys = [k for k in STRATEGIES if k in spec]
+    if len(keys) != 1:
+        raise ConfigError(
+            f"cannot tell what pipeline this is: {spec!r} (a spec has 'scorer', 'use' or one of {sorted(STRATEGIES)})"
+        )
+    key = keys[0]
+    cls = load(STRATEGIES[key])
+    inner = spec.pop(key)
+    if key == "cascade":
+        return cls(
+            [
+                Stage(sub(s["stage"]), keep=s.get("keep"), threshold=s.get("threshold"), name=s.get("name"))
+                for s in inner
+            ]
+        )
+    if key == "hybrid":
         signals = [
             Signal(
                 s["signal"] if s["signal"] == "retrieval" else sub(s["signal"]),
                 s["weight"],
                 name=s.get("name"),
             )
-            for s in spec.pop("hybrid")
+            for s in inner
         ]
-        return Hybrid(signals, **spec)
-    raise ConfigError(f"cannot tell what pipeline this is: {spec!r}")
+        return cls(signals, **spec)
+    return cls(sub(inner), **spec)
 
 
 def build_pipelines(specs: dict[str, dict[str, Any]]) -> dict[str, Any]:

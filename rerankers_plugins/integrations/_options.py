@@ -6,15 +6,16 @@ adapter combines them with its own base class, so a convenience is declared once
 
 from __future__ import annotations
 
-import importlib
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr
 
 from rerankers_plugins._secret import Secret
 from rerankers_plugins.errors import ConfigError
+from rerankers_plugins.registry import BACKENDS, load
 
 __all__ = [
+    "RETRIEVAL_SCORE_KEYS",
     "BiEncoderFields",
     "CohereFields",
     "ColBERTFields",
@@ -24,71 +25,52 @@ __all__ = [
     "LLMPointwiseFields",
     "RemoteFields",
     "build_scorer",
+    "convenience_doc",
+    "conveniences",
 ]
 
-#: kind -> (scorer class, the field passed positionally, fields passed as keywords)
-KINDS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
-    "cross-encoder": (
-        "rerankers_plugins.scorers.cross_encoder:CrossEncoderScorer",
-        "model",
-        ("device", "max_length", "batch_size", "dtype", "activation"),
-    ),
-    "bi-encoder": (
-        "rerankers_plugins.scorers.bi_encoder:BiEncoderScorer",
-        "model",
-        ("device", "max_length", "batch_size", "dtype"),
-    ),
-    "colbert": (
-        "rerankers_plugins.scorers.colbert:ColBERTScorer",
-        "model",
-        ("device", "batch_size", "dtype", "query_length", "doc_length", "cache_dir"),
-    ),
-    "cohere": (
-        "rerankers_plugins.scorers.cohere:CohereScorer",
-        "model",
-        ("api_key", "base_url", "timeout", "max_tokens_per_doc", "on_error"),
-    ),
-    "remote": (
-        "rerankers_plugins.scorers.remote:RemoteScorer",
-        "base_url",
-        ("protocol", "model", "api_key", "timeout", "batch_size", "max_concurrency", "on_error"),
-    ),
-    "llm-listwise": (
-        "rerankers_plugins.scorers.llm:LLMListwiseScorer",
-        "llm",
-        ("window", "step", "max_words"),
-    ),
-    "llm-pointwise": (
-        "rerankers_plugins.scorers.llm:LLMPointwiseScorer",
-        "llm",
-        ("mode", "max_words", "max_concurrency", "unparsable_score"),
-    ),
-    "llm-pairwise": (
-        "rerankers_plugins.scorers.llm:LLMPairwiseScorer",
-        "llm",
-        ("top_k", "both_orders", "max_words"),
-    ),
-}
+#: metadata keys LangChain vector stores and rerankers put a document's score under, tried in order
+RETRIEVAL_SCORE_KEYS: tuple[str, ...] = ("relevance_score", "score", "similarity_score", "_score")
+
+
+def convenience_doc(base: str, kind: str, summary: str) -> str:
+    return (
+        f"``{base}`` over {summary}.\n\n"
+        f"Built from the registry's ``{kind!r}`` backend: the fields below are its options; "
+        "``top_n``, ``threshold`` and the rest are the base class's."
+    )
+
 
 _NULLABLE = {"activation"}  # None is a meaningful value for these (raw logits), not "unset"
 
 
+def conveniences() -> list[tuple[str, str, type[BaseModel], str]]:
+    """``(kind, class name, fields model, summary)`` of every registry backend with a convenience."""
+    return [
+        (kind, b.convenience, load(b.fields), b.summary)
+        for kind, b in BACKENDS.items()
+        if b.convenience is not None and b.fields is not None
+    ]
+
+
 def build_scorer(kind: str, data: dict[str, Any]) -> Any:
-    """Build the scorer a convenience describes with its fields."""
+    """Build the scorer a convenience describes with its fields (the registry's ``kind`` entry)."""
     if data.get("scorer") is not None:
         raise ConfigError(f"pass either scorer=... or the {kind} model options, not both")
-    target, positional, names = KINDS[kind]
+    backend = BACKENDS[kind]
+    fields: type[BaseModel] = load(backend.fields or "")
     args = []
+    positional = backend.positional
     if positional is not None:
         if data.get(positional) is not None:
             args.append(data[positional])
-        elif kind != "cohere":
+        elif fields.model_fields[positional].is_required():
             raise ConfigError(f"the {kind} convenience needs {positional}=...")
+    names = [n for n in fields.model_fields if n != positional]
     options = {k: data[k] for k in names if k in data and (data[k] is not None or k in _NULLABLE)}
     if isinstance(options.get("api_key"), SecretStr):
         options["api_key"] = Secret(options["api_key"].get_secret_value())
-    module, _, cls = target.partition(":")
-    return getattr(importlib.import_module(module), cls)(*args, **options)
+    return load(backend.target)(*args, **options)
 
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
@@ -104,7 +86,6 @@ class _LocalFields(BaseModel):
 
 
 class CrossEncoderFields(_LocalFields):
-    kind: ClassVar[str] = "cross-encoder"
     max_length: int | None = Field(default=None, description="Token window; None uses the model's.")
     activation: Literal["sigmoid"] | None = Field(
         default="sigmoid", description="sigmoid: scores 0..1 (PROBABILITY); None: raw logits (LOGIT)."
@@ -112,12 +93,10 @@ class CrossEncoderFields(_LocalFields):
 
 
 class BiEncoderFields(_LocalFields):
-    kind: ClassVar[str] = "bi-encoder"
     max_length: int | None = Field(default=None, description="Token window; None uses the model's.")
 
 
 class ColBERTFields(_LocalFields):
-    kind: ClassVar[str] = "colbert"
     query_length: int = Field(default=32, description="Query tokens, markers and [MASK] padding included.")
     doc_length: int = Field(default=300, description="Document tokens kept; longer ones are truncated.")
     cache_dir: str | None = Field(
@@ -129,7 +108,6 @@ OnErrorField = Literal["raise", "keep_order"]
 
 
 class CohereFields(BaseModel):
-    kind: ClassVar[str] = "cohere"
     model: str = Field(default="rerank-v3.5", description="Cohere rerank model.")
     api_key: SecretStr | None = Field(
         default=None, description="Default: the COHERE_API_KEY environment variable."
@@ -147,7 +125,6 @@ class CohereFields(BaseModel):
 
 
 class RemoteFields(BaseModel):
-    kind: ClassVar[str] = "remote"
     base_url: str = Field(description="Rerank server root, e.g. http://tei:8080.")
     protocol: Literal["tei", "v1"] = Field(
         default="tei", description="tei: POST /rerank; v1: POST /v1/rerank."
@@ -168,13 +145,11 @@ class _LLMFields(BaseModel):
 
 
 class LLMListwiseFields(_LLMFields):
-    kind: ClassVar[str] = "llm-listwise"
     window: int = Field(default=20, description="Passages per LLM call.")
     step: int = Field(default=10, description="How far the window moves up the list each call.")
 
 
 class LLMPointwiseFields(_LLMFields):
-    kind: ClassVar[str] = "llm-pointwise"
     mode: Literal["yes_no", "grade"] = Field(
         default="yes_no", description="yes_no: P(yes); grade: 0-10 / 10."
     )
@@ -183,6 +158,5 @@ class LLMPointwiseFields(_LLMFields):
 
 
 class LLMPairwiseFields(_LLMFields):
-    kind: ClassVar[str] = "llm-pairwise"
     top_k: int = Field(default=10, description="How many of the best candidates to order by comparisons.")
     both_orders: bool = Field(default=True, description="Ask each comparison in both orders (position bias).")

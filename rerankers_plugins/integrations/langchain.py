@@ -1,4 +1,4 @@
-"""LangChain adapter: a ``BaseDocumentCompressor`` over any scorer.
+"""LangChain adapter: a ``BaseDocumentCompressor`` over any scorer, ranker or strategy.
 
 Works wherever LangChain takes a document compressor, e.g.::
 
@@ -8,53 +8,46 @@ Works wherever LangChain takes a document compressor, e.g.::
         base_retriever=base,
     )
 
-Returned documents are new objects: the caller's documents and their metadata are never touched.
-Each carries ``metadata["relevance_score"]`` (the convention of LangChain's Cohere reranker) and
-``metadata["rerank"]`` (original rank, model, score scale).
+Each ``Document`` becomes a ``Candidate`` with its text, id, metadata and retrieval score (read
+from ``metadata[retrieval_score_key]``). Returned documents are new objects: the caller's
+documents and their metadata are never touched, and no two results share a nested dict. Each
+carries ``metadata["relevance_score"]`` (the convention of LangChain's Cohere reranker) and
+``metadata["rerank"]`` (original rank, model, scale, retrieval score, per-stage details).
+
+The named conveniences (``CrossEncoderRerank``, ``CohereRerank``, ...) are generated from
+:mod:`rerankers_plugins.registry`, one per backend that declares one.
 """
 
 from __future__ import annotations
 
 import copy
+import numbers
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from rerankers_plugins._optional import require
 from rerankers_plugins.integrations._options import (
-    BiEncoderFields,
-    CohereFields,
-    ColBERTFields,
-    CrossEncoderFields,
-    LLMListwiseFields,
-    LLMPairwiseFields,
-    LLMPointwiseFields,
-    RemoteFields,
+    RETRIEVAL_SCORE_KEYS,
     build_scorer,
+    convenience_doc,
+    conveniences,
 )
+from rerankers_plugins.pipeline.ranking import ScorerLike, Strategy
 from rerankers_plugins.pipeline.rerank import arerank, check_options, rerank
-from rerankers_plugins.types import Candidate, Scored
+from rerankers_plugins.types import Candidate, Scored, thaw
 
 require("langchain_core", "langchain")
 
 from langchain_core.callbacks import Callbacks  # noqa: E402
 from langchain_core.documents import BaseDocumentCompressor, Document  # noqa: E402
-from pydantic import ConfigDict, Field  # noqa: E402
+from pydantic import ConfigDict, Field, PrivateAttr  # noqa: E402
 
-__all__ = [
-    "BiEncoderRerank",
-    "CohereRerank",
-    "ColBERTRerank",
-    "CrossEncoderRerank",
-    "LLMListwiseRerank",
-    "LLMPairwiseRerank",
-    "LLMPointwiseRerank",
-    "RemoteRerank",
-    "RerankCompressor",
-]
+__all__ = ["RerankCompressor"]  # and the registry's conveniences, added below
 
 
 class RerankCompressor(BaseDocumentCompressor):
-    """Rerank retrieved documents with ``scorer`` and keep the best.
+    """Rerank retrieved documents with ``scorer`` and keep the best ``top_n`` (default 3, as
+    LangChain's ``CrossEncoderReranker``; None keeps all).
 
     The model reads ``Document.page_content``. Sorting, ``top_n`` and ``threshold`` follow
     :func:`rerankers_plugins.rerank` exactly; a threshold off the scorer's scale is refused here,
@@ -63,24 +56,43 @@ class RerankCompressor(BaseDocumentCompressor):
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
-    scorer: Any = Field(description="A Scorer (score(query, texts)) or Ranker (rank(query, texts)).")
-    top_n: int | None = Field(default=None, description="Keep at most this many documents; None keeps all.")
+    scorer: ScorerLike = Field(description="A Scorer, a Ranker, or a strategy built from them.")
+    top_n: int | None = Field(default=3, description="Keep at most this many documents; None keeps all.")
     threshold: float | None = Field(
         default=None, description="Keep documents scoring >= this, on the scorer's declared scale."
     )
     skip_empty: bool = Field(
         default=False, description="Leave documents with empty page_content out instead of scoring them."
     )
+    retrieval_score_key: str | tuple[str, ...] | None = Field(
+        default=RETRIEVAL_SCORE_KEYS,
+        description="Metadata key(s) holding the first stage's score, tried in order (the first real "
+        "number wins); None: documents carry no retrieval score.",
+    )
+    _strategy: Strategy = PrivateAttr()
 
     def __init__(self, **data: Any) -> None:
         super().__init__(**data)
         # Checked here rather than in a pydantic validator so that the ConfigError reaches the
         # caller as itself, not wrapped in a ValidationError.
-        check_options(self.scorer, self.top_n, self.threshold)
+        self._strategy = check_options(self.scorer, self.top_n, self.threshold)
+
+    def _retrieval_score(self, metadata: dict[str, Any]) -> float | None:
+        keys = self.retrieval_score_key
+        for key in (keys,) if isinstance(keys, str) else keys or ():
+            value = metadata.get(key)
+            if isinstance(value, numbers.Real) and not isinstance(value, bool):
+                return float(value)
+        return None
 
     def _candidates(self, documents: Sequence[Document]) -> list[Candidate]:
         return [
-            Candidate(text=d.page_content, id=d.id if d.id is not None else str(i), metadata=d.metadata)
+            Candidate(
+                text=d.page_content,
+                id=d.id if d.id is not None else str(i),
+                metadata=d.metadata,
+                retrieval_score=self._retrieval_score(d.metadata),
+            )
             for i, d in enumerate(documents)
         ]
 
@@ -90,7 +102,7 @@ class RerankCompressor(BaseDocumentCompressor):
             src = documents[s.details["original_rank"]]
             metadata = copy.deepcopy(src.metadata)
             metadata["relevance_score"] = s.score
-            metadata["rerank"] = dict(s.details)
+            metadata["rerank"] = thaw(s.details)
             out.append(Document(page_content=src.page_content, metadata=metadata, id=src.id))
         return out
 
@@ -101,7 +113,7 @@ class RerankCompressor(BaseDocumentCompressor):
         ranked = rerank(
             query,
             self._candidates(documents),
-            self.scorer,
+            self._strategy,
             top_n=self.top_n,
             threshold=self.threshold,
             skip_empty=self.skip_empty,
@@ -115,7 +127,7 @@ class RerankCompressor(BaseDocumentCompressor):
         ranked = await arerank(
             query,
             self._candidates(documents),
-            self.scorer,
+            self._strategy,
             top_n=self.top_n,
             threshold=self.threshold,
             skip_empty=self.skip_empty,
@@ -127,46 +139,20 @@ class _Convenience(RerankCompressor):
     """A RerankCompressor whose scorer is built from the convenience's own fields."""
 
     kind: ClassVar[str]
-    scorer: Any = Field(default=None, description="Built from the fields below.")
+    scorer: ScorerLike = Field(default=None, description="Built from the fields below.")  # type: ignore[assignment]
 
     def __init__(self, **data: Any) -> None:
         super().__init__(**{**data, "scorer": build_scorer(self.kind, data)})
 
 
-class CrossEncoderRerank(CrossEncoderFields, _Convenience):
-    """``RerankCompressor`` over a :class:`~rerankers_plugins.CrossEncoderScorer` built from ``model``.
-
-    ``CrossEncoderRerank(model="cross-encoder/ms-marco-MiniLM-L-6-v2", top_n=5, threshold=0.3)``
-    """
-
-
-class BiEncoderRerank(BiEncoderFields, _Convenience):
-    """``RerankCompressor`` over a :class:`~rerankers_plugins.BiEncoderScorer` (cosine) built from ``model``."""
-
-
-class ColBERTRerank(ColBERTFields, _Convenience):
-    """``RerankCompressor`` over a :class:`~rerankers_plugins.ColBERTScorer` (MaxSim) built from ``model``.
-
-    Document vectors are cached (in memory, and on disk with ``cache_dir``), so reranking
-    candidates seen before costs one query encoding plus MaxSim.
-    """
-
-
-class CohereRerank(CohereFields, _Convenience):
-    """``RerankCompressor`` over :class:`~rerankers_plugins.CohereScorer` (key from ``api_key`` or ``COHERE_API_KEY``)."""
-
-
-class RemoteRerank(RemoteFields, _Convenience):
-    """``RerankCompressor`` over a rerank server (TEI, vLLM, Infinity) through :class:`~rerankers_plugins.RemoteScorer`."""
-
-
-class LLMListwiseRerank(LLMListwiseFields, _Convenience):
-    """``RerankCompressor`` over :class:`~rerankers_plugins.LLMListwiseScorer` (RankGPT, sliding window; top_n only)."""
-
-
-class LLMPointwiseRerank(LLMPointwiseFields, _Convenience):
-    """``RerankCompressor`` over :class:`~rerankers_plugins.LLMPointwiseScorer` (each passage judged alone)."""
-
-
-class LLMPairwiseRerank(LLMPairwiseFields, _Convenience):
-    """``RerankCompressor`` over :class:`~rerankers_plugins.LLMPairwiseScorer` (comparisons for the top k; top_n only)."""
+for _kind, _name, _fields, _summary in conveniences():
+    globals()[_name] = type(
+        _name,
+        (_fields, _Convenience),
+        {
+            "__module__": __name__,
+            "__doc__": convenience_doc("RerankCompressor", _kind, _summary),
+            "kind": _kind,
+        },
+    )
+    __all__.append(_name)

@@ -20,40 +20,21 @@ from typing import Any, ClassVar
 
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import ConfigError
-from rerankers_plugins.integrations._options import (
-    BiEncoderFields,
-    CohereFields,
-    ColBERTFields,
-    CrossEncoderFields,
-    LLMListwiseFields,
-    LLMPairwiseFields,
-    LLMPointwiseFields,
-    RemoteFields,
-    build_scorer,
-)
-from rerankers_plugins.pipeline.rerank import arerank, check_options, rerank, scorer_name
-from rerankers_plugins.types import Candidate, Scored
+from rerankers_plugins.integrations._options import build_scorer, convenience_doc, conveniences
+from rerankers_plugins.pipeline.ranking import ScorerLike, Strategy
+from rerankers_plugins.pipeline.rerank import arerank, check_options, rerank
+from rerankers_plugins.types import Candidate, Scored, thaw
 
 require("llama_index.core", "llama-index")
 
-from llama_index.core.bridge.pydantic import ConfigDict, Field  # noqa: E402
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr  # noqa: E402
 from llama_index.core.callbacks import CBEventType, EventPayload  # noqa: E402
-from llama_index.core.instrumentation import get_dispatcher  # noqa: E402
+from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]  # noqa: E402
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent  # noqa: E402
 from llama_index.core.postprocessor.types import BaseNodePostprocessor  # noqa: E402
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle  # noqa: E402
 
-__all__ = [
-    "BiEncoderRerank",
-    "CohereRerank",
-    "ColBERTRerank",
-    "CrossEncoderRerank",
-    "LLMListwiseRerank",
-    "LLMPairwiseRerank",
-    "LLMPointwiseRerank",
-    "RemoteRerank",
-    "RerankPostprocessor",
-]
+__all__ = ["RerankPostprocessor"]  # and the registry's conveniences, added below
 
 dispatcher = get_dispatcher(__name__)
 
@@ -61,7 +42,11 @@ _DETAIL_KEYS = ("retrieval_score", "rerank")
 
 
 class RerankPostprocessor(BaseNodePostprocessor):
-    """Rerank retrieved nodes with ``scorer`` and keep the best.
+    """Rerank retrieved nodes with ``scorer`` and keep the best ``top_n`` (default 2, as
+    LlamaIndex's ``SentenceTransformerRerank``; None keeps all).
+
+    Each node becomes a ``Candidate`` with its text, node id, metadata and retrieval score
+    (``NodeWithScore.score``), so metadata and retrieval signals work as in LangChain.
 
     The model reads ``node.get_content(metadata_mode=metadata_mode)`` (EMBED by default, as
     LlamaIndex's own rerankers do). Sorting, ``top_n`` and ``threshold`` follow
@@ -70,8 +55,8 @@ class RerankPostprocessor(BaseNodePostprocessor):
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
-    scorer: Any = Field(description="A Scorer (score(query, texts)) or Ranker (rank(query, texts)).")
-    top_n: int | None = Field(default=None, description="Keep at most this many nodes; None keeps all.")
+    scorer: ScorerLike = Field(description="A Scorer, a Ranker, or a strategy built from them.")
+    top_n: int | None = Field(default=2, description="Keep at most this many nodes; None keeps all.")
     threshold: float | None = Field(
         default=None, description="Keep nodes scoring >= this, on the scorer's declared scale."
     )
@@ -86,16 +71,17 @@ class RerankPostprocessor(BaseNodePostprocessor):
         description="Return node copies whose metadata holds retrieval_score and rerank details "
         "(hidden from the LLM and embedder); False returns the original nodes with new scores.",
     )
+    _strategy: Strategy = PrivateAttr()
 
     def __init__(self, **data: Any) -> None:
         super().__init__(**data)
         # Checked here rather than in a pydantic validator so that the ConfigError reaches the
         # caller as itself, not wrapped in a ValidationError.
-        check_options(self.scorer, self.top_n, self.threshold)
+        self._strategy = check_options(self.scorer, self.top_n, self.threshold)
 
     @classmethod
     def class_name(cls) -> str:
-        return "RerankPostprocessor"
+        return cls.__name__
 
     def _query(self, query_bundle: QueryBundle | None) -> str:
         if query_bundle is None:
@@ -110,6 +96,7 @@ class RerankPostprocessor(BaseNodePostprocessor):
             Candidate(
                 text=n.node.get_content(metadata_mode=self.metadata_mode),
                 id=n.node.node_id,
+                metadata=n.node.metadata,
                 retrieval_score=n.score,
             )
             for n in nodes
@@ -124,7 +111,7 @@ class RerankPostprocessor(BaseNodePostprocessor):
                 node = node.model_copy()
                 node.metadata = copy.deepcopy(src.node.metadata)
                 node.metadata["retrieval_score"] = src.score
-                node.metadata["rerank"] = dict(s.details)
+                node.metadata["rerank"] = thaw(s.details)
                 node.excluded_llm_metadata_keys = [
                     *src.node.excluded_llm_metadata_keys,
                     *(k for k in _DETAIL_KEYS if k not in src.node.excluded_llm_metadata_keys),
@@ -142,14 +129,14 @@ class RerankPostprocessor(BaseNodePostprocessor):
                 query=query_bundle,
                 nodes=nodes,
                 top_n=self.top_n if self.top_n is not None else len(nodes),
-                model_name=scorer_name(self.scorer),
+                model_name=self._strategy.name,
             )
         )
 
     def _payload(self, nodes: list[NodeWithScore], query: str) -> dict[str, Any]:
         return {
             EventPayload.NODES: nodes,
-            EventPayload.MODEL_NAME: scorer_name(self.scorer),
+            EventPayload.MODEL_NAME: self._strategy.name,
             EventPayload.QUERY_STR: query,
             EventPayload.TOP_K: self.top_n,
         }
@@ -163,7 +150,7 @@ class RerankPostprocessor(BaseNodePostprocessor):
             ranked = rerank(
                 query,
                 self._candidates(nodes),
-                self.scorer,
+                self._strategy,
                 top_n=self.top_n,
                 threshold=self.threshold,
                 skip_empty=self.skip_empty,
@@ -182,7 +169,7 @@ class RerankPostprocessor(BaseNodePostprocessor):
             ranked = await arerank(
                 query,
                 self._candidates(nodes),
-                self.scorer,
+                self._strategy,
                 top_n=self.top_n,
                 threshold=self.threshold,
                 skip_empty=self.skip_empty,
@@ -197,78 +184,20 @@ class _Convenience(RerankPostprocessor):
     """A RerankPostprocessor whose scorer is built from the convenience's own fields."""
 
     kind: ClassVar[str]
-    scorer: Any = Field(default=None, description="Built from the fields below.")
+    scorer: ScorerLike = Field(default=None, description="Built from the fields below.")  # type: ignore[assignment]
 
     def __init__(self, **data: Any) -> None:
         super().__init__(**{**data, "scorer": build_scorer(self.kind, data)})
 
 
-class CrossEncoderRerank(CrossEncoderFields, _Convenience):
-    """``RerankPostprocessor`` over a :class:`~rerankers_plugins.CrossEncoderScorer` built from ``model``.
-
-    ``CrossEncoderRerank(model="cross-encoder/ms-marco-MiniLM-L-6-v2", top_n=5, threshold=0.3)``
-    """
-
-    @classmethod
-    def class_name(cls) -> str:
-        return "CrossEncoderRerank"
-
-
-class BiEncoderRerank(BiEncoderFields, _Convenience):
-    """``RerankPostprocessor`` over a :class:`~rerankers_plugins.BiEncoderScorer` (cosine) built from ``model``."""
-
-    @classmethod
-    def class_name(cls) -> str:
-        return "BiEncoderRerank"
-
-
-class ColBERTRerank(ColBERTFields, _Convenience):
-    """``RerankPostprocessor`` over a :class:`~rerankers_plugins.ColBERTScorer` (MaxSim) built from ``model``.
-
-    Document vectors are cached (in memory, and on disk with ``cache_dir``), so reranking
-    candidates seen before costs one query encoding plus MaxSim.
-    """
-
-    @classmethod
-    def class_name(cls) -> str:
-        return "ColBERTRerank"
-
-
-class CohereRerank(CohereFields, _Convenience):
-    """``RerankPostprocessor`` over :class:`~rerankers_plugins.CohereScorer` (key from ``api_key`` or ``COHERE_API_KEY``)."""
-
-    @classmethod
-    def class_name(cls) -> str:
-        return "CohereRerank"
-
-
-class RemoteRerank(RemoteFields, _Convenience):
-    """``RerankPostprocessor`` over a rerank server (TEI, vLLM, Infinity) through :class:`~rerankers_plugins.RemoteScorer`."""
-
-    @classmethod
-    def class_name(cls) -> str:
-        return "RemoteRerank"
-
-
-class LLMListwiseRerank(LLMListwiseFields, _Convenience):
-    """``RerankPostprocessor`` over :class:`~rerankers_plugins.LLMListwiseScorer` (RankGPT, sliding window; top_n only)."""
-
-    @classmethod
-    def class_name(cls) -> str:
-        return "LLMListwiseRerank"
-
-
-class LLMPointwiseRerank(LLMPointwiseFields, _Convenience):
-    """``RerankPostprocessor`` over :class:`~rerankers_plugins.LLMPointwiseScorer` (each passage judged alone)."""
-
-    @classmethod
-    def class_name(cls) -> str:
-        return "LLMPointwiseRerank"
-
-
-class LLMPairwiseRerank(LLMPairwiseFields, _Convenience):
-    """``RerankPostprocessor`` over :class:`~rerankers_plugins.LLMPairwiseScorer` (comparisons for the top k; top_n only)."""
-
-    @classmethod
-    def class_name(cls) -> str:
-        return "LLMPairwiseRerank"
+for _kind, _name, _fields, _summary in conveniences():
+    globals()[_name] = type(
+        _name,
+        (_fields, _Convenience),
+        {
+            "__module__": __name__,
+            "__doc__": convenience_doc("RerankPostprocessor", _kind, _summary),
+            "kind": _kind,
+        },
+    )
+    __all__.append(_name)

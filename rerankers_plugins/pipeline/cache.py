@@ -1,62 +1,110 @@
-"""CachedScorer: memoise (model, query, document) -> score, in memory and optionally on disk."""
+"""CachedScorer: memoise (scorer, query, document) -> score, in memory and optionally on disk."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from rerankers_plugins.errors import ConfigError
-from rerankers_plugins.pipeline._strategy import as_candidates, require_scores
-from rerankers_plugins.pipeline.rerank import ascore_with, score_with, scorer_name
-from rerankers_plugins.scorers.base import BaseScorer
+from rerankers_plugins.pipeline.ranking import as_int, as_scorer_leaf
+from rerankers_plugins.scorers.base import BaseScorer, Scorer, scorer_settings
 
-__all__ = ["CachedScorer"]
+__all__ = ["CachedScorer", "scorer_fingerprint"]
 
 logger = logging.getLogger(__name__)
 
 
-class CachedScorer(BaseScorer):
-    """Wrap a scorer so a (query, document) pair already seen costs no model call.
+def scorer_fingerprint(scorer: Scorer) -> dict[str, Any]:
+    """What identifies a scorer's scores: its class, name, scale and ``fingerprint()`` settings
+    (model, activation, dtype, ... for the built-in backends)."""
+    settings = scorer_settings(scorer)
+    cls = type(scorer)
+    return {
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "name": scorer.name,
+        "scale": str(scorer.scale),
+        "settings": dict(settings),
+    }
 
-    Keys are ``(scorer name, query, sha256(document text))``: metadata plays no part, so
-    unhashable metadata is fine. The in-memory LRU holds ``max_entries``; ``path`` adds a SQLite
-    file shared across processes. Thread-safe (one lock, never held across a model call) and
-    async-safe (misses go through the wrapped scorer's async path). ``hits`` / ``misses`` count
-    pairs. Rank-only scorers are refused: an order depends on the whole list, not on one pair.
+
+def _digest(value: Any) -> str:
+    """sha256 of a structured (JSON) encoding: no separator in a query or text can collide."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class CachedScorer(BaseScorer):
+    """Wrap a leaf scorer so a (query, document) pair already seen costs no model call.
+
+    Only leaves are cached: a score that is a pure function of (query, text) and the scorer's
+    settings. Strategies (their result depends on the whole list), rankers and scorers marked
+    ``pure = False`` (BM25 over the candidate list) are refused: wrap the leaf inside them,
+    e.g. ``Threshold(CachedScorer(ce), absolute=0.5)``. The key hashes a structured encoding of
+    the scorer's identity (class, name, scale, settings such as model, activation, dtype), the
+    query and the text; metadata plays no part.
+
+    The in-memory LRU holds ``max_entries``; ``path`` adds a SQLite file shared across processes.
+    A store that cannot be opened, is locked or unwritable degrades to memory only, with one
+    warning; scores just computed are kept. Thread-safe (one lock, never held across a model
+    call) and async-safe (misses go through the wrapped scorer's async path). ``hits`` /
+    ``misses`` count pairs. ``on_error`` is the wrapped scorer's: a failure is never cached.
     """
 
-    def __init__(self, scorer: Any, *, max_entries: int = 100_000, path: str | Path | None = None) -> None:
-        self.scale = require_scores(scorer, "CachedScorer")
-        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
-            raise ConfigError(f"max_entries must be a positive int, got {max_entries!r}")
+    def __init__(self, scorer: Scorer, *, max_entries: int = 100_000, path: str | Path | None = None) -> None:
+        self._leaf = as_scorer_leaf(scorer, "CachedScorer")
+        if not getattr(scorer, "pure", True):
+            raise ConfigError(
+                f"CachedScorer: {self._leaf.name!r} is not a pure function of (query, text) "
+                "(its scores depend on the other candidates), so its scores cannot be cached"
+            )
+        self.max_entries = as_int(max_entries, "max_entries", minimum=1) or 1
         self.scorer = scorer
-        self.name = scorer_name(scorer)
-        self.max_entries = max_entries
+        self.scale = self._leaf.scale
+        self.name = self._leaf.name
+        self.on_error = self._leaf.on_error
+        self.identity = scorer_fingerprint(scorer)
+        self._scorer_key = _digest(self.identity)
         self.hits = 0
         self.misses = 0
         self._memory: OrderedDict[str, float] = OrderedDict()
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
-        if path is not None:
+        self.path = None if path is None else Path(path).expanduser()
+        if self.path is not None:
             try:
-                self._db = sqlite3.connect(
-                    str(Path(path).expanduser()), check_same_thread=False, isolation_level=None
-                )
+                self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute(
                     "CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, score REAL NOT NULL)"
                 )
             except sqlite3.Error as exc:
-                raise ConfigError(f"CachedScorer: cannot open the cache file {path}: {exc}") from exc
+                self._degrade(exc)
+
+    def fingerprint(self) -> Mapping[str, Any]:
+        return self.identity["settings"]  # type: ignore[no-any-return]
+
+    def _degrade(self, exc: sqlite3.Error) -> None:
+        """Memory only from now on (called with the lock held, or from __init__)."""
+        logger.warning(
+            "CachedScorer: the cache file %s cannot be used (%s); caching in memory only from now on",
+            self.path,
+            exc,
+        )
+        db, self._db = self._db, None
+        if db is not None:
+            try:
+                db.close()
+            except sqlite3.Error:  # already broken: nothing more to release
+                logger.debug("CachedScorer: closing the broken cache file failed", exc_info=True)
 
     def key(self, query: str, text: str) -> str:
-        return hashlib.sha256(f"{self.name}\x00{query}\x00{text}".encode()).hexdigest()
+        return _digest([self._scorer_key, query, text])
 
     def _lookup(self, keys: list[str]) -> dict[str, float]:
         found: dict[str, float] = {}
@@ -67,12 +115,16 @@ class CachedScorer(BaseScorer):
                     found[k] = self._memory[k]
             rest = [k for k in dict.fromkeys(keys) if k not in found]
             if rest and self._db is not None:
-                for i in range(0, len(rest), 500):
-                    chunk = rest[i : i + 500]
-                    rows = self._db.execute(
-                        f"SELECT key, score FROM scores WHERE key IN ({','.join('?' * len(chunk))})", chunk
-                    ).fetchall()
-                    found.update({k: float(v) for k, v in rows})
+                try:
+                    for i in range(0, len(rest), 500):
+                        chunk = rest[i : i + 500]
+                        rows = self._db.execute(
+                            f"SELECT key, score FROM scores WHERE key IN ({','.join('?' * len(chunk))})",
+                            chunk,
+                        ).fetchall()
+                        found.update({k: float(v) for k, v in rows})
+                except sqlite3.Error as exc:
+                    self._degrade(exc)
             hits = sum(k in found for k in keys)
             self.hits += hits
             self.misses += len(keys) - hits
@@ -86,9 +138,12 @@ class CachedScorer(BaseScorer):
             while len(self._memory) > self.max_entries:
                 self._memory.popitem(last=False)
             if self._db is not None:
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO scores (key, score) VALUES (?, ?)", list(pairs.items())
-                )
+                try:
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO scores (key, score) VALUES (?, ?)", list(pairs.items())
+                    )
+                except sqlite3.Error as exc:
+                    self._degrade(exc)
 
     def _plan(self, query: str, texts: Sequence[str]) -> tuple[list[str], dict[str, float], dict[str, str]]:
         keys = [self.key(query, t) for t in texts]
@@ -96,26 +151,29 @@ class CachedScorer(BaseScorer):
         todo = {k: t for k, t in zip(keys, texts, strict=True) if k not in found}
         return keys, found, todo
 
+    def _merge(
+        self, keys: list[str], found: dict[str, float], todo: dict[str, str], values: list[float]
+    ) -> list[float]:
+        fresh = dict(zip(todo, values, strict=True))
+        self._store(fresh)
+        found.update(fresh)
+        return [found[k] for k in keys]
+
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
         keys, found, todo = self._plan(query, texts)
-        if todo:
-            values = score_with(self.scorer, query, as_candidates(list(todo.values()))).values
-            fresh = dict(zip(todo, values, strict=True))
-            self._store(fresh)
-            found.update(fresh)
-        return [found[k] for k in keys]
+        values = self._leaf.score_texts(query, list(todo.values())).values if todo else []
+        return self._merge(keys, found, todo, values)
 
     async def ascore(self, query: str, texts: Sequence[str]) -> list[float]:
         keys, found, todo = self._plan(query, texts)
-        if todo:
-            values = (await ascore_with(self.scorer, query, as_candidates(list(todo.values())))).values
-            fresh = dict(zip(todo, values, strict=True))
-            self._store(fresh)
-            found.update(fresh)
-        return [found[k] for k in keys]
+        values = (await self._leaf.ascore_texts(query, list(todo.values()))).values if todo else []
+        return self._merge(keys, found, todo, values)
 
     def clear(self) -> None:
         with self._lock:
             self._memory.clear()
             if self._db is not None:
-                self._db.execute("DELETE FROM scores")
+                try:
+                    self._db.execute("DELETE FROM scores")
+                except sqlite3.Error as exc:
+                    self._degrade(exc)

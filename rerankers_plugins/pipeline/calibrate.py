@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.ops.calibration import expected_calibration_error, fit_platt, fit_temperature, sigmoid
-from rerankers_plugins.pipeline._strategy import as_candidates, require_scores
-from rerankers_plugins.pipeline.rerank import score_with, scorer_name
-from rerankers_plugins.scorers.base import BaseScorer
+from rerankers_plugins.pipeline.ranking import as_scorer_leaf
+from rerankers_plugins.scorers.base import BaseScorer, Scorer, ScoreResult, scorer_settings
 from rerankers_plugins.types import ScoreScale
 
 __all__ = ["Calibrated", "calibrate"]
@@ -43,6 +42,9 @@ def _as_probability(value: float, scale: ScoreScale) -> float:
 class Calibrated(BaseScorer):
     """``scorer`` with its scores mapped to calibrated probabilities (scale PROBABILITY).
 
+    A leaf scorer itself (a monotone map of a leaf's scores): strategies go around it, and it
+    can be cached.
+
     ``params`` holds the fitted mapping; ``report`` the fit's ECE before and after, pairs and
     positives. :meth:`save` / :meth:`load` keep the parameters in a small JSON file.
     """
@@ -51,17 +53,23 @@ class Calibrated(BaseScorer):
 
     def __init__(
         self,
-        scorer: Any,
+        scorer: Scorer,
         method: Literal["platt", "temperature"],
         params: dict[str, float],
         report: dict[str, Any] | None = None,
     ) -> None:
+        self._leaf = as_scorer_leaf(scorer, "Calibrated")
         self.scorer = scorer
-        self.inner_scale = require_scores(scorer, "Calibrated")
+        self.inner_scale = self._leaf.scale
         self.method = method
         self.params = dict(params)
         self.report = dict(report or {})
-        self.name = f"calibrated({scorer_name(scorer)})"
+        self.pure = bool(getattr(scorer, "pure", True))
+        self.on_error = self._leaf.on_error
+        self.name = f"calibrated({self._leaf.name})"
+
+    def fingerprint(self) -> Mapping[str, Any]:
+        return {**scorer_settings(self.scorer), "calibration": [self.method, sorted(self.params.items())]}
 
     def transform(self, raw: float) -> float:
         x = _to_logit(raw, self.inner_scale)
@@ -69,12 +77,23 @@ class Calibrated(BaseScorer):
             return sigmoid(self.params["a"] * x + self.params["b"])
         return sigmoid(x / self.params["temperature"])
 
+    def _map(self, result: ScoreResult) -> ScoreResult:
+        return ScoreResult(
+            values=[self.transform(v) for v in result.values], info=result.info, per_item=result.per_item
+        )
+
+    def score_details(self, query: str, texts: Sequence[str]) -> ScoreResult:
+        return self._map(self._leaf.score_texts(query, list(texts)))
+
+    async def ascore_details(self, query: str, texts: Sequence[str]) -> ScoreResult:
+        return self._map(await self._leaf.ascore_texts(query, list(texts)))
+
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
-        return [self.transform(v) for v in score_with(self.scorer, query, as_candidates(texts)).values]
+        return list(self.score_details(query, texts).values)
 
     def save(self, path: str | Path) -> None:
         data = {
-            "scorer": scorer_name(self.scorer),
+            "scorer": self._leaf.name,
             "scale": self.inner_scale.value,
             "method": self.method,
             "params": self.params,
@@ -83,24 +102,22 @@ class Calibrated(BaseScorer):
         Path(path).write_text(json.dumps(data, indent=2), encoding="utf-8")
 
     @classmethod
-    def load(cls, path: str | Path, scorer: Any) -> Calibrated:
+    def load(cls, path: str | Path, scorer: Scorer) -> Calibrated:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-        if data.get("scorer") != scorer_name(scorer):
+        leaf = as_scorer_leaf(scorer, "Calibrated")
+        if data.get("scorer") != leaf.name:
             logger.warning(
-                "calibration in %s was fitted for %r, applied to %r",
-                path,
-                data.get("scorer"),
-                scorer_name(scorer),
+                "calibration in %s was fitted for %r, applied to %r", path, data.get("scorer"), leaf.name
             )
-        if data.get("scale") != require_scores(scorer, "Calibrated").value:
+        if data.get("scale") != leaf.scale.value:
             raise ConfigError(
-                f"calibration in {path} was fitted on a {data.get('scale')} scorer, not {scorer_name(scorer)!r}"
+                f"calibration in {path} was fitted on a {data.get('scale')} scorer, not {leaf.name!r}"
             )
         return cls(scorer, data["method"], data["params"], data.get("report"))
 
 
 def calibrate(
-    scorer: Any,
+    scorer: Scorer,
     pairs: Sequence[tuple[str, str, int]],
     *,
     method: Literal["platt", "temperature"] = "platt",
@@ -110,7 +127,8 @@ def calibrate(
     calibrated scorer. Pairs are scored one query at a time. Needs both labels (ConfigError
     otherwise). ``report`` gives the expected calibration error before and after, on these pairs:
     fit on training data (e.g. SciFact's train qrels), judge on held-out data."""
-    scale = require_scores(scorer, "calibrate")
+    leaf = as_scorer_leaf(scorer, "calibrate")
+    scale = leaf.scale
     if method not in ("platt", "temperature"):
         raise ConfigError(f"method must be 'platt' or 'temperature', got {method!r}")
     labels = [int(y) for _, _, y in pairs]
@@ -124,7 +142,7 @@ def calibrate(
         by_query.setdefault(q, []).append(i)
     raw = [0.0] * len(pairs)
     for q, idx in by_query.items():
-        values = score_with(scorer, q, as_candidates([pairs[i][1] for i in idx])).values
+        values = leaf.score_texts(q, [pairs[i][1] for i in idx]).values
         for i, v in zip(idx, values, strict=True):
             raw[i] = v
     x = [_to_logit(v, scale) for v in raw]
@@ -139,7 +157,7 @@ def calibrate(
     result.report = {"pairs": len(pairs), "positives": sum(labels), "ece_before": before, "ece_after": after}
     logger.info(
         "calibrated %s (%s): ECE %.4f -> %.4f on %d pairs",
-        scorer_name(scorer),
+        leaf.name,
         method,
         before,
         after,

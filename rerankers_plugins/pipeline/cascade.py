@@ -2,48 +2,48 @@
 
 from __future__ import annotations
 
-import logging
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 from rerankers_plugins.errors import ConfigError
-from rerankers_plugins.pipeline._strategy import Strategy
-from rerankers_plugins.pipeline.rerank import (
-    ascore_with,
+from rerankers_plugins.pipeline.ranking import (
+    Entry,
+    Ranking,
+    ScorerLike,
+    Strategy,
+    as_int,
+    as_strategy,
     check_threshold,
-    score_with,
-    scorer_name,
-    scorer_scale,
 )
-from rerankers_plugins.scorers.base import ScoreResult
-from rerankers_plugins.types import Candidate
 
 __all__ = ["Cascade", "Stage"]
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One cascade stage: ``scorer`` ranks what it receives and passes on its best ``keep``
-    (None: all) that also score at least ``threshold`` (on the stage scorer's scale)."""
+    """One cascade stage: ``scorer`` (a scorer, ranker or strategy) ranks what it receives and
+    passes on its best ``keep`` (None: all) that also score at least ``threshold`` (on the stage's
+    scale; entries the stage did not rerank are never cut by it)."""
 
-    scorer: Any
+    scorer: ScorerLike
     keep: int | None = None
     threshold: float | None = None
     name: str | None = None
+    strategy: Strategy = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "strategy", as_strategy(self.scorer))
 
     @property
     def label(self) -> str:
-        return self.name or scorer_name(self.scorer)
+        return self.name or self.strategy.name
 
 
 class Cascade(Strategy):
     """``Cascade([Stage(BiEncoderScorer(...), keep=50), Stage(CrossEncoderScorer(...), keep=10)])``.
 
-    Each stage scores only the candidates the previous one kept. The result is the last stage's
-    ranking of what reached it; the others are dropped by their stage's ``keep`` / ``threshold``.
+    Each stage ranks only what the previous one kept. The result is the last stage's ranking of
+    what reached it; everything else is marked dropped by its stage (``keep`` / ``threshold``).
     ``details["stages"]`` holds every stage's score of the candidate, ``details["stage_reached"]``
     the last stage it reached, and ``details["stage_ms"]`` each stage's latency for the query. The
     cascade's scale (for a final threshold) is the last stage's.
@@ -52,80 +52,72 @@ class Cascade(Strategy):
     def __init__(self, stages: list[Stage]) -> None:
         if not stages:
             raise ConfigError("Cascade needs at least one Stage")
+        for i, stage in enumerate(stages, start=1):
+            if not isinstance(stage, Stage):
+                raise ConfigError(f"Cascade stage {i} must be a Stage, got {type(stage).__name__}")
         labels = [s.label for s in stages]
         if len(set(labels)) != len(labels):
             raise ConfigError(f"Cascade stage names must be unique (pass Stage(name=...)): {labels}")
         receives: int | None = None
+        self.keeps: list[int | None] = []
+        self.thresholds: list[float | None] = []
         for i, stage in enumerate(stages, start=1):
-            if not isinstance(stage, Stage):
-                raise ConfigError(f"Cascade stage {i} must be a Stage, got {type(stage).__name__}")
-            if stage.keep is not None and (
-                isinstance(stage.keep, bool) or not isinstance(stage.keep, int) or stage.keep < 1
-            ):
-                raise ConfigError(
-                    f"stage {i} ({stage.label}): keep must be a positive int or None, got {stage.keep!r}"
-                )
-            if stage.keep is not None and receives is not None and stage.keep > receives:
-                raise ConfigError(
-                    f"stage {i} ({stage.label}) keeps {stage.keep} but receives at most {receives} from the stage before"
-                )
-            check_threshold(scorer_scale(stage.scorer), stage.threshold, who=f"stage {i} ({stage.label})")
-            receives = stage.keep if stage.keep is not None else receives
+            who = f"stage {i} ({stage.label})"
+            keep = as_int(stage.keep, f"{who}: keep", minimum=1, allow_none=True)
+            if keep is not None and receives is not None and keep > receives:
+                raise ConfigError(f"{who} keeps {keep} but receives at most {receives} from the stage before")
+            self.keeps.append(keep)
+            self.thresholds.append(check_threshold(stage.strategy.scale, stage.threshold, who=who))
+            receives = keep if keep is not None else receives
         self.stages = list(stages)
-        self.scale = scorer_scale(stages[-1].scorer)
+        self.scale = stages[-1].strategy.scale
         self.name = " > ".join(labels)
 
-    def _step(
-        self,
-        stage: Stage,
-        alive: list[int],
-        result: ScoreResult,
-        per: list[dict[str, Any]],
-        final: list[float],
-    ) -> list[int]:
-        scores = result.values
-        local = (
-            list(result.order)
-            if result.order is not None
-            else sorted(range(len(alive)), key=lambda k: -scores[k])
+    def _step(self, i: int, alive: Ranking, out: Ranking) -> Ranking:
+        stage, keep, threshold = self.stages[i], self.keeps[i], self.thresholds[i]
+        label = stage.label
+
+        def note(e: Entry) -> Entry:
+            stages = {**e.details.get("stages", {}), label: e.score if e.reranked else None}
+            return e.noted(stages=stages, stage_reached=label)
+
+        entries = [note(e) for e in out]
+        reasons: dict[int, str] = {}
+        if threshold is not None:
+            for e in entries:
+                if e.reranked and e.score < threshold:
+                    reasons[e.position] = f"score {e.score:.6g} < stage threshold {threshold}"
+            entries = [e for e in entries if e.position not in reasons]
+        if keep is not None:
+            reasons.update({e.position: f"beyond keep={keep}" for e in entries[keep:]})
+            entries = entries[:keep]
+        return alive.then(
+            entries,
+            by=f"cascade stage {label!r}",
+            dropped=[note(e) for e in out.dropped],
+            reasons=reasons,
+            scale=stage.strategy.scale,
+            info=out.info,
         )
-        for k, i in enumerate(alive):
-            per[i]["stages"][stage.label] = scores[k]
-            per[i]["stage_reached"] = stage.label
-            final[i] = scores[k]
-        if stage.threshold is not None:
-            local = [k for k in local if scores[k] >= stage.threshold]
-        if stage.keep is not None:
-            local = local[: stage.keep]
-        return [alive[k] for k in local]
 
-    def _start(self, n: int) -> tuple[list[int], list[dict[str, Any]], list[float], dict[str, float]]:
-        return list(range(n)), [{"stages": {}} for _ in range(n)], [0.0] * n, {}
-
-    def _result(
-        self, alive: list[int], per: list[dict[str, Any]], final: list[float], ms: dict[str, float]
-    ) -> ScoreResult:
-        sizes = {label: round(v, 2) for label, v in ms.items()}
-        return ScoreResult(values=final, info={"stage_ms": sizes}, per_item=per, order=alive)
-
-    def score_candidates(self, query: str, candidates: list[Candidate]) -> ScoreResult:
-        alive, per, final, ms = self._start(len(candidates))
-        for stage in self.stages:
-            if not alive:
+    def run(self, query: str, ranking: Ranking) -> Ranking:
+        ms: dict[str, float] = {}
+        for i, stage in enumerate(self.stages):
+            if not ranking.entries:
                 break
             t0 = time.perf_counter()
-            result = score_with(stage.scorer, query, [candidates[i] for i in alive])
-            ms[stage.label] = (time.perf_counter() - t0) * 1000
-            alive = self._step(stage, alive, result, per, final)
-        return self._result(alive, per, final, ms)
+            out = stage.strategy.run(query, ranking.sub(ranking.entries))
+            ms[stage.label] = round((time.perf_counter() - t0) * 1000, 2)
+            ranking = self._step(i, ranking, out)
+        return ranking.then(ranking.entries, by=self.name, scale=self.scale, info={"stage_ms": ms})
 
-    async def ascore_candidates(self, query: str, candidates: list[Candidate]) -> ScoreResult:
-        alive, per, final, ms = self._start(len(candidates))
-        for stage in self.stages:
-            if not alive:
+    async def arun(self, query: str, ranking: Ranking) -> Ranking:
+        ms: dict[str, float] = {}
+        for i, stage in enumerate(self.stages):
+            if not ranking.entries:
                 break
             t0 = time.perf_counter()
-            result = await ascore_with(stage.scorer, query, [candidates[i] for i in alive])
-            ms[stage.label] = (time.perf_counter() - t0) * 1000
-            alive = self._step(stage, alive, result, per, final)
-        return self._result(alive, per, final, ms)
+            out = await stage.strategy.arun(query, ranking.sub(ranking.entries))
+            ms[stage.label] = round((time.perf_counter() - t0) * 1000, 2)
+            ranking = self._step(i, ranking, out)
+        return ranking.then(ranking.entries, by=self.name, scale=self.scale, info={"stage_ms": ms})

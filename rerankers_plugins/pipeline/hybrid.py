@@ -5,15 +5,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.ops.fusion import minmax, rrf, weighted_sum, zscore
-from rerankers_plugins.pipeline._strategy import Strategy, require_scores
-from rerankers_plugins.pipeline.rerank import ascore_with, score_with, scorer_name
-from rerankers_plugins.scorers.base import ScoreResult
+from rerankers_plugins.pipeline.ranking import (
+    Entry,
+    Ranking,
+    ScorerLike,
+    Strategy,
+    as_real,
+    as_strategy,
+    require_scores,
+)
+from rerankers_plugins.scorers.base import Ranker, Scorer
 from rerankers_plugins.types import Candidate, ScoreScale
 
 __all__ = ["Hybrid", "Signal"]
@@ -22,32 +29,45 @@ logger = logging.getLogger(__name__)
 
 RETRIEVAL = "retrieval"
 
+SignalSource = ScorerLike | Literal["retrieval"] | Callable[[Candidate], float]
+
+
+def _is_model(source: object) -> bool:
+    return (
+        isinstance(source, Strategy | Scorer | Ranker) or hasattr(source, "score") or hasattr(source, "rank")
+    )
+
 
 @dataclass(frozen=True)
 class Signal:
-    """One input of a :class:`Hybrid`: ``source`` is a scorer, the string ``"retrieval"`` (the
-    candidates' first-stage ``retrieval_score``), or a function ``fn(Candidate) -> float`` (metadata
-    such as recency or source trust)."""
+    """One input of a :class:`Hybrid`: ``source`` is a scorer, ranker or strategy; the string
+    ``"retrieval"`` (the candidates' first-stage ``retrieval_score``); or a function
+    ``fn(Candidate) -> float`` (metadata such as recency or source trust)."""
 
-    source: Any
+    source: SignalSource
     weight: float
     name: str | None = None
+    strategy: Strategy | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        strategy = as_strategy(self.source) if _is_model(self.source) else None  # type: ignore[arg-type]
+        object.__setattr__(self, "strategy", strategy)
 
     @property
     def label(self) -> str:
         if self.name:
             return self.name
+        if self.strategy is not None:
+            return self.strategy.name
         if isinstance(self.source, str):
             return self.source
-        if _is_scorer(self.source):
-            return scorer_name(self.source)
-        return getattr(self.source, "__name__", "metadata")
+        return str(getattr(self.source, "__name__", "metadata"))
 
 
-def _is_scorer(obj: Any) -> bool:
-    return any(
-        hasattr(obj, m) for m in ("score", "score_details", "score_candidates", "rank", "rank_details")
-    )
+def _fill(values: list[float | None], normed: list[float], low: float) -> list[float]:
+    """Normalised values back in place; a missing one (not reranked by its signal) gets ``low``."""
+    it = iter(normed)
+    return [low if v is None else next(it) for v in values]
 
 
 class Hybrid(Strategy):
@@ -58,6 +78,11 @@ class Hybrid(Strategy):
     ``weight / (rrf_k + rank)`` (scale LOGIT). Weights must be >= 0 and not all 0; weights that do
     not sum to 1 are normalised to do so (logged once), so ``[3, 1, 1]`` means ``[0.6, 0.2, 0.2]``.
     Ties keep the input order. ``details["signals"]`` holds each signal's raw value.
+
+    A signal that is a strategy may drop candidates: they stay dropped (marked by that signal).
+    A candidate a strategy signal did not rerank (Selective's tail, a fallback) has no value for
+    it: that signal counts as its lowest normalised value (minmax 0, the lowest z-score, the last
+    RRF rank), and ``details["signals"]`` shows None.
 
         Hybrid([Signal(CrossEncoderScorer(...), 0.6), Signal(BM25Scorer(), 0.2),
                 Signal(lambda c: c.metadata["trust"], 0.2, name="trust")])
@@ -77,26 +102,27 @@ class Hybrid(Strategy):
             raise ConfigError(f"method must be 'weighted' or 'rrf', got {method!r}")
         if normalize not in ("minmax", "zscore"):
             raise ConfigError(f"normalize must be 'minmax' or 'zscore', got {normalize!r}")
+        for s in signals:
+            if not isinstance(s, Signal):
+                raise ConfigError(f"Hybrid takes Signal objects, got {type(s).__name__}")
         labels = [s.label for s in signals]
         if len(set(labels)) != len(labels):
             raise ConfigError(f"Hybrid signal names must be unique (pass Signal(name=...)): {labels}")
         weights = []
         for s in signals:
-            if not isinstance(s, Signal):
-                raise ConfigError(f"Hybrid takes Signal objects, got {type(s).__name__}")
             w = s.weight
-            if isinstance(w, bool) or not isinstance(w, int | float) or math.isnan(w) or w < 0:
+            if isinstance(w, bool) or as_real(w, f"signal {s.label!r}: weight") is None or float(w) < 0:
                 raise ConfigError(f"signal {s.label!r}: weight must be a number >= 0, got {w!r}")
-            if isinstance(s.source, str) and s.source != RETRIEVAL:
+            if s.strategy is None and isinstance(s.source, str) and s.source != RETRIEVAL:
                 raise ConfigError(
                     f"signal {s.label!r}: the only string source is 'retrieval', got {s.source!r}"
                 )
-            if not isinstance(s.source, str) and not _is_scorer(s.source) and not callable(s.source):
+            if s.strategy is None and not isinstance(s.source, str) and not callable(s.source):
                 raise ConfigError(
                     f"signal {s.label!r}: source must be a scorer, 'retrieval' or a function of a Candidate"
                 )
-            if _is_scorer(s.source) and method == "weighted":
-                require_scores(s.source, "weighted fusion")
+            if s.strategy is not None and method == "weighted":
+                require_scores(s.strategy, "weighted fusion")
             weights.append(float(w))
         total = sum(weights)
         if total <= 0:
@@ -104,8 +130,10 @@ class Hybrid(Strategy):
         if abs(total - 1.0) > 1e-9:
             logger.info("Hybrid weights %s sum to %g; normalised to sum to 1", weights, total)
         self.signals = list(signals)
+        self.labels = labels
         self.weights = [w / total for w in weights]
-        self.method, self.normalize, self.rrf_k = method, normalize, rrf_k
+        self.method, self.normalize = method, normalize
+        self.rrf_k = as_real(rrf_k, "rrf_k") or 60.0
         self.scale = (
             ScoreScale.RELEVANCE if method == "weighted" and normalize == "minmax" else ScoreScale.LOGIT
         )
@@ -113,15 +141,19 @@ class Hybrid(Strategy):
             "hybrid(" + ", ".join(f"{lbl}={w:.2f}" for lbl, w in zip(labels, self.weights, strict=True)) + ")"
         )
 
-    def _direct(self, signal: Signal, candidates: list[Candidate]) -> list[float]:
-        values = []
-        for c in candidates:
+    def _direct(self, signal: Signal, entries: Sequence[Entry]) -> list[float | None]:
+        values: list[float | None] = []
+        for e in entries:
+            c = e.candidate
             if signal.source == RETRIEVAL:
                 if c.retrieval_score is None:
-                    raise ConfigError(f"signal 'retrieval': candidate {c.id!r} has no retrieval_score")
+                    raise ConfigError(
+                        f"signal 'retrieval': candidate {c.id!r} has no retrieval_score "
+                        "(LangChain: set the adapter's retrieval_score_key)"
+                    )
                 values.append(float(c.retrieval_score))
                 continue
-            fn: Callable[[Candidate], Any] = signal.source
+            fn: Callable[[Candidate], Any] = signal.source  # type: ignore[assignment]
             try:
                 v = float(fn(c))
             except Exception as exc:
@@ -133,38 +165,67 @@ class Hybrid(Strategy):
             values.append(v)
         return values
 
-    def _fuse(self, raw: list[list[float]], n: int) -> ScoreResult:
+    def _normalise(self, raw: list[list[float | None]]) -> tuple[list[float], list[list[float]]]:
         if self.method == "rrf":
-            fused = rrf(raw, self.weights, k=self.rrf_k)
-            normed = raw
-        else:
-            norm = minmax if self.normalize == "minmax" else zscore
-            normed = [norm(v) for v in raw]
-            fused = weighted_sum(normed, self.weights)
-        labels = [s.label for s in self.signals]
-        per = [
-            {
-                "signals": {lbl: raw[j][i] for j, lbl in enumerate(labels)},
-                "normalized": {lbl: normed[j][i] for j, lbl in enumerate(labels)},
-            }
-            for i in range(n)
-        ]
-        return ScoreResult(values=fused, info={"fusion": self.method}, per_item=per)
+            # a missing value ranks after every present one (rank = present + 1)
+            filled = [[-math.inf if v is None else v for v in vals] for vals in raw]
+            return rrf(filled, self.weights, k=self.rrf_k), [[math.nan] * len(v) for v in raw]
+        norm = minmax if self.normalize == "minmax" else zscore
+        normed = []
+        for vals in raw:
+            present = norm([v for v in vals if v is not None])
+            normed.append(_fill(vals, present, min(present, default=0.0)))
+        return weighted_sum(normed, self.weights), normed
 
-    def score_candidates(self, query: str, candidates: list[Candidate]) -> ScoreResult:
-        raw = [
-            list(score_with(s.source, query, candidates).values)
-            if _is_scorer(s.source)
-            else self._direct(s, candidates)
+    def _fuse(self, ranking: Ranking, outs: list[Ranking | None]) -> Ranking:
+        kept = {e.position for e in ranking}
+        dropped: dict[int, Entry] = {}
+        for out in outs:
+            if out is not None:
+                kept &= {e.position for e in out}
+                for e in out.dropped:
+                    dropped.setdefault(e.position, e)
+        entries = [e for e in ranking if e.position in kept]
+        by_pos = [{e.position: e for e in out} if out is not None else None for out in outs]
+        raw: list[list[float | None]] = []
+        for s, got in zip(self.signals, by_pos, strict=True):
+            if got is None:
+                raw.append(self._direct(s, entries))
+            else:
+                raw.append([got[e.position].score if got[e.position].reranked else None for e in entries])
+        fused, normed = self._normalise(raw)
+        result = []
+        for i, e in enumerate(entries):
+            details: dict[str, Any] = dict(e.details)
+            for got in by_pos:
+                if got is not None:
+                    details.update(got[e.position].details)
+            details["signals"] = {lbl: raw[j][i] for j, lbl in enumerate(self.labels)}
+            if self.method != "rrf":
+                details["normalized"] = {lbl: normed[j][i] for j, lbl in enumerate(self.labels)}
+            entry = replace(e, details=details)
+            any_value = any(raw[j][i] is not None for j in range(len(raw)))
+            result.append(entry.scored(fused[i]) if any_value else entry.passed())
+        order = sorted(range(len(result)), key=lambda k: -result[k].score if result[k].reranked else math.inf)
+        info: dict[str, Any] = {"fusion": self.method}
+        for out in outs:
+            if out is not None:
+                info.update(out.info)
+        return ranking.then(
+            [result[k] for k in order], by=self.name, dropped=dropped.values(), scale=self.scale, info=info
+        )
+
+    def run(self, query: str, ranking: Ranking) -> Ranking:
+        outs = [
+            s.strategy.run(query, ranking.sub(ranking.entries)) if s.strategy is not None else None
             for s in self.signals
         ]
-        return self._fuse(raw, len(candidates))
+        return self._fuse(ranking, outs)
 
-    async def ascore_candidates(self, query: str, candidates: list[Candidate]) -> ScoreResult:
-        async def one(s: Signal) -> list[float]:
-            if _is_scorer(s.source):
-                return list((await ascore_with(s.source, query, candidates)).values)
-            return self._direct(s, candidates)
+    async def arun(self, query: str, ranking: Ranking) -> Ranking:
+        async def one(s: Signal) -> Ranking | None:
+            if s.strategy is None:
+                return None
+            return await s.strategy.arun(query, ranking.sub(ranking.entries))
 
-        raw = list(await asyncio.gather(*(one(s) for s in self.signals)))
-        return self._fuse(raw, len(candidates))
+        return self._fuse(ranking, list(await asyncio.gather(*(one(s) for s in self.signals))))

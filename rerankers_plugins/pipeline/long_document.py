@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from rerankers_plugins.errors import ConfigError
-from rerankers_plugins.pipeline._strategy import Strategy, require_scores
-from rerankers_plugins.pipeline.rerank import ascore_with, score_with, scorer_name
-from rerankers_plugins.scorers.base import ScoreResult
-from rerankers_plugins.types import Candidate
+from rerankers_plugins.pipeline.ranking import as_int, as_scorer_leaf
+from rerankers_plugins.scorers.base import BaseScorer, Scorer, ScoreResult, scorer_settings
 
 __all__ = ["LongDocument", "split_passages"]
 
@@ -33,40 +32,49 @@ def split_passages(text: str, max_words: int, overlap: int) -> list[tuple[int, s
     return out
 
 
-class LongDocument(Strategy):
-    """Split candidates longer than ``max_words`` into passages overlapping by ``overlap`` words,
-    score every passage with ``scorer`` (one call for all), and aggregate per document by ``"max"``
+class LongDocument(BaseScorer):
+    """Split texts longer than ``max_words`` into passages overlapping by ``overlap`` words, score
+    every passage with ``scorer`` (one call for all), and aggregate per document by ``"max"``
     (default), ``"mean"`` or ``"first"``. ``details["passage"]`` / ``["passage_start_word"]`` tell
-    which passage decided the score (``max``), ``details["passages"]`` how many there were."""
+    which passage decided the score (``max``), ``details["passages"]`` how many there were.
+
+    It is itself a leaf scorer (a document's score depends only on the query and its text), so
+    strategies go around it (``Threshold(LongDocument(ce), absolute=0.5)``) and it can be cached.
+    """
 
     def __init__(
         self,
-        scorer: Any,
+        scorer: Scorer,
         *,
         max_words: int = 200,
         overlap: int = 50,
         aggregate: Literal["max", "mean", "first"] = "max",
     ) -> None:
-        self.scale = require_scores(scorer, "LongDocument")
-        if not isinstance(max_words, int) or max_words < 2:
-            raise ConfigError(f"max_words must be an int >= 2, got {max_words!r}")
-        if not isinstance(overlap, int) or not 0 <= overlap < max_words:
+        self._leaf = as_scorer_leaf(scorer, "LongDocument")
+        self.scale = self._leaf.scale
+        self.max_words = as_int(max_words, "max_words", minimum=2) or 2
+        self.overlap = as_int(overlap, "overlap", minimum=0) or 0
+        if self.overlap >= self.max_words:
             raise ConfigError(f"overlap must be an int in 0..max_words-1, got {overlap!r}")
         if aggregate not in ("max", "mean", "first"):
             raise ConfigError(f"aggregate must be 'max', 'mean' or 'first', got {aggregate!r}")
-        self.scorer, self.max_words, self.overlap, self.aggregate = scorer, max_words, overlap, aggregate
-        self.name = scorer_name(scorer)
+        self.scorer, self.aggregate = scorer, aggregate
+        self.pure = bool(getattr(scorer, "pure", True))
+        self.on_error = self._leaf.on_error
+        self.name = self._leaf.name
 
-    def _split(self, candidates: list[Candidate]) -> tuple[list[Candidate], list[list[tuple[int, int]]]]:
-        passages: list[Candidate] = []
+    def fingerprint(self) -> Mapping[str, Any]:
+        inner = scorer_settings(self.scorer)
+        return {**inner, "long_document": [self.max_words, self.overlap, self.aggregate]}
+
+    def _split(self, texts: Sequence[str]) -> tuple[list[str], list[list[tuple[int, int]]]]:
+        passages: list[str] = []
         owners: list[list[tuple[int, int]]] = []  # per document: (index into passages, start word)
-        for c in candidates:
+        for text in texts:
             mine = []
-            for start, text in split_passages(c.text, self.max_words, self.overlap):
+            for start, passage in split_passages(text, self.max_words, self.overlap):
                 mine.append((len(passages), start))
-                passages.append(
-                    Candidate(text, id=c.id, metadata=c.metadata, retrieval_score=c.retrieval_score)
-                )
+                passages.append(passage)
             owners.append(mine)
         return passages, owners
 
@@ -80,10 +88,13 @@ class LongDocument(Strategy):
             per.append({"passage": best, "passage_start_word": mine[best][1], "passages": len(mine)})
         return ScoreResult(values=values, info={**result.info, "aggregate": self.aggregate}, per_item=per)
 
-    def score_candidates(self, query: str, candidates: list[Candidate]) -> ScoreResult:
-        passages, owners = self._split(candidates)
-        return self._aggregate(owners, score_with(self.scorer, query, passages))
+    def score_details(self, query: str, texts: Sequence[str]) -> ScoreResult:
+        passages, owners = self._split(texts)
+        return self._aggregate(owners, self._leaf.score_texts(query, passages))
 
-    async def ascore_candidates(self, query: str, candidates: list[Candidate]) -> ScoreResult:
-        passages, owners = self._split(candidates)
-        return self._aggregate(owners, await ascore_with(self.scorer, query, passages))
+    async def ascore_details(self, query: str, texts: Sequence[str]) -> ScoreResult:
+        passages, owners = self._split(texts)
+        return self._aggregate(owners, await self._leaf.ascore_texts(query, passages))
+
+    def score(self, query: str, texts: Sequence[str]) -> list[float]:
+        return list(self.score_details(query, texts).values)

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import logging
-import math
-from typing import Any
-
 from rerankers_plugins.errors import ConfigError
-from rerankers_plugins.pipeline._strategy import Strategy, require_scores
-from rerankers_plugins.pipeline.rerank import ascore_with, check_threshold, score_with, scorer_name
-from rerankers_plugins.scorers.base import ScoreResult
-from rerankers_plugins.types import Candidate
+from rerankers_plugins.pipeline.ranking import (
+    Entry,
+    Ranking,
+    ScorerLike,
+    Strategy,
+    as_int,
+    as_real,
+    as_strategy,
+    check_threshold,
+    require_scores,
+)
 
 __all__ = ["Threshold"]
-
-logger = logging.getLogger(__name__)
 
 
 class Threshold(Strategy):
@@ -22,47 +23,65 @@ class Threshold(Strategy):
 
     ``absolute`` is checked against the scorer's declared scale (a probability threshold of 0.7
     means the same for every PROBABILITY scorer); ``relative`` is a margin on that scale
-    (``best - relative``); ``min_keep`` returns at least that many (the best ones) even if all fall
-    below. Applied after scoring and before ``top_n``. Rank-only scorers are refused.
+    (``best - relative``); ``min_keep`` keeps at least that many (the best ones) even if all fall
+    below. Entries the inner layers did not rerank (Selective's tail, a fallback) are never cut.
+    Every cut is marked (``dropped_by``). Rank-only scorers are refused.
     """
 
     def __init__(
-        self, scorer: Any, *, absolute: float | None = None, relative: float | None = None, min_keep: int = 0
+        self,
+        scorer: ScorerLike,
+        *,
+        absolute: float | None = None,
+        relative: float | None = None,
+        min_keep: int = 0,
     ) -> None:
-        self.scorer = scorer
-        self.scale = require_scores(scorer, "Threshold")
-        check_threshold(self.scale, absolute, who=f"scorer {scorer_name(scorer)!r}")
-        if relative is not None and (
-            not isinstance(relative, int | float) or math.isnan(relative) or relative < 0
-        ):
+        self.inner = as_strategy(scorer)
+        self.scale = require_scores(self.inner, "Threshold")
+        self.absolute = check_threshold(self.scale, absolute, who=f"scorer {self.inner.name!r}")
+        self.relative = as_real(relative, "relative", allow_none=True)
+        if self.relative is not None and self.relative < 0:
             raise ConfigError(f"relative must be a margin >= 0 below the best score, got {relative!r}")
-        if isinstance(min_keep, bool) or not isinstance(min_keep, int) or min_keep < 0:
-            raise ConfigError(f"min_keep must be an int >= 0, got {min_keep!r}")
-        self.absolute, self.relative, self.min_keep = absolute, relative, min_keep
-        self.name = scorer_name(scorer)
+        self.min_keep = as_int(min_keep, "min_keep", minimum=0) or 0
+        self.name = self.inner.name
+        self.label = (
+            f"Threshold(absolute={self.absolute}, relative={self.relative}, min_keep={self.min_keep})"
+        )
 
-    def _cut(self, result: ScoreResult) -> ScoreResult:
-        scores = result.values
-        order = sorted(range(len(scores)), key=lambda k: -scores[k])
-        best = scores[order[0]] if order else 0.0
-        kept = [
-            k
-            for k in order
-            if (self.absolute is None or scores[k] >= self.absolute)
-            and (self.relative is None or scores[k] >= best - self.relative)
-        ]
-        if len(kept) < self.min_keep:
-            kept = order[: self.min_keep]
-        if len(kept) < len(order):
-            logger.debug("Threshold(%s): kept %d of %d", self.name, len(kept), len(order))
-        info = {
-            **result.info,
-            "threshold": {"absolute": self.absolute, "relative": self.relative, "min_keep": self.min_keep},
-        }
-        return ScoreResult(values=scores, info=info, per_item=result.per_item, order=kept)
+    def _cut(self, ranking: Ranking) -> Ranking:
+        scores = [e.score for e in ranking if e.reranked]
+        best = max(scores) if scores else 0.0
+        reasons: dict[int, str] = {}
 
-    def score_candidates(self, query: str, candidates: list[Candidate]) -> ScoreResult:
-        return self._cut(score_with(self.scorer, query, candidates))
+        def passes(e: Entry) -> bool:
+            if not e.reranked:
+                return True
+            if self.absolute is not None and e.score < self.absolute:
+                reasons[e.position] = f"score {e.score:.6g} < absolute {self.absolute}"
+                return False
+            if self.relative is not None and e.score < best - self.relative:
+                reasons[e.position] = (
+                    f"score {e.score:.6g} more than {self.relative} below the best {best:.6g}"
+                )
+                return False
+            return True
 
-    async def ascore_candidates(self, query: str, candidates: list[Candidate]) -> ScoreResult:
-        return self._cut(await ascore_with(self.scorer, query, candidates))
+        keep = {e.position for e in ranking if passes(e)}
+        for e in ranking:  # min_keep: the best of the rest, in the ranking's order
+            if len(keep) >= self.min_keep:
+                break
+            keep.add(e.position)
+        return ranking.then(
+            [e for e in ranking if e.position in keep],
+            by=self.label,
+            reasons=reasons,
+            info={
+                "threshold": {"absolute": self.absolute, "relative": self.relative, "min_keep": self.min_keep}
+            },
+        )
+
+    def run(self, query: str, ranking: Ranking) -> Ranking:
+        return self._cut(self.inner.run(query, ranking))
+
+    async def arun(self, query: str, ranking: Ranking) -> Ranking:
+        return self._cut(await self.inner.arun(query, ranking))

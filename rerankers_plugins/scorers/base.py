@@ -15,30 +15,23 @@ from typing import Any, Protocol, runtime_checkable
 
 from rerankers_plugins.types import ScoreScale
 
-__all__ = ["BaseScorer", "Ranker", "ScoreResult", "Scorer"]
+__all__ = ["BaseScorer", "Ranker", "ScoreResult", "Scorer", "scorer_settings"]
 
 
 @dataclass(frozen=True)
 class ScoreResult:
-    """What a scorer's optional ``score_details`` / ``rank_details`` methods return.
+    """What a leaf's optional ``score_details`` / ``rank_details`` (and ``a*``) methods return.
 
     ``values`` are the scores (or, for a Ranker, the permutation); ``info`` is merged into every
     returned candidate's ``Scored.details`` (e.g. the number of LLM calls); ``per_item``, aligned
     with the texts, into that candidate's details only (e.g. the passage a long document was
-    scored by). :func:`rerankers_plugins.rerank` prefers these methods where a scorer has them.
-    Strategies implement ``score_candidates(query, candidates)`` instead, to see ids, metadata
-    and retrieval scores.
+    scored by). When a leaf is wrapped (:func:`rerankers_plugins.pipeline.ranking.as_strategy`),
+    these methods are preferred over the plain ones.
     """
 
     values: list[Any]
     info: Mapping[str, Any] = field(default_factory=dict)
     per_item: Sequence[Mapping[str, Any]] | None = None
-    #: a strategy's final order (best first) of the positions to return; positions left out are
-    #: dropped by the strategy's own documented rule (a cascade stage's ``keep``, for instance).
-    order: Sequence[int] | None = None
-    #: positions carried without a score on the scale (a selective strategy's unreranked tail):
-    #: thresholds do not apply to them, and their ``details["reranked"]`` is False.
-    unscored: frozenset[int] = frozenset()
 
 
 @runtime_checkable
@@ -73,6 +66,14 @@ class BaseScorer:
 
     name: str = "scorer"
     scale: ScoreScale = ScoreScale.LOGIT
+    #: True when a score depends only on (query, text) and the settings: such scorers can be cached.
+    #: A scorer whose score depends on the other candidates (BM25 over the list) sets it False.
+    pure: bool = True
+
+    def fingerprint(self) -> Mapping[str, Any]:
+        """Every setting that changes a score (model, activation, ...), for cache keys. Subclasses
+        extend it; plain JSON-like values only."""
+        return {}
 
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
         raise NotImplementedError
@@ -82,3 +83,8 @@ class BaseScorer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, scale={self.scale.value})"
+
+
+def scorer_settings(scorer: object) -> Mapping[str, Any]:
+    """A scorer's :meth:`BaseScorer.fingerprint` (empty for scorers that do not derive from it)."""
+    return scorer.fingerprint() if isinstance(scorer, BaseScorer) else {}

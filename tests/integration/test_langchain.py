@@ -89,7 +89,7 @@ async def test_concurrent_async_calls_do_not_cross_talk(documents):
 
 def test_caller_documents_never_mutated(documents):
     snapshot = copy.deepcopy(documents)
-    out = RerankCompressor(scorer=FakeScorer()).compress_documents(documents, "red apple")
+    out = RerankCompressor(scorer=FakeScorer(), top_n=None).compress_documents(documents, "red apple")
     assert documents == snapshot
     assert all("relevance_score" not in d.metadata for d in documents)
     out[0].metadata["nested"]["n"] = 99
@@ -98,7 +98,7 @@ def test_caller_documents_never_mutated(documents):
 
 
 def test_scores_match_core_rerank(documents):
-    out = RerankCompressor(scorer=FakeScorer()).compress_documents(documents, "capital")
+    out = RerankCompressor(scorer=FakeScorer(), top_n=None).compress_documents(documents, "capital")
     core = rerank("capital", [d.page_content for d in documents], FakeScorer())
     assert [(d.page_content, d.metadata["relevance_score"]) for d in out] == [(s.text, s.score) for s in core]
 

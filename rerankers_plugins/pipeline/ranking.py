@@ -1,0 +1,471 @@
+"""The one contract between layers: a :class:`Ranking` in, a :class:`Ranking` out.
+
+A backend is a *leaf*: a :class:`~rerankers_plugins.scorers.base.Scorer` (one float per text) or a
+:class:`~rerankers_plugins.scorers.base.Ranker` (a permutation). A strategy is a *composite*, a
+:class:`Strategy`: ``run(query, ranking) -> ranking`` (and ``arun``). It may reorder and it may drop
+entries, but only through :meth:`Ranking.then`, which marks every drop with who dropped it and why
+and refuses anything lost, duplicated or foreign. :func:`as_strategy` wraps any leaf into a
+strategy once, at construction; nothing probes objects for methods after that.
+
+An entry's ``reranked`` flag says whether its ``score`` is on the ranking's declared scale. Entries
+a layer passes through without scoring them on that scale (Selective's tail, a skipped gate, a
+``keep_order`` fallback) carry ``reranked=False``, and no threshold applies to them at any depth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import numbers
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Union, cast
+
+from rerankers_plugins.errors import BackendError, ConfigError
+from rerankers_plugins.scorers.base import Ranker, Scorer, ScoreResult
+from rerankers_plugins.types import Candidate, FrozenMap, ScoreScale, freeze
+
+__all__ = [
+    "Entry",
+    "RankerLeaf",
+    "Ranking",
+    "ScorerLeaf",
+    "ScorerLike",
+    "Strategy",
+    "as_int",
+    "as_real",
+    "as_strategy",
+    "check_threshold",
+    "check_top_n",
+    "require_scores",
+]
+
+logger = logging.getLogger(__name__)
+
+
+# -- argument checks shared by rerank, the strategies and the adapters ------------------------------
+
+
+def as_int(value: Any, what: str, *, minimum: int | None = None, allow_none: bool = False) -> int | None:
+    """``value`` as an int (numpy integers too); ConfigError naming ``what`` otherwise."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        none = " or None" if allow_none else ""
+        raise ConfigError(f"{what} must be an int{none}, got {value!r}")
+    out = int(value)
+    if minimum is not None and out < minimum:
+        raise ConfigError(f"{what} must be >= {minimum}, got {out}")
+    return out
+
+
+def as_real(value: Any, what: str, *, allow_none: bool = False) -> float | None:
+    """``value`` as a float that is not NaN (numpy floats too); ConfigError naming ``what`` otherwise."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(float(value)):
+        raise ConfigError(f"{what} must be a number, got {value!r}")
+    return float(value)
+
+
+def check_top_n(top_n: Any) -> int | None:
+    """``top_n`` as an int >= 1, or None (keep all)."""
+    if top_n is None:
+        return None
+    if isinstance(top_n, bool) or not isinstance(top_n, numbers.Integral):
+        raise ConfigError(f"top_n must be a positive int or None, got {top_n!r}")
+    if int(top_n) <= 0:
+        raise ConfigError(f"top_n must be >= 1 (or None for all), got {top_n}")
+    return int(top_n)
+
+
+def check_threshold(scale: ScoreScale, threshold: Any, *, who: str = "scorer") -> float | None:
+    """``threshold`` as a float inside ``scale``'s range, or None; ConfigError otherwise."""
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
+        raise ConfigError(f"threshold must be a number, got {type(threshold).__name__}")
+    value = float(threshold)
+    if math.isnan(value):
+        raise ConfigError("threshold is NaN")
+    bounds = scale.bounds
+    if bounds is None:
+        raise ConfigError(
+            f"{who} has scale RANK_ONLY (an order, not scores): a threshold cannot apply; use top_n"
+        )
+    lo, hi = bounds
+    if not (lo <= value <= hi) or math.isinf(value):
+        raise ConfigError(f"threshold {value} is outside the {scale.value} scale of {who} ([{lo}, {hi}])")
+    return value
+
+
+# -- the values that flow between layers ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One candidate inside a :class:`Ranking`.
+
+    ``position`` is its index in the list given to ``rerank`` (its identity across layers).
+    ``score`` is on the ranking's scale when ``reranked`` is True; otherwise it is carried (a
+    retrieval score, a selective head's floor) and exempt from thresholds. ``details`` accumulate
+    what each layer recorded. A dropped entry carries ``dropped_by`` and ``drop_reason``.
+    """
+
+    candidate: Candidate
+    position: int
+    score: float = 0.0
+    reranked: bool = False
+    details: Mapping[str, Any] = field(default_factory=FrozenMap)
+    dropped_by: str | None = None
+    drop_reason: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "details", freeze(self.details))
+
+    @property
+    def text(self) -> str:
+        return self.candidate.text
+
+    def scored(self, score: float, **details: Any) -> Entry:
+        """This entry with a score on the ranking's scale, and ``details`` added."""
+        return replace(self, score=score, reranked=True, details={**self.details, **details})
+
+    def passed(self, score: float | None = None, **details: Any) -> Entry:
+        """This entry passed through unscored (``reranked=False``), optionally with a carried score."""
+        return replace(
+            self,
+            score=self.score if score is None else score,
+            reranked=False,
+            details={**self.details, **details},
+        )
+
+    def noted(self, **details: Any) -> Entry:
+        """This entry with ``details`` added, nothing else changed."""
+        return replace(self, details={**self.details, **details})
+
+
+@dataclass(frozen=True, slots=True)
+class Ranking:
+    """An immutable ranking: ``entries`` kept, best first; ``dropped`` with who dropped each and why.
+
+    Iterating, ``len`` and indexing see the kept entries. Strategies derive new rankings only with
+    :meth:`sub` (a ranking of some kept entries, to hand to an inner layer) and :meth:`then` (the
+    layer's result, which marks drops and checks that nothing is lost or duplicated).
+    """
+
+    entries: tuple[Entry, ...]
+    dropped: tuple[Entry, ...] = ()
+    scale: ScoreScale = ScoreScale.RANK_ONLY
+    info: Mapping[str, Any] = field(default_factory=FrozenMap)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "entries", tuple(self.entries))
+        object.__setattr__(self, "dropped", tuple(self.dropped))
+        object.__setattr__(self, "info", freeze(self.info))
+
+    @classmethod
+    def start(cls, candidates: Sequence[Candidate]) -> Ranking:
+        """The first-stage order: positions ``0..n-1``, scores carried from ``retrieval_score`` (or
+        0.0), nothing reranked yet."""
+        return cls(
+            tuple(
+                Entry(c, i, float(c.retrieval_score) if c.retrieval_score is not None else 0.0)
+                for i, c in enumerate(candidates)
+            )
+        )
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self.entries)
+
+    def __getitem__(self, i: int) -> Entry:
+        return self.entries[i]
+
+    @property
+    def texts(self) -> list[str]:
+        return [e.text for e in self.entries]
+
+    def sub(self, entries: Iterable[Entry]) -> Ranking:
+        """A ranking of some of this ranking's kept entries (no drops yet), for an inner layer."""
+        return Ranking(tuple(entries), (), self.scale)
+
+    def then(
+        self,
+        kept: Iterable[Entry],
+        *,
+        by: str,
+        dropped: Iterable[Entry] = (),
+        reasons: Mapping[int, str] | None = None,
+        default_reason: str = "",
+        scale: ScoreScale | None = None,
+        info: Mapping[str, Any] | None = None,
+    ) -> Ranking:
+        """What a layer returns from this ranking.
+
+        ``kept``: entries of this ranking (possibly rescored or annotated), in the new order.
+        ``dropped``: entries an inner layer already marked as dropped. Every other entry of this
+        ranking is marked dropped by ``by``, for ``reasons[position]`` (else ``default_reason``).
+        Raises BackendError (naming ``by``) for an entry that is not this ranking's, or is given twice.
+        """
+        mine = {e.position: e.candidate for e in self.entries}
+        kept_t, dropped_t = tuple(kept), tuple(dropped)
+        seen: set[int] = set()
+        for e in (*kept_t, *dropped_t):
+            if mine.get(e.position) is not e.candidate:
+                raise BackendError(f"{by} returned a candidate it was not given (position {e.position})")
+            if e.position in seen:
+                raise BackendError(f"{by} returned position {e.position} twice")
+            seen.add(e.position)
+        if any(e.dropped_by is None for e in dropped_t):
+            raise BackendError(f"{by} passed on a dropped entry without saying who dropped it")
+        reasons = reasons or {}
+        new_drops = tuple(
+            replace(e, dropped_by=by, drop_reason=reasons.get(e.position, default_reason))
+            for e in self.entries
+            if e.position not in seen
+        )
+        for e in new_drops:
+            logger.debug("%s dropped %r (position %d): %s", by, e.candidate.id, e.position, e.drop_reason)
+        return Ranking(
+            kept_t,
+            self.dropped + dropped_t + new_drops,
+            self.scale if scale is None else scale,
+            {**self.info, **(info or {})},
+        )
+
+
+# -- composites and leaves --------------------------------------------------------------------------
+
+
+class Strategy(ABC):
+    """A composite layer: ``run(query, ranking) -> ranking`` (and ``arun``).
+
+    Subclasses set ``name`` (reported as ``details["model"]`` when outermost) and ``scale`` (of
+    the scores they return), and implement :meth:`run`; :meth:`arun` defaults to :meth:`run` in
+    a worker thread. A strategy only sees what the layer inside it kept.
+    """
+
+    name: str = "strategy"
+    scale: ScoreScale = ScoreScale.LOGIT
+
+    @abstractmethod
+    def run(self, query: str, ranking: Ranking) -> Ranking: ...
+
+    async def arun(self, query: str, ranking: Ranking) -> Ranking:
+        return await asyncio.to_thread(self.run, query, ranking)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, scale={self.scale.value})"
+
+
+ScorerLike = Union[Scorer, Ranker, Strategy]  # noqa: UP007 (a runtime alias of protocols and an ABC)
+
+
+def _check_values(raw: Any, n: int, name: str) -> list[float]:
+    try:
+        scores = [float(s) for s in raw]
+    except (TypeError, ValueError) as exc:
+        raise BackendError(f"scorer {name!r} returned non-numeric scores: {exc}") from exc
+    if len(scores) != n:
+        raise BackendError(
+            f"scorer {name!r} returned {len(scores)} scores for {n} texts; "
+            "a scorer must return exactly one score per text, in input order"
+        )
+    bad = [i for i, s in enumerate(scores) if not math.isfinite(s)]
+    if bad:
+        raise BackendError(f"scorer {name!r} returned non-finite scores (NaN or inf) at positions {bad[:10]}")
+    return scores
+
+
+def _check_permutation(raw: Any, n: int, name: str) -> list[int]:
+    order = list(raw)
+    if any(isinstance(i, bool) or not isinstance(i, numbers.Integral) for i in order) or sorted(
+        int(i) for i in order
+    ) != list(range(n)):
+        raise BackendError(f"ranker {name!r} returned {order[:20]}, not a permutation of range({n})")
+    return [int(i) for i in order]
+
+
+def _check_details(result: ScoreResult, n: int, name: str) -> None:
+    if result.per_item is not None and len(result.per_item) != n:
+        raise BackendError(f"scorer {name!r} returned {len(result.per_item)} detail entries for {n} texts")
+
+
+SyncCall = Callable[[str, list[str]], ScoreResult]
+AsyncCall = Callable[[str, list[str]], Awaitable[ScoreResult]]
+
+
+def _plain(fn: Callable[[str, list[str]], Any]) -> SyncCall:
+    return lambda q, texts: ScoreResult(values=list(fn(q, texts)))
+
+
+def _aplain(fn: Callable[[str, list[str]], Awaitable[Any]]) -> AsyncCall:
+    async def call(q: str, texts: list[str]) -> ScoreResult:
+        return ScoreResult(values=list(await fn(q, texts)))
+
+    return call
+
+
+def _threaded(fn: SyncCall) -> AsyncCall:
+    async def call(q: str, texts: list[str]) -> ScoreResult:
+        return await asyncio.to_thread(fn, q, texts)
+
+    return call
+
+
+class _Leaf(Strategy):
+    """A leaf as a strategy: calls the backend on the kept texts; ``on_error="keep_order"`` falls
+    back to passing the input through in order, marked, so the layers around it go on."""
+
+    leaf: Any
+    _sync: SyncCall
+    _async: AsyncCall
+
+    def __init__(self, leaf: Any, kind: str, detailed: str, plain: str) -> None:
+        self.leaf = leaf
+        self.name = str(getattr(leaf, "name", None) or type(leaf).__name__)
+        self.on_error = getattr(leaf, "on_error", "raise")
+        # Chosen once, here: the richest method the backend has (``*_details`` returns ScoreResult).
+        sync = getattr(leaf, detailed, None)
+        self._sync = sync if sync is not None else _plain(getattr(leaf, plain))
+        adetailed, aplain = getattr(leaf, "a" + detailed, None), getattr(leaf, "a" + plain, None)
+        if adetailed is not None:
+            self._async = adetailed
+        elif sync is None and aplain is not None:
+            self._async = _aplain(aplain)
+        else:
+            self._async = _threaded(self._sync)
+        self._kind = kind
+
+    def _fallback(self, ranking: Ranking, exc: BackendError) -> Ranking:
+        logger.warning(
+            "%s %r failed (%s); on_error='keep_order': passing %d candidates on in their order",
+            self._kind,
+            self.name,
+            exc,
+            len(ranking),
+        )
+        error = f"{type(exc).__name__}: {exc}"
+        return ranking.then(
+            [e.passed(fallback="keep_order", error=error) for e in ranking],
+            by=self.name,
+            scale=self.scale,
+            info={"fallback": "keep_order"},
+        )
+
+    def _apply(self, ranking: Ranking, result: ScoreResult) -> Ranking:
+        raise NotImplementedError
+
+    def run(self, query: str, ranking: Ranking) -> Ranking:
+        if not ranking.entries:
+            return ranking.then([], by=self.name, scale=self.scale)
+        try:
+            return self._apply(ranking, self._sync(query, ranking.texts))
+        except BackendError as exc:
+            if self.on_error != "keep_order":
+                raise
+            return self._fallback(ranking, exc)
+
+    async def arun(self, query: str, ranking: Ranking) -> Ranking:
+        if not ranking.entries:
+            return ranking.then([], by=self.name, scale=self.scale)
+        try:
+            return self._apply(ranking, await self._async(query, ranking.texts))
+        except BackendError as exc:
+            if self.on_error != "keep_order":
+                raise
+            return self._fallback(ranking, exc)
+
+
+class ScorerLeaf(_Leaf):
+    """A :class:`Scorer` as a strategy: every kept entry scored, sorted best first (ties keep order)."""
+
+    def __init__(self, scorer: Scorer) -> None:
+        super().__init__(scorer, "scorer", "score_details", "score")
+        scale = getattr(scorer, "scale", None)
+        if scale is None:
+            raise ConfigError(f"scorer {self.name!r} declares no `scale` (a ScoreScale)")
+        self.scale = ScoreScale(scale)
+
+    def checked(self, result: ScoreResult, n: int) -> ScoreResult:
+        """``result`` with its values checked as ``n`` finite floats (BackendError otherwise)."""
+        _check_details(result, n, self.name)
+        return replace(result, values=_check_values(result.values, n, self.name))
+
+    def score_texts(self, query: str, texts: list[str]) -> ScoreResult:
+        """The backend's checked scores for ``texts``, no fallback (for leaves that wrap leaves)."""
+        return self.checked(self._sync(query, texts), len(texts))
+
+    async def ascore_texts(self, query: str, texts: list[str]) -> ScoreResult:
+        return self.checked(await self._async(query, texts), len(texts))
+
+    def _apply(self, ranking: Ranking, result: ScoreResult) -> Ranking:
+        result = self.checked(result, len(ranking))
+        per = result.per_item
+        entries = [
+            e.scored(v, **(per[k] if per is not None else {}))
+            for k, (e, v) in enumerate(zip(ranking, result.values, strict=True))
+        ]
+        order = sorted(range(len(entries)), key=lambda k: -entries[k].score)  # stable: ties keep order
+        return ranking.then([entries[k] for k in order], by=self.name, scale=self.scale, info=result.info)
+
+
+class RankerLeaf(_Leaf):
+    """A :class:`Ranker` as a strategy: its permutation, scores ``n - position`` (scale RANK_ONLY)."""
+
+    scale = ScoreScale.RANK_ONLY
+
+    def __init__(self, ranker: Ranker) -> None:
+        super().__init__(ranker, "ranker", "rank_details", "rank")
+
+    def _apply(self, ranking: Ranking, result: ScoreResult) -> Ranking:
+        n = len(ranking)
+        order = _check_permutation(result.values, n, self.name)
+        _check_details(result, n, self.name)
+        per = result.per_item
+        entries = [
+            ranking[i].scored(float(n - pos), **(per[i] if per is not None else {}))
+            for pos, i in enumerate(order)
+        ]
+        return ranking.then(entries, by=self.name, scale=self.scale, info=result.info)
+
+
+def as_strategy(obj: ScorerLike) -> Strategy:
+    """The one place a backend becomes a strategy: a :class:`Strategy` as is, a Scorer (``score``)
+    as :class:`ScorerLeaf`, a Ranker (``rank``) as :class:`RankerLeaf`; ConfigError otherwise."""
+    if isinstance(obj, Strategy):
+        return obj
+    if hasattr(obj, "score") or hasattr(obj, "score_details"):
+        return ScorerLeaf(cast(Scorer, obj))
+    if hasattr(obj, "rank") or hasattr(obj, "rank_details"):
+        return RankerLeaf(obj)
+    raise ConfigError(
+        f"{type(obj).__name__} is neither a Scorer (score(query, texts)), a Ranker (rank(query, texts)) "
+        "nor a Strategy"
+    )
+
+
+def as_scorer_leaf(obj: Any, who: str) -> ScorerLeaf:
+    """``obj`` wrapped as a leaf scorer for ``who`` (a layer that maps one text to one score):
+    ConfigError for strategies and rankers, saying where they go instead."""
+    if isinstance(obj, Strategy):
+        raise ConfigError(
+            f"{who} wraps a leaf scorer (a pure function of query and text), not the strategy {obj.name!r}: "
+            f"wrap the leaf inside it instead, e.g. Threshold({who}(scorer), ...)"
+        )
+    leaf = as_strategy(obj)
+    if not isinstance(leaf, ScorerLeaf):
+        raise ConfigError(f"{who} needs scores, but {leaf.name!r} is a Ranker (RANK_ONLY: an order only)")
+    return leaf
+
+
+def require_scores(strategy: Strategy, what: str) -> ScoreScale:
+    """The strategy's scale; ConfigError when it only ranks (``what`` needs real scores)."""
+    if strategy.scale is ScoreScale.RANK_ONLY:
+        raise ConfigError(f"{what} needs scores, but {strategy.name!r} is RANK_ONLY (an order only)")
+    return strategy.scale
