@@ -69,3 +69,10 @@ PASSAGES = [
 @pytest.fixture
 def passages() -> list[str]:
     return list(PASSAGES)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The evaluation notebook runs on the shared SciFact data for minutes: it is a slow test."""
+    for item in items:
+        if item.path.name == "03_evaluation.ipynb":
+            item.add_marker(pytest.mark.slow)

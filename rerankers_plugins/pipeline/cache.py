@@ -54,9 +54,17 @@ class CachedScorer(BaseScorer):
     warning; scores just computed are kept. Thread-safe (one lock, never held across a model
     call) and async-safe (misses go through the wrapped scorer's async path). ``hits`` /
     ``misses`` count pairs. ``on_error`` is the wrapped scorer's: a failure is never cached.
+    ``timeout``: seconds to wait for another process's lock on the store before degrading.
     """
 
-    def __init__(self, scorer: Scorer, *, max_entries: int = 100_000, path: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        scorer: Scorer,
+        *,
+        max_entries: int = 100_000,
+        path: str | Path | None = None,
+        timeout: float = 5.0,
+    ) -> None:
         self._leaf = as_scorer_leaf(scorer, "CachedScorer")
         if not getattr(scorer, "pure", True):
             raise ConfigError(
@@ -78,7 +86,9 @@ class CachedScorer(BaseScorer):
         self.path = None if path is None else Path(path).expanduser()
         if self.path is not None:
             try:
-                self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+                self._db = sqlite3.connect(
+                    str(self.path), timeout=timeout, check_same_thread=False, isolation_level=None
+                )
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute(
                     "CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, score REAL NOT NULL)"

@@ -9,17 +9,20 @@ original order, marked in ``details``, and logs a warning.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import weakref
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import BackendError, ConfigError
 
 __all__ = [
+    "LoopLocal",
     "OnError",
     "RetryPolicy",
     "TransientError",
@@ -32,6 +35,49 @@ logger = logging.getLogger(__name__)
 
 OnError = Literal["raise", "keep_order"]
 _T = TypeVar("_T")
+
+
+async def _keeper(aclose: Callable[[], Awaitable[None]]) -> AsyncGenerator[None, None]:
+    """Holds a resource open for as long as its event loop lives: ``asyncio.run`` closes every
+    live async generator of its loop before closing it (``shutdown_asyncgens``), and a collected
+    generator is closed on its loop, so the ``finally`` runs in either case."""
+    try:
+        yield
+    finally:
+        await aclose()
+
+
+class LoopLocal(Generic[_T]):
+    """One async resource (an HTTP client) per running event loop.
+
+    Async clients cannot cross event loops, so each loop gets its own, made on first use by
+    ``make() -> (resource, aclose)``. It is closed when its loop shuts down (``asyncio.run``
+    returning), when this object is collected, or by :meth:`aclose`; a later loop gets a fresh
+    one. Loops are weak keys: a finished loop is never kept alive by its entry.
+    """
+
+    def __init__(self, make: Callable[[], tuple[_T, Callable[[], Awaitable[None]]]]) -> None:
+        self._make = make
+        self._entries: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[_T, AsyncGenerator[None, None]]
+        ] = weakref.WeakKeyDictionary()
+
+    async def get(self) -> _T:
+        loop = asyncio.get_running_loop()
+        entry = self._entries.get(loop)
+        if entry is None:
+            value, aclose = self._make()
+            keeper = _keeper(aclose)
+            await keeper.asend(None)  # runs to the yield at once: no other task can interleave
+            entry = (value, keeper)
+            self._entries[loop] = entry
+        return entry[0]
+
+    async def aclose(self) -> None:
+        """Close the running loop's resource now (the next use makes a new one)."""
+        entry = self._entries.pop(asyncio.get_running_loop(), None)
+        if entry is not None:
+            await entry[1].aclose()
 
 
 class TransientError(BackendError):

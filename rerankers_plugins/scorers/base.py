@@ -86,5 +86,6 @@ class BaseScorer:
 
 
 def scorer_settings(scorer: object) -> Mapping[str, Any]:
-    """A scorer's :meth:`BaseScorer.fingerprint` (empty for scorers that do not derive from it)."""
-    return scorer.fingerprint() if isinstance(scorer, BaseScorer) else {}
+    """A scorer's ``fingerprint()`` (see :meth:`BaseScorer.fingerprint`); empty where it has none."""
+    fingerprint = getattr(scorer, "fingerprint", None)
+    return dict(fingerprint()) if callable(fingerprint) else {}

@@ -7,7 +7,7 @@ good first stage for cascades. Scale SIMILARITY (-1..1).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rerankers_plugins._optional import require
@@ -110,6 +110,9 @@ class BiEncoderScorer(BaseScorer):
         encode = getattr(self._model, "encode_query", self._model.encode)
         emb = encode([query], convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
         return emb.float()[0]
+
+    def fingerprint(self) -> Mapping[str, Any]:
+        return {"model": self.name, "max_length": self.max_length, "dtype": str(self.dtype)}
 
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
         if not texts:

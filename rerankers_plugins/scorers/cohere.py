@@ -12,13 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from rerankers_plugins._optional import require
 from rerankers_plugins._secret import Secret, secret_from
 from rerankers_plugins.errors import BackendError, ConfigError
 from rerankers_plugins.scorers._http import (
+    LoopLocal,
     OnError,
     RetryPolicy,
     TransientError,
@@ -95,6 +97,7 @@ class CohereScorer(BaseScorer):
         )
         self._client = client
         self._async_client = async_client
+        self._async_clients: LoopLocal[Any] = LoopLocal(self._new_async)
 
     def __repr__(self) -> str:
         return f"CohereScorer(model={self.model!r}, base_url={self.base_url!r}, api_key={'set' if self._key else None})"
@@ -113,13 +116,23 @@ class CohereScorer(BaseScorer):
 
     def _sync(self) -> Any:
         if self._client is None:
-            self._client = self._cohere.ClientV2(**self._client_kwargs())
+            httpx = require("httpx", "cohere")
+            pool = httpx.Client(timeout=self.timeout)
+            self._client = self._cohere.ClientV2(**self._client_kwargs(), httpx_client=pool)
+            weakref.finalize(self, pool.close)  # pooled sockets closed with the scorer
         return self._client
 
-    def _async(self) -> Any:
-        if self._async_client is None:
-            self._async_client = self._cohere.AsyncClientV2(**self._client_kwargs())
-        return self._async_client
+    def _new_async(self) -> tuple[Any, Callable[[], Awaitable[None]]]:
+        httpx = require("httpx", "cohere")
+        pool = httpx.AsyncClient(timeout=self.timeout)
+        return self._cohere.AsyncClientV2(**self._client_kwargs(), httpx_client=pool), pool.aclose
+
+    async def _async(self) -> Any:
+        """The injected async client, else one per running event loop (an SDK client cannot cross
+        loops: a second ``asyncio.run`` gets its own), closed when its loop shuts down."""
+        if self._async_client is not None:
+            return self._async_client
+        return await self._async_clients.get()
 
     def _request(self, query: str, docs: Sequence[str]) -> dict[str, Any]:
         kw: dict[str, Any] = {
@@ -173,6 +186,9 @@ class CohereScorer(BaseScorer):
         k = self.max_documents_per_request
         return [texts[i : i + k] for i in range(0, len(texts), k)]
 
+    def fingerprint(self) -> Mapping[str, Any]:
+        return {"model": self.model, "base_url": self.base_url, "max_tokens_per_doc": self.max_tokens_per_doc}
+
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
         client = self._sync()
         out: list[float] = []
@@ -187,7 +203,7 @@ class CohereScorer(BaseScorer):
         return out
 
     async def ascore(self, query: str, texts: Sequence[str]) -> list[float]:
-        client = self._async()
+        client = await self._async()
         bound = asyncio.Semaphore(self.max_concurrency)
 
         async def one(chunk: Sequence[str]) -> list[float]:

@@ -31,7 +31,7 @@ import string
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -523,6 +523,14 @@ class ColBERTScorer(BaseScorer):
         return encoded
 
     # -- scoring ----------------------------------------------------------------------------------
+
+    def fingerprint(self) -> Mapping[str, Any]:
+        return {
+            "model": self.name,
+            "query_length": self.query_length,
+            "doc_length": self.doc_length,
+            "dtype": str(self.dtype),
+        }
 
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
         if not texts:

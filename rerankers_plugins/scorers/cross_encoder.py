@@ -9,7 +9,7 @@ upcast to float32 before the activation so scores on a declared scale come out.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from rerankers_plugins._optional import require
@@ -130,6 +130,14 @@ class CrossEncoderScorer(BaseScorer):
         full = [q_len + d + self._n_special for d in doc_lens]
         self._truncation.check(sum(f > self.max_length for f in full), len(full), self.max_length)
         return [min(f, self.max_length) for f in full]
+
+    def fingerprint(self) -> Mapping[str, Any]:
+        return {
+            "model": self.name,
+            "activation": self.activation,
+            "max_length": self.max_length,
+            "dtype": str(self.dtype),
+        }
 
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
         if not texts:

@@ -24,6 +24,7 @@ class BM25Scorer(BaseScorer):
     """
 
     scale = ScoreScale.LOGIT
+    pure = False  # a score depends on the other candidates (document frequencies): never cached
 
     def __init__(self, *, k1: float = 1.2, b: float = 0.75, stemming: bool = True) -> None:
         self._bm25s = require("bm25s", "bm25")

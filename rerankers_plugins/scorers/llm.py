@@ -19,7 +19,7 @@ import inspect
 import logging
 import math
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -351,6 +351,15 @@ class LLMPointwiseScorer(_LLMBase):
         self.mode = mode
         self.unparsable_score = unparsable_score
         self.scale = ScoreScale.PROBABILITY if mode == "yes_no" else ScoreScale.RELEVANCE
+
+    def fingerprint(self) -> Mapping[str, Any]:
+        """What changes a judgement, for cache keys: the LLM, the prompt mode and truncation."""
+        return {
+            "llm": self.llm.name,
+            "mode": self.mode,
+            "max_words": self.max_words,
+            "unparsable_score": self.unparsable_score,
+        }
 
     def messages(self, query: str, passage: str) -> list[Message]:
         ask = (

@@ -18,13 +18,14 @@ import json
 import logging
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from rerankers_plugins._optional import require
 from rerankers_plugins._secret import Secret, secret_from
 from rerankers_plugins.errors import BackendError, ConfigError
 from rerankers_plugins.scorers._http import (
+    LoopLocal,
     OnError,
     RetryPolicy,
     TransientError,
@@ -100,11 +101,9 @@ class RemoteScorer(BaseScorer):
         self.name = f"{protocol}:{model or self.base_url}"
         self._client: Any = None
         self._lock = threading.Lock()
-        # One async client and bound per event loop (httpx async clients cannot cross loops); weak
-        # keys, so a loop that is gone (asyncio.run per call) does not keep its client alive.
-        self._async_clients: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, tuple[Any, asyncio.Semaphore]
-        ] = weakref.WeakKeyDictionary()
+        # One async client and bound per event loop (httpx async clients cannot cross loops),
+        # closed when that loop shuts down or this scorer is collected.
+        self._async_clients: LoopLocal[tuple[Any, asyncio.Semaphore]] = LoopLocal(self._new_async_client)
 
     def __repr__(self) -> str:
         return f"RemoteScorer({self.base_url!r}, protocol={self.protocol!r}, model={self.model!r}, api_key={'set' if self._key else None})"
@@ -131,29 +130,25 @@ class RemoteScorer(BaseScorer):
                     timeout=self.timeout,
                     limits=self._limits(),
                 )
+                weakref.finalize(self, self._client.close)  # pooled sockets closed with the scorer
             return self._client
 
-    def _async_client(self) -> tuple[Any, asyncio.Semaphore]:
-        loop = asyncio.get_running_loop()
-        entry = self._async_clients.get(loop)
-        if entry is None:
-            client = self._httpx.AsyncClient(
-                base_url=self.base_url, headers=self._headers(), timeout=self.timeout, limits=self._limits()
-            )
-            entry = (client, asyncio.Semaphore(self.max_concurrency))
-            self._async_clients[loop] = entry
-        return entry
+    def _new_async_client(self) -> tuple[tuple[Any, asyncio.Semaphore], Callable[[], Awaitable[None]]]:
+        client = self._httpx.AsyncClient(
+            base_url=self.base_url, headers=self._headers(), timeout=self.timeout, limits=self._limits()
+        )
+        return (client, asyncio.Semaphore(self.max_concurrency)), client.aclose
 
     def close(self) -> None:
-        """Close pooled connections (sync client; async clients close with :meth:`aclose`)."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        """Close pooled connections now (the sync client; async ones close with their loop)."""
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
 
     async def aclose(self) -> None:
-        entry = self._async_clients.pop(asyncio.get_running_loop(), None)
-        if entry is not None:
-            await entry[0].aclose()
+        """Close the running event loop's pooled connections now."""
+        await self._async_clients.aclose()
 
     def _payload(self, query: str, texts: Sequence[str]) -> dict[str, Any]:
         if self.protocol == "tei":
@@ -208,7 +203,7 @@ class RemoteScorer(BaseScorer):
         return self.retry.call(once)
 
     async def _apost(self, query: str, batch: Sequence[str]) -> list[float]:
-        client, bound = self._async_client()
+        client, bound = await self._async_clients.get()
 
         async def once() -> list[float]:
             async with bound:
@@ -219,6 +214,9 @@ class RemoteScorer(BaseScorer):
             return self._parse(response, len(batch))
 
         return await self.retry.acall(once)
+
+    def fingerprint(self) -> Mapping[str, Any]:
+        return {"base_url": self.base_url, "protocol": self.protocol, "model": self.model}
 
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
         out: list[float] = []

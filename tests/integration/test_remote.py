@@ -268,14 +268,11 @@ async def test_200_concurrent_requests_through_both_adapters(kind):
             got = await li.apostprocess_nodes(nodes, query_str=QUERIES[i])
             return got[0].node.get_content()
 
-        t0 = time.perf_counter()
         results = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(200))), timeout=60)
-        elapsed = time.perf_counter() - t0
     assert results == [f"doc about topic{i} apple" for i in range(200)]  # no cross-talk
     assert len(server.requests) == 200
     if kind != "cohere":
         assert server.max_in_flight <= 8  # bounded connections
-    assert elapsed < 60
 
 
 def test_conveniences_build_the_backends(server):
@@ -306,3 +303,27 @@ def test_async_scorer_survives_new_event_loops(server):
         out = asyncio.run(arerank(QUERY, DOCS, scorer, top_n=1))
         assert out[0].text == "red apple"
     assert len(server.requests) == 3
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("wrap", ["threshold", "cached", "cascade"])
+async def test_keep_order_falls_back_inside_strategies(closed_port_url, kind, wrap, caplog):
+    from rerankers_plugins import CachedScorer, Cascade, FakeScorer, Stage, Threshold
+
+    scorer = make(kind, closed_port_url, retry=RetryPolicy(attempts=1, initial=0.01), on_error="keep_order")
+    pipeline = {
+        "threshold": lambda: Threshold(scorer, absolute=0.9),
+        "cached": lambda: CachedScorer(scorer),
+        "cascade": lambda: Cascade([Stage(scorer, keep=4, name="server"), Stage(FakeScorer(), keep=2)]),
+    }[wrap]()
+    cands = [Candidate(d, id=str(i), retrieval_score=10.0 - i) for i, d in enumerate(DOCS)]
+    with caplog.at_level(logging.WARNING):
+        sync = rerank(QUERY, cands, pipeline)
+        asy = await arerank(QUERY, cands, pipeline)
+    expected = {"threshold": ["0", "1", "2", "3", "4", "5"], "cached": ["0", "1", "2", "3", "4", "5"]}
+    # in the cascade the server's fallback keeps the first-stage order, then the second stage reranks
+    expected["cascade"] = ["1", "0"]
+    assert [s.id for s in sync] == [s.id for s in asy] == expected[wrap]
+    assert "on_error='keep_order'" in caplog.text
+    if wrap != "cascade":
+        assert all(s.details["fallback"] == "keep_order" and not s.details["reranked"] for s in sync)

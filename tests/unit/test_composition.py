@@ -1,0 +1,300 @@
+"""The composition contract under random nestings (depth up to 3) of every strategy around fake
+leaves, sync and async, in ``rerank`` and in both adapters.
+
+Guarantees checked for every generated pipeline and candidate list:
+ids out are a subset of ids in, without duplicates; every candidate is either kept or marked
+dropped (by whom and why); no outer layer returns what an inner one dropped; an unreranked entry is
+never cut by a threshold; ties keep input order; caller objects are never mutated; a failing leaf
+with ``on_error="keep_order"`` never raises; sync and async agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import zlib
+from collections.abc import Sequence
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rerankers_plugins import (
+    BackendError,
+    BaseScorer,
+    CachedScorer,
+    Calibrated,
+    Candidate,
+    Cascade,
+    Hybrid,
+    LongDocument,
+    Ranking,
+    ScoreScale,
+    Selective,
+    Signal,
+    Stage,
+    Strategy,
+    Threshold,
+    aexplain,
+    as_strategy,
+    explain,
+    rerank,
+)
+
+QUERY = "red apple pie"
+WORDS = ["red", "apple", "pie", "banana", "boat", "car", "tree", "green"]
+
+
+def _h(*parts: str) -> int:
+    return zlib.crc32("\x00".join(parts).encode())
+
+
+class Table(BaseScorer):
+    """Deterministic PROBABILITY scores with frequent ties (one decimal)."""
+
+    scale = ScoreScale.PROBABILITY
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def score(self, query: str, texts: Sequence[str]) -> list[float]:
+        return [(_h(self.name, query, t) % 11) / 10 for t in texts]
+
+
+class Logits(BaseScorer):
+    scale = ScoreScale.LOGIT
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def score(self, query: str, texts: Sequence[str]) -> list[float]:
+        return [float(_h(self.name, query, t) % 21 - 10) for t in texts]
+
+
+class Constant(BaseScorer):
+    scale = ScoreScale.PROBABILITY
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def score(self, query: str, texts: Sequence[str]) -> list[float]:
+        return [0.5] * len(texts)
+
+
+class Failing(BaseScorer):
+    """A backend that is down, configured to fall back."""
+
+    scale = ScoreScale.RELEVANCE
+    on_error = "keep_order"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def score(self, query: str, texts: Sequence[str]) -> list[float]:
+        raise BackendError("server unreachable")
+
+
+class Ranks:
+    """A listwise ranker (RANK_ONLY): order by a hash of the text, ties by position."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def rank(self, query: str, texts: Sequence[str]) -> list[int]:
+        return sorted(range(len(texts)), key=lambda i: _h(self.name, texts[i]) % 7)
+
+
+class Probe(Strategy):
+    """Pass-through layer that records what it was given and what the layer inside kept."""
+
+    def __init__(self, inner, log: list[tuple[set[int], set[int]]]) -> None:
+        self.inner = as_strategy(inner)
+        self.scale, self.name, self.log = self.inner.scale, self.inner.name, log
+
+    def _record(self, given: Ranking, out: Ranking) -> Ranking:
+        self.log.append(({e.position for e in given}, {e.position for e in out}))
+        return out
+
+    def run(self, query: str, ranking: Ranking) -> Ranking:
+        return self._record(ranking, self.inner.run(query, ranking))
+
+    async def arun(self, query: str, ranking: Ranking) -> Ranking:
+        return self._record(ranking, await self.inner.arun(query, ranking))
+
+
+def _scale(p) -> ScoreScale:
+    return as_strategy(p).scale
+
+
+@st.composite
+def pipelines(
+    draw,
+    depth: int,
+    log: list,
+    leaves: tuple[str, ...] = ("table", "logits", "ranks", "failing"),
+    direct: bool = True,
+):
+    """A random pipeline: leaves, derived leaves, and strategies nested up to ``depth``."""
+    counter = draw(st.integers(0, 10**6))
+    name = f"n{counter}"
+    if depth == 0 or draw(st.integers(0, 3)) == 0:  # mostly composites: deep nestings are the point
+        kind = draw(st.sampled_from(leaves))
+        leaf = {"table": Table, "logits": Logits, "ranks": Ranks, "failing": Failing, "constant": Constant}[
+            kind
+        ](name)
+        if kind in ("table", "logits", "constant"):
+            wrap = draw(st.sampled_from(["none", "cached", "long", "calibrated"]))
+            if wrap == "cached":
+                leaf = CachedScorer(leaf)
+            elif wrap == "long":
+                leaf = LongDocument(leaf, max_words=2, overlap=1)
+            elif wrap == "calibrated":
+                leaf = Calibrated(leaf, "platt", {"a": 1.5, "b": -0.2})
+        return leaf
+    kind = draw(st.sampled_from(["threshold", "selective", "cascade", "hybrid"]))
+    inner = draw(pipelines(depth - 1, log, leaves, direct))
+    if kind == "threshold":
+        if _scale(inner) is ScoreScale.RANK_ONLY:
+            node = Selective(inner, k=draw(st.integers(1, 6)))
+        else:
+            node = Threshold(
+                inner,
+                absolute=draw(st.none() | st.sampled_from([0.0, 0.3, 0.5, 0.8])),
+                relative=draw(st.none() | st.sampled_from([0.0, 0.2, 3.0])),
+                min_keep=draw(st.integers(0, 3)),
+            )
+    elif kind == "selective":
+        node = Selective(inner, k=draw(st.integers(1, 6)), rest=draw(st.sampled_from(["keep", "drop"])))
+    elif kind == "cascade":
+        second = draw(pipelines(depth - 1, log, leaves, direct))
+        first_keep = draw(st.none() | st.integers(1, 8))
+        second_keep = draw(st.none() | st.integers(1, first_keep or 8))
+        stages = [
+            Stage(inner, keep=first_keep, name=f"{name}a"),
+            Stage(second, keep=second_keep, name=f"{name}b"),
+        ]
+        node = Cascade(stages)
+    else:
+        second = draw(pipelines(depth - 1, log, leaves, direct))
+        method = draw(st.sampled_from(["weighted", "rrf"]))
+        if method == "weighted" and ScoreScale.RANK_ONLY in (_scale(inner), _scale(second)):
+            method = "rrf"
+        signals = [Signal(inner, 0.5, name=f"{name}x"), Signal(second, 0.3, name=f"{name}y")]
+        if direct and draw(st.booleans()):
+            signals.append(Signal("retrieval", 0.1, name=f"{name}r"))
+        if direct and draw(st.booleans()):
+            signals.append(Signal(lambda c: c.metadata["trust"], 0.1, name=f"{name}m"))
+        node = Hybrid(signals, method=method, normalize=draw(st.sampled_from(["minmax", "zscore"])))
+    return Probe(node, log)  # every composite is probed: what it dropped must stay dropped
+
+
+candidate_lists = st.lists(
+    st.tuples(
+        st.lists(st.sampled_from(WORDS), min_size=0, max_size=5).map(" ".join),
+        st.floats(-5, 5, allow_nan=False),
+        st.floats(0, 1),
+    ),
+    min_size=0,
+    max_size=12,
+).map(
+    lambda rows: [
+        Candidate(text, id=f"d{i}", metadata={"trust": trust, "tags": [i]}, retrieval_score=r)
+        for i, (text, r, trust) in enumerate(rows)
+    ]
+)
+
+PROPS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _check(cands, ex, log, top_n, threshold) -> None:
+    ids_in = [c.id for c in cands]
+    kept = [s.id for s in ex.kept]
+    dropped = [s.id for s in ex.dropped]
+    assert len(set(kept)) == len(kept), "a candidate was duplicated"
+    assert set(kept) <= set(ids_in)
+    assert sorted(kept + dropped) == sorted(ids_in), "a candidate was lost, or kept and dropped at once"
+    assert all(s.details["dropped_by"] and s.details["drop_reason"] is not None for s in ex.dropped)
+    assert [s.rank for s in ex.kept] == list(range(len(ex.kept)))
+    if top_n is not None:
+        assert len(ex.kept) <= top_n
+    positions = {s.details["original_rank"] for s in ex.kept}
+    for seen, inner_kept in log:  # no outer layer returns what an inner one dropped
+        assert not (seen - inner_kept) & positions
+    for s in ex.dropped:  # a threshold never cuts what was not reranked
+        by, reason = s.details["dropped_by"], s.details["drop_reason"]
+        if by == "threshold" or by.startswith("Threshold(") or "threshold" in reason:
+            assert s.details["reranked"], (by, reason)
+    if threshold is not None:
+        assert all(s.score >= threshold for s in ex.kept if s.details["reranked"])
+
+
+@PROPS
+@given(data=st.data(), cands=candidate_lists)
+def test_random_nestings_keep_the_contract_sync_and_async(data, cands):
+    log: list = []
+    pipeline = data.draw(pipelines(3, log))
+    top_n = data.draw(st.none() | st.integers(1, 6))
+    scale = _scale(pipeline)
+    threshold = None if scale is ScoreScale.RANK_ONLY else data.draw(st.none() | st.sampled_from([0.0, 0.5]))
+    snapshot = copy.deepcopy(cands)
+    ex = explain(QUERY, cands, pipeline, top_n=top_n, threshold=threshold)
+    assert cands == snapshot and all(a.metadata == b.metadata for a, b in zip(cands, snapshot, strict=True))
+    _check(cands, ex, log, top_n, threshold)
+    log.clear()
+    aex = asyncio.run(aexplain(QUERY, cands, pipeline, top_n=top_n, threshold=threshold))
+    _check(cands, aex, log, top_n, threshold)
+    assert [(s.id, s.score, s.details["reranked"]) for s in aex.kept] == [
+        (s.id, s.score, s.details["reranked"]) for s in ex.kept
+    ]
+    assert cands == snapshot
+
+
+@PROPS
+@given(data=st.data(), cands=candidate_lists)
+def test_ties_keep_input_order_at_any_depth(data, cands):
+    """With every leaf scoring a constant, no strategy may reorder anything."""
+    log: list = []
+    pipeline = data.draw(pipelines(3, log, leaves=("constant",), direct=False))
+    out = rerank(QUERY, cands, pipeline)
+    positions = [s.details["original_rank"] for s in out]
+    assert positions == sorted(positions)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), cands=candidate_lists)
+def test_random_nestings_in_both_adapters(data, cands):
+    pytest.importorskip("langchain_core")
+    pytest.importorskip("llama_index.core")
+    from langchain_core.documents import Document
+    from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+
+    from rerankers_plugins.integrations.langchain import RerankCompressor
+    from rerankers_plugins.integrations.llama_index import RerankPostprocessor
+
+    log: list = []
+    pipeline = data.draw(pipelines(3, log))
+    top_n = data.draw(st.none() | st.integers(1, 6))
+    core = [s.id for s in rerank(QUERY, cands, pipeline, top_n=top_n)]
+
+    docs = [Document(c.text, id=c.id, metadata={**c.metadata, "score": c.retrieval_score}) for c in cands]
+    docs_before = copy.deepcopy(docs)
+    lc = RerankCompressor(scorer=pipeline, top_n=top_n)
+    out = lc.compress_documents(docs, QUERY)
+    assert [d.id for d in out] == core
+    assert [d.id for d in asyncio.run(lc.acompress_documents(docs, QUERY))] == core
+    assert docs == docs_before
+
+    nodes = [
+        NodeWithScore(
+            node=TextNode(text=c.text, id_=c.id, metadata=dict(c.metadata)), score=c.retrieval_score
+        )
+        for c in cands
+    ]
+    nodes_before = copy.deepcopy(nodes)
+    li = RerankPostprocessor(scorer=pipeline, top_n=top_n, metadata_mode="none")
+    got = li.postprocess_nodes(nodes, query_bundle=QueryBundle(QUERY))
+    assert [n.node.node_id for n in got] == core
+    assert [
+        n.node.node_id for n in asyncio.run(li.apostprocess_nodes(nodes, query_bundle=QueryBundle(QUERY)))
+    ] == core
+    assert [n.model_dump() for n in nodes] == [n.model_dump() for n in nodes_before]
