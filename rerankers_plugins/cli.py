@@ -22,6 +22,8 @@ from typing import Any
 
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import RerankError
+from rerankers_plugins.registry import STRATEGIES, available
+from rerankers_plugins.scorers.base import Scorer
 from rerankers_plugins.types import Candidate, Scored
 
 __all__ = ["load_demo_corpus", "main", "packaged_minilm_path"]
@@ -58,7 +60,7 @@ def _table(title: str, rows: Sequence[tuple[int, float | None, str]], score_labe
     return "\n".join(lines)
 
 
-def _build_scorer(args: argparse.Namespace) -> Any:
+def _build_scorer(args: argparse.Namespace) -> Scorer:
     from rerankers_plugins.scorers.bi_encoder import BiEncoderScorer
     from rerankers_plugins.scorers.cross_encoder import CrossEncoderScorer
 
@@ -181,9 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--pipeline",
         action="append",
         metavar="NAME=KIND[:k=v,...]",
-        help="a scorer by registry name, e.g. maxsim=colbert:model=minilm (repeatable)",
+        help="a scorer by registry name, e.g. maxsim=colbert:model=minilm (repeatable); KIND is one of "
+        + ", ".join(sorted(available())),
     )
-    e.add_argument("--config", help="TOML file with [pipelines.<name>] tables (strategies, cascades, fusion)")
+    e.add_argument(
+        "--config",
+        help="TOML file with [pipelines.<name>] tables: a scorer, or a strategy keyed by one of "
+        + ", ".join(sorted(STRATEGIES)),
+    )
     e.add_argument("--only", nargs="+", metavar="NAME", help="run only these pipelines of the file")
     e.add_argument("--split", default="test")
     e.add_argument("--k", type=int, default=100, help="BM25 candidates per query (default 100)")

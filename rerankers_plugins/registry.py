@@ -17,9 +17,12 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rerankers_plugins.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rerankers_plugins.pipeline.ranking import ScorerLike
 
 __all__ = [
     "BACKENDS",
@@ -146,7 +149,7 @@ def available() -> dict[str, str]:
     return {**{n: b.target for n, b in BACKENDS.items()}, **_entry_points(), **_registered}
 
 
-def get_scorer(name: str, /, **kwargs: Any) -> Any:
+def get_scorer(name: str, /, **kwargs: Any) -> ScorerLike:
     """Build the backend registered as ``name`` with ``kwargs``.
 
     >>> get_scorer("fake").name
@@ -157,4 +160,5 @@ def get_scorer(name: str, /, **kwargs: Any) -> Any:
         target = table[name]
     except KeyError:
         raise ConfigError(f"unknown scorer {name!r}; known: {sorted(table)}") from None
-    return load(target)(**kwargs)
+    built: ScorerLike = load(target)(**kwargs)
+    return built

@@ -26,6 +26,7 @@ from rerankers_plugins._optional import require
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.eval.beir import BeirData, load_beir
 from rerankers_plugins.eval.first_stage import BM25Retriever
+from rerankers_plugins.pipeline.ranking import ScorerLike
 from rerankers_plugins.pipeline.rerank import rerank
 
 __all__ = ["EvalReport", "PipelineResult", "evaluate"]
@@ -126,7 +127,7 @@ def _progress(iterable: Any, total: int, desc: str, enabled: bool) -> Any:
 
 def evaluate(
     data: str | Path | BeirData,
-    pipelines: Mapping[str, Any],
+    pipelines: Mapping[str, ScorerLike],
     *,
     split: str = "test",
     k: int = 100,

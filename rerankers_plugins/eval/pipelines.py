@@ -17,10 +17,12 @@ like one).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rerankers_plugins.errors import ConfigError
+from rerankers_plugins.pipeline.ranking import ScorerLike
 from rerankers_plugins.registry import STRATEGIES, get_scorer, load
 
 __all__ = ["build_pipeline", "build_pipelines", "load_pipeline_file", "parse_pipeline_arg"]
@@ -81,7 +83,7 @@ def _model_alias(spec: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def build_pipeline(spec: dict[str, Any], named: dict[str, Any] | None = None) -> Any:
+def build_pipeline(spec: dict[str, Any], named: dict[str, ScorerLike] | None = None) -> ScorerLike:
     """Build one spec (see the module docstring); ``named`` resolves ``{"use": name}``. Scorer
     kinds and strategy keys come from :mod:`rerankers_plugins.registry`."""
     from rerankers_plugins.pipeline import Signal, Stage
@@ -91,7 +93,7 @@ def build_pipeline(spec: dict[str, Any], named: dict[str, Any] | None = None) ->
         raise ConfigError(f"a pipeline spec must be a table/dict, got {spec!r}")
     spec = dict(spec)
 
-    def sub(value: Any) -> Any:
+    def sub(value: Any) -> ScorerLike:
         if isinstance(value, str):
             if value not in named:
                 raise ConfigError(f"pipeline {value!r} is not defined (known: {sorted(named)})")
@@ -111,7 +113,7 @@ def build_pipeline(spec: dict[str, Any], named: dict[str, Any] | None = None) ->
             f"cannot tell what pipeline this is: {spec!r} (a spec has 'scorer', 'use' or one of {sorted(STRATEGIES)})"
         )
     key = keys[0]
-    cls = load(STRATEGIES[key])
+    cls: Callable[..., ScorerLike] = load(STRATEGIES[key])
     inner = spec.pop(key)
     if key == "cascade":
         return cls(
@@ -133,9 +135,9 @@ def build_pipeline(spec: dict[str, Any], named: dict[str, Any] | None = None) ->
     return cls(sub(inner), **spec)
 
 
-def build_pipelines(specs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def build_pipelines(specs: dict[str, dict[str, Any]]) -> dict[str, ScorerLike]:
     """Build every named spec, in order; later ones may ``use`` earlier ones (built once, shared)."""
-    built: dict[str, Any] = {}
+    built: dict[str, ScorerLike] = {}
     for name, spec in specs.items():
         built[name] = build_pipeline(spec, built)
     return built

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, SecretStr
 
 from rerankers_plugins._secret import Secret
 from rerankers_plugins.errors import ConfigError
+from rerankers_plugins.pipeline.ranking import ScorerLike
 from rerankers_plugins.registry import BACKENDS, load
 
 __all__ = [
@@ -25,7 +26,6 @@ __all__ = [
     "LLMPointwiseFields",
     "RemoteFields",
     "build_scorer",
-    "convenience_doc",
     "conveniences",
 ]
 
@@ -33,27 +33,27 @@ __all__ = [
 RETRIEVAL_SCORE_KEYS: tuple[str, ...] = ("relevance_score", "score", "similarity_score", "_score")
 
 
-def convenience_doc(base: str, kind: str, summary: str) -> str:
-    return (
-        f"``{base}`` over {summary}.\n\n"
-        f"Built from the registry's ``{kind!r}`` backend: the fields below are its options; "
-        "``top_n``, ``threshold`` and the rest are the base class's."
-    )
-
-
 _NULLABLE = {"activation"}  # None is a meaningful value for these (raw logits), not "unset"
 
 
-def conveniences() -> list[tuple[str, str, type[BaseModel], str]]:
-    """``(kind, class name, fields model, summary)`` of every registry backend with a convenience."""
-    return [
-        (kind, b.convenience, load(b.fields), b.summary)
-        for kind, b in BACKENDS.items()
-        if b.convenience is not None and b.fields is not None
-    ]
+def conveniences(base: type[Any], module: str) -> dict[str, type[Any]]:
+    """One convenience class per registry backend that declares one: ``base`` (an adapter's
+    convenience base, which builds its scorer from ``kind``) combined with the backend's fields."""
+    out: dict[str, type[Any]] = {}
+    for kind, b in BACKENDS.items():
+        if b.convenience is None or b.fields is None:
+            continue
+        doc = (
+            f"``{base.__mro__[1].__name__}`` over {b.summary}.\n\n"
+            f"Built from the registry's ``{kind!r}`` backend: the fields below are its options; "
+            "``top_n``, ``threshold`` and the rest are the base class's."
+        )
+        namespace = {"__module__": module, "__qualname__": b.convenience, "__doc__": doc, "kind": kind}
+        out[b.convenience] = type(b.convenience, (load(b.fields), base), namespace)
+    return out
 
 
-def build_scorer(kind: str, data: dict[str, Any]) -> Any:
+def build_scorer(kind: str, data: dict[str, Any]) -> ScorerLike:
     """Build the scorer a convenience describes with its fields (the registry's ``kind`` entry)."""
     if data.get("scorer") is not None:
         raise ConfigError(f"pass either scorer=... or the {kind} model options, not both")
@@ -70,7 +70,8 @@ def build_scorer(kind: str, data: dict[str, Any]) -> Any:
     options = {k: data[k] for k in names if k in data and (data[k] is not None or k in _NULLABLE)}
     if isinstance(options.get("api_key"), SecretStr):
         options["api_key"] = Secret(options["api_key"].get_secret_value())
-    return load(backend.target)(*args, **options)
+    built: ScorerLike = load(backend.target)(*args, **options)
+    return built
 
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]

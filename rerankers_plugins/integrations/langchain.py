@@ -29,7 +29,6 @@ from rerankers_plugins._optional import require
 from rerankers_plugins.integrations._options import (
     RETRIEVAL_SCORE_KEYS,
     build_scorer,
-    convenience_doc,
     conveniences,
 )
 from rerankers_plugins.pipeline.ranking import ScorerLike, Strategy
@@ -145,14 +144,6 @@ class _Convenience(RerankCompressor):
         super().__init__(**{**data, "scorer": build_scorer(self.kind, data)})
 
 
-for _kind, _name, _fields, _summary in conveniences():
-    globals()[_name] = type(
-        _name,
-        (_fields, _Convenience),
-        {
-            "__module__": __name__,
-            "__doc__": convenience_doc("RerankCompressor", _kind, _summary),
-            "kind": _kind,
-        },
-    )
-    __all__.append(_name)
+_generated = conveniences(_Convenience, __name__)
+globals().update(_generated)
+__all__ += sorted(_generated)

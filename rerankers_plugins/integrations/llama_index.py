@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import ConfigError
-from rerankers_plugins.integrations._options import build_scorer, convenience_doc, conveniences
+from rerankers_plugins.integrations._options import build_scorer, conveniences
 from rerankers_plugins.pipeline.ranking import ScorerLike, Strategy
 from rerankers_plugins.pipeline.rerank import arerank, check_options, rerank
 from rerankers_plugins.types import Candidate, Scored, thaw
@@ -190,14 +190,6 @@ class _Convenience(RerankPostprocessor):
         super().__init__(**{**data, "scorer": build_scorer(self.kind, data)})
 
 
-for _kind, _name, _fields, _summary in conveniences():
-    globals()[_name] = type(
-        _name,
-        (_fields, _Convenience),
-        {
-            "__module__": __name__,
-            "__doc__": convenience_doc("RerankPostprocessor", _kind, _summary),
-            "kind": _kind,
-        },
-    )
-    __all__.append(_name)
+_generated = conveniences(_Convenience, __name__)
+globals().update(_generated)
+__all__ += sorted(_generated)
