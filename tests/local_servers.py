@@ -9,7 +9,9 @@
 
 ``server.faults`` is a queue of actions, one consumed per request: ``("status", code, headers)``,
 ``("hang", seconds)``, ``("malformed",)``, ``("drop_index_key",)``, ``("duplicate",)``,
-``("top", k)`` (answer only the best k), ``("text", answer)`` (chat: answer this instead).
+``("top", k)`` (answer only the best k), ``("text", answer)`` (chat: answer this instead),
+``("trickle", seconds)`` (send the answer one byte every ``seconds``), ``("score", value)`` (every
+result's score is ``value``: ``7.5``, ``"0.5"``, ``float("inf")``...), ``("empty",)`` (no results).
 """
 
 from __future__ import annotations
@@ -52,8 +54,17 @@ class LocalJSONServer:
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                self.query_string = self.path.partition("?")[2]
+                self.path = self.path.partition("?")[0]  # route on the path, as real servers do
                 with server._lock:
-                    server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                    server.requests.append(
+                        {
+                            "path": self.path,
+                            "query": self.query_string,
+                            "headers": dict(self.headers),
+                            "body": body,
+                        }
+                    )
                     fault = server.faults.popleft() if server.faults else None
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
@@ -106,8 +117,22 @@ class LocalJSONServer:
         result = self.answer(h.path, body, fault)
         if result is None:
             self._send(h, 404, b'{"error": "not found"}')
-        else:
-            self._send(h, 200, json.dumps(result).encode())
+            return
+        payload = json.dumps(result).encode()
+        if kind != "trickle":
+            self._send(h, 200, payload)
+            return
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(payload)))
+        h.end_headers()
+        try:
+            for i in range(len(payload)):
+                h.wfile.write(payload[i : i + 1])
+                h.wfile.flush()
+                time.sleep(fault[1])
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up: what a deadline does
+            pass
 
     def answer(self, path: str, body: dict[str, Any], fault: tuple[Any, ...] | None) -> Any:
         raise NotImplementedError
@@ -128,7 +153,9 @@ class RerankServer(LocalJSONServer):
         if kind == "duplicate" and ranked:
             ranked = [*ranked, ranked[0]]
         score_key = "score" if path == "/rerank" else "relevance_score"
-        results = [{"index": i, score_key: s} for s, i in ranked]
+        results = [{"index": i, score_key: fault[1] if kind == "score" else s} for s, i in ranked]
+        if kind == "empty":
+            results = []
         if kind == "drop_index_key" and results:
             del results[0]["index"]
         if path == "/rerank":

@@ -6,6 +6,10 @@ adapter combines them with its own base class, so a convenience is declared once
 
 from __future__ import annotations
 
+import copy
+import logging
+import pickle
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr
@@ -14,6 +18,8 @@ from rerankers_plugins._secret import Secret
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.pipeline.ranking import ScorerLike
 from rerankers_plugins.registry import BACKENDS, load
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "RETRIEVAL_SCORE_KEYS",
@@ -27,6 +33,8 @@ __all__ = [
     "RemoteFields",
     "build_scorer",
     "conveniences",
+    "copy_metadata",
+    "pickle_state",
 ]
 
 #: metadata keys LangChain vector stores and rerankers put a document's score under, tried in order
@@ -34,6 +42,44 @@ RETRIEVAL_SCORE_KEYS: tuple[str, ...] = ("relevance_score", "score", "similarity
 
 
 _NULLABLE = {"activation"}  # None is a meaningful value for these (raw logits), not "unset"
+
+
+def copy_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """A new metadata dict for a returned document: each value deep-copied where it can be, and
+    shared where it cannot (a lock, a client): what we add never touches the caller's objects,
+    and an uncopyable value never makes reranking fail."""
+    out: dict[str, Any] = {}
+    for key, value in metadata.items():
+        try:
+            out[key] = copy.deepcopy(value)
+        except Exception:  # any object may refuse to be copied; sharing it is the documented fallback
+            logger.debug(
+                "metadata %r cannot be deep-copied (%s); the value is shared", key, type(value).__name__
+            )
+            out[key] = value
+    return out
+
+
+def pickle_state(model: Any, state: dict[str, Any]) -> dict[str, Any]:
+    """The pickled state of an adapter: copies of pydantic's dicts (never the live ones), without
+    the strategy (rebuilt from ``scorer`` on load) or an API key, and a clear error for an
+    unpicklable scorer."""
+    state = dict(state)
+    state["__dict__"] = dict(state["__dict__"])
+    if (
+        state["__dict__"].get("api_key") is not None
+    ):  # conveniences: the scorer re-reads it from the environment
+        state["__dict__"]["api_key"] = None
+    state["__pydantic_private__"] = {
+        k: v for k, v in (state.get("__pydantic_private__") or {}).items() if k != "_strategy"
+    }
+    try:
+        pickle.dumps(state["__dict__"].get("scorer"))
+    except Exception as exc:
+        raise TypeError(
+            f"{type(model).__name__} cannot be pickled: its scorer cannot ({type(exc).__name__}: {exc})"
+        ) from exc
+    return state
 
 
 def conveniences(base: type[Any], module: str) -> dict[str, type[Any]]:
@@ -117,6 +163,9 @@ class CohereFields(BaseModel):
         default=None, description="A Cohere-compatible endpoint; default Cohere's API."
     )
     timeout: float = Field(default=30.0, description="Seconds per request.")
+    deadline: float | None = Field(
+        default=None, description="Total seconds per call, retries included; then fail or fall back."
+    )
     max_tokens_per_doc: int | None = Field(
         default=None, description="Server-side truncation of each document."
     )
@@ -129,6 +178,10 @@ class RemoteFields(BaseModel):
     base_url: str = Field(description="Rerank server root, e.g. http://tei:8080.")
     protocol: Literal["tei", "v1"] = Field(
         default="tei", description="tei: POST /rerank; v1: POST /v1/rerank."
+    )
+    path: str | None = Field(default=None, description="Endpoint path, e.g. /rerank for Infinity.")
+    deadline: float | None = Field(
+        default=None, description="Total seconds per call, retries included; then fail or fall back."
     )
     model: str | None = Field(default=None, description="Model name for v1 servers serving several.")
     api_key: SecretStr | None = Field(default=None, description="Bearer token; default RERANK_API_KEY.")

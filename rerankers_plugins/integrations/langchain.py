@@ -20,7 +20,6 @@ The named conveniences (``CrossEncoderRerank``, ``CohereRerank``, ...) are gener
 
 from __future__ import annotations
 
-import copy
 import numbers
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -30,6 +29,8 @@ from rerankers_plugins.integrations._options import (
     RETRIEVAL_SCORE_KEYS,
     build_scorer,
     conveniences,
+    copy_metadata,
+    pickle_state,
 )
 from rerankers_plugins.pipeline.ranking import ScorerLike, Strategy
 from rerankers_plugins.pipeline.rerank import arerank, check_options, rerank
@@ -76,6 +77,13 @@ class RerankCompressor(BaseDocumentCompressor):
         # caller as itself, not wrapped in a ValidationError.
         self._strategy = check_options(self.scorer, self.top_n, self.threshold)
 
+    def __getstate__(self) -> dict[str, Any]:
+        return pickle_state(self, super().__getstate__())
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._strategy = check_options(self.scorer, self.top_n, self.threshold)
+
     def _retrieval_score(self, metadata: dict[str, Any]) -> float | None:
         keys = self.retrieval_score_key
         for key in (keys,) if isinstance(keys, str) else keys or ():
@@ -99,7 +107,7 @@ class RerankCompressor(BaseDocumentCompressor):
         out = []
         for s in ranked:
             src = documents[s.details["original_rank"]]
-            metadata = copy.deepcopy(src.metadata)
+            metadata = copy_metadata(src.metadata)
             metadata["relevance_score"] = s.score
             metadata["rerank"] = thaw(s.details)
             out.append(Document(page_content=src.page_content, metadata=metadata, id=src.id))

@@ -15,19 +15,18 @@ Emits ``ReRankStartEvent`` / ``ReRankEndEvent`` through LlamaIndex instrumentati
 
 from __future__ import annotations
 
-import copy
 from typing import Any, ClassVar
 
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import ConfigError
-from rerankers_plugins.integrations._options import build_scorer, conveniences
+from rerankers_plugins.integrations._options import build_scorer, conveniences, copy_metadata, pickle_state
 from rerankers_plugins.pipeline.ranking import ScorerLike, Strategy
 from rerankers_plugins.pipeline.rerank import arerank, check_options, rerank
 from rerankers_plugins.types import Candidate, Scored, thaw
 
 require("llama_index.core", "llama-index")
 
-from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr  # noqa: E402
+from llama_index.core.bridge.pydantic import BaseModel, ConfigDict, Field, PrivateAttr  # noqa: E402
 from llama_index.core.callbacks import CBEventType, EventPayload  # noqa: E402
 from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]  # noqa: E402
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent  # noqa: E402
@@ -83,6 +82,15 @@ class RerankPostprocessor(BaseNodePostprocessor):
     def class_name(cls) -> str:
         return cls.__name__
 
+    def __getstate__(self) -> dict[str, Any]:
+        # LlamaIndex's own __getstate__ deletes unpicklable fields from the live object's dict:
+        # pydantic's state, copied, instead.
+        return pickle_state(self, BaseModel.__getstate__(self))
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        BaseModel.__setstate__(self, state)
+        self._strategy = check_options(self.scorer, self.top_n, self.threshold)
+
     def _query(self, query_bundle: QueryBundle | None) -> str:
         if query_bundle is None:
             raise ConfigError(
@@ -109,7 +117,7 @@ class RerankPostprocessor(BaseNodePostprocessor):
             node = src.node
             if self.include_details:
                 node = node.model_copy()
-                node.metadata = copy.deepcopy(src.node.metadata)
+                node.metadata = copy_metadata(src.node.metadata)
                 node.metadata["retrieval_score"] = src.score
                 node.metadata["rerank"] = thaw(s.details)
                 node.excluded_llm_metadata_keys = [

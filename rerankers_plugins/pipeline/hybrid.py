@@ -111,8 +111,9 @@ class Hybrid(Strategy):
         weights = []
         for s in signals:
             w = s.weight
-            if isinstance(w, bool) or as_real(w, f"signal {s.label!r}: weight") is None or float(w) < 0:
-                raise ConfigError(f"signal {s.label!r}: weight must be a number >= 0, got {w!r}")
+            value = as_real(w, f"signal {s.label!r}: weight")
+            if value is None or not 0 <= value < math.inf:
+                raise ConfigError(f"signal {s.label!r}: weight must be a finite number >= 0, got {w!r}")
             if s.strategy is None and isinstance(s.source, str) and s.source != RETRIEVAL:
                 raise ConfigError(
                     f"signal {s.label!r}: the only string source is 'retrieval', got {s.source!r}"
@@ -133,7 +134,10 @@ class Hybrid(Strategy):
         self.labels = labels
         self.weights = [w / total for w in weights]
         self.method, self.normalize = method, normalize
-        self.rrf_k = as_real(rrf_k, "rrf_k") or 60.0
+        k = as_real(rrf_k, "rrf_k")
+        if k is None or not 0 <= k < math.inf:
+            raise ConfigError(f"rrf_k must be a finite number >= 0 (60 is usual), got {rrf_k!r}")
+        self.rrf_k = k
         self.scale = (
             ScoreScale.RELEVANCE if method == "weighted" and normalize == "minmax" else ScoreScale.LOGIT
         )

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import math
 import numbers
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -266,11 +267,23 @@ class Strategy(ABC):
 ScorerLike = Union[Scorer, Ranker, Strategy]  # noqa: UP007 (a runtime alias of protocols and an ABC)
 
 
-def _check_values(raw: Any, n: int, name: str) -> list[float]:
+#: how far outside its declared scale a score may fall by float error before it is an error
+SCALE_TOLERANCE = 1e-3
+
+
+def _check_values(raw: Any, n: int, name: str, scale: ScoreScale) -> list[float]:
     try:
-        scores = [float(s) for s in raw]
-    except (TypeError, ValueError) as exc:
-        raise BackendError(f"scorer {name!r} returned non-numeric scores: {exc}") from exc
+        values = list(raw)
+    except TypeError as exc:
+        raise BackendError(f"scorer {name!r} returned {type(raw).__name__}, not a list of scores") from exc
+    bad_type = [i for i, s in enumerate(values) if isinstance(s, bool) or not isinstance(s, numbers.Real)]
+    if bad_type:
+        i = bad_type[0]
+        raise BackendError(
+            f"scorer {name!r} returned a non-numeric score {values[i]!r} ({type(values[i]).__name__}) "
+            f"at position {i}"
+        )
+    scores = [float(s) for s in values]
     if len(scores) != n:
         raise BackendError(
             f"scorer {name!r} returned {len(scores)} scores for {n} texts; "
@@ -279,6 +292,16 @@ def _check_values(raw: Any, n: int, name: str) -> list[float]:
     bad = [i for i, s in enumerate(scores) if not math.isfinite(s)]
     if bad:
         raise BackendError(f"scorer {name!r} returned non-finite scores (NaN or inf) at positions {bad[:10]}")
+    bounds = scale.bounds
+    if bounds is not None:
+        lo, hi = bounds
+        off = [i for i, s in enumerate(scores) if not lo - SCALE_TOLERANCE <= s <= hi + SCALE_TOLERANCE]
+        if off:
+            raise BackendError(
+                f"scorer {name!r} returned {scores[off[0]]} at position {off[0]}, outside its declared "
+                f"{scale.value} scale [{lo}, {hi}]"
+            )
+        scores = [min(max(s, lo), hi) for s in scores]  # float error within the tolerance: clamped
     return scores
 
 
@@ -294,6 +317,19 @@ def _check_permutation(raw: Any, n: int, name: str) -> list[int]:
 def _check_details(result: ScoreResult, n: int, name: str) -> None:
     if result.per_item is not None and len(result.per_item) != n:
         raise BackendError(f"scorer {name!r} returned {len(result.per_item)} detail entries for {n} texts")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _encodable(name: str, query: str, texts: list[str]) -> tuple[str, list[str]]:
+    """Query and texts a model or an HTTP body can take: lone surrogates (text decoded badly
+    upstream, which tokenizers and UTF-8 encoders reject) become U+FFFD, logged once per call.
+    The candidates themselves are returned unchanged."""
+    if not _SURROGATE.search(query) and not any(_SURROGATE.search(t) for t in texts):
+        return query, texts
+    logger.warning("%s: lone surrogates in the query or texts were replaced by U+FFFD for scoring", name)
+    return _SURROGATE.sub("\ufffd", query), [_SURROGATE.sub("\ufffd", t) for t in texts]
 
 
 SyncCall = Callable[[str, list[str]], ScoreResult]
@@ -342,6 +378,9 @@ class _Leaf(Strategy):
             self._async = _threaded(self._sync)
         self._kind = kind
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (as_strategy, (self.leaf,))  # rebuilt from the backend (its chosen methods are bound)
+
     def _fallback(self, ranking: Ranking, exc: BackendError) -> Ranking:
         logger.warning(
             "%s %r failed (%s); on_error='keep_order': passing %d candidates on in their order",
@@ -365,7 +404,7 @@ class _Leaf(Strategy):
         if not ranking.entries:
             return ranking.then([], by=self.name, scale=self.scale)
         try:
-            return self._apply(ranking, self._sync(query, ranking.texts))
+            return self._apply(ranking, self._sync(*_encodable(self.name, query, ranking.texts)))
         except BackendError as exc:
             if self.on_error != "keep_order":
                 raise
@@ -375,7 +414,7 @@ class _Leaf(Strategy):
         if not ranking.entries:
             return ranking.then([], by=self.name, scale=self.scale)
         try:
-            return self._apply(ranking, await self._async(query, ranking.texts))
+            return self._apply(ranking, await self._async(*_encodable(self.name, query, ranking.texts)))
         except BackendError as exc:
             if self.on_error != "keep_order":
                 raise
@@ -390,12 +429,18 @@ class ScorerLeaf(_Leaf):
         scale = getattr(scorer, "scale", None)
         if scale is None:
             raise ConfigError(f"scorer {self.name!r} declares no `scale` (a ScoreScale)")
-        self.scale = ScoreScale(scale)
+        try:
+            self.scale = ScoreScale(scale)
+        except ValueError:
+            known = ", ".join(s.value for s in ScoreScale)
+            raise ConfigError(
+                f"scorer {self.name!r} declares scale {scale!r}; known scales: {known}"
+            ) from None
 
     def checked(self, result: ScoreResult, n: int) -> ScoreResult:
         """``result`` with its values checked as ``n`` finite floats (BackendError otherwise)."""
         _check_details(result, n, self.name)
-        return replace(result, values=_check_values(result.values, n, self.name))
+        return replace(result, values=_check_values(result.values, n, self.name, self.scale))
 
     def score_texts(self, query: str, texts: list[str]) -> ScoreResult:
         """The backend's checked scores for ``texts``, no fallback (for leaves that wrap leaves)."""

@@ -14,7 +14,7 @@ Every adapter and strategy ends here, so the guarantees hold everywhere:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +49,8 @@ def check_options(scorer: ScorerLike, top_n: Any, threshold: Any) -> Strategy:
 def _as_candidates(candidates: Sequence[CandidateLike]) -> list[Candidate]:
     if isinstance(candidates, str | bytes):
         raise TypeError("candidates must be a sequence of Candidate or str, not a single string")
+    if candidates is None or not isinstance(candidates, Iterable):
+        raise TypeError(f"candidates must be a sequence of Candidate or str, got {type(candidates).__name__}")
     out: list[Candidate] = []
     for i, c in enumerate(candidates):
         if isinstance(c, Candidate):

@@ -1,8 +1,9 @@
 """Failure policy shared by the API backends (Cohere, rerank servers).
 
-Retries use tenacity: exponential backoff with jitter on 429, 5xx, timeouts and connection errors,
-honouring ``Retry-After`` when the server sends one; other 4xx and malformed answers are not
-retried. What a backend raises after the last attempt is a :class:`BackendError`; with
+Retries: exponential backoff with full jitter on 429, 5xx, timeouts and connection errors,
+honouring ``Retry-After`` when the server sends one (a ``nan`` or unparsable value is ignored);
+other 4xx and malformed answers are not retried. An optional total ``deadline`` per call bounds
+connect, read, retries and waits together; sibling requests of a failed call are cancelled. What a backend raises after the last attempt is a :class:`BackendError`; with
 ``on_error="keep_order"`` :func:`rerankers_plugins.rerank` then returns every candidate in its
 original order, marked in ``details``, and logs a warning.
 """
@@ -10,25 +11,40 @@ original order, marked in ``details``, and logs a warning.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import email.utils
 import logging
+import math
+import random
+import re
 import time
+import urllib.parse
 import weakref
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
-from rerankers_plugins._optional import require
+from rerankers_plugins._secret import Secret
 from rerankers_plugins.errors import BackendError, ConfigError
 
 __all__ = [
+    "DeadlineExceeded",
     "LoopLocal",
     "OnError",
     "RetryPolicy",
     "TransientError",
+    "bounded",
+    "check_deadline",
     "check_on_error",
+    "gather_cancelling",
+    "hide_in_http_logs",
     "merge_indexed",
     "parse_retry_after",
+    "redact",
+    "run_sync",
+    "split_query",
+    "url_secrets",
 ]
 
 logger = logging.getLogger(__name__)
@@ -103,9 +119,11 @@ def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
     if value is None:
         return None
     try:
-        return max(float(value), 0.0)
+        seconds = float(value)
     except ValueError:
-        pass
+        seconds = None
+    if seconds is not None:
+        return max(seconds, 0.0) if math.isfinite(seconds) else None  # nan / inf: ignored
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -117,7 +135,9 @@ def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
 class RetryPolicy:
     """``attempts`` tries in all; waits grow ``initial * 2**n`` with full jitter, capped at ``max_wait``.
 
-    A server's ``Retry-After`` wins over the computed wait (capped at ``max_retry_after``).
+    A server's ``Retry-After`` wins over the computed wait (capped at ``max_retry_after``). Only
+    :class:`TransientError` is retried. With a deadline, a wait that would end past it is not
+    taken: the call fails at once with :class:`DeadlineExceeded`.
     """
 
     attempts: int = 4
@@ -126,50 +146,181 @@ class RetryPolicy:
     max_retry_after: float = 30.0
 
     def __post_init__(self) -> None:
-        if self.attempts < 1:
-            raise ConfigError(f"RetryPolicy.attempts must be >= 1, got {self.attempts}")
+        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or self.attempts < 1:
+            raise ConfigError(f"RetryPolicy.attempts must be an int >= 1, got {self.attempts!r}")
+        for name in ("initial", "max_wait", "max_retry_after"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+                raise ConfigError(f"RetryPolicy.{name} must be a finite number >= 0, got {value!r}")
 
-    def _kwargs(self) -> dict[str, Any]:
-        tenacity = require("tenacity", "remote")
-        jitter = tenacity.wait_random_exponential(multiplier=self.initial, max=self.max_wait)
+    def wait(self, attempt: int, exc: TransientError) -> float:
+        """Seconds to wait after failed ``attempt`` (1-based)."""
+        if exc.retry_after is not None:
+            return min(exc.retry_after, self.max_retry_after)
+        return random.uniform(0, min(self.max_wait, self.initial * 2 ** (attempt - 1)))
 
-        def wait(state: Any) -> float:
-            exc = state.outcome.exception() if state.outcome else None
-            if isinstance(exc, TransientError) and exc.retry_after is not None:
-                return min(exc.retry_after, self.max_retry_after)
-            return float(jitter(state))
+    def _next_wait(self, attempt: int, exc: TransientError, end: float | None, who: str) -> float:
+        """The wait before the next attempt; raises when there is none (last attempt, or past the deadline)."""
+        if attempt >= self.attempts:
+            raise exc
+        wait = self.wait(attempt, exc)
+        if end is not None and time.monotonic() + wait >= end:
+            raise DeadlineExceeded(
+                f"{who}: deadline reached after {attempt} attempt(s); the next one (in {wait:.2f} s) "
+                f"would start past it. Last error: {exc}"
+            ) from exc
+        logger.warning("attempt %d/%d failed (%s); retrying in %.2f s", attempt, self.attempts, exc, wait)
+        return wait
 
-        def before_sleep(state: Any) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            logger.warning(
-                "attempt %d/%d failed (%s); retrying in %.2f s",
-                state.attempt_number,
-                self.attempts,
-                exc,
-                state.next_action.sleep if state.next_action else 0.0,
-            )
-
-        return {
-            "stop": tenacity.stop_after_attempt(self.attempts),
-            "wait": wait,
-            "retry": tenacity.retry_if_exception_type(TransientError),
-            "before_sleep": before_sleep,
-            "reraise": True,
-        }
-
-    def call(self, fn: Callable[[], _T]) -> _T:
-        tenacity = require("tenacity", "remote")
-        for attempt in tenacity.Retrying(**self._kwargs()):
-            with attempt:
+    def call(self, fn: Callable[[], _T], *, end: float | None = None, who: str = "request") -> _T:
+        """``fn()`` with retries; ``end`` is a ``time.monotonic()`` deadline checked between attempts."""
+        for attempt in range(1, self.attempts + 1):
+            if end is not None and time.monotonic() >= end:
+                raise DeadlineExceeded(f"{who}: deadline reached before attempt {attempt}")
+            try:
                 return fn()
+            except TransientError as exc:
+                time.sleep(self._next_wait(attempt, exc, end, who))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def acall(self, fn: Callable[[], Awaitable[_T]]) -> _T:
-        tenacity = require("tenacity", "remote")
-        async for attempt in tenacity.AsyncRetrying(**self._kwargs()):
-            with attempt:
+    async def acall(
+        self, fn: Callable[[], Awaitable[_T]], *, end: float | None = None, who: str = "request"
+    ) -> _T:
+        """Async :meth:`call` (the caller bounds the whole call with ``asyncio.timeout``)."""
+        for attempt in range(1, self.attempts + 1):
+            try:
                 return await fn()
+            except TransientError as exc:
+                await asyncio.sleep(self._next_wait(attempt, exc, end, who))
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+class DeadlineExceeded(BackendError):
+    """A call's total deadline (connect, read, retries and waits included) passed."""
+
+
+def check_deadline(deadline: Any) -> float | None:
+    """``deadline`` as positive seconds, or None (no total bound)."""
+    if deadline is None:
+        return None
+    if isinstance(deadline, bool) or not isinstance(deadline, int | float) or not 0 < deadline < math.inf:
+        raise ConfigError(f"deadline must be a positive number of seconds or None, got {deadline!r}")
+    return float(deadline)
+
+
+@contextlib.asynccontextmanager
+async def bounded(deadline: float | None, who: str) -> AsyncIterator[float | None]:
+    """Bound everything inside (requests, retries, waits, sibling batches) by ``deadline`` seconds;
+    yields the ``time.monotonic()`` end (None without a deadline). Past it: :class:`DeadlineExceeded`."""
+    if deadline is None:
+        yield None
+        return
+    start = time.monotonic()
+    try:
+        async with asyncio.timeout(deadline):
+            yield start + deadline
+    except TimeoutError as exc:
+        raise DeadlineExceeded(
+            f"{who}: no answer within the deadline of {deadline:g} s ({time.monotonic() - start:.2f} s spent)"
+        ) from exc
+
+
+async def gather_cancelling(coros: Sequence[Awaitable[_T]]) -> list[_T]:
+    """Run ``coros`` concurrently; the first failure cancels the others and is raised as itself."""
+    tasks: list[asyncio.Task[_T]] = []
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_as_coroutine(c)) for c in coros]
+    except BaseExceptionGroup as group_error:
+        raise _first_error(group_error) from None
+    return [t.result() for t in tasks]
+
+
+async def _as_coroutine(awaitable: Awaitable[_T]) -> _T:
+    return await awaitable
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_error(exc)
+        return exc
+    return group  # pragma: no cover
+
+
+def run_sync(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Run a backend's coroutine from its sync method: ``asyncio.run`` here, or in a worker thread
+    when this thread already runs an event loop. Each run has its own loop, so its per-loop HTTP
+    client is closed when it returns, and the sync path shares the async path's deadline and
+    cancellation (connections are not pooled across sync calls)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rerankers-plugins-http") as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+_SECRET_PARAMS = re.compile(
+    r"(?i)^(api[-_]?key|key|token|access[-_]?token|auth|authorization|password|passwd|secret|sig|signature|x-api-key)$"
+)
+
+
+def split_query(url: str) -> tuple[str, list[tuple[str, str]]]:
+    """``url`` without its query string, and the query's parameters (sent with every request,
+    so that a path can be appended to the base URL)."""
+    parts = urllib.parse.urlsplit(url)
+    base = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+    return base, urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+
+
+def url_secrets(url: str) -> list[Secret]:
+    """The secret parts of ``url``: a userinfo password (or a lone user name) and the values of
+    query parameters whose names say they are credentials."""
+    parts = urllib.parse.urlsplit(url)
+    found = []
+    if parts.password:
+        found.append(parts.password)
+    elif parts.username:
+        found.append(parts.username)
+    for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+        if value and _SECRET_PARAMS.match(name):
+            found.append(value)
+    return [Secret(v) for v in found]
+
+
+class _RedactSecrets(logging.Filter):
+    """On the ``httpx`` logger (which logs every request URL at INFO): replaces the credentials our
+    scorers found in their base URLs by ``***`` before any handler sees the record."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[Secret] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            message = record.getMessage()
+            clean = redact(message, list(self.secrets))
+            if clean != message:
+                record.msg, record.args = clean, ()
+        return True
+
+
+_HTTPX_FILTER = _RedactSecrets()
+logging.getLogger("httpx").addFilter(_HTTPX_FILTER)
+
+
+def hide_in_http_logs(secrets: Sequence[Secret]) -> None:
+    """Redact ``secrets`` from what the HTTP client logs (URLs holding credentials)."""
+    _HTTPX_FILTER.secrets.update(secrets)
+
+
+def redact(text: str, secrets: Sequence[Secret]) -> str:
+    """``text`` with every secret (and its URL-encoded form) replaced by ``***``."""
+    for secret in sorted({s.get_secret_value() for s in secrets}, key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, "***").replace(urllib.parse.quote(secret, safe=""), "***")
+    return text
 
 
 def merge_indexed(pairs: Sequence[tuple[Any, Any]], n: int, who: str) -> list[float]:
@@ -188,14 +339,15 @@ def merge_indexed(pairs: Sequence[tuple[Any, Any]], n: int, who: str) -> list[fl
             raise BackendError(f"{who} returned index {index}, outside the {n} documents sent")
         if scores[index] is not None:
             raise BackendError(f"{who} returned index {index} twice")
-        try:
-            value = float(raw_score)
-        except (TypeError, ValueError) as exc:
-            raise BackendError(f"{who} returned a non-numeric score {raw_score!r} for index {index}") from exc
-        if value != value:  # NaN
-            raise BackendError(f"{who} returned NaN for index {index}")
+        if isinstance(raw_score, bool) or not isinstance(raw_score, int | float):
+            raise BackendError(f"{who} returned a non-numeric score {raw_score!r} for index {index}")
+        value = float(raw_score)
+        if not math.isfinite(value):
+            raise BackendError(f"{who} returned a non-finite score ({value}) for index {index}")
         scores[index] = value
     missing = [i for i, s in enumerate(scores) if s is None]
+    if n and len(missing) == n:
+        raise BackendError(f"{who} answered with no results for the {n} documents sent")
     if missing:
         logger.warning(
             "%s returned %d of %d results; the %d it left out are kept, with score 0.0 (the bottom of the scale)",

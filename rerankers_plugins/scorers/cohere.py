@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import weakref
+import math
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -24,9 +25,17 @@ from rerankers_plugins.scorers._http import (
     OnError,
     RetryPolicy,
     TransientError,
+    bounded,
+    check_deadline,
     check_on_error,
+    gather_cancelling,
+    hide_in_http_logs,
     merge_indexed,
     parse_retry_after,
+    redact,
+    run_sync,
+    split_query,
+    url_secrets,
 )
 from rerankers_plugins.scorers.base import BaseScorer
 from rerankers_plugins.types import ScoreScale
@@ -47,11 +56,20 @@ class CohereScorer(BaseScorer):
         client: an injected ``cohere.ClientV2`` (tests, proxies, custom httpx clients).
         async_client: an injected ``cohere.AsyncClientV2`` for :meth:`ascore`; built on demand otherwise.
         base_url: a Cohere-compatible endpoint (a proxy, a private deployment).
-        timeout: seconds per request.
+        timeout: seconds per request operation.
+        deadline: total seconds one call may take (requests, retries, waits, all chunks); past it
+            ``DeadlineExceeded`` (a ``BackendError``). With an injected sync ``client`` it is checked
+            between attempts and caps each request's timeout. None: no total bound.
         max_tokens_per_doc: documents are truncated server-side to this many tokens.
         max_documents_per_request: split larger candidate lists into several requests.
         max_concurrency: requests of one async call in flight at once.
         retry, on_error: see :class:`~rerankers_plugins.RemoteScorer`.
+
+    Without an injected ``client`` the sync methods run the async path (``asyncio.run``: one
+    deadline, cancellation of sibling chunks). Each event loop gets
+    its own async client. Credentials in ``base_url`` are redacted everywhere they would show.
+    Pickling keeps the settings, not the key (re-read from ``COHERE_API_KEY``); a scorer with
+    injected clients cannot be pickled.
     """
 
     scale = ScoreScale.RELEVANCE
@@ -65,6 +83,7 @@ class CohereScorer(BaseScorer):
         async_client: Any | None = None,
         base_url: str | None = None,
         timeout: float = 30.0,
+        deadline: float | None = None,
         max_tokens_per_doc: int | None = None,
         max_documents_per_request: int = MAX_DOCUMENTS_PER_REQUEST,
         max_concurrency: int = 8,
@@ -73,19 +92,22 @@ class CohereScorer(BaseScorer):
     ) -> None:
         self._cohere = require("cohere", "cohere")
         self._httpx = require("httpx", "cohere")
-        require("tenacity", "cohere")
         if not 1 <= max_documents_per_request <= MAX_DOCUMENTS_PER_REQUEST:
             raise ConfigError(
                 f"max_documents_per_request must be in 1..{MAX_DOCUMENTS_PER_REQUEST}, got {max_documents_per_request}"
             )
         if max_tokens_per_doc is not None and max_tokens_per_doc < 1:
             raise ConfigError(f"max_tokens_per_doc must be a positive int, got {max_tokens_per_doc}")
-        if not timeout or timeout <= 0:
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
             raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.model = model
         self.name = f"cohere:{model}"
-        self.base_url = base_url
+        self._url = Secret(base_url) if base_url else None  # may hold credentials: never shown
+        self._secrets = url_secrets(base_url) if base_url else []
+        hide_in_http_logs(self._secrets)
+        self.base_url = redact(base_url, self._secrets) if base_url else None
         self.timeout = float(timeout)
+        self.deadline = check_deadline(deadline)
         self.max_tokens_per_doc = max_tokens_per_doc
         self.max_documents_per_request = max_documents_per_request
         self.max_concurrency = max_concurrency
@@ -95,9 +117,33 @@ class CohereScorer(BaseScorer):
         self._key = secret_from(
             api_key, "COHERE_API_KEY", required=needs_key and client is None, who="CohereScorer"
         )
+        self._key_from_env = api_key is None
+        if self._key is not None:
+            self._secrets.append(self._key)
         self._client = client
         self._async_client = async_client
         self._async_clients: LoopLocal[Any] = LoopLocal(self._new_async)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its settings, without the key (re-read from ``COHERE_API_KEY`` on load)."""
+        if self._client is not None or self._async_client is not None:
+            raise TypeError("a CohereScorer with injected clients cannot be pickled; build it from settings")
+        if self._url is not None and url_secrets(self._url.get_secret_value()):
+            raise TypeError(
+                "a CohereScorer whose base_url holds credentials cannot be pickled (they would be "
+                "written out in plain text): pass the key as api_key / COHERE_API_KEY instead"
+            )
+        settings = {
+            "base_url": self._url.get_secret_value() if self._url is not None else None,
+            "timeout": self.timeout,
+            "deadline": self.deadline,
+            "max_tokens_per_doc": self.max_tokens_per_doc,
+            "max_documents_per_request": self.max_documents_per_request,
+            "max_concurrency": self.max_concurrency,
+            "retry": self.retry,
+            "on_error": self.on_error,
+        }
+        return (_rebuild, (self.model, settings))
 
     def __repr__(self) -> str:
         return f"CohereScorer(model={self.model!r}, base_url={self.base_url!r}, api_key={'set' if self._key else None})"
@@ -110,21 +156,14 @@ class CohereScorer(BaseScorer):
             "timeout": self.timeout,
             "max_retries": 0,
         }
-        if self.base_url:
-            kw["base_url"] = self.base_url
+        if self._url is not None:
+            kw["base_url"] = split_query(self._url.get_secret_value())[0]
         return kw
-
-    def _sync(self) -> Any:
-        if self._client is None:
-            httpx = require("httpx", "cohere")
-            pool = httpx.Client(timeout=self.timeout)
-            self._client = self._cohere.ClientV2(**self._client_kwargs(), httpx_client=pool)
-            weakref.finalize(self, pool.close)  # pooled sockets closed with the scorer
-        return self._client
 
     def _new_async(self) -> tuple[Any, Callable[[], Awaitable[None]]]:
         httpx = require("httpx", "cohere")
-        pool = httpx.AsyncClient(timeout=self.timeout)
+        params = split_query(self._url.get_secret_value())[1] if self._url is not None else []
+        pool = httpx.AsyncClient(timeout=self.timeout, params=params)
         return self._cohere.AsyncClientV2(**self._client_kwargs(), httpx_client=pool), pool.aclose
 
     async def _async(self) -> Any:
@@ -134,13 +173,14 @@ class CohereScorer(BaseScorer):
             return self._async_client
         return await self._async_clients.get()
 
-    def _request(self, query: str, docs: Sequence[str]) -> dict[str, Any]:
+    def _request(self, query: str, docs: Sequence[str], end: float | None = None) -> dict[str, Any]:
+        timeout = self.timeout if end is None else max(min(self.timeout, end - time.monotonic()), 0.001)
         kw: dict[str, Any] = {
             "model": self.model,
             "query": query,
             "documents": list(docs),
             "top_n": len(docs),
-            "request_options": {"max_retries": 0, "timeout_in_seconds": self.timeout},
+            "request_options": {"max_retries": 0, "timeout_in_seconds": timeout},
         }
         if self.max_tokens_per_doc is not None:
             kw["max_tokens_per_doc"] = self.max_tokens_per_doc
@@ -151,17 +191,22 @@ class CohereScorer(BaseScorer):
         api_error = self._cohere.core.api_error.ApiError
         if isinstance(exc, api_error):
             status = exc.status_code or 0
-            body = str(exc.body)[:300]
+            body = redact(str(exc.body)[:300], self._secrets)
             msg = f"Cohere rerank answered HTTP {status}: {body}"
             if status == 429 or status >= 500:
                 return TransientError(msg, status=status, retry_after=parse_retry_after(exc.headers))
             return BackendError(msg)
         if isinstance(exc, self._httpx.TransportError):
-            return TransientError(f"Cohere rerank: {type(exc).__name__}: {exc}")
+            return TransientError(redact(f"Cohere rerank: {type(exc).__name__}: {exc}", self._secrets))
         if isinstance(exc, ValueError):  # malformed JSON or a response the SDK cannot parse
             return BackendError(
-                f"Cohere rerank answered something unparseable: {type(exc).__name__}: {str(exc)[:200]}"
+                redact(
+                    f"Cohere rerank answered something unparseable: {type(exc).__name__}: {str(exc)[:200]}",
+                    self._secrets,
+                )
             )
+        if isinstance(exc, RuntimeError | OSError):  # e.g. a client used after its event loop closed
+            return BackendError(redact(f"Cohere rerank failed: {type(exc).__name__}: {exc}", self._secrets))
         return exc
 
     @contextlib.contextmanager
@@ -190,30 +235,43 @@ class CohereScorer(BaseScorer):
         return {"model": self.model, "base_url": self.base_url, "max_tokens_per_doc": self.max_tokens_per_doc}
 
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
-        client = self._sync()
+        if not texts:
+            return []
+        if self._client is None:
+            scores: list[float] = run_sync(self.ascore(query, texts))
+            return scores
+        client = self._client  # injected sync client: deadline checked between attempts
+        end = None if self.deadline is None else time.monotonic() + self.deadline
         out: list[float] = []
         for chunk in self._chunks(texts):
 
             def once(chunk: Sequence[str] = chunk) -> list[float]:
                 with self._sdk_errors():
-                    response = client.rerank(**self._request(query, chunk))
+                    response = client.rerank(**self._request(query, chunk, end))
                 return self._merge(response, len(chunk))
 
-            out.extend(self.retry.call(once))
+            out.extend(self.retry.call(once, end=end, who=self.name))
         return out
 
     async def ascore(self, query: str, texts: Sequence[str]) -> list[float]:
+        if not texts:
+            return []
         client = await self._async()
         bound = asyncio.Semaphore(self.max_concurrency)
 
-        async def one(chunk: Sequence[str]) -> list[float]:
+        async def one(chunk: Sequence[str], end: float | None) -> list[float]:
             async def once() -> list[float]:
                 async with bound:
                     with self._sdk_errors():
-                        response = await client.rerank(**self._request(query, chunk))
+                        response = await client.rerank(**self._request(query, chunk, end))
                 return self._merge(response, len(chunk))
 
-            return await self.retry.acall(once)
+            return await self.retry.acall(once, end=end, who=self.name)
 
-        parts = await asyncio.gather(*(one(c) for c in self._chunks(texts)))
+        async with bounded(self.deadline, self.name) as end:
+            parts = await gather_cancelling([one(c, end) for c in self._chunks(texts)])
         return [s for part in parts for s in part]
+
+
+def _rebuild(model: str, settings: dict[str, Any]) -> CohereScorer:
+    return CohereScorer(model, **settings)

@@ -324,6 +324,13 @@ _NO = re.compile(r"^\W*(no|not relevant|irrelevant|false)\b", re.IGNORECASE)
 _GRADE = re.compile(r"(?<![\d.])(10|[0-9])(?:\s*/\s*10)?(?![\d])")
 
 
+def _logprob(value: Any) -> float:
+    """A log-probability as a float; NaN, non-numbers and +inf count as impossible (-inf)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) or value > 0:
+        return -math.inf
+    return float(value)
+
+
 class LLMPointwiseScorer(_LLMBase):
     """Each passage judged alone, with bounded concurrency.
 
@@ -379,12 +386,20 @@ class LLMPointwiseScorer(_LLMBase):
         """Score and details for one answer."""
         if self.mode == "yes_no":
             lps = reply.first_token_logprobs or {}
-            yes = [v for t, v in lps.items() if t.strip().lower() == "yes"]
-            no = [v for t, v in lps.items() if t.strip().lower() == "no"]
+            yes = [_logprob(v) for t, v in lps.items() if t.strip().lower() == "yes"]
+            no = [_logprob(v) for t, v in lps.items() if t.strip().lower() == "no"]
             if yes or no:
-                ly = max(yes) if yes else -math.inf
-                ln = max(no) if no else -math.inf
+                ly = max(yes, default=-math.inf)
+                ln = max(no, default=-math.inf)
                 top = max(ly, ln)
+                if top == -math.inf:  # NaN / -inf for both answers: no probability to read
+                    logger.warning(
+                        "%s: unusable log-probabilities %s; scored %.2f",
+                        self.name,
+                        lps,
+                        self.unparsable_score,
+                    )
+                    return self.unparsable_score, {"answer": reply.text[:40], "parsed": False}
                 p = math.exp(ly - top) / (math.exp(ly - top) + math.exp(ln - top))
                 return p, {"answer": reply.text[:40], "parsed": True, "source": "logprobs"}
             if _YES.search(reply.text):

@@ -16,8 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
-import weakref
+import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -29,9 +28,17 @@ from rerankers_plugins.scorers._http import (
     OnError,
     RetryPolicy,
     TransientError,
+    bounded,
+    check_deadline,
     check_on_error,
+    gather_cancelling,
+    hide_in_http_logs,
     merge_indexed,
     parse_retry_after,
+    redact,
+    run_sync,
+    split_query,
+    url_secrets,
 )
 from rerankers_plugins.scorers.base import BaseScorer
 from rerankers_plugins.types import ScoreScale
@@ -48,16 +55,29 @@ class RemoteScorer(BaseScorer):
 
     Args:
         base_url: server root, e.g. ``"http://tei:8080"`` (the path is added per protocol).
+            Credentials inside it (``http://user:KEY@host``, ``?api_key=KEY``) are used for requests
+            and redacted (``***``) in the name, repr, details, logs and errors.
         protocol: ``"tei"`` or ``"v1"``.
+        path: the endpoint, default ``/rerank`` (tei) or ``/v1/rerank`` (v1); Infinity serves the
+            v1 body at ``/rerank`` (``protocol="v1", path="/rerank"``).
         model: model name sent with ``v1`` requests (vLLM and Infinity serve several).
         api_key: sent as ``Authorization: Bearer ...``; default from ``RERANK_API_KEY``. Never logged.
-        timeout: seconds per request (connect, read, write).
+        timeout: seconds per request operation (connect, read, write, each).
+        deadline: total seconds one ``score`` / ``ascore`` call may take, everything included
+            (connect, read, retries, back-off, all batches); past it the call raises
+            ``DeadlineExceeded`` (a ``BackendError``, so ``on_error="keep_order"`` falls back).
+            None (default): no total bound beyond ``timeout`` and ``retry``.
         batch_size: documents per request (TEI's default ``--max-client-batch-size`` is 32).
-        max_concurrency: requests in flight at once from this scorer (async), and the connection pool size.
+        max_concurrency: requests in flight at once from this scorer, and the connection pool size.
         retry: a :class:`~rerankers_plugins.scorers._http.RetryPolicy`.
         on_error: ``"raise"`` (default) or ``"keep_order"``: after the last retry, return every
             candidate in its original order, marked in ``details``, with a warning.
         truncate: ask the server to truncate long inputs (TEI) instead of rejecting them.
+
+    Batches of one call run concurrently; when one fails for good, its siblings are cancelled.
+    The sync methods run the async path (``asyncio.run``), so both share deadline and cancellation;
+    connections are pooled per event loop (a sync call opens its own). Pickling keeps the settings, not the key: an unpickled
+    scorer reads ``RERANK_API_KEY`` again (a ``base_url`` holding credentials cannot be pickled).
     """
 
     scale = ScoreScale.RELEVANCE
@@ -67,9 +87,11 @@ class RemoteScorer(BaseScorer):
         base_url: str,
         *,
         protocol: Protocol = "tei",
+        path: str | None = None,
         model: str | None = None,
         api_key: str | Secret | None = None,
         timeout: float = 30.0,
+        deadline: float | None = None,
         batch_size: int = 32,
         max_concurrency: int = 16,
         retry: RetryPolicy | None = None,
@@ -77,36 +99,69 @@ class RemoteScorer(BaseScorer):
         truncate: bool = True,
     ) -> None:
         self._httpx = require("httpx", "remote")
-        require("tenacity", "remote")
         if protocol not in ("tei", "v1"):
             raise ConfigError(f"protocol must be 'tei' or 'v1', got {protocol!r}")
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"base_url must be an http(s) URL, got {base_url!r}")
+            raise ConfigError("base_url must be an http(s) URL")
         for name, value in (("batch_size", batch_size), ("max_concurrency", max_concurrency)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive int, got {value!r}")
-        if not timeout or timeout <= 0:
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
             raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        self.base_url = base_url.rstrip("/")
+        url = base_url.rstrip("/")
+        self._url = Secret(url)  # may hold credentials: used for requests, never shown
+        self._secrets = url_secrets(url)
+        hide_in_http_logs(self._secrets)
+        self.base_url = redact(url, self._secrets)
         self.protocol = protocol
         self.model = model
         self.timeout = float(timeout)
+        self.deadline = check_deadline(deadline)
         self.batch_size = batch_size
         self.max_concurrency = max_concurrency
         self.retry = retry or RetryPolicy()
         self.on_error = check_on_error(on_error)
         self.truncate = truncate
         self._key = secret_from(api_key, "RERANK_API_KEY", required=False, who="RemoteScorer")
-        self.path = "/rerank" if protocol == "tei" else "/v1/rerank"
+        self._key_from_env = api_key is None
+        if self._key is not None:
+            self._secrets.append(self._key)
+        if path is not None and (not isinstance(path, str) or not path.startswith("/")):
+            raise ConfigError(f"path must start with '/', got {path!r}")
+        self.path = path or ("/rerank" if protocol == "tei" else "/v1/rerank")
         self.name = f"{protocol}:{model or self.base_url}"
-        self._client: Any = None
-        self._lock = threading.Lock()
         # One async client and bound per event loop (httpx async clients cannot cross loops),
         # closed when that loop shuts down or this scorer is collected.
         self._async_clients: LoopLocal[tuple[Any, asyncio.Semaphore]] = LoopLocal(self._new_async_client)
 
     def __repr__(self) -> str:
-        return f"RemoteScorer({self.base_url!r}, protocol={self.protocol!r}, model={self.model!r}, api_key={'set' if self._key else None})"
+        return (
+            f"RemoteScorer({self.base_url!r}, protocol={self.protocol!r}, model={self.model!r}, "
+            f"api_key={'set' if self._key else None})"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its settings, without the key (re-read from ``RERANK_API_KEY`` on load)."""
+        if url_secrets(self._url.get_secret_value()):
+            raise TypeError(
+                "a RemoteScorer whose base_url holds credentials cannot be pickled (they would be "
+                "written out in plain text): pass the key as api_key / RERANK_API_KEY instead"
+            )
+        if not self._key_from_env:
+            logger.info("pickling %s without its api_key: the copy reads RERANK_API_KEY", self.name)
+        settings = {
+            "protocol": self.protocol,
+            "path": self.path,
+            "model": self.model,
+            "timeout": self.timeout,
+            "deadline": self.deadline,
+            "batch_size": self.batch_size,
+            "max_concurrency": self.max_concurrency,
+            "retry": self.retry,
+            "on_error": self.on_error,
+            "truncate": self.truncate,
+        }
+        return (_rebuild, (self._url.get_secret_value(), settings))
 
     # -- HTTP plumbing -------------------------------------------------------------------------------
 
@@ -116,38 +171,21 @@ class RemoteScorer(BaseScorer):
             headers["Authorization"] = f"Bearer {self._key.get_secret_value()}"
         return headers
 
-    def _limits(self) -> Any:
-        return self._httpx.Limits(
-            max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency
-        )
-
-    def _sync_client(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                self._client = self._httpx.Client(
-                    base_url=self.base_url,
-                    headers=self._headers(),
-                    timeout=self.timeout,
-                    limits=self._limits(),
-                )
-                weakref.finalize(self, self._client.close)  # pooled sockets closed with the scorer
-            return self._client
-
     def _new_async_client(self) -> tuple[tuple[Any, asyncio.Semaphore], Callable[[], Awaitable[None]]]:
+        base, params = split_query(self._url.get_secret_value())
         client = self._httpx.AsyncClient(
-            base_url=self.base_url, headers=self._headers(), timeout=self.timeout, limits=self._limits()
+            base_url=base,
+            params=params,
+            headers=self._headers(),
+            timeout=self.timeout,
+            limits=self._httpx.Limits(
+                max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency
+            ),
         )
         return (client, asyncio.Semaphore(self.max_concurrency)), client.aclose
 
-    def close(self) -> None:
-        """Close pooled connections now (the sync client; async ones close with their loop)."""
-        with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
-
     async def aclose(self) -> None:
-        """Close the running event loop's pooled connections now."""
+        """Close the running event loop's pooled connections now (they close with the loop anyway)."""
         await self._async_clients.aclose()
 
     def _payload(self, query: str, texts: Sequence[str]) -> dict[str, Any]:
@@ -158,72 +196,73 @@ class RemoteScorer(BaseScorer):
             payload["model"] = self.model
         return payload
 
+    @property
+    def _who(self) -> str:
+        return f"rerank server {split_query(self.base_url)[0]}{self.path}"
+
     def _parse(self, response: Any, n: int) -> list[float]:
-        who = f"rerank server {self.base_url}{self.path}"
         status = response.status_code
         if status == 429 or status >= 500:
             raise TransientError(
-                f"{who} answered HTTP {status}",
+                f"{self._who} answered HTTP {status}",
                 status=status,
                 retry_after=parse_retry_after(response.headers),
             )
         if status >= 400:
-            raise BackendError(f"{who} answered HTTP {status}: {response.text[:300]}")
+            raise BackendError(
+                f"{self._who} answered HTTP {status}: {redact(response.text[:300], self._secrets)}"
+            )
         try:
             body = response.json()
         except (json.JSONDecodeError, ValueError) as exc:
-            raise BackendError(f"{who} answered with malformed JSON: {response.text[:200]!r}") from exc
+            raise BackendError(
+                f"{self._who} answered with malformed JSON: {redact(response.text[:200], self._secrets)!r}"
+            ) from exc
         try:
             if self.protocol == "tei":
                 pairs = [(r["index"], r["score"]) for r in body]
             else:
                 pairs = [(r["index"], r["relevance_score"]) for r in body["results"]]
         except (KeyError, TypeError) as exc:
-            raise BackendError(f"{who} answered in an unexpected shape ({exc!r}): {str(body)[:200]}") from exc
-        return merge_indexed(pairs, n, who)
-
-    def _transport_error(self, exc: Exception) -> TransientError:
-        return TransientError(f"rerank server {self.base_url}{self.path}: {type(exc).__name__}: {exc}")
+            raise BackendError(
+                f"{self._who} answered in an unexpected shape ({exc!r}): {redact(str(body)[:200], self._secrets)}"
+            ) from exc
+        return merge_indexed(pairs, n, self._who)
 
     def _batches(self, texts: Sequence[str]) -> list[Sequence[str]]:
         return [texts[i : i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
 
     # -- scoring ---------------------------------------------------------------------------------------
 
-    def _post(self, query: str, batch: Sequence[str]) -> list[float]:
-        client = self._sync_client()
-
-        def once() -> list[float]:
-            try:
-                response = client.post(self.path, json=self._payload(query, batch))
-            except self._httpx.TransportError as exc:  # timeouts, refused and dropped connections
-                raise self._transport_error(exc) from exc
-            return self._parse(response, len(batch))
-
-        return self.retry.call(once)
-
-    async def _apost(self, query: str, batch: Sequence[str]) -> list[float]:
+    async def _apost(self, query: str, batch: Sequence[str], end: float | None) -> list[float]:
         client, bound = await self._async_clients.get()
 
         async def once() -> list[float]:
             async with bound:
                 try:
                     response = await client.post(self.path, json=self._payload(query, batch))
-                except self._httpx.TransportError as exc:
-                    raise self._transport_error(exc) from exc
+                except self._httpx.TransportError as exc:  # timeouts, refused and dropped connections
+                    message = redact(f"{type(exc).__name__}: {exc}", self._secrets)
+                    raise TransientError(f"{self._who}: {message}") from None
             return self._parse(response, len(batch))
 
-        return await self.retry.acall(once)
+        return await self.retry.acall(once, end=end, who=self._who)
 
     def fingerprint(self) -> Mapping[str, Any]:
-        return {"base_url": self.base_url, "protocol": self.protocol, "model": self.model}
+        return {"base_url": self.base_url, "path": self.path, "protocol": self.protocol, "model": self.model}
 
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
-        out: list[float] = []
-        for batch in self._batches(texts):
-            out.extend(self._post(query, batch))
-        return out
+        if not texts:
+            return []
+        return run_sync(self.ascore(query, texts))
 
     async def ascore(self, query: str, texts: Sequence[str]) -> list[float]:
-        parts = await asyncio.gather(*(self._apost(query, b) for b in self._batches(texts)))
+        if not texts:
+            return []
+        async with bounded(self.deadline, self._who) as end:
+            parts = await gather_cancelling([self._apost(query, b, end) for b in self._batches(texts)])
         return [s for part in parts for s in part]
+
+
+def _rebuild(base_url: str, settings: dict[str, Any]) -> RemoteScorer:
+    return RemoteScorer(base_url, **settings)

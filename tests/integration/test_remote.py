@@ -110,10 +110,10 @@ def test_client_side_batches_merge_by_index(server):
     scorer = RemoteScorer(server.url, protocol="tei", batch_size=4)
     docs = [f"doc {i} red" if i % 3 else f"doc {i} red apple" for i in range(10)]
     assert scorer.score(QUERY, docs) == [overlap(QUERY, d) for d in docs]
-    assert [len(r["body"]["texts"]) for r in server.requests] == [4, 4, 2]
+    assert sorted(len(r["body"]["texts"]) for r in server.requests) == [2, 4, 4]  # concurrent batches
     cohere = CohereScorer(api_key=KEY, base_url=server.url, max_documents_per_request=3)
     assert cohere.score(QUERY, docs) == [overlap(QUERY, d) for d in docs]
-    assert [len(r["body"]["documents"]) for r in server.requests[3:]] == [3, 3, 3, 1]
+    assert sorted(len(r["body"]["documents"]) for r in server.requests[3:]) == [1, 3, 3, 3]  # concurrent
 
 
 @pytest.mark.parametrize("kind", KINDS)
