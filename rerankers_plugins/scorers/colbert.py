@@ -47,6 +47,7 @@ from rerankers_plugins.scorers._hf import (
     resolve_device,
     resolve_dtype,
     resolve_max_batch_tokens,
+    resolve_model,
 )
 from rerankers_plugins.scorers.base import BaseScorer
 from rerankers_plugins.types import ScoreScale
@@ -353,6 +354,7 @@ class ColBERTScorer(BaseScorer):
         self.scale = ScoreScale.SIMILARITY if normalize else ScoreScale.LOGIT
         self.name = model
         self.model_id = model
+        model = resolve_model(model)
 
         def load() -> tuple[Path, Any, Any]:
             root = Path(model).expanduser()
@@ -372,7 +374,7 @@ class ColBERTScorer(BaseScorer):
                 hf_logging.set_verbosity(verbosity)
             return root, tok, enc
 
-        root, self._tokenizer, encoder = load_model("ColBERT", model, load)
+        root, self._tokenizer, encoder = load_model("ColBERT", model, load, cls="ColBERTScorer")
         self.layout: Layout = layout or detect_layout(root)
         if self.layout == "colbert":
             spec = _colbert_spec(root, self._tokenizer)

@@ -8,8 +8,11 @@ upcast to float32 before the activation so scores on a declared scale come out.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from rerankers_plugins._optional import require
@@ -22,6 +25,7 @@ from rerankers_plugins.scorers._hf import (
     resolve_device,
     resolve_dtype,
     resolve_max_batch_tokens,
+    resolve_model,
 )
 from rerankers_plugins.scorers.base import BaseScorer
 from rerankers_plugins.types import ScoreScale
@@ -31,6 +35,28 @@ __all__ = ["CrossEncoderScorer"]
 logger = logging.getLogger(__name__)
 
 _ACTIVATIONS = ("sigmoid", None)
+
+
+def _require_classification_head(model: Any, model_id: str) -> None:
+    """Refuse a checkpoint without a trained relevance head (an embedding model loaded as a
+    cross-encoder gets a randomly initialised head: every score about the same, silently).
+    ``model`` is a loaded CrossEncoder, or a local directory (checked before loading)."""
+    if isinstance(model, str):
+        try:
+            config_json = json.loads((Path(model) / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return  # no readable config: the loader reports what is wrong
+        architectures = list(config_json.get("architectures") or [])
+    else:
+        config = getattr(getattr(model, "model", None), "config", None)
+        architectures = list(getattr(config, "architectures", None) or [])
+    if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise ConfigError(
+            f"{model_id!r} has no classification head (its architectures: {', '.join(architectures)}): it is "
+            "an encoder or embedding model, so a cross-encoder on it would score with random weights. "
+            f"Use BiEncoderScorer({model_id!r}) or ColBERTScorer({model_id!r}) for an embedding model, "
+            "or fine-tune a cross-encoder from it (`rerankers-plugins train`)."
+        )
 
 
 class CrossEncoderScorer(BaseScorer):
@@ -83,6 +109,9 @@ class CrossEncoderScorer(BaseScorer):
         self.activation = activation
         self.name = model
         self.model_id = model
+        model = resolve_model(model)
+        if os.path.isdir(os.path.expanduser(model)):
+            _require_classification_head(os.path.expanduser(model), self.model_id)
         self._model = load_model(
             "cross-encoder",
             model,
@@ -95,6 +124,7 @@ class CrossEncoderScorer(BaseScorer):
                 model_kwargs=model_kwargs,
             ),
         )
+        _require_classification_head(self._model, self.model_id)
         self.num_labels = int(self._model.num_labels)
         if self.num_labels not in (1, 2):
             raise ConfigError(
