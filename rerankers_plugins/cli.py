@@ -121,6 +121,23 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_caches(pipelines: dict[str, Any]) -> None:
+    """Say where document vectors were cached on disk, and how much space they take."""
+    from rerankers_plugins.pipeline.ranking import as_strategy, backends
+
+    seen: set[Path] = set()
+    for pipeline in pipelines.values():
+        for backend in backends(as_strategy(pipeline)):
+            directory = getattr(getattr(backend, "cache", None), "directory", None)
+            if directory is None or Path(directory) in seen:
+                continue
+            seen.add(Path(directory))
+            size = sum(f.stat().st_size for f in Path(directory).rglob("*") if f.is_file())
+            print(
+                f"\ndocument vectors cached in {directory} ({size / 2**20:.1f} MiB); reruns reuse them, delete to free"
+            )
+
+
 def eval_command(args: argparse.Namespace) -> int:
     from rerankers_plugins.eval.harness import evaluate
     from rerankers_plugins.eval.pipelines import build_pipelines, load_pipeline_file, parse_pipeline_arg
@@ -167,6 +184,7 @@ def eval_command(args: argparse.Namespace) -> int:
     )
     print(f"{report.dataset}: {report.queries} queries ({args.split}), BM25 top-{report.k} reranked\n")
     print(report.table())
+    _report_caches(pipelines)
     out = Path(args.out)
     runs = report.write_runs(out / "runs")
     plot = report.plot(out / "quality_latency.png")

@@ -100,6 +100,9 @@ class Cascade(Strategy):
             info=out.info,
         )
 
+    def children(self) -> tuple[Strategy, ...]:
+        return tuple(stage.strategy for stage in self.stages)
+
     def run(self, query: str, ranking: Ranking) -> Ranking:
         ms: dict[str, float] = {}
         for i, stage in enumerate(self.stages):

@@ -219,6 +219,9 @@ class Hybrid(Strategy):
             [result[k] for k in order], by=self.name, dropped=dropped.values(), scale=self.scale, info=info
         )
 
+    def children(self) -> tuple[Strategy, ...]:
+        return tuple(s.strategy for s in self.signals if s.strategy is not None)
+
     def run(self, query: str, ranking: Ranking) -> Ranking:
         outs = [
             s.strategy.run(query, ranking.sub(ranking.entries)) if s.strategy is not None else None

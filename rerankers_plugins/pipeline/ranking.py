@@ -38,6 +38,7 @@ __all__ = [
     "as_int",
     "as_real",
     "as_strategy",
+    "backends",
     "check_threshold",
     "check_top_n",
     "require_scores",
@@ -256,6 +257,10 @@ class Strategy(ABC):
 
     @abstractmethod
     def run(self, query: str, ranking: Ranking) -> Ranking: ...
+
+    def children(self) -> tuple[Strategy, ...]:
+        """The layers this one wraps (none for a leaf): for tools that walk a pipeline."""
+        return ()
 
     async def arun(self, query: str, ranking: Ranking) -> Ranking:
         return await asyncio.to_thread(self.run, query, ranking)
@@ -493,6 +498,18 @@ def as_strategy(obj: ScorerLike) -> Strategy:
         f"{type(obj).__name__} is neither a Scorer (score(query, texts)), a Ranker (rank(query, texts)) "
         "nor a Strategy"
     )
+
+
+def backends(strategy: Strategy) -> list[Any]:
+    """Every backend object at the leaves of ``strategy``, depth first, each once."""
+    out: list[Any] = []
+    stack = [strategy]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, _Leaf) and not any(b is node.leaf for b in out):
+            out.append(node.leaf)
+        stack.extend(reversed(node.children()))
+    return out
 
 
 def as_scorer_leaf(obj: Any, who: str) -> ScorerLeaf:

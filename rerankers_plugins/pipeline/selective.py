@@ -82,6 +82,9 @@ class Selective(Strategy):
             info={**head.info, "reranked_head": min(self.k, len(ranking)), "rest": self.rest},
         )
 
+    def children(self) -> tuple[Strategy, ...]:
+        return (self.inner,)
+
     def run(self, query: str, ranking: Ranking) -> Ranking:
         reason = self._gate(ranking)
         if reason is not None:

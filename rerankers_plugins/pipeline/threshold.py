@@ -80,6 +80,9 @@ class Threshold(Strategy):
             },
         )
 
+    def children(self) -> tuple[Strategy, ...]:
+        return (self.inner,)
+
     def run(self, query: str, ranking: Ranking) -> Ranking:
         return self._cut(self.inner.run(query, ranking))
 

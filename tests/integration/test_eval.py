@@ -53,7 +53,7 @@ def test_evaluate_api(beir_dir):
     assert set(fake.metrics) == {"ndcg@10", "mrr@10", "map@100", "recall@5"}
     assert len(fake.latencies_ms) == 3 and fake.p95_ms >= fake.median_ms
     table = report.table()
-    assert table.splitlines()[0].startswith("| pipeline | NDCG@10 | MRR@10 | MAP@100 | RECALL@5 | median ms")
+    assert table.splitlines()[0].startswith("| pipeline | NDCG@10 | MRR@10 | MAP@100 | RECALL@5 | index s | median ms")
     assert "| fake | 1.000 |" in table
 
 
@@ -117,3 +117,20 @@ def test_cli_eval_errors(beir_dir, tmp_path, capsys):
     assert main(["eval", str(beir_dir)]) == 2
     assert main(["eval", str(tmp_path / "nope"), "--pipeline", "f=fake"]) == 2
     assert "is not a BEIR directory" in capsys.readouterr().err
+
+
+def test_demo_evaluation_reports_indexing_apart_and_labels_recall_truthfully():
+    from rerankers_plugins import Cascade, ColBERTScorer, FakeScorer, Stage
+    from rerankers_plugins.cli import demo_data_dir
+
+    maxsim = ColBERTScorer("minilm")  # no disk cache: indexing is real work here
+    pipelines = {
+        "maxsim": maxsim,
+        "cascade": Cascade([Stage(FakeScorer(), keep=3, name="fake"), Stage(maxsim)]),
+    }
+    report = evaluate(demo_data_dir(), pipelines, k=20, progress=False)
+    by_name = {r.name: r for r in report.results}
+    assert by_name["maxsim"].index_s > 0  # the candidate pool was encoded before timing
+    assert by_name["cascade"].depth == 3
+    row = next(line for line in report.table().splitlines() if line.startswith("| cascade"))
+    assert "(at 3)" in row  # its recall@20 is really a recall at 3
