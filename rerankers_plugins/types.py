@@ -132,7 +132,12 @@ class Candidate:
         if not isinstance(self.metadata, FrozenMap):  # the caller's mapping is copied, never kept
             object.__setattr__(self, "metadata", FrozenMap(self.metadata))
         if self.retrieval_score is not None:
-            object.__setattr__(self, "retrieval_score", _real(self.retrieval_score, "retrieval_score"))
+            score = _real(self.retrieval_score, "retrieval_score")
+            if not math.isfinite(score):
+                raise ValueError(
+                    f"retrieval_score must be finite, got {score} (pass None when there is none)"
+                )
+            object.__setattr__(self, "retrieval_score", score)
 
 
 @dataclass(frozen=True, slots=True)

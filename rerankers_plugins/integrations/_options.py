@@ -160,7 +160,10 @@ class CohereFields(BaseModel):
         default=None, description="Default: the COHERE_API_KEY environment variable."
     )
     base_url: str | None = Field(
-        default=None, description="A Cohere-compatible endpoint; default Cohere's API."
+        default=None,
+        description="A Cohere-compatible endpoint; default Cohere's API (may hold credentials: never shown).",
+        repr=False,
+        exclude=True,
     )
     timeout: float = Field(default=30.0, description="Seconds per request.")
     deadline: float | None = Field(
@@ -175,7 +178,11 @@ class CohereFields(BaseModel):
 
 
 class RemoteFields(BaseModel):
-    base_url: str = Field(description="Rerank server root, e.g. http://tei:8080.")
+    base_url: str = Field(
+        description="Rerank server root, e.g. http://tei:8080 (may hold credentials: never shown).",
+        repr=False,
+        exclude=True,
+    )
     protocol: Literal["tei", "v1"] = Field(
         default="tei", description="tei: POST /rerank; v1: POST /v1/rerank."
     )

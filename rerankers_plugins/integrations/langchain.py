@@ -20,6 +20,7 @@ The named conveniences (``CrossEncoderRerank``, ``CohereRerank``, ...) are gener
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -89,7 +90,7 @@ class RerankCompressor(BaseDocumentCompressor):
         keys = self.retrieval_score_key
         for key in (keys,) if isinstance(keys, str) else keys or ():
             value = metadata.get(key)
-            if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
                 return float(value)
         return None
 

@@ -15,6 +15,7 @@ Emits ``ReRankStartEvent`` / ``ReRankEndEvent`` through LlamaIndex instrumentati
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 from rerankers_plugins._optional import require
@@ -106,7 +107,7 @@ class RerankPostprocessor(BaseNodePostprocessor):
                 text=n.node.get_content(metadata_mode=self.metadata_mode),
                 id=n.node.node_id,
                 metadata=n.node.metadata,
-                retrieval_score=n.score,
+                retrieval_score=n.score if n.score is not None and math.isfinite(n.score) else None,
             )
             for n in nodes
         ]

@@ -79,7 +79,7 @@ class Cascade(Strategy):
 
         def note(e: Entry) -> Entry:
             stages = {**e.details.get("stages", {}), label: e.score if e.reranked else None}
-            return e.noted(stages=stages, stage_reached=label)
+            return e.noted({"stages": stages, "stage_reached": label})
 
         entries = [note(e) for e in out]
         reasons: dict[int, str] = {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -20,6 +19,7 @@ from rerankers_plugins.pipeline.ranking import (
     as_strategy,
     require_scores,
 )
+from rerankers_plugins.scorers._http import gather_cancelling
 from rerankers_plugins.scorers.base import Ranker, Scorer
 from rerankers_plugins.types import Candidate, ScoreScale
 
@@ -82,7 +82,8 @@ class Hybrid(Strategy):
     A signal that is a strategy may drop candidates: they stay dropped (marked by that signal).
     A candidate a strategy signal did not rerank (Selective's tail, a fallback) has no value for
     it: that signal counts as its lowest normalised value (minmax 0, the lowest z-score, the last
-    RRF rank), and ``details["signals"]`` shows None.
+    RRF rank), ``details["signals"]`` shows None, and the candidate stays unreranked: it follows
+    the reranked ones (by fused score) and no threshold cuts it.
 
         Hybrid([Signal(CrossEncoderScorer(...), 0.6), Signal(BM25Scorer(), 0.2),
                 Signal(lambda c: c.metadata["trust"], 0.2, name="trust")])
@@ -155,7 +156,7 @@ class Hybrid(Strategy):
                         f"signal 'retrieval': candidate {c.id!r} has no retrieval_score "
                         "(LangChain: set the adapter's retrieval_score_key)"
                     )
-                values.append(float(c.retrieval_score))
+                values.append(float(c.retrieval_score))  # finite: Candidate refuses NaN and inf
                 continue
             fn: Callable[[Candidate], Any] = signal.source  # type: ignore[assignment]
             try:
@@ -178,7 +179,8 @@ class Hybrid(Strategy):
         normed = []
         for vals in raw:
             present = norm([v for v in vals if v is not None])
-            normed.append(_fill(vals, present, min(present, default=0.0)))
+            low = 0.0 if self.normalize == "minmax" else min(present, default=0.0)
+            normed.append(_fill(vals, present, low))
         return weighted_sum(normed, self.weights), normed
 
     def _fuse(self, ranking: Ranking, outs: list[Ranking | None]) -> Ranking:
@@ -208,9 +210,11 @@ class Hybrid(Strategy):
             if self.method != "rrf":
                 details["normalized"] = {lbl: normed[j][i] for j, lbl in enumerate(self.labels)}
             entry = replace(e, details=details)
-            any_value = any(raw[j][i] is not None for j in range(len(raw)))
-            result.append(entry.scored(fused[i]) if any_value else entry.passed())
-        order = sorted(range(len(result)), key=lambda k: -result[k].score if result[k].reranked else math.inf)
+            # an entry a strategy signal did not rerank (a Selective tail, a fallback) stays unreranked:
+            # its fused score is carried for the order, and no threshold cuts it
+            unreranked = any(got is not None and not got[e.position].reranked for got in by_pos)
+            result.append(entry.passed(fused[i]) if unreranked else entry.scored(fused[i]))
+        order = sorted(range(len(result)), key=lambda k: (not result[k].reranked, -result[k].score))
         info: dict[str, Any] = {"fusion": self.method}
         for out in outs:
             if out is not None:
@@ -235,4 +239,4 @@ class Hybrid(Strategy):
                 return None
             return await s.strategy.arun(query, ranking.sub(ranking.entries))
 
-        return self._fuse(ranking, list(await asyncio.gather(*(one(s) for s in self.signals))))
+        return self._fuse(ranking, await gather_cancelling([one(s) for s in self.signals]))

@@ -131,20 +131,20 @@ class Entry:
     def text(self) -> str:
         return self.candidate.text
 
-    def scored(self, score: float, **details: Any) -> Entry:
+    def scored(self, score: float, details: Mapping[str, Any] | None = None) -> Entry:
         """This entry with a score on the ranking's scale, and ``details`` added."""
-        return replace(self, score=score, reranked=True, details={**self.details, **details})
+        return replace(self, score=score, reranked=True, details={**self.details, **(details or {})})
 
-    def passed(self, score: float | None = None, **details: Any) -> Entry:
+    def passed(self, score: float | None = None, details: Mapping[str, Any] | None = None) -> Entry:
         """This entry passed through unscored (``reranked=False``), optionally with a carried score."""
         return replace(
             self,
             score=self.score if score is None else score,
             reranked=False,
-            details={**self.details, **details},
+            details={**self.details, **(details or {})},
         )
 
-    def noted(self, **details: Any) -> Entry:
+    def noted(self, details: Mapping[str, Any]) -> Entry:
         """This entry with ``details`` added, nothing else changed."""
         return replace(self, details={**self.details, **details})
 
@@ -311,7 +311,10 @@ def _check_values(raw: Any, n: int, name: str, scale: ScoreScale) -> list[float]
 
 
 def _check_permutation(raw: Any, n: int, name: str) -> list[int]:
-    order = list(raw)
+    try:
+        order = list(raw)
+    except TypeError as exc:
+        raise BackendError(f"ranker {name!r} returned {type(raw).__name__}, not a permutation") from exc
     if any(isinstance(i, bool) or not isinstance(i, numbers.Integral) for i in order) or sorted(
         int(i) for i in order
     ) != list(range(n)):
@@ -396,7 +399,7 @@ class _Leaf(Strategy):
         )
         error = f"{type(exc).__name__}: {exc}"
         return ranking.then(
-            [e.passed(fallback="keep_order", error=error) for e in ranking],
+            [e.passed(details={"fallback": "keep_order", "error": error}) for e in ranking],
             by=self.name,
             scale=self.scale,
             info={"fallback": "keep_order"},
@@ -458,7 +461,7 @@ class ScorerLeaf(_Leaf):
         result = self.checked(result, len(ranking))
         per = result.per_item
         entries = [
-            e.scored(v, **(per[k] if per is not None else {}))
+            e.scored(v, per[k] if per is not None else None)
             for k, (e, v) in enumerate(zip(ranking, result.values, strict=True))
         ]
         order = sorted(range(len(entries)), key=lambda k: -entries[k].score)  # stable: ties keep order
@@ -479,7 +482,7 @@ class RankerLeaf(_Leaf):
         _check_details(result, n, self.name)
         per = result.per_item
         entries = [
-            ranking[i].scored(float(n - pos), **(per[i] if per is not None else {}))
+            ranking[i].scored(float(n - pos), per[i] if per is not None else None)
             for pos, i in enumerate(order)
         ]
         return ranking.then(entries, by=self.name, scale=self.scale, info=result.info)

@@ -80,6 +80,8 @@ class LoopLocal(Generic[_T]):
 
     async def get(self) -> _T:
         loop = asyncio.get_running_loop()
+        for gone in [other for other in self._entries if other.is_closed()]:
+            del self._entries[gone]  # its resource was closed with it; the entry kept the loop alive
         entry = self._entries.get(loop)
         if entry is None:
             value, aclose = self._make()
@@ -262,7 +264,8 @@ def run_sync(coro: Coroutine[Any, Any, _T]) -> _T:
 
 
 _SECRET_PARAMS = re.compile(
-    r"(?i)^(api[-_]?key|key|token|access[-_]?token|auth|authorization|password|passwd|secret|sig|signature|x-api-key)$"
+    r"(?i)^(api[-_]?key|key|token|access[-_]?token|auth|authorization|password|passwd|secret|client[-_]?secret"
+    r"|sig|signature|x-api-key|subscription[-_]?key|code)$"
 )
 
 
@@ -283,9 +286,10 @@ def url_secrets(url: str) -> list[Secret]:
         found.append(parts.password)
     elif parts.username:
         found.append(parts.username)
-    for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
-        if value and _SECRET_PARAMS.match(name):
-            found.append(value)
+    for pair in parts.query.split("&"):
+        raw_name, _, raw_value = pair.partition("=")
+        if raw_value and _SECRET_PARAMS.match(urllib.parse.unquote_plus(raw_name)):
+            found += [raw_value, urllib.parse.unquote_plus(raw_value)]  # as written, and as decoded
     return [Secret(v) for v in found]
 
 
@@ -319,7 +323,12 @@ def redact(text: str, secrets: Sequence[Secret]) -> str:
     """``text`` with every secret (and its URL-encoded form) replaced by ``***``."""
     for secret in sorted({s.get_secret_value() for s in secrets}, key=len, reverse=True):
         if secret:
-            text = text.replace(secret, "***").replace(urllib.parse.quote(secret, safe=""), "***")
+            for form in (
+                secret,
+                urllib.parse.quote(secret, safe=""),
+                urllib.parse.quote_plus(secret, safe=""),
+            ):
+                text = text.replace(form, "***")
     return text
 
 

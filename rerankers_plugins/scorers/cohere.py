@@ -110,6 +110,8 @@ class CohereScorer(BaseScorer):
         self.deadline = check_deadline(deadline)
         self.max_tokens_per_doc = max_tokens_per_doc
         self.max_documents_per_request = max_documents_per_request
+        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
+            raise ConfigError(f"max_concurrency must be a positive int, got {max_concurrency!r}")
         self.max_concurrency = max_concurrency
         self.retry = retry or RetryPolicy()
         self.on_error = check_on_error(on_error)
@@ -123,6 +125,12 @@ class CohereScorer(BaseScorer):
         self._client = client
         self._async_client = async_client
         self._async_clients: LoopLocal[Any] = LoopLocal(self._new_async)
+
+    def __copy__(self) -> CohereScorer:
+        return self  # settings are fixed after construction; the key stays with the one object
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> CohereScorer:
+        return self
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled as its settings, without the key (re-read from ``COHERE_API_KEY`` on load)."""
@@ -191,7 +199,7 @@ class CohereScorer(BaseScorer):
         api_error = self._cohere.core.api_error.ApiError
         if isinstance(exc, api_error):
             status = exc.status_code or 0
-            body = redact(str(exc.body)[:300], self._secrets)
+            body = redact(str(exc.body), self._secrets)[:300]
             msg = f"Cohere rerank answered HTTP {status}: {body}"
             if status == 429 or status >= 500:
                 return TransientError(msg, status=status, retry_after=parse_retry_after(exc.headers))
@@ -201,13 +209,12 @@ class CohereScorer(BaseScorer):
         if isinstance(exc, ValueError):  # malformed JSON or a response the SDK cannot parse
             return BackendError(
                 redact(
-                    f"Cohere rerank answered something unparseable: {type(exc).__name__}: {str(exc)[:200]}",
+                    f"Cohere rerank answered something unparseable: {type(exc).__name__}: {exc}",
                     self._secrets,
-                )
+                )[:300]
             )
-        if isinstance(exc, RuntimeError | OSError):  # e.g. a client used after its event loop closed
-            return BackendError(redact(f"Cohere rerank failed: {type(exc).__name__}: {exc}", self._secrets))
-        return exc
+        # anything else the SDK raises (a client used after its loop closed, an unexpected shape)
+        return BackendError(redact(f"Cohere rerank failed: {type(exc).__name__}: {exc}", self._secrets)[:300])
 
     @contextlib.contextmanager
     def _sdk_errors(self) -> Iterator[None]:
@@ -218,7 +225,7 @@ class CohereScorer(BaseScorer):
             translated = self._translate(exc)
             if translated is exc:
                 raise
-            raise translated from exc
+            raise translated from None  # the SDK's error text carries the unredacted body and headers
 
     def _merge(self, response: Any, n: int) -> list[float]:
         try:

@@ -140,6 +140,12 @@ class RemoteScorer(BaseScorer):
             f"api_key={'set' if self._key else None})"
         )
 
+    def __copy__(self) -> RemoteScorer:
+        return self  # settings are fixed after construction; the key stays with the one object
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> RemoteScorer:
+        return self
+
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled as its settings, without the key (re-read from ``RERANK_API_KEY`` on load)."""
         if url_secrets(self._url.get_secret_value()):
@@ -210,13 +216,13 @@ class RemoteScorer(BaseScorer):
             )
         if status >= 400:
             raise BackendError(
-                f"{self._who} answered HTTP {status}: {redact(response.text[:300], self._secrets)}"
+                f"{self._who} answered HTTP {status}: {redact(response.text, self._secrets)[:300]}"
             )
         try:
             body = response.json()
         except (json.JSONDecodeError, ValueError) as exc:
             raise BackendError(
-                f"{self._who} answered with malformed JSON: {redact(response.text[:200], self._secrets)!r}"
+                f"{self._who} answered with malformed JSON: {redact(response.text, self._secrets)[:200]!r}"
             ) from exc
         try:
             if self.protocol == "tei":
@@ -225,7 +231,7 @@ class RemoteScorer(BaseScorer):
                 pairs = [(r["index"], r["relevance_score"]) for r in body["results"]]
         except (KeyError, TypeError) as exc:
             raise BackendError(
-                f"{self._who} answered in an unexpected shape ({exc!r}): {redact(str(body)[:200], self._secrets)}"
+                f"{self._who} answered in an unexpected shape ({exc!r}): {redact(str(body), self._secrets)[:200]}"
             ) from exc
         return merge_indexed(pairs, n, self._who)
 
@@ -241,9 +247,13 @@ class RemoteScorer(BaseScorer):
             async with bound:
                 try:
                     response = await client.post(self.path, json=self._payload(query, batch))
-                except self._httpx.TransportError as exc:  # timeouts, refused and dropped connections
+                except self._httpx.HTTPError as exc:
                     message = redact(f"{type(exc).__name__}: {exc}", self._secrets)
-                    raise TransientError(f"{self._who}: {message}") from None
+                    if isinstance(
+                        exc, self._httpx.TransportError
+                    ):  # timeouts, refused and dropped connections
+                        raise TransientError(f"{self._who}: {message}") from None
+                    raise BackendError(f"{self._who}: {message}") from None
             return self._parse(response, len(batch))
 
         return await self.retry.acall(once, end=end, who=self._who)

@@ -332,3 +332,23 @@ def test_nothing_mutated_by_a_failing_backend(server):
     server.faults.extend([("status", 500)] * 5)
     rerank(QUERY, cands, make("tei", server.url, on_error="keep_order"))
     assert cands == before
+
+
+def test_keys_with_plus_and_percent_are_redacted():
+    scorer = RemoteScorer("http://127.0.0.1:9/?api_key=abc+def/ghi&subscription-key=x%2By")
+    shown = f"{scorer!r} {scorer.name} {scorer.fingerprint()}"
+    for leaked in ("abc+def", "abc def", "def/ghi", "x%2By", "x+y"):
+        assert leaked not in shown
+
+
+def test_copies_of_a_scorer_keep_their_key(server):
+    scorer = copy.deepcopy(make("tei", server.url))
+    scorer.score(QUERY, DOCS)
+    assert server.requests[-1]["headers"]["Authorization"] == f"Bearer {KEY}"
+
+
+def test_convenience_never_shows_base_url_credentials():
+    from rerankers_plugins.integrations import llama_index as li
+
+    conv = li.RemoteRerank(base_url=f"http://user:{KEY}@127.0.0.1:9")
+    assert KEY not in repr(conv) and KEY not in str(conv.model_dump())

@@ -53,7 +53,9 @@ def test_evaluate_api(beir_dir):
     assert set(fake.metrics) == {"ndcg@10", "mrr@10", "map@100", "recall@5"}
     assert len(fake.latencies_ms) == 3 and fake.p95_ms >= fake.median_ms
     table = report.table()
-    assert table.splitlines()[0].startswith("| pipeline | NDCG@10 | MRR@10 | MAP@100 | RECALL@5 | index s | median ms")
+    assert table.splitlines()[0].startswith(
+        "| pipeline | NDCG@10 | MRR@10 | MAP@100 | RECALL@5 | index s | median ms"
+    )
     assert "| fake | 1.000 |" in table
 
 

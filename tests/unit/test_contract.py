@@ -265,3 +265,33 @@ def test_core_values_are_read_only():
     c = Candidate("x", metadata=caller)
     caller["n"] = 2
     assert c.metadata["n"] == 1  # the candidate holds its own copy
+
+
+def test_hybrid_keeps_a_fallback_signal_exempt_from_thresholds():
+    cands = [Candidate(t, id=t, retrieval_score=float(i)) for i, t in enumerate(TEXTS)]
+    hybrid = Hybrid([Signal(Down(), 0.8, name="api"), Signal("retrieval", 0.2)])
+    ex = explain("q", cands, hybrid, threshold=0.5)
+    assert sorted(s.text for s in ex.kept) == sorted(TEXTS)  # nothing was reranked: nothing is cut
+    assert not any(s.details["reranked"] for s in ex.kept)
+    tail = rerank("q", TEXTS, Hybrid([Signal(Selective(Table(CHEAP), k=2), 1.0)]), threshold=0.99)
+    assert [s.text for s in tail] == ["a", "c", "d", "e"]  # b (min-max 0.0) is cut; the unreranked tail stays
+
+
+def test_detail_keys_that_shadow_arguments_are_kept():
+    class Detailed(BaseScorer):
+        scale, name = ScoreScale.PROBABILITY, "detailed"
+
+        def score_details(self, query, texts):
+            from rerankers_plugins.scorers.base import ScoreResult
+
+            return ScoreResult(
+                values=[0.5] * len(texts), per_item=[{"score": "raw", "details": 1}] * len(texts)
+            )
+
+    out = rerank("q", ["a"], Detailed())
+    assert out[0].score == 0.5  # the entry's own score; a backend's detail named "score" is overridden by it
+
+
+def test_non_finite_retrieval_scores_are_refused():
+    with pytest.raises(ValueError, match="finite"):
+        Candidate("x", retrieval_score=float("nan"))
