@@ -66,7 +66,6 @@ def _as_candidates(candidates: Sequence[CandidateLike]) -> list[Candidate]:
 class _Plan:
     query: str
     strategy: Strategy
-    start: Ranking  # every candidate, first-stage order
     todo: Ranking  # what goes to the strategy (after skip_empty)
     top_n: int | None
     threshold: float | None
@@ -93,7 +92,7 @@ def _plan(
         todo = start.then([e for e in start if e.text.strip()], by="skip_empty", default_reason="empty text")
         if todo.dropped:
             logger.info("skip_empty: %d empty candidate(s) left out of the ranking", len(todo.dropped))
-    return _Plan(query, strategy, start, todo, n, t)
+    return _Plan(query, strategy, todo, n, t)
 
 
 def _adopt(plan: _Plan, out: Ranking) -> Ranking:
