@@ -44,11 +44,10 @@ def tune_weight(
     from ranx import Run, evaluate
 
     from rerankers_plugins.ops.fusion import minmax, weighted_sum
-    from rerankers_plugins.pipeline.rerank import score_with
 
     signals = {}
     for q, text in queries.items():
-        maxsim = list(score_with(colbert, text, first[q]).values)
+        maxsim = colbert.score(text, [c.text for c in first[q]])
         bm25 = [float(c.retrieval_score or 0.0) for c in first[q]]
         signals[q] = (minmax(maxsim), minmax(bm25))
     best = (0.0, -1.0)

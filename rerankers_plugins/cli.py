@@ -74,7 +74,7 @@ def _build_scorer(args: argparse.Namespace) -> Scorer:
 
     if args.model is None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        return BiEncoderScorer(packaged_minilm_path(), dtype=args.dtype)
+        return BiEncoderScorer("minilm", dtype=args.dtype)
     if args.bi_encoder:
         return BiEncoderScorer(args.model, dtype=args.dtype)
     return CrossEncoderScorer(args.model, dtype=args.dtype)
