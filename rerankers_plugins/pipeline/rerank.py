@@ -163,9 +163,39 @@ class Explained:
     dropped: list[Scored]
 
 
-def _explained(plan: _Plan, out: Ranking) -> Explained:
-    out = _cut(plan, _adopt(plan, out))
-    return Explained(_scored(plan, out, out.entries), _scored(plan, out, out.dropped))
+def _ranked(
+    query: str,
+    candidates: Sequence[CandidateLike],
+    scorer: ScorerLike,
+    top_n: Any,
+    threshold: Any,
+    skip_empty: bool,
+) -> tuple[_Plan, Ranking]:
+    """The final ranking (strategy run, checked, then threshold and top_n) and its plan."""
+    plan = _plan(query, candidates, scorer, top_n, threshold, skip_empty)
+    out = (
+        plan.strategy.run(plan.query, plan.todo.sub(plan.todo.entries))
+        if plan.todo.entries
+        else plan.todo.sub([])
+    )
+    return plan, _cut(plan, _adopt(plan, out))
+
+
+async def _aranked(
+    query: str,
+    candidates: Sequence[CandidateLike],
+    scorer: ScorerLike,
+    top_n: Any,
+    threshold: Any,
+    skip_empty: bool,
+) -> tuple[_Plan, Ranking]:
+    """Async :func:`_ranked`."""
+    plan = _plan(query, candidates, scorer, top_n, threshold, skip_empty)
+    if plan.todo.entries:
+        out = await plan.strategy.arun(plan.query, plan.todo.sub(plan.todo.entries))
+    else:
+        out = plan.todo.sub([])
+    return plan, _cut(plan, _adopt(plan, out))
 
 
 def explain(
@@ -184,10 +214,8 @@ def explain(
     >>> [s.text for s in ex.kept], [(s.text, s.details["dropped_by"]) for s in ex.dropped]
     (['red apple pie'], [('apple', 'top_n'), ('banana', 'top_n')])
     """
-    plan = _plan(query, candidates, scorer, top_n, threshold, skip_empty)
-    if not plan.todo.entries:
-        return _explained(plan, plan.todo.sub([]))
-    return _explained(plan, plan.strategy.run(plan.query, plan.todo.sub(plan.todo.entries)))
+    plan, out = _ranked(query, candidates, scorer, top_n, threshold, skip_empty)
+    return Explained(_scored(plan, out, out.entries), _scored(plan, out, out.dropped))
 
 
 async def aexplain(
@@ -200,10 +228,8 @@ async def aexplain(
     skip_empty: bool = False,
 ) -> Explained:
     """Async :func:`explain`."""
-    plan = _plan(query, candidates, scorer, top_n, threshold, skip_empty)
-    if not plan.todo.entries:
-        return _explained(plan, plan.todo.sub([]))
-    return _explained(plan, await plan.strategy.arun(plan.query, plan.todo.sub(plan.todo.entries)))
+    plan, out = await _aranked(query, candidates, scorer, top_n, threshold, skip_empty)
+    return Explained(_scored(plan, out, out.entries), _scored(plan, out, out.dropped))
 
 
 def rerank(
@@ -230,7 +256,8 @@ def rerank(
         ...                         threshold=0.5)]
         ['red apple pie', 'apple']
     """
-    return explain(query, candidates, scorer, top_n=top_n, threshold=threshold, skip_empty=skip_empty).kept
+    plan, out = _ranked(query, candidates, scorer, top_n, threshold, skip_empty)
+    return _scored(plan, out, out.entries)  # the dropped need no Scored objects here
 
 
 async def arerank(
@@ -244,5 +271,5 @@ async def arerank(
 ) -> list[Scored]:
     """Async :func:`rerank`: backends with a native async client use it; model compute runs in a
     worker thread, so the event loop is never blocked."""
-    ex = await aexplain(query, candidates, scorer, top_n=top_n, threshold=threshold, skip_empty=skip_empty)
-    return ex.kept
+    plan, out = await _aranked(query, candidates, scorer, top_n, threshold, skip_empty)
+    return _scored(plan, out, out.entries)

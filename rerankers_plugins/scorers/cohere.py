@@ -194,7 +194,7 @@ class CohereScorer(BaseScorer):
             kw["max_tokens_per_doc"] = self.max_tokens_per_doc
         return kw
 
-    def _translate(self, exc: Exception) -> Exception:
+    def _translate(self, exc: Exception) -> BackendError:
         """SDK and transport errors -> TransientError (retried) or BackendError; the key is never included."""
         api_error = self._cohere.core.api_error.ApiError
         if isinstance(exc, api_error):
@@ -218,14 +218,12 @@ class CohereScorer(BaseScorer):
 
     @contextlib.contextmanager
     def _sdk_errors(self) -> Iterator[None]:
-        """Re-raise what the SDK raises as :meth:`_translate` says (unknown errors unchanged)."""
+        """Re-raise what the SDK raises as :meth:`_translate` says: always a ``BackendError``."""
         try:
             yield
         except Exception as exc:
-            translated = self._translate(exc)
-            if translated is exc:
-                raise
-            raise translated from None  # the SDK's error text carries the unredacted body and headers
+            # not chained: the SDK's error text carries the unredacted body and headers
+            raise self._translate(exc) from None
 
     def _merge(self, response: Any, n: int) -> list[float]:
         try:
