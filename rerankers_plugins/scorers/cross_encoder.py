@@ -68,8 +68,8 @@ class CrossEncoderScorer(BaseScorer):
         max_length: token window for query + text; longer pairs are truncated (warned once).
             ``None`` uses the model's own limit.
         batch_size: pairs per forward pass.
-        dtype: ``"auto"`` (bfloat16 on CUDA with bf16 and on CPUs with AMX / AVX512-BF16, else
-            float32), ``"float32"``, ``"bfloat16"`` or ``"float16"`` (CUDA only).
+        dtype: ``"auto"`` (bfloat16 on CUDA with bf16, on CPUs with AMX-BF16, and on CPUs with
+            AVX512-BF16 where a one-off probe finds it faster; else float32), ``"float32"``, ``"bfloat16"`` or ``"float16"`` (CUDA only).
         activation: ``"sigmoid"`` (default) maps a one-label model's logit to 0..1, scale
             PROBABILITY; for a two-label model it is the softmax probability of label 1. ``None``
             returns raw logits (two-label: logit difference), scale LOGIT.
