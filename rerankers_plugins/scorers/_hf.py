@@ -11,6 +11,8 @@ import functools
 import logging
 import os
 import socket
+import statistics
+import time
 import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -57,8 +59,6 @@ def cpu_flags() -> frozenset[str]:
 def _bf16_matmul_speedup() -> float:
     """float32 time / bfloat16 time of a cross-encoder-sized linear layer (512 tokens, 384 -> 1536),
     median of 5 after a warm-up, on the current thread count."""
-    import time
-
     torch = require("torch", "cross-encoder")
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(512, 384, generator=gen)
@@ -73,7 +73,7 @@ def _bf16_matmul_speedup() -> float:
                 t0 = time.perf_counter()
                 torch.nn.functional.linear(xd, wd)
                 runs.append(time.perf_counter() - t0)
-            times[dtype] = sorted(runs)[2]
+            times[dtype] = statistics.median(runs)
     return times[torch.float32] / max(times[torch.bfloat16], 1e-9)
 
 

@@ -26,13 +26,15 @@ def _cpu(monkeypatch, flags, speedup=None):
 
 
 def test_amx_picks_bf16_without_probing(monkeypatch):
+    torch = pytest.importorskip("torch")
     _cpu(monkeypatch, {"avx512f", "amx_bf16", "avx512_bf16"})
-    assert _hf.resolve_dtype("auto", "cpu") is __import__("torch").bfloat16
+    assert _hf.resolve_dtype("auto", "cpu") is torch.bfloat16
 
 
 def test_no_bf16_instructions_keeps_float32_without_probing(monkeypatch):
+    torch = pytest.importorskip("torch")
     _cpu(monkeypatch, {"avx2", "fma"})
-    assert _hf.resolve_dtype("auto", "cpu") is __import__("torch").float32
+    assert _hf.resolve_dtype("auto", "cpu") is torch.float32
 
 
 @pytest.mark.parametrize(("speedup", "expected"), [(0.6, "float32"), (1.1, "float32"), (1.5, "bfloat16")])
