@@ -137,6 +137,10 @@ class CrossEncoderFields(_LocalFields):
     activation: Literal["sigmoid"] | None = Field(
         default="sigmoid", description="sigmoid: scores 0..1 (PROBABILITY); None: raw logits (LOGIT)."
     )
+    backend: Literal["torch", "onnx", "onnx-int8"] = Field(
+        default="torch",
+        description="torch; or ONNX Runtime on CPU: onnx (float32), onnx-int8 (int8, the onnx extra).",
+    )
 
 
 class BiEncoderFields(_LocalFields):

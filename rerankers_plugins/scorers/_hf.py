@@ -145,10 +145,31 @@ def resolve_dtype(dtype: str, device: str) -> Any:
     return getattr(torch, dtype)
 
 
-def resolve_max_batch_tokens(value: int | str | None, device: str) -> int | None:
-    """``"auto"`` -> 1024 padded tokens per batch on CPU, no cap elsewhere; ints are checked."""
+#: padded tokens per forward pass per CPU thread under ``max_batch_tokens="auto"``
+CPU_BATCH_TOKENS_PER_THREAD = 1024
+
+
+def resolve_max_batch_tokens(
+    value: int | str | None, device: str, *, dtype: Any = None, threads: int = 1
+) -> int | None:
+    """``"auto"`` -> a cap on padded tokens per batch chosen by device and thread count; ints are checked.
+
+    On CPU the cap is ``CPU_BATCH_TOKENS_PER_THREAD`` x threads (at most 8192): one thread runs
+    small batches fastest (less memory traffic per token; measured on 100 SciFact pairs), while
+    each added thread needs work of its own or it idles (a 1024-token batch at 512 tokens a pair
+    holds two pairs, too few rows for two threads to split the matrix products well). Accelerators
+    get no cap. ``dtype`` is accepted for policies that differ by precision; today the measured
+    optimum was the same for float32 and int8, and bfloat16 follows the same rule.
+
+        >>> resolve_max_batch_tokens("auto", "cpu", threads=2)
+        2048
+        >>> resolve_max_batch_tokens("auto", "cuda") is None
+        True
+    """
     if value == "auto":
-        return 1024 if device == "cpu" else None
+        if device != "cpu":
+            return None
+        return min(CPU_BATCH_TOKENS_PER_THREAD * max(1, int(threads)), 8192)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -44,7 +44,10 @@ def test_token_budget_batches_give_the_same_scores(tiny_ce_dir, tiny_ce, passage
     tight = CrossEncoderScorer(str(tiny_ce_dir), dtype="float32", max_batch_tokens=40)
     assert tight.max_batch_tokens == 40
     np.testing.assert_allclose(tight.score(QUERY, texts), tiny_ce.score(QUERY, texts), atol=1e-5)
-    assert tiny_ce.max_batch_tokens == 1024  # "auto" on CPU
+    import torch
+
+    # "auto" on CPU: 1024 padded tokens per thread
+    assert tiny_ce.max_batch_tokens == min(1024 * torch.get_num_threads(), 8192)
     with pytest.raises(ConfigError, match="max_batch_tokens"):
         CrossEncoderScorer(str(tiny_ce_dir), max_batch_tokens=0)
 
@@ -148,3 +151,43 @@ def test_cuda_auto_dtype_and_parity(tiny_ce_dir, tiny_ce, passages):
     np.testing.assert_allclose(gpu.score(QUERY, passages), tiny_ce.score(QUERY, passages), atol=2e-2)
     gpu32 = CrossEncoderScorer(str(tiny_ce_dir), dtype="float32", device="cuda")
     np.testing.assert_allclose(gpu32.score(QUERY, passages), tiny_ce.score(QUERY, passages), atol=1e-4)
+
+
+def test_features_are_those_sentence_transformers_builds(tiny_ce_dir, tiny_ce, passages):
+    """Tokenized once and padded by us, each batch is exactly what CrossEncoder.preprocess makes,
+    truncation included."""
+    texts = [*varied(passages), " ".join(["retrieval"] * 400)]
+    rows, over = tiny_ce._encode(QUERY, texts)
+    assert over == 1
+    ref_model = CrossEncoder(str(tiny_ce_dir))
+    for batch in ([0, 1, 2], [8], [3, 8, 7], list(range(len(texts)))):
+        ours = tiny_ce._collate(rows, batch)
+        ref = ref_model.preprocess([(QUERY, texts[i]) for i in batch])
+        assert set(ours) == {k for k in ref if k != "modality"}
+        for key, value in ours.items():
+            np.testing.assert_array_equal(value, ref[key].numpy(), err_msg=key)
+
+
+def test_each_call_tokenizes_its_pairs_once(tiny_ce_dir, passages):
+    scorer = CrossEncoderScorer(str(tiny_ce_dir), dtype="float32", batch_size=2)
+    tokenizer = scorer._tokenizer
+    calls = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(tokenizer, name)
+
+        def __call__(self, *args, **kwargs):
+            calls.append(len(args[0]))
+            return tokenizer(*args, **kwargs)
+
+    scorer._tokenizer = Counting()
+    scores = scorer.score(QUERY, passages)  # three batches of two
+    assert calls == [len(passages)]
+    scorer._tokenizer = tokenizer
+    np.testing.assert_allclose(scores, scorer.score(QUERY, passages), atol=1e-6)
+
+
+def test_warmup_changes_nothing_but_when_the_cost_is_paid(tiny_ce_dir, tiny_ce, passages):
+    cold = CrossEncoderScorer(str(tiny_ce_dir), dtype="float32", warmup=False)
+    np.testing.assert_allclose(cold.score(QUERY, passages), tiny_ce.score(QUERY, passages), atol=1e-6)

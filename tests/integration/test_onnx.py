@@ -1,0 +1,94 @@
+"""CrossEncoderScorer(backend="onnx" | "onnx-int8"): ONNX Runtime over the same tiny checkpoint."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from rerankers_plugins import ConfigError, CrossEncoderScorer, ScoreScale, rerank
+from rerankers_plugins.integrations.langchain import CrossEncoderRerank
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+QUERY = "where do cats sit"
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx-cache")
+    old = os.environ.get("RERANKERS_CACHE")
+    os.environ["RERANKERS_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("RERANKERS_CACHE", None)
+    else:
+        os.environ["RERANKERS_CACHE"] = old
+
+
+def texts(passages):
+    return [*passages, "cat " * 60, "", "dog mat " * 12, " ".join(["retrieval"] * 300)]
+
+
+def test_onnx_float32_matches_torch(onnx_cache, tiny_ce_dir, tiny_ce, passages):
+    scorer = CrossEncoderScorer(str(tiny_ce_dir), backend="onnx", batch_size=3)
+    assert scorer.backend == "onnx" and "backend='onnx'" in repr(scorer)
+    assert scorer._onnx is not None and scorer._onnx.path.is_relative_to(onnx_cache)
+    np.testing.assert_allclose(
+        scorer.score(QUERY, texts(passages)), tiny_ce.score(QUERY, texts(passages)), atol=1e-5
+    )
+
+
+def test_onnx_int8_is_close_and_keeps_the_order(onnx_cache, tiny_ce_dir, passages):
+    raw32 = CrossEncoderScorer(str(tiny_ce_dir), dtype="float32", activation=None)
+    raw8 = CrossEncoderScorer(str(tiny_ce_dir), backend="onnx-int8", activation=None)
+    assert raw8.scale is ScoreScale.LOGIT
+    a, b = np.array(raw32.score(QUERY, texts(passages))), np.array(raw8.score(QUERY, texts(passages)))
+    spread = a.max() - a.min()
+    assert not np.allclose(a, b, atol=1e-7), "int8 should not be bit-identical to float32"
+    print("int8 vs float32: max diff / spread", np.abs(a - b).max() / spread, "corr", np.corrcoef(a, b)[0, 1])
+    # a 32-wide random model is the hardest case for int8 (real models: see benchmarks/speed.py);
+    # still, the quantised graph must be this model, not something else
+    assert np.abs(a - b).max() < 0.3 * spread
+    assert np.corrcoef(a, b)[0, 1] > 0.9
+    probs = CrossEncoderScorer(str(tiny_ce_dir), backend="onnx-int8").score(QUERY, texts(passages))
+    np.testing.assert_allclose(probs, 1 / (1 + np.exp(-b)), atol=1e-6)
+
+
+def test_export_is_cached_on_disk(onnx_cache, tiny_ce_dir, passages):
+    first = CrossEncoderScorer(str(tiny_ce_dir), backend="onnx-int8")
+    path = first._onnx.path
+    stamp = path.stat().st_mtime_ns
+    again = CrossEncoderScorer(str(tiny_ce_dir), backend="onnx-int8")
+    assert again._onnx.path == path and path.stat().st_mtime_ns == stamp
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no half-built leftovers
+    assert first.score(QUERY, passages) == again.score(QUERY, passages)
+    # float32 and int8 never share a cache entry, here or in CachedScorer keys
+    assert CrossEncoderScorer(str(tiny_ce_dir), backend="onnx")._onnx.path != path
+    assert first.fingerprint()["backend"] == "onnx-int8"
+    assert "backend" not in CrossEncoderScorer(str(tiny_ce_dir), dtype="float32").fingerprint()
+
+
+def test_onnx_backend_in_rerank_and_the_langchain_convenience(onnx_cache, tiny_ce_dir, passages):
+    from langchain_core.documents import Document
+
+    scorer = CrossEncoderScorer(str(tiny_ce_dir), backend="onnx")
+    out = rerank(QUERY, passages, scorer, top_n=3)
+    assert len(out) == 3 and out[0].score >= out[1].score >= out[2].score
+    compressor = CrossEncoderRerank(model=str(tiny_ce_dir), backend="onnx", top_n=3)
+    docs = compressor.compress_documents([Document(page_content=p) for p in passages], QUERY)
+    assert [d.page_content for d in docs] == [s.candidate.text for s in out]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"backend": "tensorrt"}, "backend must be one of"),
+        ({"backend": "onnx", "dtype": "bfloat16"}, "sets its own precision"),
+    ],
+)
+def test_bad_backend_options(tiny_ce_dir, kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        CrossEncoderScorer(str(tiny_ce_dir), **kwargs)
