@@ -34,7 +34,8 @@ DEFAULT_QUERY = "When did humans first walk on another world?"
 
 def demo_data_dir() -> str:
     """The demo evaluation collection shipped with the package, in BEIR format: the 40-passage demo
-    corpus, 20 queries and graded judgments (``qrels/test.tsv``). ``rerankers-plugins eval --demo``
+    corpus, 20 test queries with graded judgments (``qrels/test.tsv``) and 20 other queries for
+    training (``qrels/train.tsv``; ``rerankers-plugins train --demo``). ``rerankers-plugins eval --demo``
     and the evaluation notebook use it; it needs nothing outside the package."""
     return str(resources.files("rerankers_plugins").joinpath("data/demo_beir"))
 
@@ -243,7 +244,99 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=eval_command)
+    t = sub.add_parser(
+        "train",
+        help="fine-tune a cross-encoder on a BEIR-format directory (qrels/<split>.tsv, hard negatives)",
+    )
+    t.add_argument(
+        "data_dir", nargs="?", help="directory with corpus.jsonl, queries.jsonl, qrels/<split>.tsv"
+    )
+    t.add_argument(
+        "--demo",
+        action="store_true",
+        help="train on the small collection shipped with the package (its train split: 20 queries)",
+    )
+    t.add_argument(
+        "--base", required=True, help="encoder or one-label cross-encoder: Hub id, directory or 'minilm'"
+    )
+    t.add_argument("--out", required=True, help="new (or empty) directory for the trained model")
+    t.add_argument("--split", default="train", help="qrels split to train on (default train)")
+    t.add_argument(
+        "--negatives",
+        default="bm25",
+        metavar="bm25|bi-encoder|PIPELINE",
+        help="first stage for hard negatives: bm25 (default), bi-encoder (--negatives-model over the "
+        "corpus), or a pipeline KIND[:k=v,...] / FILE.toml#NAME reranking BM25's top 100",
+    )
+    t.add_argument("--negatives-model", default="minilm", help="bi-encoder for --negatives bi-encoder")
+    t.add_argument("--per-query", type=int, default=8, help="hard negatives per query (default 8)")
+    t.add_argument("--depth", type=int, default=30, help="negatives are drawn from this many top candidates")
+    t.add_argument("--epochs", type=float, default=1.0)
+    t.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    t.add_argument("--max-length", type=int, default=256, help="token window of (query, document) pairs")
+    t.add_argument("--loss", default="bce", choices=["bce", "listwise", "margin-mse"])
+    t.add_argument("--teacher", default=None, metavar="PIPELINE", help="teacher for --loss margin-mse")
+    t.add_argument(
+        "--dev-split", default=None, help="qrels split for dev metrics (default: carve from train)"
+    )
+    t.add_argument("--dev-fraction", type=float, default=0.1, help="share of train queries held out as dev")
+    t.add_argument("--dev-depth", type=int, default=100, help="BM25 candidates reranked per dev query")
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--lr", type=float, default=2e-5, help="learning rate (default 2e-5)")
+    t.add_argument("--save-steps", type=int, default=200, help="checkpoint every N steps (resume point)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default=None)
+    t.add_argument("--overwrite", action="store_true", help="replace a finished model in --out")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t.set_defaults(func=train_command)
     return parser
+
+
+def train_command(args: argparse.Namespace) -> int:
+    require("datasets", "train")
+    from rerankers_plugins.train import fine_tune
+
+    if args.demo == bool(args.data_dir):
+        print("error: give a BEIR directory or --demo (one of them)", file=sys.stderr)
+        return 2
+    result = fine_tune(
+        demo_data_dir() if args.demo else args.data_dir,
+        args.base,
+        args.out,
+        split=args.split,
+        negatives=args.negatives,
+        negatives_model=args.negatives_model,
+        per_query=args.per_query,
+        depth=args.depth,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        max_length=args.max_length,
+        loss=args.loss,
+        teacher=args.teacher,
+        dev_split=args.dev_split,
+        dev_fraction=args.dev_fraction,
+        dev_depth=args.dev_depth,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        save_steps=args.save_steps,
+        seed=args.seed,
+        device=args.device,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    print(
+        f"trained {result.loss} cross-encoder from {result.base}: {result.steps} steps in {result.seconds:.0f} s"
+    )
+    print(
+        f"queries: {result.train_queries} trained on, {result.dev_queries} dev, "
+        f"{result.skipped_queries} skipped (no positive); {result.training_rows} training rows"
+    )
+    if result.resumed_from:
+        print(f"resumed from {result.resumed_from}")
+    for name, value in result.dev_metrics.items():
+        print(f"dev {name}: {value:.4f}")
+    print(f"model: {result.output_dir}  (CrossEncoderScorer({result.output_dir!r}); model card README.md)")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

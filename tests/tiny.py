@@ -136,6 +136,21 @@ def build_cross_encoder(directory: Path, *, num_labels: int = 1, seed: int = 0, 
     return directory
 
 
+def build_encoder(directory: Path, *, seed: int = 0, max_len: int = 128) -> Path:
+    """A 2-layer, hidden-32 BertModel (no head): the base a cross-encoder is trained from."""
+    import torch
+    from transformers import BertModel
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tok = _tokenizer(directory, max_len)
+    torch.manual_seed(seed)
+    config = _config(len(tok))
+    config.architectures = ["BertModel"]
+    BertModel(config).save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory
+
+
 def build_bi_encoder(directory: Path, *, seed: int = 0, max_len: int = 128) -> Path:
     """A 2-layer, hidden-32 BERT with mean pooling, saved as a sentence-transformers model."""
     import torch

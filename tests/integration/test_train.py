@@ -1,0 +1,257 @@
+"""`rerankers-plugins train` / fine_tune: a tiny BERT trained on a tiny BEIR folder written here."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("datasets")
+pytest.importorskip("sentence_transformers")
+pytest.importorskip("bm25s")
+
+from tiny import build_encoder
+from transformers import TrainerCallback
+
+from rerankers_plugins import ConfigError, CrossEncoderScorer, rerank
+from rerankers_plugins.eval.beir import load_beir
+from rerankers_plugins.train import fine_tune, first_stage, mine_negatives
+
+TOPICS = {
+    "cat": ["the cat sat on the mat", "cats sat on the red mat", "the dog sat in the river"],
+    "bank": ["the bank rate of interest on a loan", "money in the bank", "the river bank is green"],
+    "paris": ["paris is the capital city of france", "people live in paris", "berlin is a city"],
+    "berlin": ["berlin is the capital of germany", "the population of berlin", "paris museum day"],
+    "apple": ["the red apple is a fruit", "apple pie with fruit", "green tree in the day"],
+    "cancer": ["cancer risk in patients", "vitamin and cancer study", "blood of patients"],
+    "gene": ["the gene and protein of the cell", "genes in cells", "the brain and the heart"],
+    "heart": ["blood and the heart of patients", "heart study", "the brain study"],
+}
+QUERIES = {
+    "q-cat": ("where do cats sit", "cat-0"),
+    "q-cat2": ("the cat on the mat", "cat-1"),
+    "q-bank": ("interest rate of a bank loan", "bank-0"),
+    "q-bank2": ("money in a bank", "bank-1"),
+    "q-paris": ("capital of france", "paris-0"),
+    "q-paris2": ("who lives in paris", "paris-1"),
+    "q-berlin": ("capital of germany", "berlin-0"),
+    "q-berlin2": ("population of berlin", "berlin-1"),
+    "q-apple": ("red apple fruit", "apple-0"),
+    "q-apple2": ("apple pie", "apple-1"),
+    "q-cancer": ("cancer risk", "cancer-0"),
+    "q-gene": ("gene protein cell", "gene-0"),
+    "q-heart": ("heart and blood", "heart-0"),
+}
+
+
+def write_beir(root: Path, *, extra_qrels: str = "", dev: bool = False) -> Path:
+    (root / "qrels").mkdir(parents=True, exist_ok=True)
+    with (root / "corpus.jsonl").open("w") as f:
+        for topic, texts in TOPICS.items():
+            for i, text in enumerate(texts):
+                f.write(json.dumps({"_id": f"{topic}-{i}", "title": "", "text": text}) + "\n")
+    with (root / "queries.jsonl").open("w") as f:
+        for qid, (text, _) in QUERIES.items():
+            f.write(json.dumps({"_id": qid, "text": text}) + "\n")
+        f.write(json.dumps({"_id": "q-none", "text": "what is a museum"}) + "\n")
+    lines = ["query-id\tcorpus-id\tscore"]
+    lines += [f"{qid}\t{doc}\t1" for qid, (_, doc) in QUERIES.items() if not (dev and qid == "q-heart")]
+    lines.append("q-none\tparis-2\t0")  # judged, but no positive: skipped and counted
+    (root / "qrels" / "train.tsv").write_text("\n".join(lines) + "\n" + extra_qrels)
+    if dev:
+        (root / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\nq-heart\theart-0\t1\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def beir(tmp_path_factory) -> Path:
+    return write_beir(tmp_path_factory.mktemp("beir"))
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory) -> Path:
+    return build_encoder(tmp_path_factory.mktemp("tiny-encoder"))
+
+
+FAST = {
+    "per_query": 2,
+    "depth": 4,
+    "batch_size": 8,
+    "learning_rate": 3e-3,
+    "warmup_ratio": 0.0,
+    "dev_depth": 10,
+    "progress": False,
+}
+
+
+@pytest.fixture(scope="module")
+def trained(beir, encoder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "bce"
+    return out, fine_tune(beir, str(encoder), out, max_steps=150, save_steps=1000, dev_fraction=0.2, **FAST)
+
+
+def test_bce_training_lowers_the_loss_and_saves_a_loadable_model(beir, trained):
+    out, result = trained
+    assert result.steps == 150 and result.loss == "bce"
+    history = json.loads((out / "training.json").read_text())["loss_history"]
+    assert len(history) >= 6
+    assert sum(history[-3:]) / 3 < 0.75 * (sum(history[:3]) / 3)
+    assert result.skipped_queries == 1  # q-none
+    assert result.train_queries + result.dev_queries == len(QUERIES)
+    assert result.dev_queries == round(len(QUERIES) * 0.2)
+    assert {"model_ndcg@10", "bm25_ndcg@10", "model_mrr@10"} <= set(result.dev_metrics)
+    card = (out / "README.md").read_text()
+    assert str(result.base) in card and "| loss | bce |" in card and "| steps | 150 |" in card
+    assert not (out / ".training").exists(), "checkpoints and rows are removed after a finished run"
+
+    # every training query's known positive now outranks the negatives mined for it
+    scorer = CrossEncoderScorer(str(out))
+    data = load_beir(beir, "train")
+    assert len(result.dev_query_ids) == result.dev_queries
+    train = {q: data.queries[q] for q in data.queries if q in QUERIES and q not in result.dev_query_ids}
+    mined = dict(mine_negatives(train, data.qrels, first_stage("bm25", data.corpus), per_query=2, depth=4))
+    texts = {str(c.id): c for c in data.corpus}
+    wins = []
+    for qid, negatives in mined.items():
+        positive = texts[QUERIES[qid][1]]
+        ranked = rerank(train[qid], [positive, *negatives], scorer)
+        wins.append(ranked[0].candidate.id == positive.id)
+    assert sum(wins) >= 0.9 * len(wins), (wins, history)
+
+
+def test_the_trained_directory_drops_into_the_adapters(trained):
+    from langchain_core.documents import Document
+
+    from rerankers_plugins.integrations.langchain import CrossEncoderRerank
+    from rerankers_plugins.integrations.llama_index import CrossEncoderRerank as LICrossEncoderRerank
+
+    out, _ = trained
+    docs = [Document(page_content=t) for t in TOPICS["cat"]]
+    lc = CrossEncoderRerank(model=str(out), top_n=1).compress_documents(docs, "where do cats sit")
+    from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+
+    nodes = [NodeWithScore(node=TextNode(text=t)) for t in TOPICS["cat"]]
+    li = LICrossEncoderRerank(model=str(out), top_n=1).postprocess_nodes(
+        nodes, QueryBundle("where do cats sit")
+    )
+    assert lc[0].page_content == li[0].node.get_content() == TOPICS["cat"][0]
+
+
+def test_mined_negatives_exclude_positives_and_are_deterministic(beir):
+    data = load_beir(beir, "train")
+    stage = first_stage("bm25", data.corpus)
+    mined = dict(mine_negatives(data.queries, data.qrels, stage, per_query=3, depth=6, seed=1))
+    assert set(mined) == set(data.queries)
+    for qid, negs in mined.items():
+        positives = {d for d, g in data.qrels[qid].items() if g > 0}
+        ids = [str(c.id) for c in negs]
+        assert not positives & set(ids)
+        assert len(ids) == len(set(ids)) <= 3
+    again = dict(mine_negatives(data.queries, data.qrels, stage, per_query=3, depth=6, seed=1))
+    assert {q: [c.id for c in v] for q, v in again.items()} == {
+        q: [c.id for c in v] for q, v in mined.items()
+    }
+    # a query's draw does not depend on which other queries are mined with it
+    subset = {q: data.queries[q] for q in ("q-bank", "q-gene")}
+    alone = dict(mine_negatives(subset, data.qrels, stage, per_query=3, depth=6, seed=1))
+    assert [c.id for c in alone["q-gene"]] == [c.id for c in mined["q-gene"]]
+    one, two = (
+        dict(mine_negatives(data.queries, data.qrels, stage, per_query=2, depth=8, seed=s)) for s in (1, 2)
+    )
+    assert any([c.id for c in one[q]] != [c.id for c in two[q]] for q in one), "the seed changes the draw"
+
+
+class Interrupt(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 7:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(beir, encoder, tmp_path, caplog):
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        fine_tune(beir, str(encoder), out, max_steps=10, save_steps=5, callbacks=[Interrupt()], **FAST)
+    assert (out / ".training" / "checkpoints" / "checkpoint-5").is_dir()
+    assert not (out / "training.json").exists()
+    with caplog.at_level(logging.WARNING):
+        result = fine_tune(beir, str(encoder), out, max_steps=10, save_steps=5, **FAST)
+    assert result.resumed_from == "checkpoint-5" and result.steps == 10
+    assert any("resuming" in r.getMessage() for r in caplog.records)
+    assert CrossEncoderScorer(str(out)).score("where do cats sit", ["the cat sat on the mat"])
+
+
+@pytest.mark.parametrize("loss", ["listwise", "margin-mse"])
+def test_listwise_and_distillation_losses_train(beir, encoder, tmp_path, loss):
+    teacher = "bm25" if loss == "margin-mse" else None
+    result = fine_tune(beir, str(encoder), tmp_path / loss, max_steps=4, loss=loss, teacher=teacher, **FAST)
+    assert result.steps == 4 and result.training_rows > 0
+    assert result.first_loss is not None
+    assert CrossEncoderScorer(str(tmp_path / loss)).score("capital of france", ["paris is the capital"])
+
+
+def test_a_dev_split_file_is_held_out(tmp_path, encoder):
+    root = write_beir(tmp_path / "beir", dev=True)
+    result = fine_tune(root, str(encoder), tmp_path / "out", max_steps=2, dev_split="dev", **FAST)
+    assert result.dev_queries == 1 and result.train_queries == len(QUERIES) - 1
+
+
+def test_bad_input_is_refused_clearly(beir, encoder, tmp_path, trained):
+    with pytest.raises(ConfigError, match=r"split 'dev' not found.*splits here: train"):
+        fine_tune(beir, str(encoder), tmp_path / "a", split="dev", **FAST)
+    bad = write_beir(tmp_path / "bad", extra_qrels="q-cat\tghost-1\t1\nq-cat\tghost-2\t1\n")
+    with pytest.raises(ConfigError, match=r"2 document\(s\) not in corpus.jsonl.*'ghost-1', 'ghost-2'"):
+        fine_tune(bad, str(encoder), tmp_path / "b", **FAST)
+    from transformers import GPT2Config
+
+    decoder = tmp_path / "gpt2"
+    GPT2Config(n_layer=1, n_embd=32, n_head=2, architectures=["GPT2LMHeadModel"]).save_pretrained(decoder)
+    with pytest.raises(ConfigError, match="is not an encoder"):
+        fine_tune(beir, str(decoder), tmp_path / "c", **FAST)
+    with pytest.raises(ConfigError, match=r"margin-mse.*teacher"):
+        fine_tune(beir, str(encoder), tmp_path / "d", loss="margin-mse", **FAST)
+    out, _ = trained
+    with pytest.raises(ConfigError, match=r"already holds a trained model.*overwrite"):
+        fine_tune(beir, str(encoder), out, **FAST)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="holds other files"):
+        fine_tune(beir, str(encoder), tmp_path / "mine", overwrite=True, **FAST)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_overwrite_replaces_a_finished_model(beir, encoder, tmp_path):
+    out = tmp_path / "run"
+    fine_tune(beir, str(encoder), out, max_steps=2, **FAST)
+    result = fine_tune(beir, str(encoder), out, max_steps=3, overwrite=True, **FAST)
+    assert result.steps == 3 and json.loads((out / "training.json").read_text())["steps"] == 3
+
+
+def test_cli_train(beir, encoder, tmp_path, capsys):
+    from rerankers_plugins.cli import main
+
+    out = tmp_path / "cli"
+    code = main(
+        [
+            "train",
+            str(beir),
+            "--base",
+            str(encoder),
+            "--out",
+            str(out),
+            "--max-steps",
+            "2",
+            "--per-query",
+            "2",
+            "--depth",
+            "4",
+            "--dev-depth",
+            "10",
+            "--no-progress",
+        ]
+    )
+    text = capsys.readouterr().out
+    assert code == 0 and "2 steps" in text and "dev model_ndcg@10" in text
+    assert main(["train", str(beir), "--base", str(encoder), "--out", str(out), "--no-progress"]) == 2
+    assert "already holds a trained model" in capsys.readouterr().err
