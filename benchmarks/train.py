@@ -27,6 +27,27 @@ import _common
 log = logging.getLogger("train")
 
 
+def build(ce: Any, maxsim: Any) -> dict[str, Any]:
+    """The table's pipelines around one cross-encoder (cached or not) and MaxSim."""
+    from rerankers_plugins import Cascade, Hybrid, Signal, Stage
+
+    def signals(weights: tuple[float, float, float]) -> list[Any]:
+        return [
+            Signal(ce, weights[0], name="ce"),
+            Signal(maxsim, weights[1], name="maxsim"),
+            Signal("retrieval", weights[2], name="bm25"),
+        ]
+
+    return {
+        "fine-tuned CE": ce,
+        "Hybrid(CE 0.5, MaxSim 0.35, BM25 0.15)": Hybrid(signals((0.5, 0.35, 0.15))),
+        "Hybrid(CE, MaxSim, BM25; RRF k=60)": Hybrid(signals((1, 1, 1)), method="rrf"),
+        "Cascade(MaxSim keeps 30 > CE keeps 10)": Cascade(
+            [Stage(maxsim, keep=30, name="maxsim"), Stage(ce, keep=10, name="ce")]
+        ),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--loss", default="bce", choices=["bce", "listwise", "margin-mse"])
@@ -42,16 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
-    from rerankers_plugins import (
-        CachedScorer,
-        Cascade,
-        ColBERTScorer,
-        CrossEncoderScorer,
-        Hybrid,
-        Signal,
-        Stage,
-        rerank,
-    )
+    from rerankers_plugins import CachedScorer, ColBERTScorer, CrossEncoderScorer, rerank
     from rerankers_plugins.eval.beir import load_beir
     from rerankers_plugins.eval.harness import evaluate
     from rerankers_plugins.train import fine_tune
@@ -94,27 +106,7 @@ def main() -> None:
     ce = CrossEncoderScorer(str(out))
     maxsim = ColBERTScorer("minilm", cache_dir=_common.CACHE / "colbert")
     cached = CachedScorer(ce)
-    pipelines: dict[str, Any] = {
-        "fine-tuned CE": cached,
-        "Hybrid(CE 0.5, MaxSim 0.35, BM25 0.15)": Hybrid(
-            [
-                Signal(cached, 0.5, name="ce"),
-                Signal(maxsim, 0.35, name="maxsim"),
-                Signal("retrieval", 0.15, name="bm25"),
-            ]
-        ),
-        "Hybrid(CE, MaxSim, BM25; RRF k=60)": Hybrid(
-            [
-                Signal(cached, 1, name="ce"),
-                Signal(maxsim, 1, name="maxsim"),
-                Signal("retrieval", 1, name="bm25"),
-            ],
-            method="rrf",
-        ),
-        "Cascade(MaxSim keeps 30 > CE keeps 10)": Cascade(
-            [Stage(maxsim, keep=30, name="maxsim"), Stage(cached, keep=10, name="ce")]
-        ),
-    }
+    pipelines = build(cached, maxsim)
     report = evaluate(
         test, pipelines, k=100, queries=args.queries, metrics=("ndcg@10", "mrr@10"), progress=True
     )
@@ -124,23 +116,7 @@ def main() -> None:
 
     qids = sorted(test.queries)[: args.latency_queries]
     first = BM25Retriever(test.corpus).retrieve_many([test.queries[q] for q in qids], k=100)
-    uncached = {
-        "fine-tuned CE": ce,
-        "Hybrid(CE 0.5, MaxSim 0.35, BM25 0.15)": Hybrid(
-            [
-                Signal(ce, 0.5, name="ce"),
-                Signal(maxsim, 0.35, name="maxsim"),
-                Signal("retrieval", 0.15, name="bm25"),
-            ]
-        ),
-        "Hybrid(CE, MaxSim, BM25; RRF k=60)": Hybrid(
-            [Signal(ce, 1, name="ce"), Signal(maxsim, 1, name="maxsim"), Signal("retrieval", 1, name="bm25")],
-            method="rrf",
-        ),
-        "Cascade(MaxSim keeps 30 > CE keeps 10)": Cascade(
-            [Stage(maxsim, keep=30, name="maxsim"), Stage(ce, keep=10, name="ce")]
-        ),
-    }
+    uncached = build(ce, maxsim)
     latency = {}
     for name, pipeline in uncached.items():
         times = []

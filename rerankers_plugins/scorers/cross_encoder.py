@@ -83,7 +83,8 @@ class CrossEncoderScorer(BaseScorer):
             ``"onnx-int8"`` (weights int8 per channel, activations quantised per call; faster on
             CPUs with integer dot-product instructions, scores within about 0.01 of float32 but not
             equal: measure agreement on your data). The graph is exported once and cached under
-            ``~/.cache/rerankers-plugins/onnx`` (``RERANKERS_CACHE``); needs the ``onnx`` extra.
+            ``~/.cache/rerankers-plugins/onnx`` (``RERANKERS_CACHE``), keyed by the weights; needs the
+            ``onnx`` extra.
         warmup: run one short pair at load, so the first call does not pay one-off set-up work.
         trust_remote_code, local_files_only, model_kwargs: passed to sentence-transformers.
     """

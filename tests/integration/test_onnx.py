@@ -82,6 +82,26 @@ def test_onnx_backend_in_rerank_and_the_langchain_convenience(onnx_cache, tiny_c
     assert [d.page_content for d in docs] == [s.candidate.text for s in out]
 
 
+def test_cache_key_follows_the_weights_not_the_path(onnx_cache, tiny_ce_dir, tmp_path, passages):
+    import shutil
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    original = CrossEncoderScorer(str(tiny_ce_dir), backend="onnx")
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_ce_dir, copy)
+    assert CrossEncoderScorer(str(copy), backend="onnx")._onnx.path == original._onnx.path
+    model = AutoModelForSequenceClassification.from_pretrained(str(copy))
+    with torch.no_grad():
+        model.classifier.weight.mul_(-1.0)  # same files, same config, different weights
+    model.save_pretrained(str(copy))
+    changed = CrossEncoderScorer(str(copy), backend="onnx")
+    assert changed._onnx.path != original._onnx.path
+    torch_scores = CrossEncoderScorer(str(copy), dtype="float32").score(QUERY, passages)
+    np.testing.assert_allclose(changed.score(QUERY, passages), torch_scores, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
