@@ -22,6 +22,8 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Mapping
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rerankers_plugins._optional import require
-from rerankers_plugins.errors import ConfigError
+from rerankers_plugins.errors import BackendError, ConfigError
 
 __all__ = ["BACKENDS", "BackendName", "OnnxCrossEncoder", "onnx_cache_dir"]
 
@@ -104,18 +106,18 @@ def _export(hf_model: Any, inputs: tuple[str, ...], path: Path) -> None:
         )
 
 
-def _optimize(src: Path, dst: Path, config: Any) -> None:
+def _optimize(src: Path, dst: Path, config: Any, external: bool) -> None:
     optimizer = require("onnxruntime.transformers.optimizer", "onnx")
     heads = int(getattr(config, "num_attention_heads", 0) or 0)
     hidden = int(getattr(config, "hidden_size", 0) or 0)
     fused = optimizer.optimize_model(
         str(src), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=1, use_gpu=False
     )
-    fused.save_model_to_file(str(dst))
+    fused.save_model_to_file(str(dst), use_external_data_format=external, all_tensors_to_one_file=True)
     logger.debug("ONNX fusion of %s: %s", src.name, fused.get_fused_operator_statistics())
 
 
-def _quantize(src: Path, dst: Path) -> None:
+def _quantize(src: Path, dst: Path, external: bool) -> None:
     quantization = require("onnxruntime.quantization", "onnx")
     onnx = require("onnx", "onnx")
     quantization.quantize_dynamic(
@@ -123,9 +125,35 @@ def _quantize(src: Path, dst: Path) -> None:
         str(dst),
         weight_type=quantization.QuantType.QInt8,
         per_channel=True,
+        use_external_data_format=external,
         # fused operators (com.microsoft domain) have no ONNX shape inference: their outputs are float
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
+
+
+def _check_against_torch(path: Path, hf_model: Any, inputs: tuple[str, ...]) -> None:
+    """The float32 graph must give torch's logits on a padded batch (two rows, one padded), or the
+    export is refused: a fusion that does not fit an architecture fails here, not in a ranking."""
+    torch = require("torch", "cross-encoder")
+    ort = require("onnxruntime", "onnx")
+    gen = torch.Generator().manual_seed(0)
+    vocab = int(getattr(hf_model.config, "vocab_size", 1000) or 1000)
+    ids = torch.randint(min(5, vocab - 1), vocab, (2, 12), generator=gen)
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[1, 7:] = 0
+    types = torch.zeros(2, 12, dtype=torch.long)
+    types[:, 6:] = 1
+    feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    with torch.inference_mode():
+        expected = hf_model.float()(**{n: feed[n] for n in inputs}).logits.numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(["logits"], {n: feed[n].numpy() for n in inputs})[0]
+    diff = float(abs(got - expected).max())
+    if not diff <= 1e-3 * max(1.0, float(abs(expected).max())):
+        raise BackendError(
+            f"the ONNX export of this model disagrees with torch (max logit difference {diff:.3g}); "
+            "its architecture is not supported by backend='onnx': use backend='torch'"
+        )
 
 
 class OnnxCrossEncoder:
@@ -148,9 +176,7 @@ class OnnxCrossEncoder:
         ort = require("onnxruntime", "onnx")
         require("onnx", "onnx")
         config = hf_model.config
-        if not str(getattr(config, "architectures", [""])[0] or "").endswith(
-            "ForSequenceClassification"
-        ) and (not type(hf_model).__name__.endswith("ForSequenceClassification")):
+        if not type(hf_model).__name__.endswith("ForSequenceClassification"):
             raise ConfigError(
                 f"backend='onnx' needs a transformers *ForSequenceClassification model; {source!r} is a "
                 f"{type(hf_model).__name__}"
@@ -184,24 +210,33 @@ class OnnxCrossEncoder:
 
     @staticmethod
     def _build(hf_model: Any, inputs: tuple[str, ...], directory: Path, quantize: bool) -> None:
+        """Export, fuse, check against torch, quantise; all in a scratch directory that is renamed
+        into place at the end, so a concurrent or interrupted build never leaves a half-written
+        graph (or half its external weights) under the final name."""
         t0 = time.perf_counter()
-        directory.mkdir(parents=True, exist_ok=True)
-        # Build under temporary names and rename at the end: a concurrent or interrupted build never
-        # leaves a half-written graph under the final name.
-        tag = f"{os.getpid()}-{time.monotonic_ns()}"
-        raw, fused = directory / f"raw-{tag}.onnx", directory / f"fused-{tag}.onnx"
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f"{directory.name}.build-", dir=directory.parent))
+        # protobuf caps one file at 2 GB: larger models keep their weights in a file beside the graph
+        size = sum(p.numel() * 4 for p in hf_model.parameters())
+        external = size > 1_500_000_000
         try:
-            _export(hf_model, inputs, raw)
-            _optimize(raw, fused, hf_model.config)
+            (work / "raw").mkdir()
+            _export(hf_model, inputs, work / "raw" / "model.onnx")
+            fused = work / ("fused.onnx" if quantize else "model.onnx")
+            _optimize(work / "raw" / "model.onnx", fused, hf_model.config, external)
+            shutil.rmtree(work / "raw")
+            _check_against_torch(fused, hf_model, inputs)
             if quantize:
-                qtmp = directory / f"int8-{tag}.onnx"
-                _quantize(fused, qtmp)
-                os.replace(qtmp, directory / "model.int8.onnx")
-            else:
-                os.replace(fused, directory / "model.onnx")
+                _quantize(fused, work / "model.int8.onnx", external)
+                for leftover in work.glob("fused.onnx*"):
+                    leftover.unlink()
+            try:
+                os.rename(work, directory)
+            except OSError:
+                if not directory.is_dir():  # not another process's finished build: a real failure
+                    raise
         finally:
-            for leftover in directory.glob(f"*-{tag}.onnx*"):
-                leftover.unlink(missing_ok=True)
+            shutil.rmtree(work, ignore_errors=True)
         logger.info(
             "exported %s ONNX graph to %s in %.1f s (cached for later loads)",
             "an int8" if quantize else "a float32",

@@ -9,6 +9,7 @@ to float32 before the activation so scores on a declared scale come out.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -76,9 +77,9 @@ class CrossEncoderScorer(BaseScorer):
             PROBABILITY; for a two-label model it is the softmax probability of label 1. ``None``
             returns raw logits (two-label: logit difference), scale LOGIT.
         max_batch_tokens: cap on padded tokens per forward pass (items x longest item). ``"auto"``
-            chooses by device, dtype and thread count (:func:`resolve_max_batch_tokens`): on CPU
-            1024 tokens per thread for float32 and int8, 2048 per thread for bfloat16; no cap on
-            accelerators. ``None``: only ``batch_size`` applies.
+            chooses by device and thread count (:func:`resolve_max_batch_tokens`): on CPU 1024
+            tokens per thread (at most 8192), no cap on accelerators. ``None``: only ``batch_size``
+            applies.
         backend: ``"torch"`` (default), or ONNX Runtime on CPU: ``"onnx"`` (float32) or
             ``"onnx-int8"`` (weights int8 per channel, activations quantised per call; faster on
             CPUs with integer dot-product instructions, scores within about 0.01 of float32 but not
@@ -169,18 +170,29 @@ class CrossEncoderScorer(BaseScorer):
         self._n_special = int(self._tokenizer.num_special_tokens_to_add(pair=True))
         self._truncation = TruncationReport(f"CrossEncoderScorer({model!r})")
         names = tuple(getattr(self._tokenizer, "model_input_names", ()) or ())
-        self._inputs = tuple(n for n in ("input_ids", "token_type_ids", "attention_mask") if n in names) or (
-            "input_ids",
-            "attention_mask",
+        hf = self._model.model
+        accepted = set(inspect.signature(hf.forward).parameters) if hf is not None else set(names)
+        # what the tokenizer makes *and* the model takes (a DistilBERT behind a BERT tokenizer has
+        # no token_type_ids), as sentence-transformers filters them
+        self._inputs = tuple(
+            n for n in ("input_ids", "token_type_ids", "attention_mask") if n in names and n in accepted
+        ) or ("input_ids", "attention_mask")
+        # Our one-pass tokenization reproduces preprocess() for plain text pairs; a model configured
+        # with prompts or processing options keeps sentence-transformers' own preprocess per batch.
+        first = self._model[0] if len(self._model) else None
+        self._st_preprocess = bool(
+            getattr(self._model, "prompts", None)
+            or getattr(self._model, "default_prompt_name", None)
+            or getattr(first, "processing_kwargs", None)
         )
         self._pad_id = int(self._tokenizer.pad_token_id or 0)
         self._pad_left = getattr(self._tokenizer, "padding_side", "right") == "left"
         self._onnx: OnnxCrossEncoder | None = None
         if backend != "torch":
-            if len(self._model) != 1 or self._model.model is None:
+            if len(self._model) != 1 or self._model.model is None or self._st_preprocess:
                 raise ConfigError(
                     f"backend={backend!r} needs a checkpoint whose relevance head is part of its "
-                    f"transformers model; {model!r} has extra sentence-transformers modules: use backend='torch'"
+                    f"transformers model; {model!r} has extra sentence-transformers modules, prompts or processing options: use backend='torch'"
                 )
             self._onnx = OnnxCrossEncoder(
                 self._model.model,
@@ -201,7 +213,7 @@ class CrossEncoderScorer(BaseScorer):
         if warmup:
             # One short pair through the whole path: the first user call then pays none of the
             # one-off costs (kernel selection, thread pool start-up, the tokenizer's first call).
-            self._forward([self._encode("warm up", ["warm up"])[0][0]], [0])
+            self.score("warm up", ["warm up"])
 
     def __repr__(self) -> str:
         backend = "" if self.backend == "torch" else f", backend={self.backend!r}"
@@ -233,6 +245,8 @@ class CrossEncoderScorer(BaseScorer):
 
     def pair_lengths(self, query: str, texts: Sequence[str]) -> list[int]:
         """Token length of each (query, text) pair as the model sees it, after truncation."""
+        if not texts:
+            return []
         rows, over = self._encode(query, texts)
         self._truncation.check(over, len(rows), self.max_length)
         return [len(r["input_ids"]) for r in rows]
@@ -277,9 +291,30 @@ class CrossEncoderScorer(BaseScorer):
                 logits = self._model(features)["scores"].float()
         return [float(x) for x in self._activate(logits).tolist()]
 
+    def _score_with_preprocess(self, query: str, texts: Sequence[str]) -> list[float]:
+        """sentence-transformers' own preprocess per batch (models with prompts or processing options)."""
+        torch = self._torch
+        lengths = self._truncation.lengths(self._tokenizer, [query, *texts], self.max_length)
+        full = [lengths[0] + d + self._n_special for d in lengths[1:]]
+        self._truncation.check(sum(f > self.max_length for f in full), len(full), self.max_length)
+        batches = length_sorted_batches(
+            [min(f, self.max_length) for f in full], self.batch_size, self.max_batch_tokens
+        )
+        out: list[float] = []
+        with torch.inference_mode():
+            for batch in batches:
+                features = self._model.preprocess([(query, texts[i]) for i in batch])
+                features = {
+                    k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()
+                }
+                out.extend(float(x) for x in self._activate(self._model(features)["scores"].float()).tolist())
+        return restore_order(batches, out)
+
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
         if not texts:
             return []
+        if self._st_preprocess:
+            return self._score_with_preprocess(query, texts)
         rows, over = self._encode(query, texts)
         self._truncation.check(over, len(rows), self.max_length)
         batches = length_sorted_batches(

@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 LOSSES: tuple[str, ...] = ("bce", "listwise", "margin-mse")
 _DONE = "training.json"
+_FORMAT = "rerankers-plugins training 1"
 _WORK = ".training"
 _NOT_ENCODERS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration", "ForSeq2SeqLM")
 
@@ -125,32 +126,73 @@ def _check_base(base: str, max_length: int) -> tuple[str, int]:
     return path, max_length
 
 
-def _prepare_out(out: Path, overwrite: bool) -> str | None:
-    """Decide what an existing output directory means: a finished run (refused unless
-    ``overwrite``), an interrupted run (resumed: returns its last checkpoint), or empty."""
+def _manifest(out: Path) -> list[str] | None:
+    """The files a finished run wrote, from its ``training.json``; None if that is not ours."""
+    try:
+        info = json.loads((out / _DONE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or info.get("format") != _FORMAT or not isinstance(info.get("files"), list):
+        return None
+    return [str(f) for f in info["files"]]
+
+
+def _run_identity(out: Path) -> dict[str, Any] | None:
+    try:
+        info = json.loads((out / _WORK / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and info.get("format") == _FORMAT else None
+
+
+def _prepare_out(out: Path, overwrite: bool, identity: Mapping[str, Any]) -> str | None:
+    """Decide what an existing output directory means: a finished run of ours (refused unless
+    ``overwrite``, which deletes only the files that run wrote), an interrupted run of ours with
+    the same settings and data (resumed: returns its last checkpoint), or empty. Anything else,
+    including a directory holding files no run of ours wrote, is refused and left untouched."""
     if not out.exists():
         return None
     if not out.is_dir():
         raise ConfigError(f"output {out} exists and is not a directory")
-    ours = (out / _DONE).is_file() or (out / _WORK).is_dir()
-    if any(out.iterdir()) and not ours:
+    entries = {p.name for p in out.iterdir()}
+    if not entries:
+        return None
+    finished = _manifest(out)
+    interrupted = _run_identity(out)
+    ours = set(finished or []) | {_DONE, _WORK} if finished is not None else {_WORK}
+    foreign = sorted(entries - ours)
+    if foreign or (finished is None and interrupted is None):
         raise ConfigError(
-            f"output directory {out} exists and holds other files; choose a new or empty directory"
+            f"output directory {out} holds files no training run wrote ({', '.join(foreign[:5]) or 'unreadable state'}); "
+            "choose a new or empty directory"
         )
-    if (out / _DONE).is_file():
+    if finished is not None:
         if not overwrite:
             raise ConfigError(
                 f"output directory {out} already holds a trained model; pass overwrite=True (--overwrite)"
             )
-        shutil.rmtree(out)
+        for name in [*finished, _DONE, _WORK]:
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
         return None
+    if overwrite:
+        shutil.rmtree(out / _WORK)
+        return None
+    changed = sorted(
+        k for k in set(identity) | set(interrupted or {}) if identity.get(k) != (interrupted or {}).get(k)
+    )
+    if changed:
+        raise ConfigError(
+            f"{out} holds an interrupted run with other settings or data ({', '.join(changed)} differ): "
+            "rerun with the same settings to resume it, or pass overwrite=True (--overwrite) to start over"
+        )
     checkpoints = sorted(
         (p for p in (out / _WORK / "checkpoints").glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
         key=lambda p: int(p.name.split("-")[-1]),
     )
-    if overwrite:
-        shutil.rmtree(out)
-        return None
     return str(checkpoints[-1]) if checkpoints else None
 
 
@@ -185,9 +227,11 @@ def _rows(
     queries = {q: data.queries[q] for q in qids}
     stage = first_stage(negatives, data.corpus, model=negatives_model, depth=max(depth, 100))
     if loss == "margin-mse":
+        from rerankers_plugins.pipeline.ranking import as_strategy, require_scores
         from rerankers_plugins.pipeline.rerank import rerank
 
         judge = as_pipeline(teacher)
+        require_scores(as_strategy(judge), "a distillation teacher")
         for start in range(0, len(qids), 64):
             chunk = list(qids[start : start + 64])
             for qid, cands in zip(chunk, stage([queries[q] for q in chunk], depth), strict=True):
@@ -223,6 +267,8 @@ def _distill_rows(
     The anchor is the judged positive the teacher likes best, or the teacher's top document for an
     unlabeled query; the negatives are drawn (seeded) from the rest of the first-stage list."""
     by_id = {str(c.id): c for c in cands if str(c.id) in scores}
+    if len(by_id) < 2:
+        return
     order = sorted(by_id, key=lambda d: -scores[d])
     positives = [d for d in order if judged.get(d, 0) > 0]
     anchor = positives[0] if positives else order[0]
@@ -306,7 +352,29 @@ def fine_tune(
     data = _load(root, split)
     _check_qrels(data, root, split)
     base_path, max_length = _check_base(base, max_length)
-    resume = _prepare_out(out_dir, overwrite)
+    identity = {
+        "format": _FORMAT,
+        "data": str(root.resolve()),
+        "split": split,
+        "base": base,
+        "loss": loss,
+        "negatives": negatives if isinstance(negatives, str) else repr(negatives),
+        "negatives_model": negatives_model,
+        "teacher": teacher if teacher is None or isinstance(teacher, str) else repr(teacher),
+        "per_query": per_query,
+        "depth": depth,
+        "epochs": epochs,
+        "max_steps": max_steps,
+        "max_length": max_length,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "warmup_ratio": warmup_ratio,
+        "save_steps": save_steps,
+        "seed": seed,
+        "dev_split": dev_split,
+        "dev_fraction": dev_fraction,
+    }
+    resume = _prepare_out(out_dir, overwrite, identity)
 
     labelled = sorted(q for q, judged in data.qrels.items() if any(g > 0 for g in judged.values()))
     skipped = len(data.qrels) - len(labelled)
@@ -332,6 +400,7 @@ def fine_tune(
 
     work = out_dir / _WORK
     work.mkdir(parents=True, exist_ok=True)
+    (work / "run.json").write_text(json.dumps(identity, indent=2) + "\n", encoding="utf-8")
     rows_file = work / f"rows-{loss}.jsonl"
     if not (work / f"rows-{loss}.done").is_file():
         n_rows = 0
@@ -472,7 +541,6 @@ def fine_tune(
 
 
 def _write_card(out: Path, result: TrainResult, history: Sequence[float]) -> None:
-    (out / _DONE).write_text(json.dumps({**asdict(result), "loss_history": list(history)}, indent=2) + "\n")
     dev = "\n".join(f"| {k} | {v:.4f} |" for k, v in result.dev_metrics.items()) or "| - | - |"
     settings = "\n".join(f"| {k} | {v} |" for k, v in result.settings.items())
     card = f"""---
@@ -509,3 +577,6 @@ sentence-transformers' `CrossEncoder`. One output label; scores are sigmoid prob
 {dev}
 """
     (out / "README.md").write_text(card, encoding="utf-8")
+    files = sorted(p.name for p in out.iterdir() if p.name not in (_DONE, _WORK))
+    info = {"format": _FORMAT, **asdict(result), "loss_history": list(history), "files": files}
+    (out / _DONE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")

@@ -168,6 +168,32 @@ def test_features_are_those_sentence_transformers_builds(tiny_ce_dir, tiny_ce, p
             np.testing.assert_array_equal(value, ref[key].numpy(), err_msg=key)
 
 
+def test_features_match_preprocess_with_left_padding_and_a_long_query(tiny_ce_dir, tmp_path, passages):
+    import json
+    import shutil
+
+    left = tmp_path / "left"
+    shutil.copytree(tiny_ce_dir, left)
+    config = json.loads((left / "tokenizer_config.json").read_text())
+    (left / "tokenizer_config.json").write_text(json.dumps({**config, "padding_side": "left"}))
+    scorer = CrossEncoderScorer(str(left), dtype="float32")
+    ref_model = CrossEncoder(str(left))
+    assert ref_model.tokenizer.padding_side == "left"
+    long_query = " ".join(["cat"] * 300)  # longer than the 128-token window on its own
+    for query in (QUERY, long_query):
+        texts = varied(passages)
+        rows, _ = scorer._encode(query, texts)
+        batch = list(range(len(texts)))
+        ours = scorer._collate(rows, batch)
+        ref = ref_model.preprocess([(query, t) for t in texts])
+        for key, value in ours.items():
+            np.testing.assert_array_equal(value, ref[key].numpy(), err_msg=f"{key} {query[:10]}")
+    np.testing.assert_allclose(
+        scorer.score(QUERY, passages), ref_model.predict([(QUERY, p) for p in passages]), atol=1e-5
+    )
+    assert scorer.pair_lengths(QUERY, []) == []
+
+
 def test_each_call_tokenizes_its_pairs_once(tiny_ce_dir, passages):
     scorer = CrossEncoderScorer(str(tiny_ce_dir), dtype="float32", batch_size=2)
     tokenizer = scorer._tokenizer

@@ -57,7 +57,7 @@ def write_beir(root: Path, *, extra_qrels: str = "", dev: bool = False) -> Path:
             f.write(json.dumps({"_id": qid, "text": text}) + "\n")
         f.write(json.dumps({"_id": "q-none", "text": "what is a museum"}) + "\n")
     lines = ["query-id\tcorpus-id\tscore"]
-    lines += [f"{qid}\t{doc}\t1" for qid, (_, doc) in QUERIES.items() if not (dev and qid == "q-heart")]
+    lines += [f"{qid}\t{doc}\t1" for qid, (_, doc) in QUERIES.items()]
     lines.append("q-none\tparis-2\t0")  # judged, but no positive: skipped and counted
     (root / "qrels" / "train.tsv").write_text("\n".join(lines) + "\n" + extra_qrels)
     if dev:
@@ -192,7 +192,7 @@ def test_listwise_and_distillation_losses_train(beir, encoder, tmp_path, loss):
 
 
 def test_a_dev_split_file_is_held_out(tmp_path, encoder):
-    root = write_beir(tmp_path / "beir", dev=True)
+    root = write_beir(tmp_path / "beir", dev=True)  # q-heart is judged in both train and dev
     result = fine_tune(root, str(encoder), tmp_path / "out", max_steps=2, dev_split="dev", **FAST)
     assert result.dev_queries == 1 and result.train_queries == len(QUERIES) - 1
 
@@ -216,16 +216,38 @@ def test_bad_input_is_refused_clearly(beir, encoder, tmp_path, trained):
         fine_tune(beir, str(encoder), out, **FAST)
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    with pytest.raises(ConfigError, match="holds other files"):
+    with pytest.raises(ConfigError, match="holds files no training run wrote"):
+        fine_tune(beir, str(encoder), tmp_path / "mine", overwrite=True, **FAST)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    # a file named like ours is not enough to make a directory ours
+    (tmp_path / "mine" / "training.json").write_text("{}")
+    with pytest.raises(ConfigError, match="holds files no training run wrote"):
         fine_tune(beir, str(encoder), tmp_path / "mine", overwrite=True, **FAST)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
-def test_overwrite_replaces_a_finished_model(beir, encoder, tmp_path):
+def test_overwrite_replaces_a_finished_model_and_nothing_else(beir, encoder, tmp_path):
     out = tmp_path / "run"
     fine_tune(beir, str(encoder), out, max_steps=2, **FAST)
     result = fine_tune(beir, str(encoder), out, max_steps=3, overwrite=True, **FAST)
     assert result.steps == 3 and json.loads((out / "training.json").read_text())["steps"] == 3
+    (out / "my-notes.md").write_text("mine")
+    with pytest.raises(ConfigError, match=r"holds files no training run wrote \(my-notes.md\)"):
+        fine_tune(beir, str(encoder), out, max_steps=2, overwrite=True, **FAST)
+    assert (out / "my-notes.md").read_text() == "mine" and (out / "config.json").is_file()
+
+
+def test_an_interrupted_run_with_other_settings_is_not_resumed(beir, encoder, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        fine_tune(beir, str(encoder), out, max_steps=10, save_steps=5, callbacks=[Interrupt()], **FAST)
+    changed = {**FAST, "per_query": 1}
+    with pytest.raises(
+        ConfigError, match="interrupted run with other settings or data \\(per_query differ\\)"
+    ):
+        fine_tune(beir, str(encoder), out, max_steps=10, save_steps=5, **changed)
+    result = fine_tune(beir, str(encoder), out, max_steps=4, save_steps=5, overwrite=True, **changed)
+    assert result.resumed_from is None and result.steps == 4
 
 
 def test_cli_train(beir, encoder, tmp_path, capsys):
