@@ -10,7 +10,7 @@ wrapped in one in-memory ``CachedScorer`` shared by every pipeline, so each (que
 scored once; latency per query is therefore measured separately, uncached, on the first
 ``--latency-queries`` test queries.
 
-    python benchmarks/train.py [--loss bce] [--per-query 8] [--epochs 1] [--max-length 256]
+    python benchmarks/train.py [--loss bce] [--per-query 8] [--epochs 1] [--max-length 256] [--lr 2e-5] [--dev-only]
     python benchmarks/train.py --loss margin-mse --teacher "benchmarks/scifact_pipelines.toml#hybrid"
 """
 
@@ -60,6 +60,9 @@ def main() -> None:
     parser.add_argument("--dev-depth", type=int, default=30)
     parser.add_argument("--queries", type=int, default=None, help="first N test queries (default: all 300)")
     parser.add_argument("--latency-queries", type=int, default=10)
+    parser.add_argument(
+        "--dev-only", action="store_true", help="train (or reuse) and report the dev metrics; no test table"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -102,6 +105,8 @@ def main() -> None:
         f"{info['train_queries']} train queries; dev: {info['dev_metrics']}"
     )
 
+    if args.dev_only:
+        return
     test = load_beir(_common.DATA, "test")
     ce = CrossEncoderScorer(str(out))
     maxsim = ColBERTScorer("minilm", cache_dir=_common.CACHE / "colbert")
