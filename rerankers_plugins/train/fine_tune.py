@@ -145,6 +145,31 @@ def _run_identity(out: Path) -> dict[str, Any] | None:
     return info if isinstance(info, dict) and info.get("format") == _FORMAT else None
 
 
+def _is_cross_encoder(path: str) -> bool:
+    transformers = require("transformers", "cross-encoder")
+    config = transformers.AutoConfig.from_pretrained(path)
+    return any(
+        a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or [])
+    )
+
+
+def _fresh_pooler(model: Any, torch: Any) -> None:
+    """Re-initialise the [CLS] pooler of an encoder that was not trained as a classifier.
+
+    An embedding model trained with mean pooling (all-MiniLM-L6-v2) keeps a pooler with tiny weights
+    (std 0.009): its output barely varies between inputs, so the new head's gradient reaches the
+    encoder ~50x attenuated and BCE training sits on the constant predictor (measured on SciFact:
+    a flat loss for a whole epoch at lr 2e-5 and 1e-4). Xavier-uniform weights restore the signal."""
+    hf = getattr(model, "model", None)
+    body = getattr(hf, getattr(hf, "base_model_prefix", ""), None)
+    dense = getattr(getattr(body, "pooler", None), "dense", None)
+    if isinstance(dense, torch.nn.Linear):
+        with torch.no_grad():
+            torch.nn.init.xavier_uniform_(dense.weight)
+            dense.bias.zero_()
+        logger.info("re-initialised the encoder's [CLS] pooler for the new classification head")
+
+
 def _prepare_out(out: Path, overwrite: bool, identity: Mapping[str, Any]) -> str | None:
     """Decide what an existing output directory means: a finished run of ours (refused unless
     ``overwrite``, which deletes only the files that run wrote), an interrupted run of ours with
@@ -352,6 +377,7 @@ def fine_tune(
     data = _load(root, split)
     _check_qrels(data, root, split)
     base_path, max_length = _check_base(base, max_length)
+    base_is_cross_encoder = _is_cross_encoder(base_path)
     identity = {
         "format": _FORMAT,
         "data": str(root.resolve()),
@@ -432,6 +458,8 @@ def fine_tune(
         base_path,
         lambda: st.CrossEncoder(base_path, num_labels=1, max_length=max_length, device=dev_name),
     )
+    if not base_is_cross_encoder:
+        _fresh_pooler(model, torch)
     losses = st.cross_encoder.losses
     if loss == "bce":
         criterion = losses.BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(float(per_query)))
