@@ -149,17 +149,14 @@ def resolve_dtype(dtype: str, device: str) -> Any:
 CPU_BATCH_TOKENS_PER_THREAD = 1024
 
 
-def resolve_max_batch_tokens(
-    value: int | str | None, device: str, *, dtype: Any = None, threads: int = 1
-) -> int | None:
+def resolve_max_batch_tokens(value: int | str | None, device: str, *, threads: int = 1) -> int | None:
     """``"auto"`` -> a cap on padded tokens per batch chosen by device and thread count; ints are checked.
 
     On CPU the cap is ``CPU_BATCH_TOKENS_PER_THREAD`` x threads (at most 8192): one thread runs
     small batches fastest (less memory traffic per token; measured on 100 SciFact pairs), while
     each added thread needs work of its own or it idles (a 1024-token batch at 512 tokens a pair
     holds two pairs, too few rows for two threads to split the matrix products well). Accelerators
-    get no cap. ``dtype`` is accepted for policies that differ by precision; today the measured
-    optimum was the same for float32 and int8, and bfloat16 follows the same rule.
+    get no cap. The measured optimum was the same for float32 and int8; bfloat16 follows the same rule.
 
         >>> resolve_max_batch_tokens("auto", "cpu", threads=2)
         2048

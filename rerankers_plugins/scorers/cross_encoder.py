@@ -133,7 +133,6 @@ class CrossEncoderScorer(BaseScorer):
         self.max_batch_tokens = resolve_max_batch_tokens(
             max_batch_tokens,
             self.device,
-            dtype=self.dtype,
             threads=self._torch.get_num_threads(),
         )
         self.activation = activation
@@ -197,7 +196,7 @@ class CrossEncoderScorer(BaseScorer):
             self._onnx = OnnxCrossEncoder(
                 self._model.model,
                 source=model,
-                inputs=tuple(n for n in self._inputs),
+                inputs=self._inputs,
                 quantize=backend == "onnx-int8",
                 threads=self._torch.get_num_threads(),
             )
@@ -239,9 +238,13 @@ class CrossEncoderScorer(BaseScorer):
         if encodings:  # fast tokenizers keep what truncation cut
             over = sum(1 for e in encodings if e.overflowing)
         else:  # a slow tokenizer: count the full pair lengths instead
-            lengths = self._truncation.lengths(self._tokenizer, [query, *texts], self.max_length)
-            over = sum(lengths[0] + d + self._n_special > self.max_length for d in lengths[1:])
+            over = sum(f > self.max_length for f in self._full_pair_lengths(query, texts))
         return rows, over
+
+    def _full_pair_lengths(self, query: str, texts: Sequence[str]) -> list[int]:
+        """Token length of each pair before truncation (capped one past the window per text)."""
+        lengths = self._truncation.lengths(self._tokenizer, [query, *texts], self.max_length)
+        return [lengths[0] + d + self._n_special for d in lengths[1:]]
 
     def pair_lengths(self, query: str, texts: Sequence[str]) -> list[int]:
         """Token length of each (query, text) pair as the model sees it, after truncation."""
@@ -294,8 +297,7 @@ class CrossEncoderScorer(BaseScorer):
     def _score_with_preprocess(self, query: str, texts: Sequence[str]) -> list[float]:
         """sentence-transformers' own preprocess per batch (models with prompts or processing options)."""
         torch = self._torch
-        lengths = self._truncation.lengths(self._tokenizer, [query, *texts], self.max_length)
-        full = [lengths[0] + d + self._n_special for d in lengths[1:]]
+        full = self._full_pair_lengths(query, texts)
         self._truncation.check(sum(f > self.max_length for f in full), len(full), self.max_length)
         batches = length_sorted_batches(
             [min(f, self.max_length) for f in full], self.batch_size, self.max_batch_tokens

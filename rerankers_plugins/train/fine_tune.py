@@ -95,9 +95,10 @@ def _check_qrels(data: BeirData, root: Path, split: str) -> None:
         )
 
 
-def _check_base(base: str, max_length: int) -> tuple[str, int]:
+def _check_base(base: str, max_length: int) -> tuple[str, int, bool]:
     """The base's directory or id, after checking it is an encoder (or a one-label cross-encoder),
-    and ``max_length`` capped at the model's position limit (logged when it is)."""
+    ``max_length`` capped at the model's position limit (logged when it is), and whether the base
+    already is a cross-encoder."""
     transformers = require("transformers", "cross-encoder")
     path = resolve_model(base)
     config = load_model("transformers", path, lambda: transformers.AutoConfig.from_pretrained(path))
@@ -112,7 +113,8 @@ def _check_base(base: str, max_length: int) -> tuple[str, int]:
             "a cross-encoder is trained from a BERT-like encoder (e.g. the packaged 'minilm') or from an "
             "existing cross-encoder"
         )
-    if any(a.endswith("ForSequenceClassification") for a in architectures) and config.num_labels != 1:
+    is_cross_encoder = any(a.endswith("ForSequenceClassification") for a in architectures)
+    if is_cross_encoder and config.num_labels != 1:
         raise ConfigError(
             f"base {base!r} is a cross-encoder with {config.num_labels} output labels; training here "
             "continues one-label cross-encoders (or starts from an encoder)"
@@ -123,7 +125,7 @@ def _check_base(base: str, max_length: int) -> tuple[str, int]:
             "max_length %d is past %r's %d positions: training with %d", max_length, base, limit, limit
         )
         max_length = limit
-    return path, max_length
+    return path, max_length, is_cross_encoder
 
 
 def _manifest(out: Path) -> list[str] | None:
@@ -143,14 +145,6 @@ def _run_identity(out: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return info if isinstance(info, dict) and info.get("format") == _FORMAT else None
-
-
-def _is_cross_encoder(path: str) -> bool:
-    transformers = require("transformers", "cross-encoder")
-    config = transformers.AutoConfig.from_pretrained(path)
-    return any(
-        a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or [])
-    )
 
 
 def _fresh_pooler(model: Any, torch: Any) -> None:
@@ -376,8 +370,7 @@ def fine_tune(
     t0 = time.perf_counter()
     data = _load(root, split)
     _check_qrels(data, root, split)
-    base_path, max_length = _check_base(base, max_length)
-    base_is_cross_encoder = _is_cross_encoder(base_path)
+    base_path, max_length, base_is_cross_encoder = _check_base(base, max_length)
     identity = {
         "format": _FORMAT,
         "data": str(root.resolve()),
