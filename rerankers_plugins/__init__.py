@@ -36,7 +36,9 @@ from rerankers_plugins.scorers.cross_encoder import CrossEncoderScorer
 from rerankers_plugins.scorers.fake import FakeScorer
 from rerankers_plugins.scorers.lexical import BM25Scorer
 from rerankers_plugins.scorers.llm import LLMListwiseScorer, LLMPairwiseScorer, LLMPointwiseScorer
+from rerankers_plugins.scorers.poly_encoder import PolyEncoderScorer
 from rerankers_plugins.scorers.remote import RemoteScorer
+from rerankers_plugins.scorers.seq2seq import Seq2SeqScorer
 from rerankers_plugins.types import Candidate, Scored, ScoreScale
 
 __version__ = "0.1.0"
@@ -63,6 +65,7 @@ __all__ = [
     "LLMPointwiseScorer",
     "LongDocument",
     "MissingExtraError",
+    "PolyEncoderScorer",
     "Ranker",
     "Ranking",
     "RemoteScorer",
@@ -72,6 +75,7 @@ __all__ = [
     "Scorer",
     "ScorerLike",
     "Selective",
+    "Seq2SeqScorer",
     "Signal",
     "Stage",
     "Strategy",

@@ -275,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     t.add_argument("--max-length", type=int, default=256, help="token window of (query, document) pairs")
     t.add_argument("--loss", default="bce", choices=["bce", "listwise", "margin-mse"])
+    t.add_argument(
+        "--arch",
+        default="cross-encoder",
+        choices=["cross-encoder", "poly-encoder"],
+        help="what to train: a cross-encoder (default) or a poly-encoder (cached document codes)",
+    )
+    t.add_argument("--codes", type=int, default=16, help="document codes of a poly-encoder (default 16)")
     t.add_argument("--teacher", default=None, metavar="PIPELINE", help="teacher for --loss margin-mse")
     t.add_argument(
         "--dev-split", default=None, help="qrels split for dev metrics (default: carve from train)"
@@ -323,9 +330,11 @@ def train_command(args: argparse.Namespace) -> int:
         device=args.device,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        arch=args.arch,
+        codes=args.codes,
     )
     print(
-        f"trained {result.loss} cross-encoder from {result.base}: {result.steps} steps in {result.seconds:.0f} s"
+        f"trained {result.loss} {args.arch} from {result.base}: {result.steps} steps in {result.seconds:.0f} s"
     )
     print(
         f"queries: {result.train_queries} trained on, {result.dev_queries} dev, "
@@ -335,7 +344,8 @@ def train_command(args: argparse.Namespace) -> int:
         print(f"resumed from {result.resumed_from}")
     for name, value in result.dev_metrics.items():
         print(f"dev {name}: {value:.4f}")
-    print(f"model: {result.output_dir}  (CrossEncoderScorer({result.output_dir!r}); model card README.md)")
+    scorer = "PolyEncoderScorer" if args.arch == "poly-encoder" else "CrossEncoderScorer"
+    print(f"model: {result.output_dir}  ({scorer}({result.output_dir!r}); model card README.md)")
     return 0
 
 

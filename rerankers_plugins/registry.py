@@ -61,6 +61,20 @@ BACKENDS: dict[str, Backend] = {
         "model",
         "a sentence-transformers cross-encoder built from ``model``",
     ),
+    "seq2seq": Backend(
+        "rerankers_plugins.scorers.seq2seq:Seq2SeqScorer",
+        "Seq2SeqRerank",
+        f"{_OPTIONS}:Seq2SeqFields",
+        "model",
+        "a MonoT5 or RankT5 (seq2seq) model built from ``model``",
+    ),
+    "poly-encoder": Backend(
+        "rerankers_plugins.scorers.poly_encoder:PolyEncoderScorer",
+        "PolyEncoderRerank",
+        f"{_OPTIONS}:PolyEncoderFields",
+        "model",
+        "a poly-encoder built from ``model``; document codes are cached",
+    ),
     "bi-encoder": Backend(
         "rerankers_plugins.scorers.bi_encoder:BiEncoderScorer",
         "BiEncoderRerank",

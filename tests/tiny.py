@@ -259,3 +259,57 @@ def build_pylate(directory: Path, *, dim: int = 12, seed: int = 0, max_len: int 
     }
     (directory / "config_sentence_transformers.json").write_text(json.dumps(cfg), encoding="utf-8")
     return directory
+
+
+def build_t5(
+    directory: Path, *, seed: int = 0, words: tuple[str, ...] = ("true", "false", "yes", "no")
+) -> Path:
+    """A 2-layer, d_model-32 T5ForConditionalGeneration with a sentencepiece-style (Metaspace, unigram)
+    tokenizer that appends ``</s>``, as T5's does: the shape of a MonoT5 / RankT5 checkpoint."""
+    import torch
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+    directory.mkdir(parents=True, exist_ok=True)
+    specials = ["<pad>", "</s>", "<unk>"]
+    prompt = ["Query", "Document", "Relevant", ":"]
+    pieces = (
+        [(s, 0.0) for s in specials]
+        + [("▁" + w, -2.0) for w in dict.fromkeys([*WORDS, *words, *prompt])]
+        + [("▁", -3.0)]
+        + [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?'-:"]
+        + [("<extra_id_10>", 0.0)]
+    )
+    tok = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
+    # as sentencepiece's T5 normalisation: runs of spaces collapse, ends are stripped
+    tok.normalizer = normalizers.Sequence([normalizers.Strip(), normalizers.Replace(Regex(" {2,}"), " ")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=["<extra_id_10>"],
+        model_max_length=128,
+    )
+    torch.manual_seed(seed)
+    config = T5Config(
+        vocab_size=len(pieces),
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+        initializer_factor=1.0,
+    )
+    T5ForConditionalGeneration(config).save_pretrained(directory)
+    fast.save_pretrained(directory)
+    return directory

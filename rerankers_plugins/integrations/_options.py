@@ -30,7 +30,9 @@ __all__ = [
     "LLMListwiseFields",
     "LLMPairwiseFields",
     "LLMPointwiseFields",
+    "PolyEncoderFields",
     "RemoteFields",
+    "Seq2SeqFields",
     "build_scorer",
     "conveniences",
     "copy_metadata",
@@ -140,6 +142,25 @@ class CrossEncoderFields(_LocalFields):
     backend: Literal["torch", "onnx", "onnx-int8"] = Field(
         default="torch",
         description="torch; or ONNX Runtime on CPU: onnx (float32), onnx-int8 (int8, the onnx extra).",
+    )
+
+
+class Seq2SeqFields(_LocalFields):
+    variant: Literal["monot5", "rankt5"] = Field(
+        default="monot5",
+        description="monot5: P(true) (PROBABILITY); rankt5: the score token's logit (LOGIT).",
+    )
+    max_length: int = Field(default=512, description="Encoder tokens per pair; longer documents are cut.")
+    true_token: str = Field(default="true", description="MonoT5's positive answer word.")
+    false_token: str = Field(default="false", description="MonoT5's negative answer word.")
+    score_token: str = Field(default="<extra_id_10>", description="RankT5's scoring token.")
+
+
+class PolyEncoderFields(_LocalFields):
+    query_length: int = Field(default=64, description="Query tokens kept.")
+    doc_length: int | None = Field(default=None, description="Document tokens kept; None: as trained.")
+    cache_dir: str | None = Field(
+        default=None, description="Directory for document codes shared across processes."
     )
 
 

@@ -30,11 +30,12 @@ from rerankers_plugins.scorers._hf import cpu_has_fast_bf16, load_model, resolve
 from rerankers_plugins.train.negatives import _rng, as_pipeline, first_stage, mine_negatives
 from rerankers_plugins.types import Candidate
 
-__all__ = ["LOSSES", "TrainResult", "fine_tune"]
+__all__ = ["ARCHS", "LOSSES", "TrainResult", "fine_tune"]
 
 logger = logging.getLogger(__name__)
 
 LOSSES: tuple[str, ...] = ("bce", "listwise", "margin-mse")
+ARCHS: tuple[str, ...] = ("cross-encoder", "poly-encoder")
 _DONE = "training.json"
 _FORMAT = "rerankers-plugins training 1"
 _WORK = ".training"
@@ -336,8 +337,11 @@ def fine_tune(
     overwrite: bool = False,
     progress: bool = True,
     callbacks: Sequence[Any] = (),
+    arch: str = "cross-encoder",
+    codes: int = 16,
 ) -> TrainResult:
-    """Fine-tune a one-label cross-encoder from ``base`` on ``data_dir``'s ``split`` into ``out``.
+    """Fine-tune a one-label cross-encoder (or, with ``arch="poly-encoder"``, a poly-encoder with
+    ``codes`` document codes) from ``base`` on ``data_dir``'s ``split`` into ``out``.
 
     ``negatives``: ``"bm25"``, ``"bi-encoder"`` (``negatives_model`` over the whole corpus), a
     pipeline spec ``KIND[:key=value,...]`` or a scorer / strategy (reranking BM25's top 100).
@@ -350,10 +354,18 @@ def fine_tune(
     are never trained on; the run ends by reranking their BM25 top ``dev_depth`` with the new model.
     ``out`` must be new or empty; a finished run there is refused unless ``overwrite``; an
     interrupted run there is resumed from its last checkpoint.
+
+    A cross-encoder trains with sentence-transformers' ``CrossEncoderTrainer`` and losses; a
+    poly-encoder (:mod:`rerankers_plugins.scorers.poly_encoder`) with transformers' ``Trainer`` on
+    the same rows and the same losses computed on its scores (:mod:`rerankers_plugins.train.poly`).
     """
     st = require("sentence_transformers", "cross-encoder")
     require("datasets", "train")
     torch = require("torch", "cross-encoder")
+    if arch not in ARCHS:
+        raise ConfigError(f"arch must be one of {ARCHS}, got {arch!r}")
+    if isinstance(codes, bool) or not isinstance(codes, int) or codes < 1:
+        raise ConfigError(f"codes must be a positive int, got {codes!r}")
     if loss not in LOSSES:
         raise ConfigError(f"loss must be one of {LOSSES}, got {loss!r}")
     if loss == "margin-mse" and teacher is None:
@@ -373,6 +385,8 @@ def fine_tune(
     base_path, max_length, base_is_cross_encoder = _check_base(base, max_length)
     identity = {
         "format": _FORMAT,
+        "arch": arch,
+        "codes": codes if arch == "poly-encoder" else None,
         "data": str(root.resolve()),
         "split": split,
         "base": base,
@@ -446,27 +460,17 @@ def fine_tune(
 
     torch.manual_seed(seed)
     dev_name = resolve_device(device)
-    model = load_model(
-        "cross-encoder",
-        base_path,
-        lambda: st.CrossEncoder(base_path, num_labels=1, max_length=max_length, device=dev_name),
-    )
-    if not base_is_cross_encoder:
-        _fresh_pooler(model, torch)
-    losses = st.cross_encoder.losses
-    if loss == "bce":
-        criterion = losses.BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(float(per_query)))
-        per_device = batch_size
-    elif loss == "listwise":
-        criterion = losses.ListNetLoss(model)
-        per_device = max(1, batch_size // (per_query + 1))
-    else:
-        criterion = losses.MarginMSELoss(model)
-        per_device = max(1, batch_size // (per_query + 1))
     bf16 = (dev_name == "cpu" and cpu_has_fast_bf16()) or (
         dev_name.startswith("cuda") and torch.cuda.is_bf16_supported()
     )
-    args = st.cross_encoder.CrossEncoderTrainingArguments(
+    poly = arch == "poly-encoder"
+    per_device = batch_size if loss == "bce" else max(1, batch_size // (per_query + 1))
+    args_type = (
+        require("transformers", "cross-encoder").TrainingArguments
+        if poly
+        else st.cross_encoder.CrossEncoderTrainingArguments
+    )
+    args = args_type(
         output_dir=str(work / "checkpoints"),
         num_train_epochs=epochs,
         max_steps=max_steps if max_steps is not None else -1,
@@ -489,10 +493,54 @@ def fine_tune(
         report_to="none",
         disable_tqdm=not progress,
         dataloader_num_workers=0,
+        **({"remove_unused_columns": False} if poly else {}),
     )
-    trainer = st.cross_encoder.CrossEncoderTrainer(
-        model=model, args=args, train_dataset=train_ds, loss=criterion, callbacks=list(callbacks)
-    )
+    if poly:
+        from rerankers_plugins.scorers.poly_encoder import (
+            CONFIG_NAME,
+            build_poly_encoder,
+            load_poly_encoder,
+        )
+        from rerankers_plugins.train.poly import poly_trainer
+
+        model = load_model(
+            "poly-encoder",
+            base_path,
+            lambda: (
+                load_poly_encoder(base_path)
+                if (Path(base_path) / CONFIG_NAME).is_file()
+                else build_poly_encoder(base_path, codes=codes, max_length=max_length, seed=seed)
+            ),
+            cls="PolyEncoderScorer",
+        )
+        model.settings.update({"codes": int(model.codes.shape[0]), "max_length": max_length, "base": base})
+        trainer = poly_trainer(
+            model.to(dev_name),
+            args,
+            train_ds,
+            loss=loss,
+            per_query=per_query,
+            max_length=max_length,
+            callbacks=callbacks,
+        )
+    else:
+        model = load_model(
+            "cross-encoder",
+            base_path,
+            lambda: st.CrossEncoder(base_path, num_labels=1, max_length=max_length, device=dev_name),
+        )
+        if not base_is_cross_encoder:
+            _fresh_pooler(model, torch)
+        losses = st.cross_encoder.losses
+        if loss == "bce":
+            criterion = losses.BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(float(per_query)))
+        elif loss == "listwise":
+            criterion = losses.ListNetLoss(model)
+        else:
+            criterion = losses.MarginMSELoss(model)
+        trainer = st.cross_encoder.CrossEncoderTrainer(
+            model=model, args=args, train_dataset=train_ds, loss=criterion, callbacks=list(callbacks)
+        )
     if resume:
         logger.warning("resuming the interrupted run in %s from %s", out_dir, Path(resume).name)
     trainer.train(resume_from_checkpoint=resume)
@@ -506,6 +554,7 @@ def fine_tune(
     if dev_ids:
         from rerankers_plugins.eval.harness import evaluate
         from rerankers_plugins.scorers.cross_encoder import CrossEncoderScorer
+        from rerankers_plugins.scorers.poly_encoder import PolyEncoderScorer
 
         dev_data = BeirData(
             corpus=data.corpus,
@@ -514,7 +563,7 @@ def fine_tune(
         )
         report = evaluate(
             dev_data,
-            {"fine-tuned": CrossEncoderScorer(str(out_dir))},
+            {"fine-tuned": PolyEncoderScorer(str(out_dir)) if poly else CrossEncoderScorer(str(out_dir))},
             k=dev_depth,
             metrics=("ndcg@10", "mrr@10"),
             progress=progress,
@@ -553,7 +602,21 @@ def fine_tune(
 def _write_card(out: Path, result: TrainResult, history: Sequence[float]) -> None:
     dev = "\n".join(f"| {k} | {v:.4f} |" for k, v in result.dev_metrics.items()) or "| - | - |"
     settings = "\n".join(f"| {k} | {v} |" for k, v in result.settings.items())
-    card = f"""---
+    if result.settings.get("arch") == "poly-encoder":
+        head = f"""---
+library_name: transformers
+pipeline_tag: text-ranking
+tags: [poly-encoder, reranker, rerankers-plugins]
+---
+
+# Poly-encoder fine-tuned with `rerankers-plugins train --arch poly-encoder`
+
+Load it with `PolyEncoderScorer("{out}")` (or `PolyEncoderRerank(model=...)` in either adapter).
+{result.settings.get("codes")} document codes; scores are logits (unbounded dot products).
+
+"""
+    else:
+        head = f"""---
 library_name: sentence-transformers
 pipeline_tag: text-ranking
 tags: [cross-encoder, reranker, rerankers-plugins]
@@ -564,7 +627,10 @@ tags: [cross-encoder, reranker, rerankers-plugins]
 Load it with `CrossEncoderScorer("{out}")` (or any adapter's `model=`), or with
 sentence-transformers' `CrossEncoder`. One output label; scores are sigmoid probabilities.
 
-| | |
+"""
+    card = (
+        head
+        + f"""| | |
 |---|---|
 | base | {result.base} |
 | loss | {result.loss} |
@@ -586,6 +652,7 @@ sentence-transformers' `CrossEncoder`. One output label; scores are sigmoid prob
 |---|---:|
 {dev}
 """
+    )
     (out / "README.md").write_text(card, encoding="utf-8")
     files = sorted(p.name for p in out.iterdir() if p.name not in (_DONE, _WORK))
     info = {"format": _FORMAT, **asdict(result), "loss_history": list(history), "files": files}

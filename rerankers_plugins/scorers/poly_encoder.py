@@ -1,0 +1,337 @@
+"""Poly-encoder reranking: documents as m cached code vectors, the query attends over them.
+
+The middle ground between a bi-encoder (one vector per side, no interaction) and a cross-encoder
+(full joint attention). One transformer encoder reads each side separately:
+
+- a **document** becomes ``m`` code vectors: ``m`` learned, query-independent codes each attend
+  (dot-product attention, masked) over the document's token states. They do not depend on the
+  query, so they are computed once per document and cached like ColBERT's document vectors
+  (memory, and disk with ``cache_dir``);
+- a **query** becomes one vector (mean of its token states);
+- the query attends over the document's codes (softmax of query . code), and the **score** is the
+  dot product of the query vector with that attended mixture. It is unbounded and is trained as a
+  logit (binary cross-entropy by default), so the scale is LOGIT: ``sigmoid(score)`` is the model's
+  relevance probability for a BCE-trained model.
+
+At initialisation the codes are small, so each attends almost uniformly and every code is close to
+the document's mean-pooled vector: an untrained poly-encoder starts as the mean-pooling bi-encoder
+it was built from, and training adds what the codes learn.
+
+A poly-encoder is a directory: the encoder and tokenizer (``save_pretrained``), ``poly_codes.safetensors``
+(the codes) and ``poly_encoder.json`` (settings). ``rerankers-plugins train --arch poly-encoder``
+writes one from any BERT-like encoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from rerankers_plugins._optional import require
+from rerankers_plugins.errors import BackendError, ConfigError
+from rerankers_plugins.ops.batching import length_sorted_batches
+from rerankers_plugins.scorers._hf import (
+    DTypeName,
+    TruncationReport,
+    load_model,
+    resolve_device,
+    resolve_dtype,
+    resolve_max_batch_tokens,
+    resolve_model,
+)
+from rerankers_plugins.scorers.base import BaseScorer
+from rerankers_plugins.scorers.colbert import DocumentEmbeddingCache
+from rerankers_plugins.types import ScoreScale
+
+__all__ = ["CONFIG_NAME", "FORMAT", "PolyEncoderScorer", "build_poly_encoder", "load_poly_encoder"]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "poly_encoder.json"
+CODES_NAME = "poly_codes.safetensors"
+FORMAT = "rerankers-plugins poly-encoder 1"
+
+
+def _module() -> Any:
+    """The ``torch.nn.Module`` class, defined on first use (torch is an optional dependency)."""
+    torch = require("torch", "cross-encoder")
+
+    class PolyEncoder(torch.nn.Module):  # type: ignore[misc,name-defined]
+        """Encoder + ``m`` codes. ``query_vectors`` -> ``[B, H]``; ``document_codes`` -> ``[B, m, H]``;
+        :meth:`score` -> ``[B]``."""
+
+        def __init__(self, encoder: Any, tokenizer: Any, codes: Any, settings: Mapping[str, Any]) -> None:
+            super().__init__()
+            self.encoder = encoder
+            self.tokenizer = tokenizer
+            self.codes = torch.nn.Parameter(codes)
+            self.settings = dict(settings)
+
+        def _states(self, input_ids: Any, attention_mask: Any) -> Any:
+            return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+        def query_vectors(self, input_ids: Any, attention_mask: Any) -> Any:
+            states = self._states(input_ids, attention_mask)
+            mask = attention_mask.unsqueeze(-1).to(states.dtype)
+            return (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+        def document_codes(self, input_ids: Any, attention_mask: Any) -> Any:
+            states = self._states(input_ids, attention_mask)  # [B, L, H]
+            logits = torch.einsum("mh,blh->bml", self.codes.to(states.dtype), states)
+            logits = logits.masked_fill(attention_mask[:, None, :] == 0, torch.finfo(logits.dtype).min)
+            return torch.einsum("bml,blh->bmh", torch.softmax(logits, dim=-1), states)
+
+        @staticmethod
+        def score(queries: Any, codes: Any) -> Any:
+            """``queries`` ``[B, H]``, ``codes`` ``[B, m, H]`` -> ``[B]``: the query attends over its
+            document's codes, then the dot product with the attended mixture."""
+            weights = torch.softmax(torch.einsum("bh,bmh->bm", queries, codes), dim=-1)
+            mixed = torch.einsum("bm,bmh->bh", weights, codes)
+            return (mixed * queries).sum(-1)
+
+        def save_pretrained(self, directory: str | Path) -> None:
+            safetensors = require("safetensors.torch", "cross-encoder")
+            root = Path(directory)
+            root.mkdir(parents=True, exist_ok=True)
+            self.encoder.save_pretrained(str(root))
+            self.tokenizer.save_pretrained(str(root))
+            safetensors.save_file(
+                {"codes": self.codes.detach().float().cpu().contiguous()}, str(root / CODES_NAME)
+            )
+            (root / CONFIG_NAME).write_text(
+                json.dumps({"format": FORMAT, **self.settings}, indent=2) + "\n", encoding="utf-8"
+            )
+
+    return PolyEncoder
+
+
+def build_poly_encoder(base: str, *, codes: int = 16, max_length: int = 256, seed: int = 0) -> Any:
+    """A new poly-encoder module from a BERT-like encoder ``base`` (directory or Hub id; a
+    sentence-transformers or cross-encoder checkpoint gives its encoder weights): ``codes`` code
+    vectors drawn small (N(0, 0.02)), so that each starts as mean pooling."""
+    if isinstance(codes, bool) or not isinstance(codes, int) or codes < 1:
+        raise ConfigError(f"codes must be a positive int, got {codes!r}")
+    torch = require("torch", "cross-encoder")
+    transformers = require("transformers", "cross-encoder")
+    path = resolve_model(base)
+    tok, encoder = load_model(
+        "encoder",
+        path,
+        lambda: (
+            transformers.AutoTokenizer.from_pretrained(path),
+            transformers.AutoModel.from_pretrained(path),
+        ),
+        cls="PolyEncoderScorer",
+    )
+    gen = torch.Generator().manual_seed(seed)
+    init = torch.randn(codes, int(encoder.config.hidden_size), generator=gen) * 0.02
+    settings = {"codes": codes, "max_length": max_length, "base": base}
+    return _module()(encoder, tok, init, settings)
+
+
+def load_poly_encoder(directory: str | Path) -> Any:
+    """The poly-encoder module saved in ``directory`` (as written by ``save_pretrained``)."""
+    root = Path(directory)
+    cfg_path = root / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise ConfigError(
+            f"{str(root)!r} is not a poly-encoder directory (no {CONFIG_NAME}); train one with "
+            "`rerankers-plugins train DATA_DIR --arch poly-encoder --base ENCODER --out DIR`"
+        )
+    settings = json.loads(cfg_path.read_text(encoding="utf-8"))
+    if settings.get("format") != FORMAT:
+        raise ConfigError(f"{cfg_path} has format {settings.get('format')!r}; this version reads {FORMAT!r}")
+    transformers = require("transformers", "cross-encoder")
+    safetensors = require("safetensors.torch", "cross-encoder")
+    if not (root / CODES_NAME).is_file():
+        raise BackendError(f"poly-encoder {root}: the codes file {root / CODES_NAME} is missing")
+    codes = safetensors.load_file(str(root / CODES_NAME))["codes"]
+    tok = transformers.AutoTokenizer.from_pretrained(str(root))
+    encoder = transformers.AutoModel.from_pretrained(str(root))
+    if int(codes.shape[1]) != int(encoder.config.hidden_size):
+        raise BackendError(
+            f"poly-encoder {root}: codes have width {int(codes.shape[1])}, the encoder {encoder.config.hidden_size}"
+        )
+    settings.pop("format", None)
+    return _module()(encoder, tok, codes, settings)
+
+
+def tokenize(tokenizer: Any, texts: Sequence[str], limit: int) -> list[list[int]]:
+    """Token ids of each text with the tokenizer's special tokens, at most ``limit`` tokens."""
+    if not texts:
+        return []
+    enc = tokenizer(list(texts), truncation=True, max_length=limit, return_attention_mask=False)
+    return [list(ids) for ids in enc["input_ids"]]
+
+
+def pad(torch: Any, rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any]:
+    """``[B, L]`` ids and attention mask, right-padded."""
+    n = max(len(r) for r in rows)
+    ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), n), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+class PolyEncoderScorer(BaseScorer):
+    """Rerank with a poly-encoder (see the module docstring); document codes are cached.
+
+    Args:
+        model: a poly-encoder directory (``rerankers-plugins train --arch poly-encoder``) or a Hub
+            id of one.
+        device, dtype: as for :class:`~rerankers_plugins.CrossEncoderScorer`.
+        query_length: query tokens kept (special tokens included).
+        doc_length: document tokens kept; default the length the model was trained with.
+            Longer documents are truncated (warned once).
+        cache_dir: optional directory for document codes shared across processes.
+        cache_bytes: memory bound of the in-process code cache.
+        batch_size, max_batch_tokens: document encoding batches (length-sorted).
+
+    Scale LOGIT: the score is an unbounded dot product, trained as a logit.
+    """
+
+    scale = ScoreScale.LOGIT
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        device: str | None = None,
+        dtype: DTypeName = "auto",
+        query_length: int = 64,
+        doc_length: int | None = None,
+        cache_dir: str | Path | None = None,
+        cache_bytes: int = 512 * 2**20,
+        batch_size: int = 32,
+        max_batch_tokens: int | Literal["auto"] | None = "auto",
+        local_files_only: bool = False,
+    ) -> None:
+        for name, value, low in (
+            ("query_length", query_length, 4),
+            ("doc_length", doc_length if doc_length is not None else 4, 4),
+            ("batch_size", batch_size, 1),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
+        self._torch = require("torch", "cross-encoder")
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.batch_size = batch_size
+        self.max_batch_tokens = resolve_max_batch_tokens(
+            max_batch_tokens, self.device, threads=self._torch.get_num_threads()
+        )
+        self.name = model
+        self.model_id = model
+
+        def load() -> tuple[Path, Any]:
+            root = Path(model).expanduser()
+            if not root.is_dir():
+                hub = require("huggingface_hub", "cross-encoder")
+                root = Path(hub.snapshot_download(model, local_files_only=local_files_only))
+            if not (root / CONFIG_NAME).is_file():
+                return root, None
+            return root, load_poly_encoder(root)
+
+        root, module = load_model("poly-encoder", model, load, cls="PolyEncoderScorer")
+        if module is None:
+            load_poly_encoder(root)  # raises the ConfigError that says what the directory lacks
+        self._module = module.to(self.device, dtype=self.dtype).eval()
+        self._tokenizer = module.tokenizer
+        self.codes = int(module.codes.shape[0])
+        limit = int(getattr(module.encoder.config, "max_position_embeddings", 512) or 512)
+        self.query_length = min(query_length, limit)
+        self.doc_length = min(doc_length or int(module.settings.get("max_length", 256)), limit)
+        self._pad = int(self._tokenizer.pad_token_id or 0)
+        self._doc_truncation = TruncationReport(f"PolyEncoderScorer({model!r}) documents")
+        digest = hashlib.sha256()
+        for name in sorted(p.name for p in root.iterdir() if p.is_file()):
+            stat = (root / name).stat()
+            digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+        digest.update(json.dumps([str(root.resolve()), self.doc_length, str(self.dtype)]).encode())
+        self.cache = DocumentEmbeddingCache(
+            "poly-" + digest.hexdigest()[:16], max_bytes=cache_bytes, directory=cache_dir
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"PolyEncoderScorer({self.model_id!r}, codes={self.codes}, device={self.device!r}, "
+            f"dtype={str(self.dtype).removeprefix('torch.')!r})"
+        )
+
+    def fingerprint(self) -> Mapping[str, Any]:
+        return {
+            "model": self.name,
+            "query_length": self.query_length,
+            "doc_length": self.doc_length,
+            "dtype": str(self.dtype),
+        }
+
+    def encode_query(self, query: str) -> Any:
+        """``[H]`` float32 query vector."""
+        ids, mask = pad(self._torch, tokenize(self._tokenizer, [query], self.query_length), self._pad)
+        with self._torch.inference_mode():
+            vec = self._module.query_vectors(ids.to(self.device), mask.to(self.device))
+        return vec[0].float()
+
+    def encode_documents(self, texts: Sequence[str]) -> list[Any]:
+        """``[m, H]`` float32 codes for each text (no cache involved)."""
+        if not texts:
+            return []
+        rows = tokenize(self._tokenizer, texts, self.doc_length + 1)
+        over = sum(len(r) > self.doc_length for r in rows)
+        self._doc_truncation.check(over, len(rows), self.doc_length)
+        rows = [r if len(r) <= self.doc_length else r[: self.doc_length - 1] + r[-1:] for r in rows]
+        out: list[Any] = [None] * len(texts)
+        with self._torch.inference_mode():
+            for batch in length_sorted_batches(
+                [len(r) for r in rows], self.batch_size, self.max_batch_tokens
+            ):
+                ids, mask = pad(self._torch, [rows[i] for i in batch], self._pad)
+                codes = self._module.document_codes(ids.to(self.device), mask.to(self.device)).float()
+                for row, i in enumerate(batch):
+                    out[i] = codes[row]
+        return out
+
+    def _document_codes(self, texts: Sequence[str]) -> list[Any]:
+        keys = [self.cache.key(t) for t in texts]
+        found: dict[str, Any] = {}
+        for k in dict.fromkeys(keys):
+            v = self.cache.get(k)
+            if v is not None:
+                found[k] = v
+        missing = {k: t for k, t in zip(keys, texts, strict=True) if k not in found}
+        if missing:
+            for k, codes in zip(missing, self.encode_documents(list(missing.values())), strict=True):
+                found[k] = self.cache.put(k, codes)
+        return [found[k] for k in keys]
+
+    def index(self, texts: Sequence[str]) -> int:
+        """Precompute and cache the codes of ``texts``; returns how many were encoded."""
+        unique = [t for t in dict.fromkeys(texts) if t.strip()]
+        todo = [t for t in unique if self.cache.get(self.cache.key(t)) is None]
+        chunk = max(self.batch_size * 8, 256)
+        for start in range(0, len(todo), chunk):
+            part = todo[start : start + chunk]
+            for t, codes in zip(part, self.encode_documents(part), strict=True):
+                self.cache.put(self.cache.key(t), codes)
+        return len(todo)
+
+    def score(self, query: str, texts: Sequence[str]) -> list[float]:
+        if not texts:
+            return []
+        torch = self._torch
+        q = self.encode_query(query)
+        codes = self._document_codes(texts)  # float16 as stored: cached and fresh calls agree
+        out: list[float] = []
+        with torch.inference_mode():
+            for start in range(0, len(codes), 256):
+                part = torch.stack([c.to(self.device, torch.float32) for c in codes[start : start + 256]])
+                values = self._module.score(q.expand(len(part), -1), part)
+                out.extend(float(v) for v in values.cpu().tolist())
+        return out

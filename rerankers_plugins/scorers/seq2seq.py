@@ -1,0 +1,279 @@
+"""Sequence-to-sequence rerankers: MonoT5 and RankT5 over any T5-style checkpoint.
+
+Both read the decoder's first step for the prompt ``Query: ... Document: ...``:
+
+``monot5``  the prompt ends with ``Relevant:`` and the model was trained to answer ``true`` or
+            ``false``; the score is the softmax probability of "true" over those two token
+            logits (scale PROBABILITY), as the published monoT5 checkpoints are scored.
+``rankt5``  the model was trained so that one vocabulary entry's logit at that step *is* the
+            relevance score (``<extra_id_10>`` in the published RankT5 checkpoints); the score is
+            that raw logit (scale LOGIT).
+
+The model and tokenizer load through transformers (Hub id or local directory, the same errors as
+the cross-encoder). Each call tokenizes its pairs once, truncates only the document when a pair is
+longer than ``max_length`` (the query and the prompt words are kept, so ``Relevant:`` is never cut
+off), sorts pairs by token length before batching, and upcasts logits to float32.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from rerankers_plugins._optional import require
+from rerankers_plugins.errors import ConfigError
+from rerankers_plugins.ops.batching import length_sorted_batches, restore_order
+from rerankers_plugins.scorers._hf import (
+    DTypeName,
+    TruncationReport,
+    load_model,
+    resolve_device,
+    resolve_dtype,
+    resolve_max_batch_tokens,
+    resolve_model,
+)
+from rerankers_plugins.scorers.base import BaseScorer
+from rerankers_plugins.types import ScoreScale
+
+__all__ = ["TEMPLATES", "Seq2SeqScorer", "Variant"]
+
+logger = logging.getLogger(__name__)
+
+Variant = Literal["monot5", "rankt5"]
+
+#: the prompt each published family was trained on
+TEMPLATES: dict[str, str] = {
+    "monot5": "Query: {query} Document: {document} Relevant:",
+    "rankt5": "Query: {query} Document: {document}",
+}
+
+
+def _template_parts(template: str) -> tuple[str, str, str, bool]:
+    """``template`` split at its two placeholders: (before, between, after, query first)."""
+    if template.count("{query}") != 1 or template.count("{document}") != 1:
+        raise ConfigError(f"template must hold {{query}} and {{document}} once each, got {template!r}")
+    query_first = template.index("{query}") < template.index("{document}")
+    first, second = ("{query}", "{document}") if query_first else ("{document}", "{query}")
+    before, rest = template.split(first)
+    between, after = rest.split(second)
+    return before, between, after, query_first
+
+
+class Seq2SeqScorer(BaseScorer):
+    """Score (query, text) pairs with a MonoT5 or RankT5 model.
+
+    Args:
+        model: a Hub id (``"castorini/monot5-base-msmarco"``) or a local directory.
+        variant: ``"monot5"`` (P("true"), scale PROBABILITY) or ``"rankt5"`` (the score token's
+            logit, scale LOGIT).
+        true_token, false_token: the MonoT5 answer words (one token each with this tokenizer),
+            or their token ids; checkpoints trained with other words (``"yes"``/``"no"``) set them.
+        score_token: the RankT5 scoring token (a token string or id).
+        template: the prompt, with ``{query}`` and ``{document}``; default the variant's published
+            one. The text around the placeholders is tokenized word by word, so keep whitespace
+            around them (as the published prompts do).
+        device: ``None`` picks CUDA when present, else CPU.
+        dtype: ``"auto"`` (bfloat16 where the hardware is fast at it, else float32), ``"float32"``
+            or ``"bfloat16"``. float16 is refused: T5's feed-forward activations overflow it.
+        max_length: encoder tokens per pair; longer documents are cut (warned once per scorer).
+        max_query_length: at most this many query tokens are kept (the rest of the window is the
+            document's).
+        batch_size, max_batch_tokens: as for :class:`~rerankers_plugins.CrossEncoderScorer`.
+        trust_remote_code, local_files_only: passed to transformers.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        variant: Variant = "monot5",
+        true_token: str | int = "true",
+        false_token: str | int = "false",
+        score_token: str | int = "<extra_id_10>",
+        template: str | None = None,
+        device: str | None = None,
+        dtype: DTypeName = "auto",
+        max_length: int = 512,
+        max_query_length: int = 64,
+        batch_size: int = 16,
+        max_batch_tokens: int | Literal["auto"] | None = "auto",
+        trust_remote_code: bool = False,
+        local_files_only: bool = False,
+    ) -> None:
+        if variant not in TEMPLATES:
+            raise ConfigError(f"variant must be 'monot5' or 'rankt5', got {variant!r}")
+        for name, value, low in (
+            ("max_length", max_length, 8),
+            ("max_query_length", max_query_length, 1),
+            ("batch_size", batch_size, 1),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
+        self._torch = require("torch", "seq2seq")
+        transformers = require("transformers", "seq2seq")
+        self.device = resolve_device(device)
+        if dtype == "float16":
+            raise ConfigError(
+                'dtype="float16" is not supported for T5 models (their activations overflow it); '
+                'use "bfloat16" or "float32"'
+            )
+        self.dtype = resolve_dtype(dtype, self.device)
+        if self.dtype == self._torch.float16:  # "auto" on a CUDA device without bf16
+            self.dtype = self._torch.float32
+        self.variant: Variant = variant
+        self.scale = ScoreScale.PROBABILITY if variant == "monot5" else ScoreScale.LOGIT
+        self.template = template if template is not None else TEMPLATES[variant]
+        self._before, self._between, self._after, self._query_first = _template_parts(self.template)
+        self.batch_size = batch_size
+        self.max_batch_tokens = resolve_max_batch_tokens(
+            max_batch_tokens, self.device, threads=self._torch.get_num_threads()
+        )
+        self.name = model
+        self.model_id = model
+        path = resolve_model(model)
+
+        kw = {"trust_remote_code": trust_remote_code, "local_files_only": local_files_only}
+        config = load_model(
+            "seq2seq", path, lambda: transformers.AutoConfig.from_pretrained(path, **kw), cls="Seq2SeqScorer"
+        )
+        if not getattr(config, "is_encoder_decoder", False):
+            raise ConfigError(
+                f"{model!r} is not an encoder-decoder model (model_type {config.model_type!r}): "
+                "Seq2SeqScorer needs a T5-style checkpoint such as castorini/monot5-base-msmarco; "
+                "for a BERT-style cross-encoder use CrossEncoderScorer"
+            )
+        self._tokenizer, net = load_model(
+            "seq2seq",
+            path,
+            lambda: (
+                transformers.AutoTokenizer.from_pretrained(path, **kw),
+                transformers.AutoModelForSeq2SeqLM.from_pretrained(path, config=config, **kw),
+            ),
+            cls="Seq2SeqScorer",
+        )
+        self._model = net.to(self.device, dtype=self.dtype).eval()
+        limit = int(getattr(self._tokenizer, "model_max_length", 0) or 0)
+        self.max_length = max_length if not 0 < limit < max_length else limit
+        self.max_query_length = max_query_length
+        start = self._model.config.decoder_start_token_id
+        if start is None:
+            start = self._model.config.pad_token_id
+        if start is None:
+            raise ConfigError(f"{model!r} declares no decoder_start_token_id (nor a pad token)")
+        self._start = int(start)
+        self._pad = int(self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0)
+        self._head, self._tail = self._special_frame()
+        self._fixed = [self._words(part) for part in (self._before, self._between, self._after)]
+        if variant == "monot5":
+            self.true_id = self._token_id(true_token, "true_token")
+            self.false_id = self._token_id(false_token, "false_token")
+            if self.true_id == self.false_id:
+                raise ConfigError(f"true_token and false_token are the same token (id {self.true_id})")
+            self._ids: tuple[int, ...] = (self.true_id, self.false_id)
+        else:
+            self.score_id = self._token_id(score_token, "score_token")
+            self._ids = (self.score_id,)
+        self._truncation = TruncationReport(f"Seq2SeqScorer({model!r})")
+        logger.debug("loaded %s model %s on %s as %s", variant, model, self.device, self.dtype)
+
+    def __repr__(self) -> str:
+        return (
+            f"Seq2SeqScorer({self.model_id!r}, variant={self.variant!r}, device={self.device!r}, "
+            f"dtype={str(self.dtype).removeprefix('torch.')!r}, scale={self.scale.value})"
+        )
+
+    # -- tokenization -----------------------------------------------------------------------------
+
+    def _words(self, text: str) -> list[int]:
+        text = text.strip()
+        if not text:
+            return []
+        return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _special_frame(self) -> tuple[list[int], list[int]]:
+        """The special tokens the tokenizer puts around a text (T5: nothing before, ``</s>`` after)."""
+        plain = list(self._tokenizer("x", add_special_tokens=False)["input_ids"])
+        full = list(self._tokenizer("x")["input_ids"])
+        for i in range(len(full) - len(plain) + 1):
+            if full[i : i + len(plain)] == plain:
+                return full[:i], full[i + len(plain) :]
+        return [], []
+
+    def _token_id(self, token: str | int, what: str) -> int:
+        if isinstance(token, bool) or not isinstance(token, (str, int)):
+            raise ConfigError(f"{what} must be a token string or id, got {token!r}")
+        size = len(self._tokenizer)
+        if isinstance(token, int):
+            if not 0 <= token < size:
+                raise ConfigError(f"{what} id {token} is outside the vocabulary (size {size})")
+            return token
+        tid = self._tokenizer.convert_tokens_to_ids(token)
+        if isinstance(tid, int) and tid != self._tokenizer.unk_token_id:
+            return tid
+        ids = self._words(token)
+        if len(ids) != 1 or ids[0] == self._tokenizer.unk_token_id:
+            raise ConfigError(
+                f"{what} {token!r} is not one token for this tokenizer (it gives {ids}); pass a word "
+                "that is a single token, or the token id"
+            )
+        return ids[0]
+
+    def _encode(self, query: str, texts: Sequence[str]) -> tuple[list[list[int]], int]:
+        """Token ids of every prompt; documents are cut to fit ``max_length``. Returns the ids and
+        how many documents were cut."""
+        before, between, after = self._fixed
+        q = self._words(query)[: self.max_query_length]
+        frame = len(self._head) + len(before) + len(between) + len(after) + len(self._tail)
+        room = max(self.max_length - frame - len(q), 1)
+        docs = self._truncation.token_ids(self._tokenizer, texts, room)
+        cut = sum(len(d) > room for d in docs)
+        rows = []
+        for d in docs:
+            first, second = (q, d[:room]) if self._query_first else (d[:room], q)
+            rows.append(self._head + before + first + between + second + after + self._tail)
+        return rows, cut
+
+    # -- scoring ----------------------------------------------------------------------------------
+
+    def fingerprint(self) -> Mapping[str, Any]:
+        return {
+            "model": self.name,
+            "variant": self.variant,
+            "template": self.template,
+            "tokens": list(self._ids),
+            "max_length": self.max_length,
+            "max_query_length": self.max_query_length,
+            "dtype": str(self.dtype),
+        }
+
+    def _forward(self, rows: list[list[int]]) -> list[float]:
+        torch = self._torch
+        n = max(len(r) for r in rows)
+        ids = torch.full((len(rows), n), self._pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), n), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, : len(r)] = 1
+        start = torch.full((len(rows), 1), self._start, dtype=torch.long)
+        with torch.inference_mode():
+            out = self._model(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                decoder_input_ids=start.to(self.device),
+                use_cache=False,
+            )
+            logits = out.logits[:, 0, list(self._ids)].float()
+            values = torch.softmax(logits, dim=-1)[:, 0] if self.variant == "monot5" else logits[:, 0]
+        return [float(v) for v in values.cpu().tolist()]
+
+    def score(self, query: str, texts: Sequence[str]) -> list[float]:
+        if not texts:
+            return []
+        rows, cut = self._encode(query, texts)
+        self._truncation.check(cut, len(rows), self.max_length)
+        batches = length_sorted_batches([len(r) for r in rows], self.batch_size, self.max_batch_tokens)
+        out: list[float] = []
+        for batch in batches:
+            out.extend(self._forward([rows[i] for i in batch]))
+        return restore_order(batches, out)
