@@ -56,6 +56,7 @@ def epoch_snapshots(root: Any) -> Any:
     class Snapshot(TrainerCallback):  # type: ignore[misc]
         def on_epoch_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
             n = round(state.epoch or 0)
+            (root / f"epoch-{n}" / "dev.json").unlink(missing_ok=True)  # metrics of older weights
             model.save_pretrained(str(root / f"epoch-{n}"))
             log.info("saved the epoch-%d snapshot (step %d)", n, state.global_step)
 

@@ -279,6 +279,8 @@ def build_t5(
         + [("▁", -3.0)]
         + [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?'-:"]
         + [("<extra_id_10>", 0.0)]
+        # bare (word-inside) pieces, as real sentencepiece vocabularies have: not the answer tokens
+        + [("true", -4.0), ("false", -4.0)]
     )
     tok = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
     # as sentencepiece's T5 normalisation: runs of spaces collapse, ends are stripped

@@ -29,6 +29,7 @@ __all__ = [
     "cli_syntax",
     "cpu_flags",
     "cpu_has_fast_bf16",
+    "files_digest",
     "load_model",
     "packaged_model_path",
     "resolve_device",
@@ -201,6 +202,22 @@ def packaged_model_path(name: str = "minilm") -> str:
 def resolve_model(model: str) -> str:
     """A packaged model's name (``"minilm"``) -> its directory; anything else unchanged."""
     return packaged_model_path(model) if isinstance(model, str) and model in PACKAGED_MODELS else model
+
+
+def files_digest(model: str) -> str | None:
+    """A short digest of a local model directory's files (names, sizes, modification times), so
+    that score caches keyed by a scorer's settings never serve a model retrained in place; None for
+    a Hub id (its revision is fixed by the Hub cache)."""
+    root = Path(os.path.expanduser(model))
+    if not root.is_dir():
+        return None
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.iterdir() if p.is_file()):
+        stat = path.stat()
+        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
 
 
 def _hub_reachable(timeout: float = 2.0) -> bool:

@@ -31,7 +31,7 @@ import string
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -230,7 +230,7 @@ class DocumentEmbeddingCache:
                     p.rmdir()
                 except OSError:
                     logger.debug("could not remove %s after a failed cache set-up", p)
-            raise ConfigError(f"ColBERT cache directory {path} is not writable: {exc}") from exc
+            raise ConfigError(f"document cache directory {path} is not writable: {exc}") from exc
         return path
 
     @staticmethod
@@ -280,6 +280,33 @@ class DocumentEmbeddingCache:
                     raise
         self._remember(key, item)
         return item
+
+    def fetch(self, texts: Sequence[str], encode: Callable[[list[str]], list[Any]]) -> list[Any]:
+        """The stored vectors of each text (one per text, in order), encoding the missing ones once
+        with ``encode`` and storing them: a fresh and a cached call return the same stored arrays."""
+        keys = [self.key(t) for t in texts]
+        found: dict[str, Any] = {}
+        for k in dict.fromkeys(keys):
+            v = self.get(k)
+            if v is not None:
+                found[k] = v
+        missing = {k: t for k, t in zip(keys, texts, strict=True) if k not in found}
+        if missing:
+            for k, vecs in zip(missing, encode(list(missing.values())), strict=True):
+                found[k] = self.put(k, vecs)
+        return [found[k] for k in keys]
+
+    def fill(self, texts: Sequence[str], encode: Callable[[list[str]], list[Any]], *, chunk: int) -> int:
+        """Encode and store every non-empty text not stored yet, ``chunk`` texts at a time (a
+        corpus of any size never sits in memory at once); returns how many were encoded."""
+        encoded = 0
+        unique = [t for t in dict.fromkeys(texts) if t.strip()]
+        for start in range(0, len(unique), chunk):
+            todo = [t for t in unique[start : start + chunk] if self.get(self.key(t)) is None]
+            for t, vecs in zip(todo, encode(todo), strict=True):
+                self.put(self.key(t), vecs)
+            encoded += len(todo)
+        return encoded
 
     def _remember(self, key: str, item: Any) -> None:
         size = int(item.numel() * item.element_size())
@@ -495,17 +522,7 @@ class ColBERTScorer(BaseScorer):
         return out
 
     def _document_vectors(self, texts: Sequence[str]) -> list[Any]:
-        keys = [self.cache.key(t) for t in texts]
-        found: dict[str, Any] = {}
-        for k in dict.fromkeys(keys):
-            v = self.cache.get(k)
-            if v is not None:
-                found[k] = v
-        missing = {k: t for k, t in zip(keys, texts, strict=True) if k not in found}
-        if missing:
-            for k, vecs in zip(missing, self.encode_documents(list(missing.values())), strict=True):
-                found[k] = self.cache.put(k, vecs)
-        return [found[k] for k in keys]
+        return self.cache.fetch(texts, self.encode_documents)
 
     def index(self, texts: Sequence[str]) -> int:
         """Precompute and cache the vectors of ``texts`` (memory, and disk when ``cache_dir`` is set).
@@ -513,16 +530,7 @@ class ColBERTScorer(BaseScorer):
         Returns how many texts were encoded (the rest were cached already). Encodes in chunks so
         a corpus of any size never sits in memory as one padded tensor.
         """
-        encoded = 0
-        unique = [t for t in dict.fromkeys(texts) if t.strip()]
-        chunk = max(self.batch_size * 8, 256)
-        for start in range(0, len(unique), chunk):
-            part = unique[start : start + chunk]
-            todo = [t for t in part if self.cache.get(self.cache.key(t)) is None]
-            for t, vecs in zip(todo, self.encode_documents(todo), strict=True):
-                self.cache.put(self.cache.key(t), vecs)
-            encoded += len(todo)
-        return encoded
+        return self.cache.fill(texts, self.encode_documents, chunk=max(self.batch_size * 8, 256))
 
     # -- scoring ----------------------------------------------------------------------------------
 

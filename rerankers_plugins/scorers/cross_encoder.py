@@ -23,6 +23,7 @@ from rerankers_plugins.ops.batching import length_sorted_batches, restore_order
 from rerankers_plugins.scorers._hf import (
     DTypeName,
     TruncationReport,
+    files_digest,
     load_model,
     resolve_device,
     resolve_dtype,
@@ -139,6 +140,7 @@ class CrossEncoderScorer(BaseScorer):
         self.name = model
         self.model_id = model
         model = resolve_model(model)
+        self._files = files_digest(model)
         if os.path.isdir(os.path.expanduser(model)):
             _require_classification_head(os.path.expanduser(model), self.model_id)
         self._model = load_model(
@@ -261,6 +263,8 @@ class CrossEncoderScorer(BaseScorer):
             "max_length": self.max_length,
             "dtype": str(self.dtype),
         }
+        if self._files is not None:  # a local directory: a model retrained there is another model
+            settings["files"] = self._files
         if self.backend != "torch":  # int8 scores differ from float32: never share cache entries
             settings["backend"] = self.backend
         return settings

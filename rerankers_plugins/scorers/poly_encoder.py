@@ -24,6 +24,7 @@ writes one from any BERT-like encoder.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -37,6 +38,7 @@ from rerankers_plugins.ops.batching import length_sorted_batches
 from rerankers_plugins.scorers._hf import (
     DTypeName,
     TruncationReport,
+    files_digest,
     load_model,
     resolve_device,
     resolve_dtype,
@@ -56,13 +58,17 @@ CODES_NAME = "poly_codes.safetensors"
 FORMAT = "rerankers-plugins poly-encoder 1"
 
 
+@functools.cache
 def _module() -> Any:
-    """The ``torch.nn.Module`` class, defined on first use (torch is an optional dependency)."""
+    """The ``torch.nn.Module`` class, defined once, on first use (torch is an optional dependency)."""
     torch = require("torch", "cross-encoder")
 
     class PolyEncoder(torch.nn.Module):  # type: ignore[misc,name-defined]
         """Encoder + ``m`` codes. ``query_vectors`` -> ``[B, H]``; ``document_codes`` -> ``[B, m, H]``;
-        :meth:`score` -> ``[B]``."""
+        :meth:`score` -> ``[B]``; ``forward`` scores a training batch (so the trainer's autocast and
+        device wrapping apply)."""
+
+        _keys_to_ignore_on_save = None  # read by transformers' Trainer when it resumes a checkpoint
 
         def __init__(self, encoder: Any, tokenizer: Any, codes: Any, settings: Mapping[str, Any]) -> None:
             super().__init__()
@@ -84,6 +90,14 @@ def _module() -> Any:
             logits = torch.einsum("mh,blh->bml", self.codes.to(states.dtype), states)
             logits = logits.masked_fill(attention_mask[:, None, :] == 0, torch.finfo(logits.dtype).min)
             return torch.einsum("bml,blh->bmh", torch.softmax(logits, dim=-1), states)
+
+        def forward(self, q_ids: Any, q_mask: Any, d_ids: Any, d_mask: Any, label_mask: Any) -> Any:
+            """Scores of a collated training batch: document i belongs to the query whose row of
+            ``label_mask`` holds its ``True`` (row-major order)."""
+            queries = self.query_vectors(q_ids, q_mask)
+            codes = self.document_codes(d_ids, d_mask)
+            owner = torch.arange(label_mask.shape[0], device=label_mask.device)[:, None]
+            return self.score(queries[owner.expand_as(label_mask)[label_mask]], codes)
 
         @staticmethod
         def score(queries: Any, codes: Any) -> Any:
@@ -123,7 +137,7 @@ def build_poly_encoder(base: str, *, codes: int = 16, max_length: int = 256, see
         path,
         lambda: (
             transformers.AutoTokenizer.from_pretrained(path),
-            transformers.AutoModel.from_pretrained(path),
+            transformers.AutoModel.from_pretrained(path).float(),
         ),
         cls="PolyEncoderScorer",
     )
@@ -151,7 +165,7 @@ def load_poly_encoder(directory: str | Path) -> Any:
         raise BackendError(f"poly-encoder {root}: the codes file {root / CODES_NAME} is missing")
     codes = safetensors.load_file(str(root / CODES_NAME))["codes"]
     tok = transformers.AutoTokenizer.from_pretrained(str(root))
-    encoder = transformers.AutoModel.from_pretrained(str(root))
+    encoder = transformers.AutoModel.from_pretrained(str(root)).float()
     if int(codes.shape[1]) != int(encoder.config.hidden_size):
         raise BackendError(
             f"poly-encoder {root}: codes have width {int(codes.shape[1])}, the encoder {encoder.config.hidden_size}"
@@ -249,13 +263,12 @@ class PolyEncoderScorer(BaseScorer):
         self.doc_length = min(doc_length or int(module.settings.get("max_length", 256)), limit)
         self._pad = int(self._tokenizer.pad_token_id or 0)
         self._doc_truncation = TruncationReport(f"PolyEncoderScorer({model!r}) documents")
-        digest = hashlib.sha256()
-        for name in sorted(p.name for p in root.iterdir() if p.is_file()):
-            stat = (root / name).stat()
-            digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
-        digest.update(json.dumps([str(root.resolve()), self.doc_length, str(self.dtype)]).encode())
+        self._files = files_digest(str(root))
+        key = json.dumps([str(root.resolve()), self._files, self.doc_length, str(self.dtype)])
         self.cache = DocumentEmbeddingCache(
-            "poly-" + digest.hexdigest()[:16], max_bytes=cache_bytes, directory=cache_dir
+            "poly-" + hashlib.sha256(key.encode()).hexdigest()[:16],
+            max_bytes=cache_bytes,
+            directory=cache_dir,
         )
 
     def __repr__(self) -> str:
@@ -270,6 +283,7 @@ class PolyEncoderScorer(BaseScorer):
             "query_length": self.query_length,
             "doc_length": self.doc_length,
             "dtype": str(self.dtype),
+            "files": self._files,
         }
 
     def encode_query(self, query: str) -> Any:
@@ -298,36 +312,16 @@ class PolyEncoderScorer(BaseScorer):
                     out[i] = codes[row]
         return out
 
-    def _document_codes(self, texts: Sequence[str]) -> list[Any]:
-        keys = [self.cache.key(t) for t in texts]
-        found: dict[str, Any] = {}
-        for k in dict.fromkeys(keys):
-            v = self.cache.get(k)
-            if v is not None:
-                found[k] = v
-        missing = {k: t for k, t in zip(keys, texts, strict=True) if k not in found}
-        if missing:
-            for k, codes in zip(missing, self.encode_documents(list(missing.values())), strict=True):
-                found[k] = self.cache.put(k, codes)
-        return [found[k] for k in keys]
-
     def index(self, texts: Sequence[str]) -> int:
         """Precompute and cache the codes of ``texts``; returns how many were encoded."""
-        unique = [t for t in dict.fromkeys(texts) if t.strip()]
-        todo = [t for t in unique if self.cache.get(self.cache.key(t)) is None]
-        chunk = max(self.batch_size * 8, 256)
-        for start in range(0, len(todo), chunk):
-            part = todo[start : start + chunk]
-            for t, codes in zip(part, self.encode_documents(part), strict=True):
-                self.cache.put(self.cache.key(t), codes)
-        return len(todo)
+        return self.cache.fill(texts, self.encode_documents, chunk=max(self.batch_size * 8, 256))
 
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
         if not texts:
             return []
         torch = self._torch
         q = self.encode_query(query)
-        codes = self._document_codes(texts)  # float16 as stored: cached and fresh calls agree
+        codes = self.cache.fetch(texts, self.encode_documents)  # float16 as stored: fresh = cached
         out: list[float] = []
         with torch.inference_mode():
             for start in range(0, len(codes), 256):

@@ -27,6 +27,7 @@ from rerankers_plugins.ops.batching import length_sorted_batches, restore_order
 from rerankers_plugins.scorers._hf import (
     DTypeName,
     TruncationReport,
+    files_digest,
     load_model,
     resolve_device,
     resolve_dtype,
@@ -132,6 +133,7 @@ class Seq2SeqScorer(BaseScorer):
         self.name = model
         self.model_id = model
         path = resolve_model(model)
+        self._files = files_digest(path)
 
         kw = {"trust_remote_code": trust_remote_code, "local_files_only": local_files_only}
         config = load_model(
@@ -208,23 +210,26 @@ class Seq2SeqScorer(BaseScorer):
             if not 0 <= token < size:
                 raise ConfigError(f"{what} id {token} is outside the vocabulary (size {size})")
             return token
+        # As a word first: in a sentencepiece vocabulary the model answers "▁true" (a word start),
+        # while a bare "true" entry, where one exists, is a piece inside a word.
+        ids = self._words(token)
+        if len(ids) == 1 and ids[0] != self._tokenizer.unk_token_id:
+            return ids[0]
         tid = self._tokenizer.convert_tokens_to_ids(token)
         if isinstance(tid, int) and tid != self._tokenizer.unk_token_id:
             return tid
-        ids = self._words(token)
-        if len(ids) != 1 or ids[0] == self._tokenizer.unk_token_id:
-            raise ConfigError(
-                f"{what} {token!r} is not one token for this tokenizer (it gives {ids}); pass a word "
-                "that is a single token, or the token id"
-            )
-        return ids[0]
+        raise ConfigError(
+            f"{what} {token!r} is not one token for this tokenizer (it gives {ids}); pass a word "
+            "that is a single token, or the token id"
+        )
 
     def _encode(self, query: str, texts: Sequence[str]) -> tuple[list[list[int]], int]:
         """Token ids of every prompt; documents are cut to fit ``max_length``. Returns the ids and
         how many documents were cut."""
         before, between, after = self._fixed
-        q = self._words(query)[: self.max_query_length]
         frame = len(self._head) + len(before) + len(between) + len(after) + len(self._tail)
+        # the query keeps at most max_query_length tokens and always leaves the document one
+        q = self._words(query)[: max(0, min(self.max_query_length, self.max_length - frame - 1))]
         room = max(self.max_length - frame - len(q), 1)
         docs = self._truncation.token_ids(self._tokenizer, texts, room)
         cut = sum(len(d) > room for d in docs)
@@ -245,6 +250,7 @@ class Seq2SeqScorer(BaseScorer):
             "max_length": self.max_length,
             "max_query_length": self.max_query_length,
             "dtype": str(self.dtype),
+            "files": self._files,
         }
 
     def _forward(self, rows: list[list[int]]) -> list[float]:

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rerankers_plugins._optional import require
+from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.scorers.poly_encoder import pad, tokenize
 
 __all__ = ["QUERY_LENGTH", "collate", "poly_trainer"]
@@ -59,11 +60,14 @@ def batch_loss(model: Any, batch: Mapping[str, Any], loss: str, per_query: int) 
     """The loss of one collated batch under ``loss``."""
     torch = require("torch", "cross-encoder")
     functional = torch.nn.functional
-    queries = model.query_vectors(batch["q_ids"], batch["q_mask"])
-    codes = model.document_codes(batch["d_ids"], batch["d_mask"])
     mask = batch["label_mask"]
-    owner = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)[mask]
-    scores = model.score(queries[owner], codes).float()
+    scores = model(
+        q_ids=batch["q_ids"],
+        q_mask=batch["q_mask"],
+        d_ids=batch["d_ids"],
+        d_mask=batch["d_mask"],
+        label_mask=mask,
+    ).float()
     labels = batch["labels"][mask].float()
     if loss == "bce":
         weight = torch.tensor(float(per_query), device=scores.device)
@@ -90,6 +94,13 @@ def poly_trainer(
 ) -> Any:
     """A transformers ``Trainer`` over ``model`` (a poly-encoder module) computing ``loss``."""
     transformers = require("transformers", "cross-encoder")
+    if getattr(args, "n_gpu", 1) > 1:
+        # the Trainer would wrap the model in DataParallel, which splits queries and their
+        # documents (a different number of rows) apart
+        raise ConfigError(
+            f"poly-encoder training runs on one device; {args.n_gpu} GPUs are visible: "
+            "set CUDA_VISIBLE_DEVICES to one of them"
+        )
 
     class PolyTrainer(transformers.Trainer):  # type: ignore[misc,name-defined]
         def compute_loss(

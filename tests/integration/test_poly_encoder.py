@@ -12,7 +12,7 @@ pytest.importorskip("datasets")
 pytest.importorskip("bm25s")
 
 import torch
-from test_train import FAST, QUERIES, TOPICS, Interrupt, write_beir
+from test_train import FAST, TOPICS, Interrupt, positive_first, write_beir
 from tiny import build_encoder
 
 from rerankers_plugins import (
@@ -31,9 +31,8 @@ from rerankers_plugins import (
     arerank,
     rerank,
 )
-from rerankers_plugins.eval.beir import load_beir
 from rerankers_plugins.scorers.poly_encoder import build_poly_encoder, pad, tokenize
-from rerankers_plugins.train import fine_tune, first_stage, mine_negatives
+from rerankers_plugins.train import fine_tune
 
 DOCS = [t for texts in TOPICS.values() for t in texts]
 
@@ -76,15 +75,7 @@ def test_training_lowers_the_loss_and_a_known_positive_outranks_its_negatives(be
     assert "PolyEncoderScorer" in (out / "README.md").read_text()
     scorer = PolyEncoderScorer(str(out), dtype="float32")
     assert scorer.codes == 4 and scorer.scale is ScoreScale.LOGIT
-    data = load_beir(beir, "train")
-    train = {q: data.queries[q] for q in QUERIES if q not in result.dev_query_ids}
-    mined = dict(mine_negatives(train, data.qrels, first_stage("bm25", data.corpus), per_query=2, depth=4))
-    texts = {str(c.id): c for c in data.corpus}
-    wins = []
-    for qid, negatives in mined.items():
-        positive = texts[QUERIES[qid][1]]
-        ranked = rerank(train[qid], [positive, *negatives], scorer)
-        wins.append(ranked[0].candidate.id == positive.id)
+    wins = positive_first(beir, scorer, result.dev_query_ids)
     assert sum(wins) >= 0.9 * len(wins), (wins, history)
 
 
