@@ -9,8 +9,8 @@ The middle ground between a bi-encoder (one vector per side, no interaction) and
   (memory, and disk with ``cache_dir``);
 - a **query** becomes one vector (mean of its token states);
 - the query attends over the document's codes (softmax of query . code), and the **score** is the
-  dot product of the query vector with that attended mixture. It is unbounded and is trained as a
-  logit (binary cross-entropy by default), so the scale is LOGIT: ``sigmoid(score)`` is the model's
+  dot product of the query vector with that attended mixture, times a learned scale (starting at
+  1/sqrt(hidden size)). It is unbounded and is trained as a logit (binary cross-entropy by default), so the scale is LOGIT: ``sigmoid(score)`` is the model's
   relevance probability for a BCE-trained model.
 
 At initialisation the codes are small, so each attends almost uniformly and every code is close to
@@ -70,11 +70,17 @@ def _module() -> Any:
 
         _keys_to_ignore_on_save = None  # read by transformers' Trainer when it resumes a checkpoint
 
-        def __init__(self, encoder: Any, tokenizer: Any, codes: Any, settings: Mapping[str, Any]) -> None:
+        def __init__(
+            self, encoder: Any, tokenizer: Any, codes: Any, settings: Mapping[str, Any], scale: Any = None
+        ) -> None:
             super().__init__()
             self.encoder = encoder
             self.tokenizer = tokenizer
             self.codes = torch.nn.Parameter(codes)
+            # learned logit scale, from 1/sqrt(hidden): an encoder's raw dot products (tens) would
+            # start BCE with saturated logits
+            start = float(codes.shape[1]) ** -0.5 if scale is None else scale
+            self.logit_scale = torch.nn.Parameter(torch.as_tensor(start, dtype=torch.float32).reshape(()))
             self.settings = dict(settings)
 
         def _states(self, input_ids: Any, attention_mask: Any) -> Any:
@@ -99,13 +105,12 @@ def _module() -> Any:
             owner = torch.arange(label_mask.shape[0], device=label_mask.device)[:, None]
             return self.score(queries[owner.expand_as(label_mask)[label_mask]], codes)
 
-        @staticmethod
-        def score(queries: Any, codes: Any) -> Any:
+        def score(self, queries: Any, codes: Any) -> Any:
             """``queries`` ``[B, H]``, ``codes`` ``[B, m, H]`` -> ``[B]``: the query attends over its
-            document's codes, then the dot product with the attended mixture."""
+            document's codes, then the dot product with the attended mixture, times the learned scale."""
             weights = torch.softmax(torch.einsum("bh,bmh->bm", queries, codes), dim=-1)
             mixed = torch.einsum("bm,bmh->bh", weights, codes)
-            return (mixed * queries).sum(-1)
+            return (mixed * queries).sum(-1) * self.logit_scale.to(queries.dtype)
 
         def save_pretrained(self, directory: str | Path) -> None:
             safetensors = require("safetensors.torch", "cross-encoder")
@@ -113,8 +118,9 @@ def _module() -> Any:
             root.mkdir(parents=True, exist_ok=True)
             self.encoder.save_pretrained(str(root))
             self.tokenizer.save_pretrained(str(root))
+            tensors = {"codes": self.codes, "scale": self.logit_scale}
             safetensors.save_file(
-                {"codes": self.codes.detach().float().cpu().contiguous()}, str(root / CODES_NAME)
+                {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(root / CODES_NAME)
             )
             (root / CONFIG_NAME).write_text(
                 json.dumps({"format": FORMAT, **self.settings}, indent=2) + "\n", encoding="utf-8"
@@ -163,7 +169,8 @@ def load_poly_encoder(directory: str | Path) -> Any:
     safetensors = require("safetensors.torch", "cross-encoder")
     if not (root / CODES_NAME).is_file():
         raise BackendError(f"poly-encoder {root}: the codes file {root / CODES_NAME} is missing")
-    codes = safetensors.load_file(str(root / CODES_NAME))["codes"]
+    tensors = safetensors.load_file(str(root / CODES_NAME))
+    codes = tensors["codes"]
     tok = transformers.AutoTokenizer.from_pretrained(str(root))
     encoder = transformers.AutoModel.from_pretrained(str(root)).float()
     if int(codes.shape[1]) != int(encoder.config.hidden_size):
@@ -171,7 +178,9 @@ def load_poly_encoder(directory: str | Path) -> Any:
             f"poly-encoder {root}: codes have width {int(codes.shape[1])}, the encoder {encoder.config.hidden_size}"
         )
     settings.pop("format", None)
-    return _module()(encoder, tok, codes, settings)
+    return _module()(
+        encoder, tok, codes, settings, scale=float(tensors["scale"]) if "scale" in tensors else 1.0
+    )
 
 
 def tokenize(tokenizer: Any, texts: Sequence[str], limit: int) -> list[list[int]]:
