@@ -32,6 +32,7 @@ __all__ = [
     "files_digest",
     "load_model",
     "packaged_model_path",
+    "pad_right",
     "resolve_device",
     "resolve_dtype",
     "resolve_max_batch_tokens",
@@ -202,6 +203,21 @@ def packaged_model_path(name: str = "minilm") -> str:
 def resolve_model(model: str) -> str:
     """A packaged model's name (``"minilm"``) -> its directory; anything else unchanged."""
     return packaged_model_path(model) if isinstance(model, str) and model in PACKAGED_MODELS else model
+
+
+def pad_right(
+    rows: Sequence[Sequence[int]], pad_id: int, attend: Sequence[Sequence[int]] | None = None
+) -> tuple[Any, Any]:
+    """``[B, L]`` token ids right-padded with ``pad_id`` and their attention mask (1 on each row's
+    tokens, or that row of ``attend`` where given), as int64 CPU tensors."""
+    torch = require("torch", "cross-encoder")
+    n = max(len(r) for r in rows)
+    ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), n), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, : len(r)] = 1 if attend is None else torch.tensor(list(attend[i]), dtype=torch.long)
+    return ids, mask
 
 
 def files_digest(model: str) -> str | None:

@@ -44,6 +44,7 @@ from rerankers_plugins.scorers._hf import (
     DTypeName,
     TruncationReport,
     load_model,
+    pad_right,
     resolve_device,
     resolve_dtype,
     resolve_max_batch_tokens,
@@ -465,13 +466,7 @@ class ColBERTScorer(BaseScorer):
 
     def _forward(self, batch_ids: list[list[int]], attend: list[list[int]] | None = None) -> Any:
         torch = self._torch
-        n = max(len(x) for x in batch_ids)
-        pad = self._tokenizer.pad_token_id or 0
-        ids = torch.full((len(batch_ids), n), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch_ids), n), dtype=torch.long)
-        for i, x in enumerate(batch_ids):
-            ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
-            mask[i, : len(x)] = 1 if attend is None else torch.tensor(attend[i], dtype=torch.long)
+        ids, mask = pad_right(batch_ids, self._tokenizer.pad_token_id or 0, attend)
         hidden = self._encoder(
             input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
         ).last_hidden_state

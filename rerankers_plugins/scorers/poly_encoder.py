@@ -40,6 +40,7 @@ from rerankers_plugins.scorers._hf import (
     TruncationReport,
     files_digest,
     load_model,
+    pad_right,
     resolve_device,
     resolve_dtype,
     resolve_max_batch_tokens,
@@ -49,7 +50,14 @@ from rerankers_plugins.scorers.base import BaseScorer
 from rerankers_plugins.scorers.colbert import DocumentEmbeddingCache
 from rerankers_plugins.types import ScoreScale
 
-__all__ = ["CONFIG_NAME", "FORMAT", "PolyEncoderScorer", "build_poly_encoder", "load_poly_encoder"]
+__all__ = [
+    "CONFIG_NAME",
+    "FORMAT",
+    "PolyEncoderScorer",
+    "build_poly_encoder",
+    "load_poly_encoder",
+    "tokenize",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -191,17 +199,6 @@ def tokenize(tokenizer: Any, texts: Sequence[str], limit: int) -> list[list[int]
     return [list(ids) for ids in enc["input_ids"]]
 
 
-def pad(torch: Any, rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any]:
-    """``[B, L]`` ids and attention mask, right-padded."""
-    n = max(len(r) for r in rows)
-    ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), n), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
-        mask[i, : len(r)] = 1
-    return ids, mask
-
-
 class PolyEncoderScorer(BaseScorer):
     """Rerank with a poly-encoder (see the module docstring); document codes are cached.
 
@@ -297,7 +294,7 @@ class PolyEncoderScorer(BaseScorer):
 
     def encode_query(self, query: str) -> Any:
         """``[H]`` float32 query vector."""
-        ids, mask = pad(self._torch, tokenize(self._tokenizer, [query], self.query_length), self._pad)
+        ids, mask = pad_right(tokenize(self._tokenizer, [query], self.query_length), self._pad)
         with self._torch.inference_mode():
             vec = self._module.query_vectors(ids.to(self.device), mask.to(self.device))
         return vec[0].float()
@@ -315,7 +312,7 @@ class PolyEncoderScorer(BaseScorer):
             for batch in length_sorted_batches(
                 [len(r) for r in rows], self.batch_size, self.max_batch_tokens
             ):
-                ids, mask = pad(self._torch, [rows[i] for i in batch], self._pad)
+                ids, mask = pad_right([rows[i] for i in batch], self._pad)
                 codes = self._module.document_codes(ids.to(self.device), mask.to(self.device)).float()
                 for row, i in enumerate(batch):
                     out[i] = codes[row]

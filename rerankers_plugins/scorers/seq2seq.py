@@ -29,6 +29,7 @@ from rerankers_plugins.scorers._hf import (
     TruncationReport,
     files_digest,
     load_model,
+    pad_right,
     resolve_device,
     resolve_dtype,
     resolve_max_batch_tokens,
@@ -255,12 +256,7 @@ class Seq2SeqScorer(BaseScorer):
 
     def _forward(self, rows: list[list[int]]) -> list[float]:
         torch = self._torch
-        n = max(len(r) for r in rows)
-        ids = torch.full((len(rows), n), self._pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), n), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, : len(r)] = 1
+        ids, mask = pad_right(rows, self._pad)
         start = torch.full((len(rows), 1), self._start, dtype=torch.long)
         with torch.inference_mode():
             out = self._model(

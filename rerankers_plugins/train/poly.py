@@ -13,7 +13,8 @@ from typing import Any
 
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import ConfigError
-from rerankers_plugins.scorers.poly_encoder import pad, tokenize
+from rerankers_plugins.scorers._hf import pad_right
+from rerankers_plugins.scorers.poly_encoder import tokenize
 
 __all__ = ["QUERY_LENGTH", "collate", "poly_trainer"]
 
@@ -44,8 +45,8 @@ def collate(rows: Sequence[Mapping[str, Any]], tokenizer: Any, max_length: int, 
         label_matrix[i, : len(ls)] = torch.tensor(ls)
         mask[i, : len(ls)] = True
     pad_id = int(tokenizer.pad_token_id or 0)
-    q_ids, q_mask = pad(torch, tokenize(tokenizer, queries, QUERY_LENGTH), pad_id)
-    d_ids, d_mask = pad(torch, tokenize(tokenizer, [d for g in groups for d in g], max_length), pad_id)
+    q_ids, q_mask = pad_right(tokenize(tokenizer, queries, QUERY_LENGTH), pad_id)
+    d_ids, d_mask = pad_right(tokenize(tokenizer, [d for g in groups for d in g], max_length), pad_id)
     return {
         "q_ids": q_ids,
         "q_mask": q_mask,

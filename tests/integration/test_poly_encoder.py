@@ -31,7 +31,8 @@ from rerankers_plugins import (
     arerank,
     rerank,
 )
-from rerankers_plugins.scorers.poly_encoder import build_poly_encoder, pad, tokenize
+from rerankers_plugins.scorers._hf import pad_right
+from rerankers_plugins.scorers.poly_encoder import build_poly_encoder, tokenize
 from rerankers_plugins.train import fine_tune
 
 DOCS = [t for texts in TOPICS.values() for t in texts]
@@ -116,7 +117,7 @@ def test_scores_do_not_depend_on_batching_or_order(trained):
 
 def test_an_untrained_poly_encoder_starts_as_mean_pooling(encoder):
     module = build_poly_encoder(str(encoder), codes=8, max_length=64).eval()
-    ids, mask = pad(torch, tokenize(module.tokenizer, ["the cat sat on the mat", "money"], 64), 0)
+    ids, mask = pad_right(tokenize(module.tokenizer, ["the cat sat on the mat", "money"], 64), 0)
     with torch.no_grad():
         codes = module.document_codes(ids, mask)
         mean = module.query_vectors(ids, mask)  # mean of the token states
