@@ -284,6 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--codes", type=int, default=16, help="document codes of a poly-encoder (default 16)")
     t.add_argument("--teacher", default=None, metavar="PIPELINE", help="teacher for --loss margin-mse")
     t.add_argument(
+        "--unlabeled",
+        default=None,
+        metavar="QUERIES.jsonl",
+        help="with --loss margin-mse: more queries to distil on, without judgments (queries any qrels "
+        "file judges are left out)",
+    )
+    t.add_argument(
         "--dev-split", default=None, help="qrels split for dev metrics (default: carve from train)"
     )
     t.add_argument("--dev-fraction", type=float, default=0.1, help="share of train queries held out as dev")
@@ -332,13 +339,15 @@ def train_command(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         arch=args.arch,
         codes=args.codes,
+        unlabeled=args.unlabeled,
     )
     print(
         f"trained {result.loss} {args.arch} from {result.base}: {result.steps} steps in {result.seconds:.0f} s"
     )
     print(
         f"queries: {result.train_queries} trained on, {result.dev_queries} dev, "
-        f"{result.skipped_queries} skipped (no positive); {result.training_rows} training rows"
+        f"{result.skipped_queries} skipped (no positive), {result.unlabeled_queries} unlabeled; "
+        f"{result.training_rows} training rows"
     )
     if result.resumed_from:
         print(f"resumed from {result.resumed_from}")

@@ -11,6 +11,7 @@ queries with the evaluation harness, and write a model card.
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import logging
 import os
@@ -40,6 +41,8 @@ _DONE = "training.json"
 _FORMAT = "rerankers-plugins training 1"
 _WORK = ".training"
 _NOT_ENCODERS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration", "ForSeq2SeqLM")
+#: first-stage candidates a distillation teacher scores per query: what a reranker sees in use
+TEACHER_DEPTH = 100
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class TrainResult:
     resumed_from: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     dev_query_ids: tuple[str, ...] = ()
+    unlabeled_queries: int = 0
 
 
 def transformers_major() -> int:
@@ -216,6 +220,54 @@ def _prepare_out(out: Path, overwrite: bool, identity: Mapping[str, Any]) -> str
     return str(checkpoints[-1]) if checkpoints else None
 
 
+def _unlabeled(path: Path, root: Path) -> dict[str, str]:
+    """Queries to distil on from a ``queries.jsonl``-style file (``_id``, ``text``), less every query
+    that a qrels file of ``root`` judges (by id or by text): those are for training or evaluation
+    with their labels, and a test query must never be trained on, labelled or not."""
+    if not path.is_file():
+        raise ConfigError(f"unlabeled queries file {path} not found")
+    queries: dict[str, str] = {}
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                qid, text = str(row["_id"]), str(row["text"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ConfigError(
+                    f"{path} line {n} is not a query row ({{'_id': ..., 'text': ...}}): {exc}"
+                ) from exc
+            if text.strip():
+                queries[qid] = text
+    judged: set[str] = set()
+    for split in _splits(root):
+        with (root / "qrels" / f"{split}.tsv").open(encoding="utf-8", newline="") as f:
+            judged |= {row[0] for row in csv.reader(f, delimiter="\t") if len(row) >= 3}
+    judged_texts = {text for qid, text in _query_texts(root).items() if qid in judged}
+    left_out = sorted(q for q, text in queries.items() if q in judged or text in judged_texts)
+    if left_out:
+        logger.warning(
+            "%d of %d unlabeled queries are judged in %s/qrels (e.g. %s): left out, so no "
+            "evaluation query is trained on",
+            len(left_out),
+            len(queries),
+            root,
+            ", ".join(repr(q) for q in left_out[:3]),
+        )
+    return {q: text for q, text in queries.items() if q not in set(left_out)}
+
+
+def _query_texts(root: Path) -> dict[str, str]:
+    texts: dict[str, str] = {}
+    with (root / "queries.jsonl").open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                texts[str(row["_id"])] = str(row["text"])
+    return texts
+
+
 def _carve_dev(qids: Sequence[str], fraction: float, seed: int) -> set[str]:
     if not 0 <= fraction < 1:
         raise ConfigError(f"dev_fraction must be in [0, 1), got {fraction!r}")
@@ -241,10 +293,12 @@ def _rows(
     depth: int,
     seed: int,
     negatives_model: str,
+    unlabeled: Mapping[str, str] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Training rows in the column layout each sentence-transformers loss expects."""
     texts = {str(c.id): c.text for c in data.corpus}
     queries = {q: data.queries[q] for q in qids}
+    queries.update(unlabeled or {})
     stage = first_stage(negatives, data.corpus, model=negatives_model, depth=max(depth, 100))
     if loss == "margin-mse":
         from rerankers_plugins.pipeline.ranking import as_strategy, require_scores
@@ -252,12 +306,17 @@ def _rows(
 
         judge = as_pipeline(teacher)
         require_scores(as_strategy(judge), "a distillation teacher")
-        for start in range(0, len(qids), 64):
-            chunk = list(qids[start : start + 64])
-            for qid, cands in zip(chunk, stage([queries[q] for q in chunk], depth), strict=True):
+        every = [*qids, *sorted(unlabeled or {})]
+        for start in range(0, len(every), 64):
+            chunk = every[start : start + 64]
+            # the teacher judges the list it would rerank in use (the first stage's top
+            # TEACHER_DEPTH), so its per-query z-scores and a judged positive below the top
+            # ``depth`` are both there; the negatives still come from the top ``depth``
+            ranked = stage([queries[q] for q in chunk], max(depth, TEACHER_DEPTH))
+            for qid, cands in zip(chunk, ranked, strict=True):
                 scored = {str(s.candidate.id): s.score for s in rerank(queries[qid], cands, judge)}
                 yield from _distill_rows(
-                    qid, queries[qid], cands, scored, data.qrels.get(qid, {}), per_query, seed
+                    qid, queries[qid], cands, scored, data.qrels.get(qid, {}), per_query, depth, seed
                 )
         return
     for qid, negs in mine_negatives(queries, data.qrels, stage, per_query=per_query, depth=depth, seed=seed):
@@ -280,19 +339,24 @@ def _distill_rows(
     scores: Mapping[str, float],
     judged: Mapping[str, int],
     per_query: int,
+    depth: int,
     seed: int,
 ) -> Iterator[dict[str, Any]]:
     """One margin-MSE row: (query, anchor, negatives...) with the teacher's per-query z-scores.
 
-    The anchor is the judged positive the teacher likes best, or the teacher's top document for an
-    unlabeled query; the negatives are drawn (seeded) from the rest of the first-stage list."""
+    ``cands`` is the first stage's list, best first, and ``scores`` the teacher's scores of it. The
+    anchor is the judged positive the teacher likes best anywhere in that list, or the teacher's top
+    document when there is none (an unlabeled query, or a positive the first stage missed); the
+    negatives are drawn (seeded) from the first stage's top ``depth`` other documents that are not
+    judged positive. The z-scores are taken over the whole list the teacher scored."""
     by_id = {str(c.id): c for c in cands if str(c.id) in scores}
     if len(by_id) < 2:
         return
     order = sorted(by_id, key=lambda d: -scores[d])
     positives = [d for d in order if judged.get(d, 0) > 0]
     anchor = positives[0] if positives else order[0]
-    rest = [d for d in order if d != anchor and judged.get(d, 0) <= 0]
+    head = {str(c.id) for c in cands[:depth]}
+    rest = [d for d in order if d != anchor and d in head and judged.get(d, 0) <= 0]
     picked = sorted(_rng(seed, qid).sample(range(len(rest)), min(per_query, len(rest))))
     group = [anchor] + [rest[i] for i in picked]
     if len(group) < 2:
@@ -339,6 +403,7 @@ def fine_tune(
     callbacks: Sequence[Any] = (),
     arch: str = "cross-encoder",
     codes: int = 16,
+    unlabeled: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
     """Fine-tune a one-label cross-encoder (or, with ``arch="poly-encoder"``, a poly-encoder with
     ``codes`` document codes) from ``base`` on ``data_dir``'s ``split`` into ``out``.
@@ -349,7 +414,9 @@ def fine_tune(
     ``loss``: ``"bce"`` (binary cross-entropy on positives and negatives, positives weighted by
     ``per_query``), ``"listwise"`` (ListNet over each query's positives and negatives, graded
     labels), or ``"margin-mse"`` (distillation: ``teacher``, a pipeline like ``negatives``, scores
-    each query's first-stage list; the student learns the teacher's per-query z-score margins).
+    each query's first-stage top 100; the student learns the teacher's per-query z-score margins).
+    ``unlabeled``: with ``"margin-mse"``, a ``queries.jsonl``-style file of queries without
+    judgments to distil on as well (any query a qrels file of ``data_dir`` judges is left out).
     The dev queries (``qrels/<dev_split>.tsv``, or ``dev_fraction`` of the training queries, seeded)
     are never trained on; the run ends by reranking their BM25 top ``dev_depth`` with the new model.
     ``out`` must be new or empty; a finished run there is refused unless ``overwrite``; an
@@ -370,6 +437,11 @@ def fine_tune(
         raise ConfigError(f"loss must be one of {LOSSES}, got {loss!r}")
     if loss == "margin-mse" and teacher is None:
         raise ConfigError("loss='margin-mse' distils from a teacher: pass teacher= (--teacher PIPELINE)")
+    if unlabeled is not None and loss != "margin-mse":
+        raise ConfigError(
+            f"unlabeled queries have no labels to learn from with loss={loss!r}: they are used by "
+            "distillation (loss='margin-mse' with a teacher)"
+        )
     for name, value, low in (
         ("per_query", per_query, 1),
         ("batch_size", batch_size, 1),
@@ -383,6 +455,7 @@ def fine_tune(
     data = _load(root, split)
     _check_qrels(data, root, split)
     base_path, max_length, base_is_cross_encoder = _check_base(base, max_length)
+    extra = _unlabeled(Path(unlabeled), root) if unlabeled is not None else {}
     identity = {
         "format": _FORMAT,
         "arch": arch,
@@ -406,6 +479,8 @@ def fine_tune(
         "seed": seed,
         "dev_split": dev_split,
         "dev_fraction": dev_fraction,
+        "unlabeled": None if unlabeled is None else str(Path(unlabeled).resolve()),
+        "unlabeled_queries": len(extra) if unlabeled is not None else None,
     }
     resume = _prepare_out(out_dir, overwrite, identity)
 
@@ -428,6 +503,7 @@ def fine_tune(
         dev = _carve_dev(labelled, dev_fraction, seed)
         dev_qrels, dev_queries = data.qrels, data.queries
     train_q = [q for q in labelled if q not in dev]
+    extra = {q: text for q, text in extra.items() if q not in dev and q not in data.qrels}
     if not train_q:
         raise ConfigError(f"no training queries left in {split!r} (with a positive, outside the dev split)")
 
@@ -448,6 +524,7 @@ def fine_tune(
                 depth=depth,
                 seed=seed,
                 negatives_model=negatives_model,
+                unlabeled=extra,
             ):
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
                 n_rows += 1
@@ -587,6 +664,7 @@ def fine_tune(
         dev_metrics=dev_metrics,
         resumed_from=Path(resume).name if resume else None,
         dev_query_ids=tuple(dev_ids),
+        unlabeled_queries=len(extra),
         settings={
             **{key: value for key, value in identity.items() if key != "format"},
             "bf16": bf16,
@@ -636,6 +714,7 @@ sentence-transformers' `CrossEncoder`. One output label; scores are sigmoid prob
 | loss | {result.loss} |
 | steps | {result.steps} |
 | training queries | {result.train_queries} ({result.skipped_queries} skipped: no positive judgment) |
+| unlabeled queries (distilled) | {result.unlabeled_queries} |
 | training rows | {result.training_rows} |
 | first / last logged loss | {result.first_loss} / {result.last_loss} |
 | time (mining + training) | {result.seconds} s |

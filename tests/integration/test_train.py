@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("datasets")
 pytest.importorskip("sentence_transformers")
@@ -18,6 +21,8 @@ from transformers import TrainerCallback
 from rerankers_plugins import ConfigError, CrossEncoderScorer, rerank
 from rerankers_plugins.eval.beir import load_beir
 from rerankers_plugins.train import fine_tune, first_stage, mine_negatives
+from rerankers_plugins.train.fine_tune import _distill_rows, _zscores
+from rerankers_plugins.types import Candidate
 
 TOPICS = {
     "cat": ["the cat sat on the mat", "cats sat on the red mat", "the dog sat in the river"],
@@ -281,3 +286,109 @@ def test_cli_train(beir, encoder, tmp_path, capsys):
     assert code == 0 and "2 steps" in text and "dev model_ndcg@10" in text
     assert main(["train", str(beir), "--base", str(encoder), "--out", str(out), "--no-progress"]) == 2
     assert "already holds a trained model" in capsys.readouterr().err
+
+
+def test_distillation_adds_unlabeled_queries_but_never_a_judged_one(tmp_path, encoder, caplog):
+    root = write_beir(tmp_path / "beir")
+    with (root / "queries.jsonl").open("a") as f:
+        f.write(json.dumps({"_id": "q-held", "text": "the city of paris"}) + "\n")
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq-held\tparis-1\t1\n")
+    extra = tmp_path / "unlabeled.jsonl"
+    extra.write_text(
+        "\n".join(
+            json.dumps(row)
+            for row in (
+                {"_id": "u-river", "text": "the green river bank"},
+                {"_id": "u-brain", "text": "a study of the brain"},
+                {"_id": "q-cat", "text": "judged in train, under its own id"},
+                {"_id": "q-held", "text": "a test query, under its own id"},
+                {"_id": "u-copy", "text": "the city of paris"},  # a test query's text, another id
+            )
+        )
+        + "\n"
+    )
+    distil = {**FAST, "loss": "margin-mse", "teacher": "bm25", "max_steps": 1}
+    labelled = fine_tune(root, str(encoder), tmp_path / "labelled", **distil)
+    with caplog.at_level(logging.WARNING, logger="rerankers_plugins.train.fine_tune"):
+        more = fine_tune(root, str(encoder), tmp_path / "more", unlabeled=extra, **distil)
+    assert labelled.unlabeled_queries == 0 and more.unlabeled_queries == 2
+    assert more.training_rows == labelled.training_rows + 2  # one row per distilled query
+    assert more.train_queries == labelled.train_queries  # unlabeled ones are counted apart
+    (warning,) = [r.getMessage() for r in caplog.records if "unlabeled" in r.getMessage()]
+    assert "3 of 5 unlabeled queries are judged" in warning and "'q-cat'" in warning
+    assert "| unlabeled queries (distilled) | 2 |" in (tmp_path / "more" / "README.md").read_text()
+    with pytest.raises(ConfigError, match=r"unlabeled queries have no labels.*margin-mse"):
+        fine_tune(root, str(encoder), tmp_path / "bce", unlabeled=extra, **FAST)
+    with pytest.raises(ConfigError, match="not found"):
+        fine_tune(root, str(encoder), tmp_path / "gone", unlabeled=tmp_path / "gone.jsonl", **distil)
+    extra.write_text('{"id": "u-1", "text": "no _id key"}\n')
+    with pytest.raises(ConfigError, match="line 1 is not a query row"):
+        fine_tune(root, str(encoder), tmp_path / "bad", unlabeled=extra, **distil)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(2, 40),
+    data=st.data(),
+    per_query=st.integers(1, 6),
+    seed=st.integers(0, 3),
+)
+def test_a_distillation_row_anchors_on_a_judged_positive_and_draws_negatives_from_the_head(
+    n, data, per_query, seed
+):
+    ids = [f"d{i}" for i in range(n)]
+    cands = [Candidate(text=f"text of {d}", id=d) for d in ids]  # first-stage order
+    scores = dict(zip(ids, data.draw(st.lists(st.floats(-50, 50), min_size=n, max_size=n)), strict=True))
+    judged = data.draw(st.dictionaries(st.sampled_from(ids), st.integers(0, 2), max_size=n))
+    depth = data.draw(st.integers(1, n))
+    rows = list(_distill_rows("q", "query", cands, scores, judged, per_query, depth, seed))
+    head = set(ids[:depth])
+    positives = [d for d in ids if judged.get(d, 0) > 0]
+    if len(rows) == 0:  # only when no other head document is left to contrast with
+        anchor = max(positives or ids, key=lambda d: scores[d])
+        assert not [d for d in head if d != anchor and judged.get(d, 0) <= 0]
+        return
+    (row,) = rows
+    by_text = {c.text: str(c.id) for c in cands}
+    anchor = by_text[row["positive"]]
+    best = max(positives or ids, key=lambda d: scores[d])
+    assert scores[anchor] == scores[best] and (judged.get(anchor, 0) > 0) == bool(positives)
+    negatives = [by_text[row[f"negative_{i}"]] for i in range(1, per_query + 1)]
+    drawn = list(dict.fromkeys(negatives))
+    assert set(drawn) <= head - {anchor} - set(positives)
+    assert negatives == drawn + [drawn[-1]] * (per_query - len(drawn))  # padding repeats the last
+    assert len(drawn) == min(per_query, len([d for d in head if d != anchor and judged.get(d, 0) <= 0]))
+    mean = statistics.fmean(scores.values())
+    std = statistics.pstdev(scores.values()) or 1.0
+    assert row["label"][: len(drawn) + 1] == pytest.approx(
+        [(scores[d] - mean) / std for d in [anchor, *drawn]]
+    )
+    again = list(_distill_rows("q", "query", cands, scores, judged, per_query, depth, seed))
+    assert again == rows, "deterministic for a seed"
+
+
+def test_distillation_teaches_the_student_the_teachers_order(beir, encoder, tmp_path):
+    from rerankers_plugins.train import as_pipeline
+
+    out = tmp_path / "student"
+    fine_tune(
+        beir, str(encoder), out, loss="margin-mse", teacher="bm25", max_steps=150, save_steps=1000, **FAST
+    )
+    history = json.loads((out / "training.json").read_text())["loss_history"]
+    assert sum(history[-3:]) / 3 < 0.75 * (sum(history[:3]) / 3), history
+    data = load_beir(beir, "train")
+    teacher, student = as_pipeline("bm25"), CrossEncoderScorer(str(out))
+    lists = first_stage("bm25", data.corpus)(list(data.queries.values()), 100)
+    agree = total = 0
+    for query, cands in zip(data.queries.values(), lists, strict=True):
+        judged = {str(s.candidate.id): s.score for s in rerank(query, cands, teacher)}
+        z = dict(zip(judged, _zscores(list(judged.values())), strict=True))
+        mine = dict(
+            zip([str(c.id) for c in cands], student.score(query, [c.text for c in cands]), strict=True)
+        )
+        for a in z:
+            for b in z:
+                if z[a] - z[b] > 1.0:  # pairs the teacher clearly orders
+                    total += 1
+                    agree += mine[a] > mine[b]
+    assert total >= 15 and agree / total >= 0.85, (agree, total)
