@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import logging
 import os
@@ -220,42 +221,71 @@ def _prepare_out(out: Path, overwrite: bool, identity: Mapping[str, Any]) -> str
     return str(checkpoints[-1]) if checkpoints else None
 
 
+def _normal(text: str) -> str:
+    """A query's text for matching: case and runs of whitespace ignored."""
+    return " ".join(text.casefold().split())
+
+
 def _unlabeled(path: Path, root: Path) -> dict[str, str]:
     """Queries to distil on from a ``queries.jsonl``-style file (``_id``, ``text``), less every query
-    that a qrels file of ``root`` judges (by id or by text): those are for training or evaluation
-    with their labels, and a test query must never be trained on, labelled or not."""
+    that a qrels file of ``root`` judges, by id or by text (case and spacing ignored): those are for
+    training or evaluation with their labels, and a test query must never be trained on, labelled
+    or not. A repeated id or text is used once (warned); a row without text is refused."""
     if not path.is_file():
         raise ConfigError(f"unlabeled queries file {path} not found")
     queries: dict[str, str] = {}
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
+    seen: set[str] = set()
+    repeated = 0
+    n = 0
+    try:
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                n += 1
+                if not line.strip():
+                    continue
                 row = json.loads(line)
-                qid, text = str(row["_id"]), str(row["text"])
-            except (ValueError, KeyError, TypeError) as exc:
-                raise ConfigError(
-                    f"{path} line {n} is not a query row ({{'_id': ..., 'text': ...}}): {exc}"
-                ) from exc
-            if text.strip():
-                queries[qid] = text
+                qid, text = row["_id"], row["text"]
+                if not isinstance(qid, (str, int)) or isinstance(qid, bool):
+                    raise TypeError(f"'_id' must be a string or an int, got {qid!r}")
+                if not isinstance(text, str) or not text.strip():
+                    raise TypeError(f"'text' must be a non-empty string, got {text!r}")
+                if str(qid) in queries or _normal(text) in seen:
+                    repeated += 1
+                    continue
+                queries[str(qid)] = text
+                seen.add(_normal(text))
+    except (ValueError, KeyError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ConfigError(f"{path} line {n} is not a query row ({{'_id': ..., 'text': ...}}): {exc}") from exc
+    if repeated:
+        logger.warning("%s: %d repeated query ids or texts used once", path, repeated)
     judged: set[str] = set()
     for split in _splits(root):
         with (root / "qrels" / f"{split}.tsv").open(encoding="utf-8", newline="") as f:
-            judged |= {row[0] for row in csv.reader(f, delimiter="\t") if len(row) >= 3}
-    judged_texts = {text for qid, text in _query_texts(root).items() if qid in judged}
-    left_out = sorted(q for q, text in queries.items() if q in judged or text in judged_texts)
-    if left_out:
+            judged |= {
+                row[0]
+                for i, row in enumerate(csv.reader(f, delimiter="\t"))
+                if len(row) >= 3 and not (i == 0 and row[0] == "query-id")
+            }
+    judged_texts = {_normal(text) for qid, text in _query_texts(root).items() if qid in judged}
+    by_id = {q for q in queries if q in judged}
+    by_text = {q for q, text in queries.items() if q not in by_id and _normal(text) in judged_texts}
+    if by_id or by_text:
+        left_out = sorted(by_id | by_text)
         logger.warning(
-            "%d of %d unlabeled queries are judged in %s/qrels (e.g. %s): left out, so no "
-            "evaluation query is trained on",
+            "%d of %d unlabeled queries are judged in %s/qrels (%d by id, %d by text; e.g. %s): left "
+            "out, so no evaluation query is trained on (give queries of another collection ids of "
+            "their own, e.g. a prefix)",
             len(left_out),
             len(queries),
             root,
+            len(by_id),
+            len(by_text),
             ", ".join(repr(q) for q in left_out[:3]),
         )
-    return {q: text for q, text in queries.items() if q not in set(left_out)}
+    kept = {q: text for q, text in queries.items() if q not in by_id and q not in by_text}
+    if not kept:
+        raise ConfigError(f"{path} has no unlabeled query left to distil on (rows: {len(queries)})")
+    return kept
 
 
 def _query_texts(root: Path) -> dict[str, str]:
@@ -414,7 +444,8 @@ def fine_tune(
     ``loss``: ``"bce"`` (binary cross-entropy on positives and negatives, positives weighted by
     ``per_query``), ``"listwise"`` (ListNet over each query's positives and negatives, graded
     labels), or ``"margin-mse"`` (distillation: ``teacher``, a pipeline like ``negatives``, scores
-    each query's first-stage top 100; the student learns the teacher's per-query z-score margins).
+    each query's first-stage top ``max(depth, 100)``; the student learns the teacher's per-query
+    z-score margins).
     ``unlabeled``: with ``"margin-mse"``, a ``queries.jsonl``-style file of queries without
     judgments to distil on as well (any query a qrels file of ``data_dir`` judges is left out).
     The dev queries (``qrels/<dev_split>.tsv``, or ``dev_fraction`` of the training queries, seeded)
@@ -446,6 +477,7 @@ def fine_tune(
         ("per_query", per_query, 1),
         ("batch_size", batch_size, 1),
         ("max_length", max_length, 8),
+        ("depth", depth, per_query if isinstance(per_query, int) else 1),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
@@ -479,8 +511,11 @@ def fine_tune(
         "seed": seed,
         "dev_split": dev_split,
         "dev_fraction": dev_fraction,
+        "teacher_depth": max(depth, TEACHER_DEPTH) if loss == "margin-mse" else None,
         "unlabeled": None if unlabeled is None else str(Path(unlabeled).resolve()),
-        "unlabeled_queries": len(extra) if unlabeled is not None else None,
+        "unlabeled_digest": (
+            hashlib.sha256(json.dumps(sorted(extra.items())).encode()).hexdigest() if extra else None
+        ),
     }
     resume = _prepare_out(out_dir, overwrite, identity)
 
@@ -503,7 +538,6 @@ def fine_tune(
         dev = _carve_dev(labelled, dev_fraction, seed)
         dev_qrels, dev_queries = data.qrels, data.queries
     train_q = [q for q in labelled if q not in dev]
-    extra = {q: text for q, text in extra.items() if q not in dev and q not in data.qrels}
     if not train_q:
         raise ConfigError(f"no training queries left in {split!r} (with a positive, outside the dev split)")
 
@@ -714,7 +748,7 @@ sentence-transformers' `CrossEncoder`. One output label; scores are sigmoid prob
 | loss | {result.loss} |
 | steps | {result.steps} |
 | training queries | {result.train_queries} ({result.skipped_queries} skipped: no positive judgment) |
-| unlabeled queries (distilled) | {result.unlabeled_queries} |
+| unlabeled queries given (judged ones left out) | {result.unlabeled_queries} |
 | training rows | {result.training_rows} |
 | first / last logged loss | {result.first_loss} / {result.last_loss} |
 | time (mining + training) | {result.seconds} s |

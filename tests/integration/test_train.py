@@ -18,10 +18,10 @@ pytest.importorskip("bm25s")
 from tiny import build_encoder
 from transformers import TrainerCallback
 
-from rerankers_plugins import ConfigError, CrossEncoderScorer, rerank
+from rerankers_plugins import BaseScorer, ConfigError, CrossEncoderScorer, ScoreScale, rerank
 from rerankers_plugins.eval.beir import load_beir
 from rerankers_plugins.train import fine_tune, first_stage, mine_negatives
-from rerankers_plugins.train.fine_tune import _distill_rows, _zscores
+from rerankers_plugins.train.fine_tune import _distill_rows, _rows, _zscores
 from rerankers_plugins.types import Candidate
 
 TOPICS = {
@@ -302,7 +302,8 @@ def test_distillation_adds_unlabeled_queries_but_never_a_judged_one(tmp_path, en
                 {"_id": "u-brain", "text": "a study of the brain"},
                 {"_id": "q-cat", "text": "judged in train, under its own id"},
                 {"_id": "q-held", "text": "a test query, under its own id"},
-                {"_id": "u-copy", "text": "the city of paris"},  # a test query's text, another id
+                {"_id": "u-copy", "text": " The  City of PARIS"},  # a test query's text, another id
+                {"_id": "u-brain", "text": "a study of the brain"},  # repeated: used once
             )
         )
         + "\n"
@@ -314,9 +315,14 @@ def test_distillation_adds_unlabeled_queries_but_never_a_judged_one(tmp_path, en
     assert labelled.unlabeled_queries == 0 and more.unlabeled_queries == 2
     assert more.training_rows == labelled.training_rows + 2  # one row per distilled query
     assert more.train_queries == labelled.train_queries  # unlabeled ones are counted apart
-    (warning,) = [r.getMessage() for r in caplog.records if "unlabeled" in r.getMessage()]
-    assert "3 of 5 unlabeled queries are judged" in warning and "'q-cat'" in warning
-    assert "| unlabeled queries (distilled) | 2 |" in (tmp_path / "more" / "README.md").read_text()
+    (warning,) = [r.getMessage() for r in caplog.records if "unlabeled queries are" in r.getMessage()]
+    assert any("1 repeated query ids or texts" in r.getMessage() for r in caplog.records)
+    assert "3 of 5 unlabeled queries are judged" in warning and "2 by id, 1 by text" in warning
+    assert "'q-cat'" in warning
+    assert (
+        "| unlabeled queries given (judged ones left out) | 2 |"
+        in (tmp_path / "more" / "README.md").read_text()
+    )
     with pytest.raises(ConfigError, match=r"unlabeled queries have no labels.*margin-mse"):
         fine_tune(root, str(encoder), tmp_path / "bce", unlabeled=extra, **FAST)
     with pytest.raises(ConfigError, match="not found"):
@@ -324,6 +330,55 @@ def test_distillation_adds_unlabeled_queries_but_never_a_judged_one(tmp_path, en
     extra.write_text('{"id": "u-1", "text": "no _id key"}\n')
     with pytest.raises(ConfigError, match="line 1 is not a query row"):
         fine_tune(root, str(encoder), tmp_path / "bad", unlabeled=extra, **distil)
+    extra.write_text('{"_id": "u-1", "text": "fine"}\n{"_id": "u-2", "text": null}\n')
+    with pytest.raises(ConfigError, match=r"line 2 is not a query row.*non-empty string"):
+        fine_tune(root, str(encoder), tmp_path / "null", unlabeled=extra, **distil)
+    extra.write_text('{"_id": "q-cat", "text": "where do cats sit"}\n')
+    with pytest.raises(ConfigError, match="no unlabeled query left"):
+        fine_tune(root, str(encoder), tmp_path / "none", unlabeled=extra, **distil)
+    with pytest.raises(ConfigError, match="depth must be an int >= 2"):
+        fine_tune(root, str(encoder), tmp_path / "shallow", **{**distil, "depth": 1})
+
+
+class Oracle(BaseScorer):
+    """A teacher that knows the judged positives: 1 for them, 0 for every other document."""
+
+    name = "oracle"
+    scale = ScoreScale.PROBABILITY
+
+    def __init__(self, positives: set[str]) -> None:
+        self.positives = positives
+
+    def score(self, query, texts):
+        return [1.0 if t in self.positives else 0.0 for t in texts]
+
+
+def test_the_teacher_sees_past_the_negatives_depth_so_a_deeper_positive_is_the_anchor(beir):
+    data = load_beir(beir, "train")
+    texts = {str(c.id): c.text for c in data.corpus}
+    lists = first_stage("bm25", data.corpus)(list(data.queries.values()), 100)
+    deep = {
+        qid: next(i for i, c in enumerate(cands) if c.id == QUERIES[qid][1])
+        for qid, cands in zip(data.queries, lists, strict=True)
+        if qid in QUERIES and QUERIES[qid][1] in [c.id for c in cands[1:]]
+    }
+    assert deep, "the tiny collection has queries whose positive BM25 ranks below first"
+    rows = list(
+        _rows(
+            data,
+            sorted(deep),
+            loss="margin-mse",
+            negatives="bm25",
+            teacher=Oracle({texts[QUERIES[q][1]] for q in deep}),
+            per_query=1,
+            depth=1,
+            seed=0,
+            negatives_model="minilm",
+        )
+    )
+    assert [r["positive"] for r in rows] == [texts[QUERIES[q][1]] for q in sorted(deep)]
+    head = {q: lists[list(data.queries).index(q)][0].text for q in deep}
+    assert [r["negative_1"] for r in rows] == [head[q] for q in sorted(deep)]  # the top 1, not deeper
 
 
 @settings(max_examples=200, deadline=None)
