@@ -10,7 +10,7 @@ from pathlib import Path
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.types import Candidate
 
-__all__ = ["BeirData", "load_beir"]
+__all__ = ["BeirData", "load_beir", "read_qrels", "read_queries"]
 
 
 @dataclass(frozen=True)
@@ -48,19 +48,29 @@ def load_beir(directory: str | Path, split: str = "test") -> BeirData:
                         metadata={"title": title},
                     )
                 )
+    qrels = read_qrels(paths["qrels"])
+    queries = {q: text for q, text in read_queries(paths["queries"]).items() if q in qrels}
+    return BeirData(corpus=corpus, queries=queries, qrels=qrels)
+
+
+def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
+    """A ``qrels/<split>.tsv`` file: query id -> {doc id: grade} (a ``query-id`` header is skipped)."""
     qrels: dict[str, dict[str, int]] = {}
-    with paths["qrels"].open(encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t")
-        for i, row in enumerate(reader):
+    with Path(path).open(encoding="utf-8", newline="") as f:
+        for i, row in enumerate(csv.reader(f, delimiter="\t")):
             if i == 0 and row and row[0] == "query-id":
                 continue
             if len(row) >= 3:
                 qrels.setdefault(row[0], {})[row[1]] = int(row[2])
-    queries = {}
-    with paths["queries"].open(encoding="utf-8") as f:
+    return qrels
+
+
+def read_queries(path: str | Path) -> dict[str, str]:
+    """Every query of a ``queries.jsonl`` file: id -> text."""
+    queries: dict[str, str] = {}
+    with Path(path).open(encoding="utf-8") as f:
         for line in f:
             if line.strip():
                 row = json.loads(line)
-                if str(row["_id"]) in qrels:
-                    queries[str(row["_id"])] = row["text"]
-    return BeirData(corpus=corpus, queries=queries, qrels=qrels)
+                queries[str(row["_id"])] = row["text"]
+    return queries

@@ -11,7 +11,6 @@ queries with the evaluation harness, and write a model card.
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import json
 import logging
@@ -27,7 +26,7 @@ from typing import Any
 
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import ConfigError
-from rerankers_plugins.eval.beir import BeirData, load_beir
+from rerankers_plugins.eval.beir import BeirData, load_beir, read_qrels, read_queries
 from rerankers_plugins.scorers._hf import cpu_has_fast_bf16, load_model, resolve_device, resolve_model
 from rerankers_plugins.train.negatives import _rng, as_pipeline, first_stage, mine_negatives
 from rerankers_plugins.types import Candidate
@@ -258,15 +257,10 @@ def _unlabeled(path: Path, root: Path) -> dict[str, str]:
         raise ConfigError(f"{path} line {n} is not a query row ({{'_id': ..., 'text': ...}}): {exc}") from exc
     if repeated:
         logger.warning("%s: %d repeated query ids or texts used once", path, repeated)
-    judged: set[str] = set()
-    for split in _splits(root):
-        with (root / "qrels" / f"{split}.tsv").open(encoding="utf-8", newline="") as f:
-            judged |= {
-                row[0]
-                for i, row in enumerate(csv.reader(f, delimiter="\t"))
-                if len(row) >= 3 and not (i == 0 and row[0] == "query-id")
-            }
-    judged_texts = {_normal(text) for qid, text in _query_texts(root).items() if qid in judged}
+    judged = {q for split in _splits(root) for q in read_qrels(root / "qrels" / f"{split}.tsv")}
+    judged_texts = {
+        _normal(str(text)) for qid, text in read_queries(root / "queries.jsonl").items() if qid in judged
+    }
     by_id = {q for q in queries if q in judged}
     by_text = {q for q, text in queries.items() if q not in by_id and _normal(text) in judged_texts}
     if by_id or by_text:
@@ -286,16 +280,6 @@ def _unlabeled(path: Path, root: Path) -> dict[str, str]:
     if not kept:
         raise ConfigError(f"{path} has no unlabeled query left to distil on (rows: {len(queries)})")
     return kept
-
-
-def _query_texts(root: Path) -> dict[str, str]:
-    texts: dict[str, str] = {}
-    with (root / "queries.jsonl").open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                row = json.loads(line)
-                texts[str(row["_id"])] = str(row["text"])
-    return texts
 
 
 def _carve_dev(qids: Sequence[str], fraction: float, seed: int) -> set[str]:
@@ -328,7 +312,6 @@ def _rows(
     """Training rows in the column layout each sentence-transformers loss expects."""
     texts = {str(c.id): c.text for c in data.corpus}
     queries = {q: data.queries[q] for q in qids}
-    queries.update(unlabeled or {})
     stage = first_stage(negatives, data.corpus, model=negatives_model, depth=max(depth, 100))
     if loss == "margin-mse":
         from rerankers_plugins.pipeline.ranking import as_strategy, require_scores
@@ -336,6 +319,7 @@ def _rows(
 
         judge = as_pipeline(teacher)
         require_scores(as_strategy(judge), "a distillation teacher")
+        queries.update(unlabeled or {})
         every = [*qids, *sorted(unlabeled or {})]
         for start in range(0, len(every), 64):
             chunk = every[start : start + 64]
