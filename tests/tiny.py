@@ -171,14 +171,20 @@ def build_bi_encoder(directory: Path, *, seed: int = 0, max_len: int = 128) -> P
 
 
 def _bert_with_markers(directory: Path, seed: int, max_len: int, extra_tokens: list[str] | None = None):
+    import string
+
     import torch
     from transformers import BertModel
 
     directory.mkdir(parents=True, exist_ok=True)
     vocab = write_vocab(directory / "vocab.txt")
     lines = vocab.read_text(encoding="utf-8").splitlines()
-    # BERT vocabularies reserve [unused0], [unused1] right after [PAD]: ColBERT's markers.
-    vocab.write_text("\n".join([lines[0], "[unused0]", "[unused1]", *lines[1:]]) + "\n", encoding="utf-8")
+    # BERT vocabularies reserve [unused0], [unused1] right after [PAD]: ColBERT's markers; and, as
+    # a real BERT vocabulary does, they hold every ASCII punctuation character (the skiplist).
+    punct = [c for c in string.punctuation if c not in lines]
+    vocab.write_text(
+        "\n".join([lines[0], "[unused0]", "[unused1]", *lines[1:], *punct]) + "\n", encoding="utf-8"
+    )
     from transformers import BertTokenizerFast
 
     tok = BertTokenizerFast.from_pretrained(str(directory), do_lower_case=True, model_max_length=max_len)
@@ -189,8 +195,17 @@ def _bert_with_markers(directory: Path, seed: int, max_len: int, extra_tokens: l
     return tok, model
 
 
-def build_colbert(directory: Path, *, dim: int = 16, seed: int = 0, max_len: int = 128) -> Path:
-    """Original ColBERT layout: encoder weights under `bert.` plus `linear.weight` in one file."""
+def build_colbert(
+    directory: Path,
+    *,
+    dim: int = 16,
+    seed: int = 0,
+    max_len: int = 128,
+    metadata: dict[str, object] | None = None,
+) -> Path:
+    """colbert-ai layout (colbert-ir/colbertv2.0): encoder weights under `bert.` plus `linear.weight`
+    in one file, `"HF_ColBERT"` architectures, settings in artifact.metadata (``metadata`` entries
+    replace colbertv2.0's; a None value removes the key)."""
     import json
 
     import torch
@@ -203,7 +218,7 @@ def build_colbert(directory: Path, *, dim: int = 16, seed: int = 0, max_len: int
     state = {f"bert.{k}": v.contiguous() for k, v in bert.state_dict().items()}
     state["linear.weight"] = torch.randn(dim, bert.config.hidden_size) / bert.config.hidden_size**0.5
     save_file(state, str(directory / "model.safetensors"))
-    meta = {
+    meta: dict[str, object] = {
         "query_token_id": "[unused0]",
         "doc_token_id": "[unused1]",
         "query_maxlen": 32,
@@ -213,42 +228,78 @@ def build_colbert(directory: Path, *, dim: int = 16, seed: int = 0, max_len: int
         "attend_to_mask_tokens": False,
         "similarity": "cosine",
     }
+    for key, value in (metadata or {}).items():
+        if value is None:
+            meta.pop(key, None)
+        else:
+            meta[key] = value
     (directory / "artifact.metadata").write_text(json.dumps(meta), encoding="utf-8")
     return directory
 
 
-def build_pylate(directory: Path, *, dim: int = 12, seed: int = 0, max_len: int = 128) -> Path:
-    """PyLate layout: encoder at the root, Dense projection module in 1_Dense, prefixes in the ST config."""
+#: the Dense module of a PyLate checkpoint as PyLate writes it (no bias, Identity)
+PYLATE_DENSE: dict[str, object] = {"bias": False, "activation_function": "torch.nn.modules.linear.Identity"}
+
+
+def write_dense_modules(
+    directory: Path,
+    in_features: int,
+    dense: list[dict[str, object]],
+    *,
+    seed: int = 0,
+    first_index: int = 1,
+    module_type: str = "pylate.models.Dense.Dense",
+) -> list[dict[str, object]]:
+    """Write ``{i}_Dense/`` folders (config.json + model.safetensors) for a chain of Dense modules;
+    each spec holds ``out_features`` and the config.json fields to write (``bias``,
+    ``activation_function``, ...; a None value leaves the key out). Returns the modules.json entries."""
     import json
 
     import torch
     from safetensors.torch import save_file
 
+    gen = torch.Generator().manual_seed(seed + 1)
+    entries: list[dict[str, object]] = []
+    width = in_features
+    for i, spec in enumerate(dense, start=first_index):
+        out = int(spec["out_features"])  # type: ignore[call-overload]
+        cfg = {"in_features": width, "out_features": out, **{k: v for k, v in spec.items() if v is not None}}
+        folder = directory / f"{i}_Dense"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
+        tensors = {"linear.weight": torch.randn(out, width, generator=gen) / width**0.5}
+        if cfg.get("bias", True):
+            tensors["linear.bias"] = torch.randn(out, generator=gen) * 0.5
+        save_file(tensors, str(folder / "model.safetensors"))
+        entries.append({"idx": i, "name": str(i), "path": f"{i}_Dense", "type": module_type})
+        width = out
+    return entries
+
+
+def build_pylate(
+    directory: Path,
+    *,
+    dim: int = 12,
+    seed: int = 0,
+    max_len: int = 128,
+    dense: list[dict[str, object]] | None = None,
+    config: dict[str, object] | None = None,
+) -> Path:
+    """PyLate layout: encoder at the root, Dense projection modules in ``{i}_Dense`` (one ``dim``-wide
+    module by default, or the chain ``dense`` as :func:`write_dense_modules` takes it), prefixes and
+    lengths in config_sentence_transformers.json (``config`` entries replace the defaults; a None
+    value removes the key)."""
+    import json
+
     tok, bert = _bert_with_markers(directory, seed, max_len, extra_tokens=["[Q] ", "[D] "])
     bert.save_pretrained(directory)
     tok.save_pretrained(directory)
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"},
-    ]
-    (directory / "modules.json").write_text(json.dumps(modules), encoding="utf-8")
-    (directory / "1_Dense").mkdir(exist_ok=True)
-    (directory / "1_Dense" / "config.json").write_text(
-        json.dumps(
-            {
-                "in_features": bert.config.hidden_size,
-                "out_features": dim,
-                "bias": False,
-                "activation_function": "torch.nn.modules.linear.Identity",
-            }
-        ),
-        encoding="utf-8",
+    entries = write_dense_modules(
+        directory, bert.config.hidden_size, dense or [{"out_features": dim, **PYLATE_DENSE}], seed=seed
     )
-    save_file(
-        {"linear.weight": torch.randn(dim, bert.config.hidden_size) / bert.config.hidden_size**0.5},
-        str(directory / "1_Dense" / "model.safetensors"),
-    )
-    cfg = {
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
+    (directory / "modules.json").write_text(json.dumps(modules + entries), encoding="utf-8")
+    cfg: dict[str, object] = {
         "query_prefix": "[Q] ",
         "document_prefix": "[D] ",
         "query_length": 32,
@@ -257,6 +308,11 @@ def build_pylate(directory: Path, *, dim: int = 12, seed: int = 0, max_len: int 
         "attend_to_expansion_tokens": False,
         "similarity_fn_name": "MaxSim",
     }
+    for key, value in (config or {}).items():
+        if value is None:
+            cfg.pop(key, None)
+        else:
+            cfg[key] = value
     (directory / "config_sentence_transformers.json").write_text(json.dumps(cfg), encoding="utf-8")
     return directory
 

@@ -2,6 +2,13 @@
 
 Cheaper than a cross-encoder (query and texts are encoded separately, no joint attention) and a
 good first stage for cascades. Scale SIMILARITY (-1..1).
+
+Prompts are the checkpoint's, as its model card uses them: the query gets the ``query`` prompt and
+each text the document prompt, saved under whichever name the checkpoint chose (``document``,
+``passage``, ``corpus`` or ``doc``: e5-style and nomic checkpoints save ``passage``). Both are
+passed to sentence-transformers as ``prompt=`` through ``encode_query`` / ``encode_document``, so a
+Router model still routes each side, and a Pooling module with ``include_prompt=False`` still
+leaves the prompt out of the mean.
 """
 
 from __future__ import annotations
@@ -23,9 +30,23 @@ from rerankers_plugins.scorers._hf import (
 from rerankers_plugins.scorers.base import BaseScorer
 from rerankers_plugins.types import ScoreScale
 
-__all__ = ["BiEncoderScorer"]
+__all__ = ["DOCUMENT_PROMPT_NAMES", "BiEncoderScorer"]
 
 logger = logging.getLogger(__name__)
+
+#: the names a checkpoint's document prompt is saved under, tried in this order: those
+#: sentence-transformers' ``encode_document`` tries ("document", "passage", "corpus"), then "doc".
+#: sentence-transformers 6.x seeds every model with ``{"query": "", "document": ""}``, so its own
+#: lookup stops at that empty "document" and drops a saved "passage" prompt; an empty value is
+#: therefore read as "not set" and the next name is tried.
+DOCUMENT_PROMPT_NAMES: tuple[str, ...] = ("document", "passage", "corpus", "doc")
+
+
+def _document_prompt(prompts: Mapping[str, str | None]) -> str:
+    for name in DOCUMENT_PROMPT_NAMES:
+        if prompts.get(name):
+            return str(prompts[name])
+    return ""
 
 
 class BiEncoderScorer(BaseScorer):
@@ -34,10 +55,13 @@ class BiEncoderScorer(BaseScorer):
     Args:
         model: a Hub id (``"sentence-transformers/all-MiniLM-L6-v2"``) or a local directory.
         device, dtype, batch_size, max_length: as for :class:`CrossEncoderScorer`.
+        query_prompt, document_prompt: the text put before the query / each document. ``None``
+            (the default) reads the checkpoint's saved prompts: ``query`` for the query, the first
+            non-empty of :data:`DOCUMENT_PROMPT_NAMES` for documents. Pass them for checkpoints whose
+            model card asks for prompts that its files do not save (the published e5 and bge
+            checkpoints: ``"query: "`` / ``"passage: "``, and bge's
+            ``"Represent this sentence for searching relevant passages: "`` / ``""``).
         trust_remote_code, local_files_only, model_kwargs: passed to sentence-transformers.
-
-    Texts are encoded with the model's document prompt and the query with its query prompt,
-    where the model defines them (``encode_query`` / ``encode_document``).
     """
 
     scale = ScoreScale.SIMILARITY
@@ -50,12 +74,17 @@ class BiEncoderScorer(BaseScorer):
         max_length: int | None = None,
         batch_size: int = 32,
         dtype: DTypeName = "auto",
+        query_prompt: str | None = None,
+        document_prompt: str | None = None,
         trust_remote_code: bool = False,
         local_files_only: bool = False,
         model_kwargs: dict[str, Any] | None = None,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
+        for what, value in (("query_prompt", query_prompt), ("document_prompt", document_prompt)):
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"{what} must be a string or None, got {value!r}")
         self._torch = require("torch", "cross-encoder")
         st = require("sentence_transformers", "cross-encoder")
         self.device = resolve_device(device)
@@ -83,24 +112,29 @@ class BiEncoderScorer(BaseScorer):
         self._model.eval()
         self.max_length = int(self._model.max_seq_length or 512)
         self._tokenizer = self._model.tokenizer
+        prompts = dict(getattr(self._model, "prompts", None) or {})
+        self.query_prompt = query_prompt if query_prompt is not None else str(prompts.get("query") or "")
+        self.document_prompt = document_prompt if document_prompt is not None else _document_prompt(prompts)
         self._truncation = TruncationReport(f"BiEncoderScorer({model!r})")
 
     def __repr__(self) -> str:
         return (
             f"BiEncoderScorer({self.model_id!r}, device={self.device!r}, "
-            f"dtype={str(self.dtype).removeprefix('torch.')!r})"
+            f"dtype={str(self.dtype).removeprefix('torch.')!r}, query_prompt={self.query_prompt!r}, "
+            f"document_prompt={self.document_prompt!r})"
         )
 
-    def _check_lengths(self, texts: Sequence[str]) -> None:
+    def _check_lengths(self, texts: Sequence[str], prompt: str) -> None:
+        texts = [prompt + t for t in texts] if prompt else texts
         lengths = self._truncation.lengths(self._tokenizer, texts, self.max_length)
         self._truncation.check(sum(n + 2 > self.max_length for n in lengths), len(lengths), self.max_length)
 
     def embed_documents(self, texts: Sequence[str]) -> Any:
         """L2-normalised float32 embeddings, one row per text (``[n, dim]`` tensor)."""
-        self._check_lengths(texts)
-        encode = getattr(self._model, "encode_document", self._model.encode)
-        emb = encode(
+        self._check_lengths(texts, self.document_prompt)
+        emb = self._model.encode_document(
             list(texts),
+            prompt=self.document_prompt,
             batch_size=self.batch_size,
             convert_to_tensor=True,
             normalize_embeddings=True,
@@ -110,12 +144,23 @@ class BiEncoderScorer(BaseScorer):
 
     def embed_query(self, query: str) -> Any:
         """L2-normalised float32 query embedding (``[dim]`` tensor)."""
-        encode = getattr(self._model, "encode_query", self._model.encode)
-        emb = encode([query], convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
+        emb = self._model.encode_query(
+            [query],
+            prompt=self.query_prompt,
+            convert_to_tensor=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
         return emb.float()[0]
 
     def fingerprint(self) -> Mapping[str, Any]:
-        return {"model": self.name, "max_length": self.max_length, "dtype": str(self.dtype)}
+        return {
+            "model": self.name,
+            "max_length": self.max_length,
+            "dtype": str(self.dtype),
+            "query_prompt": self.query_prompt,
+            "document_prompt": self.document_prompt,
+        }
 
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
         if not texts:

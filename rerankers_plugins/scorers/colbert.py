@@ -5,25 +5,48 @@ MaxSim of the query's vectors against its own (see :mod:`rerankers_plugins.ops.m
 vectors do not depend on the query, so they are computed once and reused: reranking cached
 candidates costs one query encoding plus a matrix product.
 
-Three checkpoint layouts load from a local directory (or a Hub id, fetched by huggingface_hub):
+Three checkpoint layouts load from a local directory (or a Hub id, fetched by huggingface_hub),
+each encoded as its reference library encodes it:
 
-``colbert``  the original layout (colbert-ir/colbertv2.0): a BERT encoder whose weights file also
-             holds ``linear.weight``, the projection to 128 dimensions; ``[unused0]`` / ``[unused1]``
-             query / document markers; queries padded with ``[MASK]`` to ``query_length``
-             (query augmentation); punctuation dropped from documents. Detected by
+``colbert``  the colbert-ai layout (colbert-ir/colbertv2.0): a BERT encoder whose weights file also
+             holds ``linear.weight``, the projection (no bias, no activation); settings in
+             ``artifact.metadata``: ``query_token_id`` / ``doc_token_id`` markers (default
+             ``[unused0]`` / ``[unused1]``), ``query_maxlen`` (queries always padded with
+             ``[MASK]`` to it, attended when ``attend_to_mask_tokens``), ``doc_maxlen``,
+             ``mask_punctuation`` (punctuation dropped from documents), ``similarity`` (only
+             ``"cosine"`` is accepted). Rules of colbert-ai's ``colbert/modeling/colbert.py`` and
+             ``colbert/modeling/tokenization/{query,doc}_tokenization.py``. Detected by
              ``artifact.metadata`` or ``"HF_ColBERT"`` in config.json's architectures.
-``pylate``   sentence-transformers layout written by PyLate: the encoder at the root, a ``Dense``
-             projection module in its own folder (``modules.json``), ``[Q] `` / ``[D] `` prefix
-             tokens and query-expansion settings in ``config_sentence_transformers.json``.
+``pylate``   the sentence-transformers layout written by PyLate: the encoder at the root, one or more
+             ``Dense`` modules in their own folders, applied in ``modules.json`` order (each with
+             its ``bias``, ``activation_function`` and ``use_residual`` from its config.json, as
+             sentence-transformers' ``Dense`` applies them); ``query_prefix`` / ``document_prefix``
+             tokens (default ``[Q] `` / ``[D] ``), ``query_length``, ``document_length``,
+             ``do_query_expansion``, ``attend_to_expansion_tokens`` and ``skiplist_words``
+             (default: punctuation) in ``config_sentence_transformers.json``. Rules of PyLate's
+             ``pylate/models/colbert.py``.
+
+             A directory with both sets of files (answerai-colbert-small-v1: ``artifact.metadata``
+             and ``linear.weight`` beside ``modules.json`` and ``1_Dense/``) is read as this layout:
+             PyLate and sentence-transformers' ``MultiVectorEncoder`` both load such a directory
+             through its ``modules.json``, with the Dense modules, prefixes and lengths of the
+             sentence-transformers files, and never read ``artifact.metadata`` or the root
+             ``linear.weight``. We do the same, so all three score it alike.
 ``plain``    any other transformers / sentence-transformers encoder: its L2-normalised token
              embeddings without projection, special and padding tokens removed. Measured on
              SciFact, BM25 top-100 reranked this way with all-MiniLM-L6-v2 beats both BM25 and the
              same model's cosine (README, Benchmarks).
+
+Lengths count every token (``[CLS]``, the marker, ``[SEP]`` and query padding included). The
+constructor's ``query_length`` / ``doc_length`` win over the checkpoint's declared lengths; where
+neither exists the fallbacks are PyLate's defaults, 32 and 180 (plain encoders, which declare
+nothing: 32 and 300, the settings of the README benchmark).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -58,24 +81,51 @@ __all__ = ["ColBERTScorer", "DocumentEmbeddingCache", "Layout", "detect_layout"]
 logger = logging.getLogger(__name__)
 
 Layout = Literal["colbert", "pylate", "plain"]
+CacheDType = Literal["float16", "float32"]
+
+#: PyLate's defaults where neither the constructor nor the checkpoint gives a length
+DEFAULT_QUERY_LENGTH = 32
+DEFAULT_DOC_LENGTH = 180
+#: plain encoders declare no lengths; 300 is what the README benchmark measured
+PLAIN_DOC_LENGTH = 300
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BackendError(f"{what}: cannot read {path}: {exc}") from exc
+
+
+def _dense_entries(root: Path) -> list[dict[str, Any]]:
+    """The ``Dense`` modules listed in ``modules.json`` (empty when there is no such file)."""
+    modules = root / "modules.json"
+    if not modules.is_file():
+        return []
+    entries = _read_json(modules, "modules.json")
+    if not isinstance(entries, list):
+        raise BackendError(f"{modules}: expected a list of modules, got {type(entries).__name__}")
+    return [e for e in entries if isinstance(e, dict) and str(e.get("type", "")).endswith("Dense")]
+
+
 def detect_layout(directory: str | Path) -> Layout:
-    """Which of the three checkpoint layouts a local directory holds (see the module docstring)."""
+    """Which of the three checkpoint layouts a local directory holds (see the module docstring).
+
+    ``modules.json`` listing a ``Dense`` module wins over ``artifact.metadata``: a directory holding
+    both (answerai-colbert-small-v1) is loaded through its sentence-transformers files by PyLate and
+    sentence-transformers alike, so it is the ``pylate`` layout.
+    """
     root = Path(directory)
+    if _dense_entries(root):
+        return "pylate"
     if (root / "artifact.metadata").is_file():
         return "colbert"
     config = root / "config.json"
     if config.is_file():
-        archs = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+        archs = _read_json(config, "config.json").get("architectures") or []
         if any("ColBERT" in a for a in archs):
             return "colbert"
-    modules = root / "modules.json"
-    if modules.is_file():
-        entries = json.loads(modules.read_text(encoding="utf-8"))
-        if any(str(e.get("type", "")).endswith("Dense") for e in entries):
-            return "pylate"
     return "plain"
 
 
@@ -95,35 +145,68 @@ def _load_state(directory: Path, what: str) -> dict[str, Any]:
 
 
 @dataclass
+class _Dense:
+    """One sentence-transformers ``Dense`` module: ``activation(linear(x)) (+ residual(x))``."""
+
+    linear: Any  # torch.nn.Linear
+    activation: Any  # torch.nn.Module
+    residual: Any | None = None  # torch.nn.Linear, or None for an identity residual / none
+    use_residual: bool = False
+
+    def __call__(self, x: Any) -> Any:
+        out = self.activation(self.linear(x))
+        if self.use_residual:
+            out = out + (x if self.residual is None else self.residual(x))
+        return out
+
+    def to(self, device: str, dtype: Any) -> _Dense:
+        self.linear = self.linear.to(device, dtype=dtype).eval()
+        self.activation = self.activation.to(device, dtype=dtype).eval()
+        if self.residual is not None:
+            self.residual = self.residual.to(device, dtype=dtype).eval()
+        return self
+
+
+@dataclass
 class _Spec:
     """How to turn text into token vectors for one checkpoint layout."""
 
     layout: Layout
-    projection: Any | None = None  # torch.nn.Linear or None
+    projection: list[_Dense] = field(default_factory=list)  # applied in order
     query_marker: list[int] = field(default_factory=list)
     doc_marker: list[int] = field(default_factory=list)
     expand_query: bool = False
     attend_expansion: bool = False
     keep_special: bool = True
     doc_skip_ids: frozenset[int] = frozenset()
+    query_length: int | None = None  # as declared by the checkpoint
+    doc_length: int | None = None
+    source: str = ""  # where the settings came from, for messages
 
 
-def _marker_ids(tokenizer: Any, marker: str) -> list[int]:
+def _marker_ids(tokenizer: Any, marker: str, where: str) -> list[int]:
+    """The one token id of a marker (PyLate and colbert-ai insert it as a single token)."""
+    if marker == "":
+        return []  # PyLate: an empty prefix adds no token
     for candidate in (marker, marker.strip()):
         tid = tokenizer.convert_tokens_to_ids(candidate)
         if isinstance(tid, int) and tid != tokenizer.unk_token_id:
             return [tid]
-    ids = tokenizer(marker, add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise BackendError(f"marker {marker!r} tokenizes to nothing with this tokenizer")
-    return list(ids)
+    raise BackendError(
+        f"{where}: the marker {marker!r} is not a token of the checkpoint's tokenizer; the reference "
+        "implementations insert it as one token id (PyLate would add a new, untrained embedding for it)"
+    )
 
 
-def _punctuation_ids(tokenizer: Any) -> frozenset[int]:
+def _skip_ids(tokenizer: Any, words: Sequence[str]) -> frozenset[int]:
+    """Token ids of skiplist words (``convert_tokens_to_ids``, as PyLate and sentence-transformers
+    resolve them); a word that is not one vocabulary token is left out rather than skipping every
+    real ``[UNK]`` of a document (sentence-transformers' rule; no such word on BERT or ModernBERT
+    vocabularies for the default punctuation list)."""
     ids = set()
-    for ch in string.punctuation:
-        tid = tokenizer.convert_tokens_to_ids(ch)
-        if isinstance(tid, int) and tid != tokenizer.unk_token_id:
+    for word in words:
+        tid = tokenizer.convert_tokens_to_ids(word)
+        if isinstance(tid, int) and (tid != tokenizer.unk_token_id or word == tokenizer.unk_token):
             ids.add(tid)
     return frozenset(ids)
 
@@ -135,13 +218,28 @@ def _linear(weight: Any, bias: Any | None) -> Any:
         layer.weight.copy_(weight)
         if bias is not None:
             layer.bias.copy_(bias)
-    return layer
+    return layer.eval()
+
+
+def _positive_int(value: Any, key: str, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BackendError(f"{where}: {key} must be a positive int, got {value!r}")
+    return value
 
 
 def _colbert_spec(root: Path, tokenizer: Any) -> _Spec:
     meta: dict[str, Any] = {}
+    where = f"ColBERT checkpoint {root}"
     if (root / "artifact.metadata").is_file():
-        meta = json.loads((root / "artifact.metadata").read_text(encoding="utf-8"))
+        meta = _read_json(root / "artifact.metadata", where)
+        where = str(root / "artifact.metadata")
+    similarity = meta.get("similarity", "cosine")
+    if similarity != "cosine":
+        raise BackendError(
+            f"{where}: similarity {similarity!r} is not supported; ColBERTScorer scores cosine MaxSim only"
+        )
     state = _load_state(root, "ColBERT checkpoint")
     if "linear.weight" not in state:
         files = " / ".join(n for n in _WEIGHT_FILES if (root / n).is_file())
@@ -149,50 +247,125 @@ def _colbert_spec(root: Path, tokenizer: Any) -> _Spec:
             f"ColBERT checkpoint {root}: the projection `linear.weight` is missing from {files}; "
             "a ColBERT checkpoint stores its 128-d projection next to the encoder weights"
         )
+    identity = require("torch", "colbert").nn.Identity()
     return _Spec(
         layout="colbert",
-        projection=_linear(state["linear.weight"], state.get("linear.bias")),
-        query_marker=_marker_ids(tokenizer, meta.get("query_token_id", "[unused0]")),
-        doc_marker=_marker_ids(tokenizer, meta.get("doc_token_id", "[unused1]")),
-        expand_query=True,
+        # colbert-ai's projection is Linear(hidden, dim, bias=False): a stray bias is not applied
+        projection=[_Dense(_linear(state["linear.weight"], None), identity)],
+        query_marker=_marker_ids(tokenizer, meta.get("query_token_id") or "[unused0]", where),
+        doc_marker=_marker_ids(tokenizer, meta.get("doc_token_id") or "[unused1]", where),
+        expand_query=True,  # colbert-ai always pads queries with [MASK] to query_maxlen
         attend_expansion=bool(meta.get("attend_to_mask_tokens", False)),
-        doc_skip_ids=_punctuation_ids(tokenizer) if meta.get("mask_punctuation", True) else frozenset(),
+        doc_skip_ids=_skip_ids(tokenizer, string.punctuation)
+        if meta.get("mask_punctuation", True)
+        else frozenset(),
+        query_length=_positive_int(meta.get("query_maxlen"), "query_maxlen", where),
+        doc_length=_positive_int(meta.get("doc_maxlen"), "doc_maxlen", where),
+        source=where,
     )
 
 
-def _pylate_spec(root: Path, tokenizer: Any) -> _Spec:
-    entries = json.loads((root / "modules.json").read_text(encoding="utf-8"))
-    dense = [e for e in entries if str(e.get("type", "")).endswith("Dense")]
-    if len(dense) != 1:
+#: modules.json entries a PyLate checkpoint may list besides its Dense modules
+_PYLATE_OTHER_MODULES = ("Transformer", "Normalize")
+
+
+def _activation(name: Any, module_type: str, where: str) -> Any:
+    """The activation of a Dense config, instantiated as sentence-transformers / PyLate do."""
+    torch = require("torch", "colbert")
+    if name is None:
+        # the constructors' defaults: PyLate's Dense has Identity, sentence-transformers' Tanh
+        return torch.nn.Identity() if module_type.startswith("pylate.") else torch.nn.Tanh()
+    if not isinstance(name, str) or not name.startswith("torch."):
         raise BackendError(
-            f"PyLate checkpoint {root}: expected one Dense module in modules.json, found {len(dense)}"
+            f"{where}: activation_function {name!r} is not a torch class; custom activation code is "
+            "not run (sentence-transformers needs trust_remote_code for it)"
         )
-    dense_dir = root / dense[0]["path"]
+    module_name, _, cls_name = name.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), cls_name)
+    except (ImportError, AttributeError) as exc:
+        raise BackendError(f"{where}: activation_function {name!r} does not exist in torch") from exc
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        raise BackendError(f"{where}: activation_function {name!r} is not a torch.nn.Module class")
+    return cls()
+
+
+def _dense_module(root: Path, entry: dict[str, Any]) -> _Dense:
+    dense_dir = root / str(entry.get("path", ""))
+    where = f"PyLate Dense module {dense_dir}"
     if not any((dense_dir / n).is_file() for n in _WEIGHT_FILES):
         raise BackendError(
             f"PyLate checkpoint {root}: the projection file is missing: expected "
             f"{dense_dir / _WEIGHT_FILES[0]} (or {_WEIGHT_FILES[1]}) for the Dense module listed in modules.json"
         )
-    state = _load_state(dense_dir, "PyLate Dense module")
+    cfg_path = dense_dir / "config.json"
+    cfg = _read_json(cfg_path, where) if cfg_path.is_file() else {}
+    state = _load_state(dense_dir, where)
     if "linear.weight" not in state:
-        raise BackendError(f"PyLate Dense module {dense_dir}: no `linear.weight` tensor in its weights file")
-    cfg_path = root / "config_sentence_transformers.json"
-    cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
-    skip_words = cfg.get("skiplist_words")
-    skip = (
-        frozenset(t for w in skip_words for t in tokenizer(w, add_special_tokens=False)["input_ids"][:1])
-        if skip_words
-        else _punctuation_ids(tokenizer)
+        raise BackendError(f"{where}: no `linear.weight` tensor in its weights file")
+    weight = state["linear.weight"]
+    out_f, in_f = int(weight.shape[0]), int(weight.shape[1])
+    for key, actual in (("in_features", in_f), ("out_features", out_f)):
+        declared = cfg.get(key)
+        if declared is not None and declared != actual:
+            raise BackendError(
+                f"{where}: config.json declares {key}={declared} but linear.weight has {actual}"
+            )
+    has_bias = bool(cfg.get("bias", True))  # both Dense constructors default to a bias
+    if has_bias and "linear.bias" not in state:
+        raise BackendError(f"{where}: config.json declares a bias but the weights file has no `linear.bias`")
+    use_residual = bool(cfg.get("use_residual", False))
+    residual = None
+    if use_residual and in_f != out_f:
+        if "residual.weight" not in state:
+            raise BackendError(f"{where}: use_residual with {in_f} != {out_f} needs `residual.weight`")
+        residual = _linear(state["residual.weight"], None)
+    return _Dense(
+        linear=_linear(weight, state["linear.bias"] if has_bias else None),
+        activation=_activation(cfg.get("activation_function"), str(entry.get("type", "")), where),
+        residual=residual,
+        use_residual=use_residual,
     )
+
+
+def _pylate_spec(root: Path, tokenizer: Any) -> _Spec:
+    entries = _read_json(root / "modules.json", "modules.json")
+    entries = sorted(entries, key=lambda e: int(e.get("idx", 0)))
+    unknown = [
+        str(e.get("type"))
+        for e in entries
+        if not str(e.get("type", "")).endswith(("Dense", *_PYLATE_OTHER_MODULES))
+    ]
+    if unknown:
+        raise BackendError(
+            f"PyLate checkpoint {root}: modules.json lists {', '.join(unknown)}, which ColBERTScorer "
+            "does not apply; it reads PyLate checkpoints (a Transformer followed by Dense modules)"
+        )
+    dense = [_dense_module(root, e) for e in entries if str(e.get("type", "")).endswith("Dense")]
+    cfg_path = root / "config_sentence_transformers.json"
+    where = str(cfg_path)
+    cfg = _read_json(cfg_path, where) if cfg_path.is_file() else {}
+    skip_words = cfg.get("skiplist_words")
+    expand = cfg.get("do_query_expansion")
+    expand = True if expand is None else bool(expand)
     return _Spec(
         layout="pylate",
-        projection=_linear(state["linear.weight"], state.get("linear.bias")),
-        query_marker=_marker_ids(tokenizer, cfg.get("query_prefix", "[Q] ")),
-        doc_marker=_marker_ids(tokenizer, cfg.get("document_prefix", "[D] ")),
-        expand_query=bool(cfg.get("do_query_expansion", True)),
-        attend_expansion=bool(cfg.get("attend_to_expansion_tokens", False)),
-        doc_skip_ids=skip,
+        projection=dense,
+        query_marker=_marker_ids(tokenizer, _or(cfg.get("query_prefix"), "[Q] "), where),
+        doc_marker=_marker_ids(tokenizer, _or(cfg.get("document_prefix"), "[D] "), where),
+        expand_query=expand,
+        # PyLate: no expansion, no attending to expansion tokens
+        attend_expansion=expand and bool(cfg.get("attend_to_expansion_tokens") or False),
+        doc_skip_ids=_skip_ids(tokenizer, string.punctuation if skip_words is None else skip_words),
+        query_length=_positive_int(cfg.get("query_length"), "query_length", where),
+        doc_length=_positive_int(cfg.get("document_length"), "document_length", where),
+        source=where,
     )
+
+
+def _or(value: Any, default: str) -> str:
+    """PyLate's fallback: None (absent) takes the default, "" stays "" (no prefix)."""
+    return default if value is None else str(value)
 
 
 class DocumentEmbeddingCache:
@@ -200,15 +373,24 @@ class DocumentEmbeddingCache:
 
     In memory: an LRU bounded by ``max_bytes``. On disk (optional): one ``.npy`` file per document
     under ``directory/<model key>/``, written atomically (temporary file, then rename), so another
-    process opening the same directory sees complete arrays or none. Vectors are stored as float16
-    and scored in float32.
+    process opening the same directory sees complete arrays or none. Vectors are stored as
+    ``dtype`` (``"float16"``: half the memory and disk, MaxSim sums move by about 1e-3;
+    ``"float32"``: exactly the encoder's vectors) and scored in float32.
     """
 
     def __init__(
-        self, model_key: str, *, max_bytes: int = 512 * 2**20, directory: str | Path | None = None
+        self,
+        model_key: str,
+        *,
+        max_bytes: int = 512 * 2**20,
+        directory: str | Path | None = None,
+        dtype: CacheDType = "float16",
     ) -> None:
+        if dtype not in ("float16", "float32"):
+            raise ConfigError(f"cache dtype must be 'float16' or 'float32', got {dtype!r}")
         self.model_key = model_key
         self.max_bytes = max_bytes
+        self.dtype: CacheDType = dtype
         self._items: OrderedDict[str, Any] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
@@ -264,8 +446,8 @@ class DocumentEmbeddingCache:
         return None
 
     def put(self, key: str, vectors: Any) -> Any:
-        """Store ``[n, dim]`` vectors (converted to float16 on CPU); returns what was stored."""
-        item = vectors.detach().to("cpu", dtype=require("torch", "colbert").float16).contiguous()
+        """Store ``[n, dim]`` vectors (converted to the cache dtype on CPU); returns what was stored."""
+        item = vectors.detach().to("cpu", dtype=getattr(require("torch", "colbert"), self.dtype)).contiguous()
         if self.directory is not None:
             path = self._path(key)
             if not path.is_file():
@@ -335,14 +517,25 @@ class ColBERTScorer(BaseScorer):
         model: local directory or Hub id (see the module docstring for the layouts).
         device, dtype: as for :class:`~rerankers_plugins.CrossEncoderScorer` (``"auto"``: bfloat16
             where the hardware is fast at it).
-        query_length: query tokens including markers; longer queries are truncated, shorter ones
-            padded with ``[MASK]`` in the ColBERT and PyLate layouts (query augmentation).
-        doc_length: document tokens including markers; longer documents are truncated (warned once).
+        query_length: query tokens including ``[CLS]``, the marker and ``[SEP]``; longer queries are
+            truncated, shorter ones padded with ``[MASK]`` where the checkpoint expands queries.
+            None (default): the checkpoint's ``query_maxlen`` (colbert-ai) or ``query_length``
+            (PyLate), else 32.
+        doc_length: document tokens including ``[CLS]``, the marker and ``[SEP]``; longer documents
+            are truncated (warned once). None (default): the checkpoint's ``doc_maxlen`` /
+            ``document_length``, else 180 (300 for plain encoders). Both lengths are capped at the
+            encoder's ``max_position_embeddings``.
         cache_dir: optional directory for document vectors shared across processes.
         cache_bytes: memory bound of the in-process document cache.
+        cache_dtype: how cached document vectors are stored. ``"auto"`` (default): float32 when the
+            encoder computes in float32, so that scores equal the reference implementation's
+            (a float16 cache moves raw MaxSim sums by about 1e-3, more than the 1e-4 the scorer
+            promises), and float16 when it computes in bfloat16/float16, whose vectors float16
+            already holds (half the memory and disk). ``"float16"`` / ``"float32"`` force one.
         normalize: divide MaxSim by the number of query tokens, so scores are mean cosines in
             [-1, 1] (scale SIMILARITY; ranking is unchanged). ``False`` returns the raw sum, in
-            [-query tokens, +query tokens], declared as an unbounded scale (LOGIT).
+            [-query tokens, +query tokens], declared as an unbounded scale (LOGIT): the score
+            colbert-ai and PyLate return.
         batch_size, max_batch_tokens: document encoding batches (length-sorted).
         layout: force ``"colbert"``, ``"pylate"`` or ``"plain"`` instead of detecting it.
     """
@@ -353,10 +546,11 @@ class ColBERTScorer(BaseScorer):
         *,
         device: str | None = None,
         dtype: DTypeName = "auto",
-        query_length: int = 32,
-        doc_length: int = 300,
+        query_length: int | None = None,
+        doc_length: int | None = None,
         cache_dir: str | Path | None = None,
         cache_bytes: int = 512 * 2**20,
+        cache_dtype: Literal["auto", "float16", "float32"] = "auto",
         normalize: bool = True,
         batch_size: int = 32,
         max_batch_tokens: int | Literal["auto"] | None = "auto",
@@ -368,10 +562,14 @@ class ColBERTScorer(BaseScorer):
             ("doc_length", doc_length, 4),
             ("batch_size", batch_size, 1),
         ):
+            if value is None and name != "batch_size":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
         if layout not in (None, "colbert", "pylate", "plain"):
             raise ConfigError(f"layout must be 'colbert', 'pylate', 'plain' or None, got {layout!r}")
+        if cache_dtype not in ("auto", "float16", "float32"):
+            raise ConfigError(f"cache_dtype must be 'auto', 'float16' or 'float32', got {cache_dtype!r}")
         self._torch = require("torch", "colbert")
         transformers = require("transformers", "colbert")
         self.device = resolve_device(device)
@@ -392,9 +590,9 @@ class ColBERTScorer(BaseScorer):
             tok = transformers.AutoTokenizer.from_pretrained(str(root))
             hf_logging = transformers.utils.logging
             verbosity = hf_logging.get_verbosity()
-            if (layout or detect_layout(root)) == "colbert":
+            if (root / "artifact.metadata").is_file() or (layout or detect_layout(root)) == "colbert":
                 # The encoder loads without `linear.weight`, which transformers reports as an
-                # unexpected key; we load that projection ourselves, so the report is noise.
+                # unexpected key; the projection is loaded separately, so the report is noise.
                 hf_logging.set_verbosity_error()
             try:
                 enc = transformers.AutoModel.from_pretrained(str(root))
@@ -407,19 +605,24 @@ class ColBERTScorer(BaseScorer):
         if self.layout == "colbert":
             spec = _colbert_spec(root, self._tokenizer)
         elif self.layout == "pylate":
+            if not (root / "modules.json").is_file():
+                raise BackendError(f"layout='pylate' needs {root / 'modules.json'}, which does not exist")
             spec = _pylate_spec(root, self._tokenizer)
         else:
-            spec = _Spec(layout="plain", keep_special=False)
+            spec = _Spec(layout="plain", keep_special=False, doc_length=None)
         self._spec = spec
         limit = int(getattr(encoder.config, "max_position_embeddings", 512) or 512)
-        self.query_length = min(query_length, limit)
-        self.doc_length = min(doc_length, limit)
+        default_doc = PLAIN_DOC_LENGTH if self.layout == "plain" else DEFAULT_DOC_LENGTH
+        self.query_length = min(_first(query_length, spec.query_length, DEFAULT_QUERY_LENGTH), limit)
+        self.doc_length = min(_first(doc_length, spec.doc_length, default_doc), limit)
         self._encoder = encoder.to(self.device, dtype=self.dtype).eval()
-        if spec.projection is not None:
-            spec.projection = spec.projection.to(self.device, dtype=self.dtype).eval()
+        spec.projection = [d.to(self.device, self.dtype) for d in spec.projection]
         self.dim = int(
-            spec.projection.out_features if spec.projection is not None else encoder.config.hidden_size
+            spec.projection[-1].linear.out_features if spec.projection else encoder.config.hidden_size
         )
+        if cache_dtype == "auto":
+            cache_dtype = "float32" if self.dtype == self._torch.float32 else "float16"
+        self.cache_dtype: CacheDType = cache_dtype
         self._special_ids = frozenset(int(i) for i in self._tokenizer.all_special_ids)
         self._doc_truncation = TruncationReport(f"ColBERTScorer({model!r}) documents")
         self._query_truncation = TruncationReport(
@@ -427,22 +630,34 @@ class ColBERTScorer(BaseScorer):
         )
         model_key = hashlib.sha256(
             json.dumps(
-                [str(root.resolve()), self.layout, self.doc_length, self.dim, str(self.dtype)]
+                [
+                    str(root.resolve()),
+                    self.layout,
+                    self.doc_length,
+                    self.dim,
+                    str(self.dtype),
+                    self.cache_dtype,
+                ]
             ).encode()
         ).hexdigest()[:16]
-        self.cache = DocumentEmbeddingCache(model_key, max_bytes=cache_bytes, directory=cache_dir)
+        self.cache = DocumentEmbeddingCache(
+            model_key, max_bytes=cache_bytes, directory=cache_dir, dtype=self.cache_dtype
+        )
         logger.debug(
-            "loaded ColBERT %s layout=%s dim=%d on %s/%s",
+            "loaded ColBERT %s layout=%s dim=%d lengths=%d/%d on %s/%s",
             model,
             self.layout,
             self.dim,
+            self.query_length,
+            self.doc_length,
             self.device,
             self.dtype,
         )
 
     def __repr__(self) -> str:
         return (
-            f"ColBERTScorer({self.model_id!r}, layout={self.layout!r}, dim={self.dim}, device={self.device!r}, "
+            f"ColBERTScorer({self.model_id!r}, layout={self.layout!r}, dim={self.dim}, "
+            f"query_length={self.query_length}, doc_length={self.doc_length}, device={self.device!r}, "
             f"dtype={str(self.dtype).removeprefix('torch.')!r})"
         )
 
@@ -451,18 +666,17 @@ class ColBERTScorer(BaseScorer):
     def _ids(
         self, texts: Sequence[str], marker: list[int], limit: int, report: TruncationReport
     ) -> list[list[int]]:
+        """Token ids as the reference implementations build them: the tokenizer's own special
+        tokens around the text, truncated so that the whole sequence fits ``limit``, and the marker
+        inserted right after the first special token (PyLate's ``insert_prefix_token``; colbert-ai
+        tokenizes ``". " + text`` and overwrites position 1, the same sequence)."""
         tok = self._tokenizer
-        room = max(limit - 2 - len(marker), 1)  # [CLS] marker ... [SEP]
+        template = list(tok("", add_special_tokens=True)["input_ids"])  # e.g. [CLS] [SEP]
+        head, tail = template[:1], template[1:]
+        room = max(limit - len(template) - len(marker), 1)
         raw = report.token_ids(tok, texts, room)  # capped at room + 1: tells who is truncated
         report.check(sum(len(ids) > room for ids in raw), len(raw), limit)
-        enc = [ids[:room] for ids in raw]
-        cls, sep = tok.cls_token_id, tok.sep_token_id
-        if cls is None or sep is None:
-            cls = tok.bos_token_id if cls is None else cls
-            sep = tok.eos_token_id if sep is None else sep
-        head = [cls] if cls is not None else []
-        tail = [sep] if sep is not None else []
-        return [head + marker + ids + tail for ids in enc]
+        return [head + marker + ids[:room] + tail for ids in raw]
 
     def _forward(self, batch_ids: list[list[int]], attend: list[list[int]] | None = None) -> Any:
         torch = self._torch
@@ -470,8 +684,8 @@ class ColBERTScorer(BaseScorer):
         hidden = self._encoder(
             input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
         ).last_hidden_state
-        if self._spec.projection is not None:
-            hidden = self._spec.projection(hidden)
+        for dense in self._spec.projection:
+            hidden = dense(hidden)
         return torch.nn.functional.normalize(hidden.float(), p=2, dim=-1)
 
     def _keep(self, ids: list[int], *, doc: bool) -> list[int]:
@@ -489,12 +703,14 @@ class ColBERTScorer(BaseScorer):
         attend = [1] * len(ids)
         if spec.expand_query and len(ids) < self.query_length:
             extra = self.query_length - len(ids)
-            mask_id = self._tokenizer.mask_token_id
-            if mask_id is None:
+            tok = self._tokenizer
+            # PyLate's fallback chain: [MASK] for encoders, EOS for decoders
+            expansion_id = tok.mask_token_id if tok.mask_token_id is not None else tok.eos_token_id
+            if expansion_id is None:
                 raise BackendError(
-                    f"{self.model_id!r}: query expansion needs a [MASK] token, the tokenizer has none"
+                    f"{self.model_id!r}: query expansion needs a [MASK] (or EOS) token, the tokenizer has none"
                 )
-            ids = ids + [mask_id] * extra
+            ids = ids + [expansion_id] * extra
             attend = attend + [1 if spec.attend_expansion else 0] * extra
         with self._torch.inference_mode():
             vecs = self._forward([ids], [attend])[0]
@@ -535,6 +751,7 @@ class ColBERTScorer(BaseScorer):
             "query_length": self.query_length,
             "doc_length": self.doc_length,
             "dtype": str(self.dtype),
+            "cache_dtype": self.cache_dtype,
         }
 
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
@@ -554,3 +771,11 @@ class ColBERTScorer(BaseScorer):
                 for i, v in zip(nonempty[start : start + chunk], values, strict=True):
                     scores[i] = float(v)
         return scores
+
+
+def _first(*values: int | None) -> int:
+    """The first value that is not None (the constructor's, the checkpoint's, the default)."""
+    for v in values:
+        if v is not None:
+            return v
+    raise AssertionError("a default length is always given")

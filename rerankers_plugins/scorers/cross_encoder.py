@@ -1,10 +1,27 @@
-"""Cross-encoder reranking over sentence-transformers ``CrossEncoder`` models.
+"""Cross-encoder reranking: sequence-classification cross-encoders and causal-LM (yes/no) rerankers.
 
-The model is loaded by sentence-transformers (so every checkpoint it supports loads here, from a
-Hub id or a local directory) and run by us: each call tokenizes its pairs once, sorts them by
-*token* length before batching, runs the weights in the chosen dtype (bfloat16 where the hardware
-is fast at it) or through ONNX Runtime (``backend="onnx"`` / ``"onnx-int8"``), and upcasts logits
-to float32 before the activation so scores on a declared scale come out.
+Four ways a checkpoint is read, chosen from its files (never from its name):
+
+``pairs``       a plain sentence-transformers / transformers cross-encoder (BERT, XLM-R, ModernBERT,
+                Qwen3 seq-cls without a template): loaded by sentence-transformers and run by us; each
+                call tokenizes its pairs once, sorts them by *token* length before batching, runs the
+                weights in the chosen dtype or through ONNX Runtime (``backend="onnx"`` /
+                ``"onnx-int8"``).
+``preprocess``  a cross-encoder whose sentence-transformers config gives it a chat template (query /
+                document roles), prompts or a default prompt, or processing options: every batch goes
+                through sentence-transformers' own ``preprocess`` with the prompt ``predict()`` would
+                use, so the template's instruction and roles are applied exactly.
+``st-causal``   a causal LM saved by sentence-transformers >= 5.4 with a ``LogitScore`` module
+                (Qwen3-Reranker-STv54, zerank-2): tokenized by sentence-transformers, scored as
+                ``logit[true] - logit[false]`` at the last position, as that module does.
+``causal``      a causal LM published as a plain ``*ForCausalLM`` (Qwen3-Reranker, mxbai-rerank-v2,
+                bge-reranker-v2-gemma): the model card's prompt, token for token
+                (:data:`~rerankers_plugins.scorers._causal.PROMPT_FORMATS`), named by ``prompt_format=``
+                or known from the exact Hub id.
+
+In both causal modes the prompt's common prefix (system text, instruction, query) runs once per call
+and its key/value cache is shared by every candidate (``reuse_prefix``). Logits are upcast to float32
+before the activation so scores on a declared scale come out.
 """
 
 from __future__ import annotations
@@ -20,6 +37,12 @@ from typing import Any, Literal
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.ops.batching import length_sorted_batches, restore_order
+from rerankers_plugins.scorers._causal import (
+    KNOWN_CAUSAL_RERANKERS,
+    PROMPT_FORMATS,
+    CausalLogits,
+    PromptFormat,
+)
 from rerankers_plugins.scorers._hf import (
     DTypeName,
     TruncationReport,
@@ -41,42 +64,121 @@ logger = logging.getLogger(__name__)
 _ACTIVATIONS = ("sigmoid", None)
 
 
-def _require_classification_head(model: Any, model_id: str) -> None:
-    """Refuse a checkpoint without a trained relevance head (an embedding model loaded as a
-    cross-encoder gets a randomly initialised head: every score about the same, silently).
-    ``model`` is a loaded CrossEncoder, or a local directory (checked before loading)."""
+def _architectures(model: Any) -> list[str]:
+    """``architectures`` of a local directory's config.json (``model`` a path) or of a loaded
+    CrossEncoder; empty when unknown."""
     if isinstance(model, str):
         try:
             config_json = json.loads((Path(model) / "config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            return  # no readable config: the loader reports what is wrong
-        architectures = list(config_json.get("architectures") or [])
-    else:
-        config = getattr(getattr(model, "model", None), "config", None)
-        architectures = list(getattr(config, "architectures", None) or [])
-    if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
-        raise ConfigError(
-            f"{model_id!r} has no classification head (its architectures: {', '.join(architectures)}): it is "
-            "an encoder or embedding model, so a cross-encoder on it would score with random weights. "
+            return []  # no readable config: the loader reports what is wrong
+        return [str(a) for a in config_json.get("architectures") or []]
+    config = getattr(getattr(model, "model", None), "config", None)
+    return [str(a) for a in getattr(config, "architectures", None) or []]
+
+
+def _st_logit_score(directory: str) -> bool:
+    """Whether a local directory is a sentence-transformers causal reranker (a LogitScore module)."""
+    try:
+        entries = json.loads((Path(directory) / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return any(str(e.get("type", "")).endswith("LogitScore") for e in entries)
+
+
+_FORMATS_HINT = ", ".join(f"{name!r} ({f.source})" for name, f in PROMPT_FORMATS.items())
+
+
+def _refusal(model_id: str, architectures: Sequence[str]) -> str | None:
+    """Why a checkpoint with these architectures cannot be scored as a cross-encoder, naming what can;
+    None when it can (a sequence-classification head)."""
+    if not architectures or any(a.endswith("ForSequenceClassification") for a in architectures):
+        return None
+    archs = ", ".join(architectures)
+    if any(a.endswith("ForCausalLM") for a in architectures):
+        return (
+            f"{model_id!r} is a causal language model ({archs}) without sentence-transformers' LogitScore "
+            "module, so how its prompt is written is not in its files. If it is a yes/no reranker, name "
+            f"its published prompt: CrossEncoderScorer({model_id!r}, prompt_format=...), one of {_FORMATS_HINT}. "
+            "A general chat model reranks through LLMPointwiseScorer or LLMListwiseScorer."
+        )
+    if any(a.endswith("ForConditionalGeneration") for a in architectures):
+        return (
+            f"{model_id!r} is an encoder-decoder model ({archs}): score MonoT5 / RankT5 rerankers with "
+            f"Seq2SeqScorer({model_id!r})."
+        )
+    if any(a.endswith(("Model", "ForMaskedLM", "ForPreTraining")) or "ColBERT" in a for a in architectures):
+        return (
+            f"{model_id!r} has no classification head (its architectures: {archs}): it is an encoder or "
+            "embedding model, so a cross-encoder on it would score with random weights. "
             f"Use BiEncoderScorer({model_id!r}) or ColBERTScorer({model_id!r}) for an embedding model, "
             "or fine-tune a cross-encoder from it (`rerankers-plugins train`)."
         )
+    return (
+        f"{model_id!r} ({archs}) is neither a sequence-classification cross-encoder nor a causal-LM "
+        "reranker, so CrossEncoderScorer cannot score it as its authors do. A listwise or remote-code "
+        "reranker can be wrapped as a Ranker (a `rank(query, texts) -> list[int]` object) or called from "
+        "a function given to LLMListwiseScorer."
+    )
+
+
+def _check_options(
+    activation: str | None,
+    batch_size: int,
+    max_length: int | None,
+    backend: str,
+    prompt_format: str | None,
+    instruction: str | None,
+) -> None:
+    if activation not in _ACTIVATIONS:
+        raise ConfigError(f"activation must be 'sigmoid' or None, got {activation!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
+    if max_length is not None and (not isinstance(max_length, int) or max_length < 8):
+        raise ConfigError(f"max_length must be an int >= 8 or None, got {max_length!r}")
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if prompt_format is not None and prompt_format not in PROMPT_FORMATS:
+        raise ConfigError(
+            f"prompt_format must be one of {sorted(PROMPT_FORMATS)} or None, got {prompt_format!r}"
+        )
+    if instruction is not None and not isinstance(instruction, str):
+        raise ConfigError(f"instruction must be a string or None, got {instruction!r}")
+
+
+def _logit_score_module(model: Any) -> Any | None:
+    """The LogitScore module of a sentence-transformers causal reranker, or None."""
+    for module in model:
+        if type(module).__name__ == "LogitScore":
+            return module
+    return None
+
+
+def _require_reranker_head(model: Any, model_id: str) -> None:
+    """Refuse a checkpoint without a trained relevance head (an embedding model loaded as a
+    cross-encoder gets a randomly initialised head: every score about the same, silently)."""
+    why = _refusal(model_id, _architectures(model))
+    if why is not None:
+        raise ConfigError(why)
 
 
 class CrossEncoderScorer(BaseScorer):
-    """Score (query, text) pairs jointly with a cross-encoder.
+    """Score (query, text) pairs jointly with a cross-encoder or a causal-LM reranker.
 
     Args:
-        model: a Hugging Face Hub id (``"cross-encoder/ms-marco-MiniLM-L-6-v2"``) or a local directory.
+        model: a Hugging Face Hub id (``"cross-encoder/ms-marco-MiniLM-L-6-v2"``,
+            ``"Qwen/Qwen3-Reranker-0.6B"``) or a local directory.
         device: ``None`` picks CUDA when present, else CPU; or any torch device string.
         max_length: token window for query + text; longer pairs are truncated (warned once).
-            ``None`` uses the model's own limit.
+            ``None`` uses the model's own limit (a causal prompt format's: its model card's).
         batch_size: pairs per forward pass.
         dtype: ``"auto"`` (bfloat16 on CUDA with bf16, on CPUs with AMX-BF16, and on CPUs with
             AVX512-BF16 where a one-off probe finds it faster; else float32), ``"float32"``, ``"bfloat16"`` or ``"float16"`` (CUDA only).
         activation: ``"sigmoid"`` (default) maps a one-label model's logit to 0..1, scale
-            PROBABILITY; for a two-label model it is the softmax probability of label 1. ``None``
-            returns raw logits (two-label: logit difference), scale LOGIT.
+            PROBABILITY; for a two-label model it is the softmax probability of label 1; for a
+            causal reranker it is sigmoid(logit[yes] - logit[no]) = P(yes) against "no" (or
+            sigmoid(logit[yes]) where the model reads one answer token). ``None`` returns raw logits
+            (two-label: logit difference), scale LOGIT.
         max_batch_tokens: cap on padded tokens per forward pass (items x longest item). ``"auto"``
             chooses by device and thread count (:func:`resolve_max_batch_tokens`): on CPU 1024
             tokens per thread (at most 8192), no cap on accelerators. ``None``: only ``batch_size``
@@ -86,9 +188,19 @@ class CrossEncoderScorer(BaseScorer):
             CPUs with integer dot-product instructions, scores within about 0.01 of float32 but not
             equal: measure agreement on your data). The graph is exported once and cached under
             ``~/.cache/rerankers-plugins/onnx`` (``RERANKERS_CACHE``), keyed by the weights; needs the
-            ``onnx`` extra.
+            ``onnx`` extra. Sequence-classification models without prompts only.
         warmup: run one short pair at load, so the first call does not pay one-off set-up work.
-        trust_remote_code, local_files_only, model_kwargs: passed to sentence-transformers.
+        prompt_format: for a causal LM published without sentence-transformers files, the prompt its
+            authors publish: ``"qwen3"`` (Qwen3-Reranker), ``"mxbai-v2"`` (mxbai-rerank-v2),
+            ``"bge-gemma"`` (bge-reranker-v2-gemma). Known from the exact Hub id for those models.
+        instruction: the task instruction of an instruction-following reranker (Qwen3-Reranker's
+            ``<Instruct>``, mxbai-v2's ``instruction:``, bge-gemma's closing prompt, or the system
+            message / prompt of a sentence-transformers checkpoint). ``None`` keeps the model's
+            default (its ``default_prompt_name`` prompt, or the model card's instruction).
+        reuse_prefix: in causal rerankers, run the tokens every prompt of a call starts with once
+            and share their key/value cache across the candidates (same scores, less compute).
+        trust_remote_code, local_files_only, model_kwargs: passed to sentence-transformers /
+            transformers.
     """
 
     def __init__(
@@ -103,33 +215,18 @@ class CrossEncoderScorer(BaseScorer):
         max_batch_tokens: int | Literal["auto"] | None = "auto",
         backend: BackendName = "torch",
         warmup: bool = True,
+        prompt_format: str | None = None,
+        instruction: str | None = None,
+        reuse_prefix: bool = True,
         trust_remote_code: bool = False,
         local_files_only: bool = False,
         model_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        if activation not in _ACTIVATIONS:
-            raise ConfigError(f"activation must be 'sigmoid' or None, got {activation!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
-        if max_length is not None and (not isinstance(max_length, int) or max_length < 8):
-            raise ConfigError(f"max_length must be an int >= 8 or None, got {max_length!r}")
-        if backend not in BACKENDS:
-            raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        _check_options(activation, batch_size, max_length, backend, prompt_format, instruction)
         self._torch = require("torch", "cross-encoder")
-        st = require("sentence_transformers", "cross-encoder")
         self.device = resolve_device(device)
         self.backend = backend
-        if backend != "torch":
-            require("onnxruntime", "onnx")
-            if self.device != "cpu":
-                raise ConfigError(f"backend={backend!r} runs on CPU; use backend='torch' on {self.device!r}")
-            if dtype not in ("auto", "float32"):
-                raise ConfigError(
-                    f"backend={backend!r} sets its own precision; leave dtype='auto', got {dtype!r}"
-                )
-            self.dtype = self._torch.float32
-        else:
-            self.dtype = resolve_dtype(dtype, self.device)
+        self.dtype = self._resolve_precision(dtype)
         self.batch_size = batch_size
         self.max_batch_tokens = resolve_max_batch_tokens(
             max_batch_tokens,
@@ -139,72 +236,32 @@ class CrossEncoderScorer(BaseScorer):
         self.activation = activation
         self.name = model
         self.model_id = model
-        model = resolve_model(model)
-        self._files = files_digest(model)
-        if os.path.isdir(os.path.expanduser(model)):
-            _require_classification_head(os.path.expanduser(model), self.model_id)
-        self._model = load_model(
-            "cross-encoder",
-            model,
-            lambda: st.CrossEncoder(
-                model,
-                device=self.device,
-                max_length=max_length,
-                trust_remote_code=trust_remote_code,
-                local_files_only=local_files_only,
-                model_kwargs=model_kwargs,
-            ),
-        )
-        _require_classification_head(self._model, self.model_id)
-        self.num_labels = int(self._model.num_labels)
-        if self.num_labels not in (1, 2):
-            raise ConfigError(
-                f"{model!r} has {self.num_labels} output labels; a relevance cross-encoder has 1 "
-                "(a score) or 2 (not relevant / relevant)"
-            )
-        self.scale = ScoreScale.PROBABILITY if activation == "sigmoid" else ScoreScale.LOGIT
-        if self.dtype != self._torch.float32:
-            self._model.to(self.dtype)
-        self._model.eval()
-        self.max_length = int(self._model.max_seq_length or 512)
-        self._tokenizer = self._model.tokenizer
-        self._n_special = int(self._tokenizer.num_special_tokens_to_add(pair=True))
-        self._truncation = TruncationReport(f"CrossEncoderScorer({model!r})")
-        names = tuple(getattr(self._tokenizer, "model_input_names", ()) or ())
-        hf = self._model.model
-        accepted = set(inspect.signature(hf.forward).parameters) if hf is not None else set(names)
-        # what the tokenizer makes *and* the model takes (a DistilBERT behind a BERT tokenizer has
-        # no token_type_ids), as sentence-transformers filters them
-        self._inputs = tuple(
-            n for n in ("input_ids", "token_type_ids", "attention_mask") if n in names and n in accepted
-        ) or ("input_ids", "attention_mask")
-        # Our one-pass tokenization reproduces preprocess() for plain text pairs; a model configured
-        # with prompts or processing options keeps sentence-transformers' own preprocess per batch.
-        first = self._model[0] if len(self._model) else None
-        self._st_preprocess = bool(
-            getattr(self._model, "prompts", None)
-            or getattr(self._model, "default_prompt_name", None)
-            or getattr(first, "processing_kwargs", None)
-        )
-        self._pad_id = int(self._tokenizer.pad_token_id or 0)
-        self._pad_left = getattr(self._tokenizer, "padding_side", "right") == "left"
+        self.instruction = instruction
+        self.reuse_prefix = bool(reuse_prefix)
+        path = resolve_model(model)
+        self._files = files_digest(path)
+        local = os.path.expanduser(path) if os.path.isdir(os.path.expanduser(path)) else None
+        self.prompt_format = prompt_format or KNOWN_CAUSAL_RERANKERS.get(model)
+        loading = {
+            "trust_remote_code": trust_remote_code,
+            "local_files_only": local_files_only,
+            "model_kwargs": model_kwargs,
+        }
+        self._format: PromptFormat | None = None
+        self._causal: CausalLogits | None = None
         self._onnx: OnnxCrossEncoder | None = None
-        if backend != "torch":
-            if len(self._model) != 1 or self._model.model is None or self._st_preprocess:
-                raise ConfigError(
-                    f"backend={backend!r} needs a checkpoint whose relevance head is part of its "
-                    f"transformers model; {model!r} has extra sentence-transformers modules, prompts or processing options: use backend='torch'"
-                )
-            self._onnx = OnnxCrossEncoder(
-                self._model.model,
-                source=model,
-                inputs=self._inputs,
-                quantize=backend == "onnx-int8",
-                threads=self._torch.get_num_threads(),
-            )
+        if self.prompt_format is not None:
+            self._load_prompted_causal(path, local, max_length, loading)
+        else:
+            if local is not None and not _st_logit_score(local):
+                _require_reranker_head(local, self.model_id)
+            self._load_sentence_transformers(path, max_length, loading)
+        self.scale = ScoreScale.PROBABILITY if activation == "sigmoid" else ScoreScale.LOGIT
+        self._truncation = TruncationReport(f"CrossEncoderScorer({model!r})")
         logger.debug(
-            "loaded cross-encoder %s on %s as %s, backend %s (max_length=%d, max_batch_tokens=%s)",
+            "loaded cross-encoder %s (%s) on %s as %s, backend %s (max_length=%d, max_batch_tokens=%s)",
             model,
+            self.mode,
             self.device,
             self.dtype,
             backend,
@@ -215,6 +272,156 @@ class CrossEncoderScorer(BaseScorer):
             # One short pair through the whole path: the first user call then pays none of the
             # one-off costs (kernel selection, thread pool start-up, the tokenizer's first call).
             self.score("warm up", ["warm up"])
+
+    def _resolve_precision(self, dtype: DTypeName) -> Any:
+        if self.backend == "torch":
+            return resolve_dtype(dtype, self.device)
+        require("onnxruntime", "onnx")
+        if self.device != "cpu":
+            raise ConfigError(f"backend={self.backend!r} runs on CPU; use backend='torch' on {self.device!r}")
+        if dtype not in ("auto", "float32"):
+            raise ConfigError(
+                f"backend={self.backend!r} sets its own precision; leave dtype='auto', got {dtype!r}"
+            )
+        return self._torch.float32
+
+    def _load_prompted_causal(
+        self, path: str, local: str | None, max_length: int | None, loading: dict[str, Any]
+    ) -> None:
+        """A plain ``*ForCausalLM`` scored with its authors' prompt (``mode == "causal"``)."""
+        transformers = require("transformers", "cross-encoder")
+        fmt = PROMPT_FORMATS.get(str(self.prompt_format))
+        if fmt is None:
+            raise ConfigError(
+                f"prompt_format must be one of {sorted(PROMPT_FORMATS)}, got {self.prompt_format!r}"
+            )
+        if self.backend != "torch":
+            raise ConfigError(
+                f"backend={self.backend!r} runs sequence-classification models; use backend='torch'"
+            )
+        if local is not None:
+            archs = _architectures(local)
+            if archs and not any(a.endswith("ForCausalLM") for a in archs):
+                raise ConfigError(
+                    f"prompt_format={fmt.name!r} is for causal-LM rerankers, but {self.model_id!r} is "
+                    f"{', '.join(archs)}; leave prompt_format unset for a cross-encoder"
+                )
+        options = {
+            "trust_remote_code": loading["trust_remote_code"],
+            "local_files_only": loading["local_files_only"],
+        }
+
+        def load() -> tuple[Any, Any]:
+            tok = transformers.AutoTokenizer.from_pretrained(path, **options)
+            net = transformers.AutoModelForCausalLM.from_pretrained(
+                path, **options, **(loading["model_kwargs"] or {})
+            )
+            return tok, net
+
+        self._tokenizer, net = load_model("causal-LM reranker", path, load)
+        net = net.to(self.device)
+        if self.dtype != self._torch.float32:
+            net = net.to(self.dtype)
+        net.eval()
+        self._format = fmt
+        self.mode = "causal"
+        self.max_length = int(max_length or fmt.default_max_length)
+        if self.instruction is None:
+            self.instruction = fmt.default_instruction
+        true_id, false_id = fmt.answer_ids(self._tokenizer)
+        self._causal = self._logits(net, true_id, false_id, self._tokenizer)
+        self.num_labels = 1
+        self._model: Any = None
+        self._prompt: str | None = None
+
+    def _logits(self, net: Any, true_id: int, false_id: int | None, tokenizer: Any) -> CausalLogits:
+        pad = tokenizer.pad_token_id
+        if pad is None:
+            pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+        return CausalLogits(
+            net,
+            true_id=int(true_id),
+            false_id=None if false_id is None else int(false_id),
+            pad_id=int(pad),
+            device=self.device,
+            batch_size=self.batch_size,
+            max_batch_tokens=self.max_batch_tokens,
+            reuse_prefix=self.reuse_prefix,
+        )
+
+    def _load_sentence_transformers(self, path: str, max_length: int | None, loading: dict[str, Any]) -> None:
+        """Anything sentence-transformers loads as a CrossEncoder (modes pairs / preprocess / st-causal)."""
+        st = require("sentence_transformers", "cross-encoder")
+        self._model = load_model(
+            "cross-encoder",
+            path,
+            lambda: st.CrossEncoder(path, device=self.device, max_length=max_length, **loading),
+        )
+        logit_score = _logit_score_module(self._model)
+        if logit_score is None:
+            _require_reranker_head(self._model, self.model_id)
+        self.num_labels = int(self._model.num_labels)
+        if self.num_labels not in (1, 2):
+            raise ConfigError(
+                f"{self.model_id!r} has {self.num_labels} output labels; a relevance cross-encoder has 1 "
+                "(a score) or 2 (not relevant / relevant). A 3-label head is an NLI or classification "
+                "model: fine-tune a relevance cross-encoder from it (`rerankers-plugins train`)."
+            )
+        if self.dtype != self._torch.float32:
+            self._model.to(self.dtype)
+        self._model.eval()
+        self.max_length = int(self._model.max_seq_length or 512)
+        self._tokenizer = self._model.tokenizer
+        first = self._model[0] if len(self._model) else None
+        # the prompt predict() applies when it is given none (the default prompt), or the instruction
+        self._prompt = (
+            self.instruction if self.instruction is not None else self._model._resolve_prompt(None, None)
+        )
+        modalities = getattr(first, "modality_config", None) or {}
+        if logit_score is not None:
+            self.mode = "st-causal"
+            self._causal = self._logits(
+                self._model.model, logit_score.true_token_id, logit_score.false_token_id, self._tokenizer
+            )
+        elif (
+            self._prompt
+            or "message" in modalities
+            or getattr(first, "processing_kwargs", None)
+            or len(self._model) > 1
+        ):
+            # a chat template (query / document roles), a prompt or processing options:
+            # sentence-transformers' own preprocess per batch, as predict() runs it
+            self.mode = "preprocess"
+        else:
+            self.mode = "pairs"
+        self._setup_pairs()
+
+    def _setup_pairs(self) -> None:
+        self._n_special = int(self._tokenizer.num_special_tokens_to_add(pair=True))
+        names = tuple(getattr(self._tokenizer, "model_input_names", ()) or ())
+        hf = self._model.model
+        accepted = set(inspect.signature(hf.forward).parameters) if hf is not None else set(names)
+        # what the tokenizer makes *and* the model takes (a DistilBERT behind a BERT tokenizer has
+        # no token_type_ids), as sentence-transformers filters them
+        self._inputs = tuple(
+            n for n in ("input_ids", "token_type_ids", "attention_mask") if n in names and n in accepted
+        ) or ("input_ids", "attention_mask")
+        self._pad_id = int(self._tokenizer.pad_token_id or 0)
+        self._pad_left = getattr(self._tokenizer, "padding_side", "right") == "left"
+        if self.backend != "torch":
+            if self.mode != "pairs" or self._model.model is None:
+                raise ConfigError(
+                    f"backend={self.backend!r} needs a checkpoint whose relevance head is part of its "
+                    f"transformers model; {self.model_id!r} has extra sentence-transformers modules, "
+                    "a chat template, prompts or processing options: use backend='torch'"
+                )
+            self._onnx = OnnxCrossEncoder(
+                self._model.model,
+                source=resolve_model(self.model_id),
+                inputs=self._inputs,
+                quantize=self.backend == "onnx-int8",
+                threads=self._torch.get_num_threads(),
+            )
 
     def __repr__(self) -> str:
         backend = "" if self.backend == "torch" else f", backend={self.backend!r}"
@@ -252,6 +459,8 @@ class CrossEncoderScorer(BaseScorer):
         """Token length of each (query, text) pair as the model sees it, after truncation."""
         if not texts:
             return []
+        if self._format is not None:
+            return [len(r) for r in self._prompt_rows(query, texts)]
         rows, over = self._encode(query, texts)
         self._truncation.check(over, len(rows), self.max_length)
         return [len(r["input_ids"]) for r in rows]
@@ -267,6 +476,11 @@ class CrossEncoderScorer(BaseScorer):
             settings["files"] = self._files
         if self.backend != "torch":  # int8 scores differ from float32: never share cache entries
             settings["backend"] = self.backend
+        if self.prompt_format is not None:
+            settings["prompt_format"] = self.prompt_format
+        instruction = self.instruction if self._format is not None else self._prompt
+        if instruction is not None:
+            settings["instruction"] = instruction
         return settings
 
     def _collate(self, rows: Sequence[dict[str, list[int]]], batch: Sequence[int]) -> dict[str, Any]:
@@ -298,28 +512,61 @@ class CrossEncoderScorer(BaseScorer):
                 logits = self._model(features)["scores"].float()
         return [float(x) for x in self._activate(logits).tolist()]
 
-    def _score_with_preprocess(self, query: str, texts: Sequence[str]) -> list[float]:
-        """sentence-transformers' own preprocess per batch (models with prompts or processing options)."""
-        torch = self._torch
+    def _batches(self, query: str, texts: Sequence[str]) -> list[list[int]]:
+        """Length-sorted batches of the pairs by their bare token length (modes that tokenize per batch)."""
         full = self._full_pair_lengths(query, texts)
         self._truncation.check(sum(f > self.max_length for f in full), len(full), self.max_length)
-        batches = length_sorted_batches(
+        return length_sorted_batches(
             [min(f, self.max_length) for f in full], self.batch_size, self.max_batch_tokens
         )
+
+    def _score_with_preprocess(self, query: str, texts: Sequence[str]) -> list[float]:
+        """sentence-transformers' own preprocess per batch, with the prompt predict() uses."""
+        torch = self._torch
+        batches = self._batches(query, texts)
         out: list[float] = []
         with torch.inference_mode():
             for batch in batches:
-                features = self._model.preprocess([(query, texts[i]) for i in batch])
+                features = self._model.preprocess([(query, texts[i]) for i in batch], prompt=self._prompt)
                 features = {
                     k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()
                 }
                 out.extend(float(x) for x in self._activate(self._model(features)["scores"].float()).tolist())
         return restore_order(batches, out)
 
+    def _st_rows(self, query: str, texts: Sequence[str]) -> list[list[int]]:
+        """Token rows of a sentence-transformers causal reranker, as its preprocess makes them
+        (chat template, prompt, truncation), without their padding."""
+        self._batches(query, texts)  # the truncation warning
+        features = self._model.preprocess([(query, t) for t in texts], prompt=self._prompt)
+        ids, mask = features["input_ids"], features["attention_mask"]
+        return [
+            [int(t) for t, m in zip(row, keep, strict=True) if m]
+            for row, keep in zip(ids.tolist(), mask.tolist(), strict=True)
+        ]
+
+    def _prompt_rows(self, query: str, texts: Sequence[str]) -> list[list[int]]:
+        """Token rows in the model card's prompt format; warns once when a pair is cut."""
+        fmt = self._format
+        assert fmt is not None
+        rows = [fmt.build(self._tokenizer, query, t, self.instruction, self.max_length) for t in texts]
+        if not self._truncation.warned:
+            whole = [fmt.build(self._tokenizer, query, t, self.instruction, 1 << 30) for t in texts]
+            over = sum(len(w) > len(r) for w, r in zip(whole, rows, strict=True))
+            self._truncation.check(over, len(rows), self.max_length)
+        return rows
+
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
         if not texts:
             return []
-        if self._st_preprocess:
+        if self._causal is not None:
+            causal_rows = (
+                self._prompt_rows(query, texts) if self._format is not None else self._st_rows(query, texts)
+            )
+            raw = self._torch.tensor(self._causal.score(causal_rows), dtype=self._torch.float32)
+            scores = self._torch.sigmoid(raw) if self.activation == "sigmoid" else raw
+            return [float(x) for x in scores.tolist()]
+        if self.mode == "preprocess":
             return self._score_with_preprocess(query, texts)
         rows, over = self._encode(query, texts)
         self._truncation.check(over, len(rows), self.max_length)

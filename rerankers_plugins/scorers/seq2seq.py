@@ -13,11 +13,19 @@ The model and tokenizer load through transformers (Hub id or local directory, th
 the cross-encoder). Each call tokenizes its pairs once, truncates only the document when a pair is
 longer than ``max_length`` (the query and the prompt words are kept, so ``Relevant:`` is never cut
 off), sorts pairs by token length before batching, and upcasts logits to float32.
+
+Only a checkpoint whose files hold the whole encoder-decoder is scored: an encoder-only T5 (a
+``T5EncoderModel`` export, or a config without ``is_encoder_decoder`` over encoder weights) would
+load with a randomly initialised decoder, and is refused, naming what scores such a model. The check
+reads the weight names (the safetensors headers or the shard index) before loading and the
+loader's missing keys after it, so ``pytorch_model.bin``-only checkpoints are covered too.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -49,6 +57,35 @@ TEMPLATES: dict[str, str] = {
     "monot5": "Query: {query} Document: {document} Relevant:",
     "rankt5": "Query: {query} Document: {document}",
 }
+
+
+_ENCODER_ONLY_HINT = (
+    "Seq2SeqScorer reads the decoder's first step, so it needs a full T5ForConditionalGeneration "
+    "checkpoint such as castorini/monot5-base-msmarco or Soyoung97/RankT5-base. An encoder-only T5 "
+    "is an embedding model: score it with BiEncoderScorer (a sentence-transformers export) or "
+    "ColBERTScorer, or fine-tune a MonoT5/RankT5 reranker from the full T5 checkpoint"
+)
+
+
+def _weight_names(path: str) -> set[str] | None:
+    """The parameter names a local checkpoint directory stores, read from its shard index
+    (``*.index.json``) or its safetensors headers without loading a tensor; None where neither is
+    there (a Hub id, or ``pytorch_model.bin`` alone: the loader's missing keys decide then)."""
+    root = os.path.expanduser(path)
+    if not os.path.isdir(root):
+        return None
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        file = os.path.join(root, index)
+        if os.path.isfile(file):
+            with open(file, encoding="utf-8") as fh:
+                return set(json.load(fh).get("weight_map", {}))
+    file = os.path.join(root, "model.safetensors")
+    if os.path.isfile(file):
+        safetensors = require("safetensors", "seq2seq")  # a dependency of transformers
+
+        with safetensors.safe_open(file, framework="pt") as fh:
+            return set(fh.keys())
+    return None
 
 
 def _template_parts(template: str) -> tuple[str, str, str, bool]:
@@ -140,21 +177,48 @@ class Seq2SeqScorer(BaseScorer):
         config = load_model(
             "seq2seq", path, lambda: transformers.AutoConfig.from_pretrained(path, **kw), cls="Seq2SeqScorer"
         )
+        architectures = list(getattr(config, "architectures", None) or [])
+        if any(a.endswith("EncoderModel") for a in architectures) or (
+            config.model_type in ("t5", "mt5", "umt5") and not getattr(config, "is_encoder_decoder", False)
+        ):
+            raise ConfigError(
+                f"{model!r} is an encoder-only {config.model_type} checkpoint (architectures "
+                f"{architectures}): it has no decoder to score with. {_ENCODER_ONLY_HINT}"
+            )
         if not getattr(config, "is_encoder_decoder", False):
             raise ConfigError(
                 f"{model!r} is not an encoder-decoder model (model_type {config.model_type!r}): "
                 "Seq2SeqScorer needs a T5-style checkpoint such as castorini/monot5-base-msmarco; "
                 "for a BERT-style cross-encoder use CrossEncoderScorer"
             )
-        self._tokenizer, net = load_model(
+        names = _weight_names(path)
+        if names is not None and not any(n.startswith("decoder.") for n in names):
+            raise ConfigError(
+                f"{model!r} holds no decoder weights (its weight files store only "
+                f"{sorted({n.split('.')[0] for n in names})}); loaded as an encoder-decoder its decoder "
+                f"would be randomly initialised and every score random. {_ENCODER_ONLY_HINT}"
+            )
+        self._tokenizer, (net, info) = load_model(
             "seq2seq",
             path,
             lambda: (
                 transformers.AutoTokenizer.from_pretrained(path, **kw),
-                transformers.AutoModelForSeq2SeqLM.from_pretrained(path, config=config, **kw),
+                transformers.AutoModelForSeq2SeqLM.from_pretrained(
+                    path, config=config, output_loading_info=True, **kw
+                ),
             ),
             cls="Seq2SeqScorer",
         )
+        missing = sorted(info.get("missing_keys") or [])
+        if missing:
+            # the decoder, or the LM head a checkpoint with tie_word_embeddings=false stores apart
+            decoder = any(n.startswith(("decoder.", "lm_head.")) for n in missing)
+            raise ConfigError(
+                f"{model!r} lacks {len(missing)} {'decoder ' if decoder else ''}weights (e.g. "
+                f"{missing[:3]}): transformers would initialise them at random, so every score would "
+                "be random. "
+                + (_ENCODER_ONLY_HINT if decoder else "Re-save the complete model with save_pretrained")
+            )
         self._model = net.to(self.device, dtype=self.dtype).eval()
         limit = int(getattr(self._tokenizer, "model_max_length", 0) or 0)
         self.max_length = max_length if not 0 < limit < max_length else limit

@@ -72,11 +72,12 @@ def test_plain_layout_drops_special_tokens(tiny_bi_dir):
 def test_score_is_maxsim_of_the_vectors(colbert):
     q = colbert.encode_query(QUERY)
     vecs = colbert.encode_documents(DOCS)
-    docs, mask = pad_vectors([v.half().float() for v in vecs])  # the cache stores float16
+    docs, mask = pad_vectors(vecs)  # a float32 encoder's cache stores float32 ("auto")
     expected = maxsim(q, docs, doc_mask=mask, normalize=True).tolist()
-    assert ColBERTScorer.score(colbert, QUERY, DOCS) == pytest.approx(expected, abs=1e-5)
-    by_hand = [float((q @ v.half().float().T).max(dim=1).values.mean()) for v in vecs]
-    assert expected == pytest.approx(by_hand, abs=1e-5)
+    assert colbert.cache_dtype == "float32"
+    assert ColBERTScorer.score(colbert, QUERY, DOCS) == pytest.approx(expected, abs=1e-6)
+    by_hand = [float((q @ v.T).max(dim=1).values.mean()) for v in vecs]
+    assert expected == pytest.approx(by_hand, abs=1e-6)
 
 
 def test_padding_never_changes_a_score(colbert_dir):
@@ -237,5 +238,7 @@ def test_bad_options(colbert_dir):
         ColBERTScorer(str(colbert_dir), query_length=2)
     with pytest.raises(ConfigError, match="layout"):
         ColBERTScorer(str(colbert_dir), layout="other")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="cache_dtype"):
+        ColBERTScorer(str(colbert_dir), cache_dtype="int8")  # type: ignore[arg-type]
     with pytest.raises(BackendError, match="does not exist"):
         ColBERTScorer(str(Path(colbert_dir) / "missing"))
