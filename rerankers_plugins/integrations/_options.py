@@ -143,6 +143,16 @@ class CrossEncoderFields(_LocalFields):
         default="torch",
         description="torch; or ONNX Runtime on CPU: onnx (float32), onnx-int8 (int8, the onnx extra).",
     )
+    prompt_format: Literal["qwen3", "mxbai-v2", "bge-gemma"] | None = Field(
+        default=None,
+        description="A causal-LM reranker's published prompt (Qwen3-Reranker, mxbai-rerank-v2, bge-reranker-v2-gemma).",
+    )
+    instruction: str | None = Field(
+        default=None, description="Task instruction of an instruction-following reranker; None: the model's."
+    )
+    reuse_prefix: bool = Field(
+        default=True, description="Causal rerankers: run the prompt's shared prefix once per call."
+    )
 
 
 class Seq2SeqFields(_LocalFields):
@@ -166,13 +176,27 @@ class PolyEncoderFields(_LocalFields):
 
 class BiEncoderFields(_LocalFields):
     max_length: int | None = Field(default=None, description="Token window; None uses the model's.")
+    query_prompt: str | None = Field(default=None, description="None: the checkpoint's query prompt.")
+    document_prompt: str | None = Field(
+        default=None, description="None: the checkpoint's document / passage prompt."
+    )
 
 
 class ColBERTFields(_LocalFields):
-    query_length: int = Field(default=32, description="Query tokens, markers and [MASK] padding included.")
-    doc_length: int = Field(default=300, description="Document tokens kept; longer ones are truncated.")
+    query_length: int | None = Field(
+        default=None,
+        description="Query tokens, markers and [MASK] padding included; None: the checkpoint's (else 32).",
+    )
+    doc_length: int | None = Field(
+        default=None,
+        description="Document tokens kept; None: the checkpoint's (else 180; 300 for plain encoders).",
+    )
     cache_dir: str | None = Field(
         default=None, description="Directory for document vectors shared across processes."
+    )
+    cache_dtype: Literal["auto", "float16", "float32"] = Field(
+        default="auto",
+        description="auto: float32 vectors for a float32 encoder (exact scores), else float16.",
     )
 
 

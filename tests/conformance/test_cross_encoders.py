@@ -25,6 +25,7 @@ from hub_layouts import (
     build_st_logit_score,
     build_xlmr_cross_encoder,
 )
+from tiny import build_cross_encoder
 
 from rerankers_plugins import CrossEncoderScorer
 from rerankers_plugins.errors import ConfigError
@@ -47,6 +48,7 @@ WEB = "Given a web search query, retrieve relevant passages that answer the quer
 def layouts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("hub")
     return {
+        "bert": build_cross_encoder(root / "ms-marco-MiniLM-L-6-v2"),
         "xlmr": build_xlmr_cross_encoder(root / "bge-reranker-v2-m3"),
         "xlmr2": build_xlmr_cross_encoder(root / "xlmr-2-label", num_labels=2, seed=3),
         "modernbert": build_modernbert_cross_encoder(root / "gte-reranker-modernbert-base"),
@@ -75,7 +77,8 @@ def _predict(directory: Path, activation: Any, **kw: Any) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    "family", ["xlmr", "modernbert", "qwen3-seq-cls", "qwen3-seq-cls-st6", "prompts", "st-logit-score"]
+    "family",
+    ["bert", "xlmr", "modernbert", "qwen3-seq-cls", "qwen3-seq-cls-st6", "prompts", "st-logit-score"],
 )
 def test_sentence_transformers_layouts_score_as_predict(layouts: dict[str, Path], family: str) -> None:
     directory = layouts[family]
