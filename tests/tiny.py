@@ -317,6 +317,26 @@ def build_pylate(
     return directory
 
 
+def t5_config(vocab_size: int, **extra: object):
+    """A 2-layer T5 (d_model 32) with T5's special ids: pad 0 (also the decoder start), eos 1."""
+    from transformers import T5Config
+
+    return T5Config(
+        vocab_size=vocab_size,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+        initializer_factor=1.0,
+        **extra,
+    )
+
+
 def build_t5(
     directory: Path, *, seed: int = 0, words: tuple[str, ...] = ("true", "false", "yes", "no")
 ) -> Path:
@@ -324,7 +344,7 @@ def build_t5(
     tokenizer that appends ``</s>``, as T5's does: the shape of a MonoT5 / RankT5 checkpoint."""
     import torch
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+    from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
 
     directory.mkdir(parents=True, exist_ok=True)
     specials = ["<pad>", "</s>", "<unk>"]
@@ -355,19 +375,7 @@ def build_t5(
         model_max_length=128,
     )
     torch.manual_seed(seed)
-    config = T5Config(
-        vocab_size=len(pieces),
-        d_model=32,
-        d_kv=8,
-        d_ff=64,
-        num_layers=2,
-        num_decoder_layers=2,
-        num_heads=4,
-        decoder_start_token_id=0,
-        pad_token_id=0,
-        eos_token_id=1,
-        initializer_factor=1.0,
-    )
+    config = t5_config(len(pieces))
     T5ForConditionalGeneration(config).save_pretrained(directory)
     fast.save_pretrained(directory)
     return directory

@@ -41,7 +41,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("sentencepiece")
 
 import torch
-from tiny import WORDS, _config, _tokenizer
+from tiny import WORDS, _config, _tokenizer, t5_config
 
 from rerankers_plugins import BiEncoderScorer, ConfigError
 from rerankers_plugins.scorers.seq2seq import Seq2SeqScorer
@@ -87,23 +87,8 @@ def _spiece(directory: Path) -> None:
 
 
 def _t5_config(vocab_size: int, *, v1_1: bool):
-    from transformers import T5Config
-
     extra = {"feed_forward_proj": "gated-gelu", "tie_word_embeddings": False} if v1_1 else {}
-    return T5Config(
-        vocab_size=vocab_size,
-        d_model=32,
-        d_kv=8,
-        d_ff=64,
-        num_layers=2,
-        num_decoder_layers=2,
-        num_heads=4,
-        decoder_start_token_id=0,
-        pad_token_id=0,
-        eos_token_id=1,
-        initializer_factor=1.0,
-        **extra,
-    )
+    return t5_config(vocab_size, **extra)
 
 
 def build_hub_t5(directory: Path, *, seed: int = 0, v1_1: bool = False, safetensors: bool = False) -> Path:
