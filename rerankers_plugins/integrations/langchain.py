@@ -14,12 +14,17 @@ documents and their metadata are never touched, and no two results share a neste
 carries ``metadata["relevance_score"]`` (the convention of LangChain's Cohere reranker) and
 ``metadata["rerank"]`` (original rank, model, scale, retrieval score, per-stage details).
 
+The ``callbacks`` LangChain passes (the retriever run's child manager) are the run context of the
+rerank: an LLM reranker's model calls appear as child runs of the retriever's run in LangSmith or
+any tracer, sync and async.
+
 The named conveniences (``CrossEncoderRerank``, ``CohereRerank``, ...) are generated from
 :mod:`rerankers_plugins.registry`, one per backend that declares one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import numbers
 from collections.abc import Sequence
@@ -31,6 +36,7 @@ require("langchain_core", "langchain")
 
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
+from langchain_core.runnables.config import RunnableConfig, set_config_context
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from rerankers_plugins.integrations._options import (
@@ -116,31 +122,45 @@ class RerankCompressor(BaseDocumentCompressor):
         return out
 
     def compress_documents(
-        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+        self,
+        documents: Sequence[Document],
+        query: str,
+        callbacks: Callbacks | None = None,
+        **kwargs: Any,
     ) -> Sequence[Document]:
-        """Rerank ``documents`` for ``query``; returns new Documents, best first."""
-        ranked = rerank(
-            query,
-            self._candidates(documents),
-            self._strategy,
-            top_n=self.top_n,
-            threshold=self.threshold,
-            skip_empty=self.skip_empty,
-        )
+        """Rerank ``documents`` for ``query``; returns new Documents, best first. ``callbacks``
+        become the run context of any LangChain model the scorer calls; other keyword arguments
+        are accepted and ignored, as LangChain's own compressors do."""
+        with set_config_context(RunnableConfig(callbacks=callbacks)) as context:
+            ranked = context.run(
+                rerank,
+                query,
+                self._candidates(documents),
+                self._strategy,
+                top_n=self.top_n,
+                threshold=self.threshold,
+                skip_empty=self.skip_empty,
+            )
         return self._documents(documents, ranked)
 
     async def acompress_documents(
-        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+        self,
+        documents: Sequence[Document],
+        query: str,
+        callbacks: Callbacks | None = None,
+        **kwargs: Any,
     ) -> Sequence[Document]:
         """Async rerank: model compute runs off the event loop (or natively async for API backends)."""
-        ranked = await arerank(
-            query,
-            self._candidates(documents),
-            self._strategy,
-            top_n=self.top_n,
-            threshold=self.threshold,
-            skip_empty=self.skip_empty,
-        )
+        with set_config_context(RunnableConfig(callbacks=callbacks)) as context:
+            call = arerank(
+                query,
+                self._candidates(documents),
+                self._strategy,
+                top_n=self.top_n,
+                threshold=self.threshold,
+                skip_empty=self.skip_empty,
+            )
+            ranked = await asyncio.create_task(call, context=context)
         return self._documents(documents, ranked)
 
 

@@ -69,8 +69,8 @@ class RerankPostprocessor(BaseNodePostprocessor):
     )
     include_details: bool = Field(
         default=True,
-        description="Return node copies whose metadata holds retrieval_score and rerank details "
-        "(hidden from the LLM and embedder); False returns the original nodes with new scores.",
+        description="Node copies whose metadata also holds retrieval_score and rerank details "
+        "(hidden from the LLM and embedder); False: node copies without them. Never the caller's nodes.",
     )
     _strategy: Strategy = PrivateAttr()
 
@@ -116,10 +116,9 @@ class RerankPostprocessor(BaseNodePostprocessor):
         out = []
         for s in ranked:
             src = nodes[s.details["original_rank"]]
-            node = src.node
+            node = src.node.model_copy()
+            node.metadata = copy_metadata(src.node.metadata)
             if self.include_details:
-                node = node.model_copy()
-                node.metadata = copy_metadata(src.node.metadata)
                 node.metadata["retrieval_score"] = src.score
                 node.metadata["rerank"] = thaw(s.details)
                 node.excluded_llm_metadata_keys = [
@@ -130,15 +129,22 @@ class RerankPostprocessor(BaseNodePostprocessor):
                     *src.node.excluded_embed_metadata_keys,
                     *(k for k in _DETAIL_KEYS if k not in src.node.excluded_embed_metadata_keys),
                 ]
+            else:
+                node.excluded_llm_metadata_keys = list(src.node.excluded_llm_metadata_keys)
+                node.excluded_embed_metadata_keys = list(src.node.excluded_embed_metadata_keys)
             out.append(NodeWithScore(node=node, score=s.score))
         return out
+
+    def _top_n(self, nodes: list[NodeWithScore]) -> int:
+        """What both event systems report as top_n: at most this many nodes come back."""
+        return self.top_n if self.top_n is not None else len(nodes)
 
     def _start(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None) -> None:
         dispatcher.event(
             ReRankStartEvent(
                 query=query_bundle,
                 nodes=nodes,
-                top_n=self.top_n if self.top_n is not None else len(nodes),
+                top_n=self._top_n(nodes),
                 model_name=self._strategy.name,
             )
         )
@@ -148,7 +154,7 @@ class RerankPostprocessor(BaseNodePostprocessor):
             EventPayload.NODES: nodes,
             EventPayload.MODEL_NAME: self._strategy.name,
             EventPayload.QUERY_STR: query,
-            EventPayload.TOP_K: self.top_n,
+            EventPayload.TOP_K: self._top_n(nodes),
         }
 
     def _postprocess_nodes(
@@ -170,6 +176,7 @@ class RerankPostprocessor(BaseNodePostprocessor):
         dispatcher.event(ReRankEndEvent(nodes=result))
         return result
 
+    @dispatcher.span
     async def _apostprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:

@@ -427,10 +427,17 @@ class LLMPointwiseScorer(_LLMBase):
     def score_details(self, query: str, texts: Sequence[str]) -> ScoreResult:
         if self.max_concurrency == 1 or len(texts) < 2:
             return self._result([self._call(self.messages(query, t)) for t in texts])
+        import contextvars
         from concurrent.futures import ThreadPoolExecutor
 
+        def one(t: str) -> Reply:
+            return self._call(self.messages(query, t))
+
+        # each worker runs in a copy of the caller's context: a framework's run context (LangChain's
+        # callbacks and tracing) reaches the model calls made on the workers
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(texts))) as pool:
-            replies = list(pool.map(lambda t: self._call(self.messages(query, t)), texts))
+            futures = [pool.submit(contextvars.copy_context().run, one, t) for t in texts]
+            replies = [f.result() for f in futures]
         return self._result(replies)
 
     async def ascore_details(self, query: str, texts: Sequence[str]) -> ScoreResult:

@@ -147,3 +147,55 @@ def test_bi_encoder_convenience(tiny_bi_dir, documents):
     out = compressor.compress_documents(documents, "Bananas are yellow.")
     assert out[0].id == "doc4"
     assert out[0].metadata["rerank"]["scale"] == "similarity"
+
+
+class _Runs:
+    """A callback handler recording every run's id, parent and kind, as a tracer sees them."""
+
+    def __new__(cls):
+        from langchain_core.callbacks import BaseCallbackHandler
+
+        class Recorder(BaseCallbackHandler):
+            def __init__(self) -> None:
+                self.runs: list[tuple[str, object, object]] = []
+
+            def on_retriever_start(self, serialized, query, *, run_id, parent_run_id=None, **kw):
+                self.runs.append(("retriever", run_id, parent_run_id))
+
+            def on_chat_model_start(self, serialized, messages, *, run_id, parent_run_id=None, **kw):
+                self.runs.append(("chat_model", run_id, parent_run_id))
+
+        return Recorder()
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_llm_reranker_calls_are_child_runs_of_the_retriever(base_retriever, mode):
+    """LangChain passes callbacks to compress_documents; the reranker's chat-model calls must
+    hang under the retriever's run, not start runs of their own."""
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+    from rerankers_plugins import LLMPointwiseScorer
+
+    llm = FakeListChatModel(responses=["yes", "no", "no", "yes", "no"] * 4)
+    compressor = RerankCompressor(scorer=LLMPointwiseScorer(llm, max_concurrency=3), top_n=2)
+    retriever = ContextualCompressionRetriever(base_compressor=compressor, base_retriever=base_retriever)
+    recorder = _Runs()
+    config = {"callbacks": [recorder]}
+    if mode == "sync":
+        out = retriever.invoke("capital", config=config)
+    else:
+        out = asyncio.run(retriever.ainvoke("capital", config=config))
+    assert len(out) == 2
+    retrievers = [r for r in recorder.runs if r[0] == "retriever"]
+    chats = [r for r in recorder.runs if r[0] == "chat_model"]
+    outer = [r for r in retrievers if r[2] is None]
+    assert len(outer) == 1 and len(chats) == len(DOCS)
+    assert {parent for _, _, parent in chats} == {outer[0][1]}
+
+
+def test_compress_documents_accepts_extra_keyword_arguments(documents):
+    compressor = RerankCompressor(scorer=FakeScorer(), top_n=1)
+    out = compressor.compress_documents(documents, "red apple tree", callbacks=None, run_name="x")
+    assert out[0].page_content == "The red apple fell from the tree."
+    out = asyncio.run(compressor.acompress_documents(documents, "red apple tree", extra=1))
+    assert out[0].page_content == "The red apple fell from the tree."

@@ -9,6 +9,7 @@ import pytest
 pytest.importorskip("llama_index.core")
 
 from llama_index.core import Document, Settings, VectorStoreIndex
+from llama_index.core.callbacks import EventPayload
 from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
@@ -108,14 +109,61 @@ def test_new_nodes_and_no_mutation():
     assert src[0].node.metadata["k"] == [0]
 
 
-def test_include_details_false_returns_original_nodes():
+def test_include_details_false_returns_new_nodes_without_details():
     src = nodes()
     out = RerankPostprocessor(scorer=FakeScorer(), include_details=False).postprocess_nodes(
         src, query_str="yellow"
     )
-    assert out[0].node is src[4].node
-    assert out[0] is not src[4]
+    assert out[0].node is not src[4].node and out[0] is not src[4]
+    assert out[0].node.node_id == "n4" and out[0].node.metadata == {"k": [4]}
+    out[0].node.metadata["k"].append(9)
+    out[0].node.excluded_llm_metadata_keys.append("k")
+    assert src[4].node.metadata == {"k": [4]} and src[4].node.excluded_llm_metadata_keys == []
     assert src[4].score == pytest.approx(0.6)
+
+
+class SpanRecorder(BaseEventHandler):
+    """The span each ReRank event and each RERANKING callback event was emitted in."""
+
+    events: list
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "SpanRecorder"
+
+    def handle(self, event, **kwargs):
+        if isinstance(event, ReRankStartEvent | ReRankEndEvent):
+            self.events.append((type(event).__name__, event.span_id, getattr(event, "top_n", None)))
+
+
+@pytest.mark.parametrize("mode", ["query", "aquery"])
+def test_rerank_events_sit_in_the_postprocessor_span_and_agree_on_top_n(index, mode):
+    import asyncio
+
+    from llama_index.core.callbacks import CallbackManager, CBEventType, LlamaDebugHandler
+
+    handler = SpanRecorder(events=[])
+    root = get_dispatcher()
+    root.add_event_handler(handler)
+    debug = LlamaDebugHandler()
+    post = RerankPostprocessor(scorer=FakeScorer(), top_n=None)
+    before = Settings.callback_manager
+    Settings.callback_manager = CallbackManager([debug])
+    try:
+        engine = index.as_query_engine(similarity_top_k=4, node_postprocessors=[post])
+        if mode == "query":
+            engine.query("red apple tree")
+        else:
+            asyncio.run(engine.aquery("red apple tree"))
+    finally:
+        Settings.callback_manager = before
+        root.event_handlers.remove(handler)
+    (start, start_span, top_n), (end, end_span, _) = handler.events
+    assert (start, end) == ("ReRankStartEvent", "ReRankEndEvent")
+    assert "postprocess_nodes" in start_span and start_span == end_span
+    pairs = debug.get_event_pairs(CBEventType.RERANKING)
+    assert len(pairs) == 1
+    assert top_n == pairs[0][0].payload[EventPayload.TOP_K] == 4
 
 
 def test_query_required_and_options_checked():
