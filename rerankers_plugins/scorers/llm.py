@@ -2,8 +2,9 @@
 
 The core knows one LLM interface, :class:`LLM`: ``complete(messages) -> Reply`` and its async twin,
 where ``messages`` are ``{"role": "system" | "user" | "assistant", "content": str}`` dicts. :func:`as_llm`
-wraps a LangChain chat model, a LlamaIndex LLM or a plain (sync or async) function by duck typing,
-so this module imports no framework.
+wraps a LangChain chat model, a LlamaIndex LLM (recognised by their base classes, in
+:mod:`rerankers_plugins.integrations._chat`) or a plain (sync or async) function, and this module
+imports no framework.
 
 LLM output is untrusted: rankings go through :mod:`rerankers_plugins.ops.permutation`, grades and
 yes/no answers through parsers with a defined fallback, and no answer can drop or duplicate a
@@ -34,8 +35,10 @@ __all__ = [
     "LLMListwiseScorer",
     "LLMPairwiseScorer",
     "LLMPointwiseScorer",
+    "Message",
     "Reply",
     "as_llm",
+    "text_of",
     "truncate_words",
 ]
 
@@ -75,7 +78,8 @@ class LLM:
         return await asyncio.to_thread(self._complete, messages)
 
 
-def _text_of(content: Any) -> str:
+def text_of(content: Any) -> str:
+    """The text of a model's message content: a string, or content blocks joined."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # content blocks
@@ -83,76 +87,31 @@ def _text_of(content: Any) -> str:
     return "" if content is None else str(content)
 
 
-def _langchain_logprobs(message: Any) -> dict[str, float] | None:
-    meta = getattr(message, "response_metadata", None) or {}
-    content = (meta.get("logprobs") or {}).get("content") if isinstance(meta.get("logprobs"), dict) else None
-    if not content:
-        return None
-    first = content[0]
-    tops = first.get("top_logprobs") or [{"token": first.get("token"), "logprob": first.get("logprob")}]
-    return {str(t["token"]): float(t["logprob"]) for t in tops if t.get("token") is not None}
-
-
-def _llama_index_logprobs(response: Any) -> dict[str, float] | None:
-    lps = getattr(response, "logprobs", None)
-    if not lps or not lps[0]:
-        return None
-    return {str(lp.token): float(lp.logprob) for lp in lps[0]}
-
-
 def as_llm(obj: Any, *, name: str | None = None) -> LLM:
     """Wrap ``obj`` as an :class:`LLM`.
 
     * an :class:`LLM`: returned as is;
-    * a LangChain chat model (``invoke`` / ``ainvoke``): messages become ``(role, content)`` tuples;
-      log-probabilities are read from ``response_metadata["logprobs"]`` when the model returns them
+    * a LangChain language model (any ``BaseLanguageModel``, your own ``BaseChatModel`` subclass
+      included): messages become ``(role, content)`` tuples; log-probabilities are read from
+      ``response_metadata["logprobs"]`` when the model returns them
       (e.g. ``ChatOpenAI(logprobs=True, top_logprobs=5)``);
-    * a LlamaIndex LLM (``chat`` / ``achat``): messages become ``ChatMessage`` objects;
+    * a LlamaIndex LLM (any ``BaseLLM``, a ``CustomLLM`` included): messages become ``ChatMessage``
+      objects;
     * a function ``fn(messages) -> str | Reply``, sync or ``async``.
     """
     if isinstance(obj, LLM):
         return obj
-    module = type(obj).__module__
     label = name or getattr(obj, "model_name", None) or getattr(obj, "model", None) or type(obj).__name__
-    if hasattr(obj, "invoke") and hasattr(obj, "ainvoke") and module.startswith("langchain"):
-        role_map = {"system": "system", "user": "human", "assistant": "ai"}
+    from rerankers_plugins.integrations._chat import framework_llm
 
-        def lc_msgs(messages: list[Message]) -> list[tuple[str, str]]:
-            return [(role_map.get(m["role"], m["role"]), m["content"]) for m in messages]
-
-        def lc_complete(messages: list[Message]) -> Reply:
-            out = obj.invoke(lc_msgs(messages))
-            return Reply(_text_of(getattr(out, "content", out)), _langchain_logprobs(out))
-
-        async def lc_acomplete(messages: list[Message]) -> Reply:
-            out = await obj.ainvoke(lc_msgs(messages))
-            return Reply(_text_of(getattr(out, "content", out)), _langchain_logprobs(out))
-
-        return LLM(lc_complete, lc_acomplete, name=str(label))
-    if hasattr(obj, "chat") and hasattr(obj, "achat") and module.startswith("llama_index"):
-        from importlib import import_module
-
-        chat_message = import_module("llama_index.core.llms").ChatMessage
-
-        def li_msgs(messages: list[Message]) -> list[Any]:
-            return [chat_message(role=m["role"], content=m["content"]) for m in messages]
-
-        def li_complete(messages: list[Message]) -> Reply:
-            out = obj.chat(li_msgs(messages))
-            return Reply(_text_of(out.message.content), _llama_index_logprobs(out))
-
-        async def li_acomplete(messages: list[Message]) -> Reply:
-            out = await obj.achat(li_msgs(messages))
-            return Reply(_text_of(out.message.content), _llama_index_logprobs(out))
-
-        return LLM(
-            li_complete, li_acomplete, name=str(getattr(getattr(obj, "metadata", None), "model_name", label))
-        )
+    framework = framework_llm(obj, str(label))
+    if framework is not None:
+        return framework
     if callable(obj):
         fn = obj
 
         def wrap(value: Any) -> Reply:
-            return value if isinstance(value, Reply) else Reply(_text_of(value))
+            return value if isinstance(value, Reply) else Reply(text_of(value))
 
         if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__):
 

@@ -361,3 +361,49 @@ async def test_all_modes_through_chat_openai_and_both_adapters(chat_server):
 
 def test_fake_scorer_still_rejects_no_llm():
     assert rerank(QUERY, DOCS, FakeScorer(), top_n=1)[0].text == "red apple tree in the garden"
+
+
+def test_users_own_framework_classes_are_recognised_by_their_base_classes():
+    """A BaseChatModel subclass and a LlamaIndex CustomLLM defined in the user's own module (not
+    under langchain* / llama_index*) are framework models, with their messages translated."""
+    pytest.importorskip("langchain_core")
+    pytest.importorskip("llama_index.core")
+    from langchain_core.language_models import BaseChatModel
+    from langchain_core.messages import AIMessage
+    from langchain_core.outputs import ChatGeneration, ChatResult
+    from llama_index.core.llms import CompletionResponse, CustomLLM, LLMMetadata
+
+    from rerankers_plugins.scorers.llm import as_llm
+
+    seen: list[object] = []
+
+    class MyChatModel(BaseChatModel):
+        @property
+        def _llm_type(self) -> str:
+            return "mine"
+
+        def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+            seen.append([type(m).__name__ for m in messages])
+            return ChatResult(generations=[ChatGeneration(message=AIMessage(content="yes"))])
+
+    class MyLLM(CustomLLM):
+        @property
+        def metadata(self) -> LLMMetadata:
+            return LLMMetadata(model_name="my-llm")
+
+        def complete(self, prompt, formatted=False, **kwargs):
+            seen.append(prompt)
+            return CompletionResponse(text="no")
+
+        def stream_complete(self, prompt, formatted=False, **kwargs):
+            yield CompletionResponse(text="no", delta="no")
+
+    assert MyChatModel.__module__ == MyLLM.__module__ == __name__
+    messages = [{"role": "system", "content": "judge"}, {"role": "user", "content": "q?"}]
+    assert as_llm(MyChatModel()).complete(messages).text == "yes"
+    assert seen.pop() == ["SystemMessage", "HumanMessage"]
+    wrapped = as_llm(MyLLM())
+    assert wrapped.name == "my-llm" and wrapped.complete(messages).text == "no"
+    assert "judge" in str(seen.pop())
+    scorer = LLMPointwiseScorer(MyChatModel(), max_concurrency=1)
+    assert scorer.score("q", ["a", "b"]) == [1.0, 1.0]
