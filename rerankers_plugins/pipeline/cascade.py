@@ -46,7 +46,9 @@ class Cascade(Strategy):
     what reached it; everything else is marked dropped by its stage (``keep`` / ``threshold``).
     ``details["stages"]`` holds every stage's score of the candidate, ``details["stage_reached"]``
     the last stage it reached, and ``details["stage_ms"]`` each stage's latency for the query. The
-    cascade's scale (for a final threshold) is the last stage's.
+    cascade's scale (for a final threshold) is the last stage's. A candidate a stage cuts (or a
+    layer inside it drops) shows that stage's score, entry in ``stages`` and scale, and
+    ``stage_reached`` names it (inside a nested cascade, the inner stage that dropped it).
     """
 
     def __init__(self, stages: list[Stage]) -> None:
@@ -74,27 +76,40 @@ class Cascade(Strategy):
         self.name = " > ".join(labels)
 
     def _step(self, i: int, alive: Ranking, out: Ranking) -> Ranking:
+        """``alive`` after stage ``i`` returned ``out`` from it: every entry (kept, cut here, or
+        dropped inside the stage) records this stage's score and that it reached this stage."""
         stage, keep, threshold = self.stages[i], self.keeps[i], self.thresholds[i]
         label = stage.label
+        before = {e.position: e.details.get("stage_reached") for e in alive}
 
         def note(e: Entry) -> Entry:
             stages = {**e.details.get("stages", {}), label: e.score if e.reranked else None}
             return e.noted({"stages": stages, "stage_reached": label})
 
+        def note_dropped(e: Entry) -> Entry:
+            # dropped by a cascade nested in this stage: the stage it reached there is where it stopped
+            inner = e.details.get("stage_reached")
+            noted = note(e)
+            return noted.noted({"stage_reached": inner}) if inner not in (None, before[e.position]) else noted
+
         entries = [note(e) for e in out]
+        cut: list[Entry] = []
         reasons: dict[int, str] = {}
         if threshold is not None:
             for e in entries:
                 if e.reranked and e.score < threshold:
                     reasons[e.position] = f"score {e.score:.6g} < stage threshold {threshold}"
+            cut = [e for e in entries if e.position in reasons]
             entries = [e for e in entries if e.position not in reasons]
         if keep is not None:
             reasons.update({e.position: f"beyond keep={keep}" for e in entries[keep:]})
+            cut += entries[keep:]
             entries = entries[:keep]
         return alive.then(
             entries,
             by=f"cascade stage {label!r}",
-            dropped=[note(e) for e in out.dropped],
+            dropped=[note_dropped(e) for e in out.dropped],
+            cut=cut,
             reasons=reasons,
             scale=stage.strategy.scale,
             info=out.info,

@@ -75,8 +75,9 @@ class Hybrid(Strategy):
 
     ``method="weighted"`` normalises each signal per query (``normalize="minmax"`` to 0..1, scale
     RELEVANCE; or ``"zscore"``, scale LOGIT) and sums them with the weights. ``method="rrf"`` sums
-    ``weight / (rrf_k + rank)`` (scale LOGIT). Weights must be >= 0 and not all 0; weights that do
-    not sum to 1 are normalised to do so (logged once), so ``[3, 1, 1]`` means ``[0.6, 0.2, 0.2]``.
+    ``weight / (rrf_k + rank)`` (scale LOGIT). Weights must be finite, >= 0 and not all 0, with a
+    finite sum; weights that do not sum to 1 are normalised to do so (logged once), so ``[3, 1, 1]``
+    means ``[0.6, 0.2, 0.2]``. Weights whose sum overflows (``[1e308, 1e308]``) are refused.
     Ties keep the input order. ``details["signals"]`` holds each signal's raw value.
 
     A signal that is a strategy may drop candidates: they stay dropped (marked by that signal).
@@ -129,11 +130,20 @@ class Hybrid(Strategy):
         total = sum(weights)
         if total <= 0:
             raise ConfigError("Hybrid weights are all 0")
+        named = dict(zip(labels, weights, strict=True))
+        if not math.isfinite(total):
+            raise ConfigError(
+                f"Hybrid weights {named} sum to {total}, which overflows: only their ratios matter, "
+                "so pass smaller numbers (e.g. [1, 1] for [1e308, 1e308])"
+            )
+        normalised = [w / total for w in weights]
+        if not all(math.isfinite(w) for w in normalised) or not any(normalised):
+            raise ConfigError(f"Hybrid weights {named} cannot be normalised to sum to 1 (got {normalised})")
         if abs(total - 1.0) > 1e-9:
             logger.info("Hybrid weights %s sum to %g; normalised to sum to 1", weights, total)
         self.signals = list(signals)
         self.labels = labels
-        self.weights = [w / total for w in weights]
+        self.weights = normalised
         self.method, self.normalize = method, normalize
         k = as_real(rrf_k, "rrf_k")
         if k is None or not 0 <= k < math.inf:

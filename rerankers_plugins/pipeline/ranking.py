@@ -15,12 +15,14 @@ a layer passes through without scoring them on that scale (Selective's tail, a s
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
 import numbers
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from typing import Any, Union, cast
 
@@ -113,7 +115,9 @@ class Entry:
     ``position`` is its index in the list given to ``rerank`` (its identity across layers).
     ``score`` is on the ranking's scale when ``reranked`` is True; otherwise it is carried (a
     retrieval score, a selective head's floor) and exempt from thresholds. ``details`` accumulate
-    what each layer recorded. A dropped entry carries ``dropped_by`` and ``drop_reason``.
+    what each layer recorded. A dropped entry carries ``dropped_by``, ``drop_reason`` and
+    ``drop_scale`` (the scale of its ``score`` where it was dropped), and its score and details as
+    the layer that dropped it saw them.
     """
 
     candidate: Candidate
@@ -123,6 +127,7 @@ class Entry:
     details: Mapping[str, Any] = field(default_factory=FrozenMap)
     dropped_by: str | None = None
     drop_reason: str | None = None
+    drop_scale: ScoreScale | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "details", freeze(self.details))
@@ -202,6 +207,7 @@ class Ranking:
         *,
         by: str,
         dropped: Iterable[Entry] = (),
+        cut: Iterable[Entry] = (),
         reasons: Mapping[int, str] | None = None,
         default_reason: str = "",
         scale: ScoreScale | None = None,
@@ -210,14 +216,17 @@ class Ranking:
         """What a layer returns from this ranking.
 
         ``kept``: entries of this ranking (possibly rescored or annotated), in the new order.
-        ``dropped``: entries an inner layer already marked as dropped. Every other entry of this
-        ranking is marked dropped by ``by``, for ``reasons[position]`` (else ``default_reason``).
+        ``dropped``: entries an inner layer already marked as dropped. ``cut``: entries this layer
+        drops, as it scored and annotated them (so that an explanation shows the numbers the drop
+        was decided on). Every entry of this ranking neither kept nor passed on as dropped is
+        marked dropped by ``by``, for ``reasons[position]`` (else ``default_reason``): its ``cut``
+        version where given (on the new ``scale``), else this ranking's (on this ranking's scale).
         Raises BackendError (naming ``by``) for an entry that is not this ranking's, or is given twice.
         """
         mine = {e.position: e.candidate for e in self.entries}
-        kept_t, dropped_t = tuple(kept), tuple(dropped)
+        kept_t, dropped_t, cut_t = tuple(kept), tuple(dropped), tuple(cut)
         seen: set[int] = set()
-        for e in (*kept_t, *dropped_t):
+        for e in (*kept_t, *dropped_t, *cut_t):
             if mine.get(e.position) is not e.candidate:
                 raise BackendError(f"{by} returned a candidate it was not given (position {e.position})")
             if e.position in seen:
@@ -225,20 +234,25 @@ class Ranking:
             seen.add(e.position)
         if any(e.dropped_by is None for e in dropped_t):
             raise BackendError(f"{by} passed on a dropped entry without saying who dropped it")
+        if any(e.dropped_by is not None for e in cut_t):
+            raise BackendError(f"{by} cut an entry that an inner layer had already dropped")
         reasons = reasons or {}
+        new_scale = self.scale if scale is None else scale
+        cut_by = {e.position: e for e in cut_t}
+        passed_on = {e.position for e in (*kept_t, *dropped_t)}
         new_drops = tuple(
-            replace(e, dropped_by=by, drop_reason=reasons.get(e.position, default_reason))
+            replace(
+                cut_by.get(e.position, e),
+                dropped_by=by,
+                drop_reason=reasons.get(e.position, default_reason),
+                drop_scale=new_scale if e.position in cut_by else self.scale,
+            )
             for e in self.entries
-            if e.position not in seen
+            if e.position not in passed_on
         )
         for e in new_drops:
             logger.debug("%s dropped %r (position %d): %s", by, e.candidate.id, e.position, e.drop_reason)
-        return Ranking(
-            kept_t,
-            self.dropped + dropped_t + new_drops,
-            self.scale if scale is None else scale,
-            {**self.info, **(info or {})},
-        )
+        return Ranking(kept_t, self.dropped + dropped_t + new_drops, new_scale, {**self.info, **(info or {})})
 
 
 # -- composites and leaves --------------------------------------------------------------------------
@@ -276,24 +290,50 @@ ScorerLike = Union[Scorer, Ranker, Strategy]  # noqa: UP007 (a runtime alias of 
 SCALE_TOLERANCE = 1e-3
 
 
-def _check_values(raw: Any, n: int, name: str, scale: ScoreScale) -> list[float]:
+def _as_list(raw: Any, who: str, wanted: str) -> list[Any]:
+    """A backend's answer as a list: a list or tuple, an iterator or generator, or a 1-D numpy
+    array or torch tensor (read with ``tolist()``, on any device). BackendError naming ``who`` for
+    anything else: None, a scalar, a string or bytes, a mapping or a set (no order), a 0-d array."""
+    if isinstance(raw, list | tuple):
+        return list(raw)
+    if raw is None or isinstance(raw, str | bytes | bytearray | Mapping | AbstractSet):
+        raise BackendError(f"{who} returned {type(raw).__name__} ({raw!r:.60}), not {wanted}")
+    tolist = getattr(raw, "tolist", None)
+    if callable(tolist):
+        try:
+            out = tolist()
+        except Exception as exc:
+            raise BackendError(f"{who} returned {type(raw).__name__}, not {wanted}: {exc}") from exc
+        if isinstance(out, list):
+            return out
+        raise BackendError(f"{who} returned a single {type(raw).__name__} ({out!r:.60}), not {wanted}")
     try:
-        values = list(raw)
-    except TypeError as exc:
-        raise BackendError(f"scorer {name!r} returned {type(raw).__name__}, not a list of scores") from exc
+        iterator = iter(raw)
+    except TypeError:
+        raise BackendError(f"{who} returned {type(raw).__name__} ({raw!r:.60}), not {wanted}") from None
+    return list(iterator)
+
+
+def _check_values(raw: Any, n: int, name: str, scale: ScoreScale) -> list[float]:
+    values = _as_list(raw, f"scorer {name!r}", "a list of scores")
     bad_type = [i for i, s in enumerate(values) if isinstance(s, bool) or not isinstance(s, numbers.Real)]
     if bad_type:
         i = bad_type[0]
         raise BackendError(
-            f"scorer {name!r} returned a non-numeric score {values[i]!r} ({type(values[i]).__name__}) "
+            f"scorer {name!r} returned a non-numeric score {values[i]!r:.60} ({type(values[i]).__name__}) "
             f"at position {i}"
         )
-    scores = [float(s) for s in values]
-    if len(scores) != n:
+    if len(values) != n:
         raise BackendError(
-            f"scorer {name!r} returned {len(scores)} scores for {n} texts; "
+            f"scorer {name!r} returned {len(values)} scores for {n} texts; "
             "a scorer must return exactly one score per text, in input order"
         )
+    scores: list[float] = []
+    for s in values:
+        try:
+            scores.append(float(s))
+        except OverflowError:  # an int beyond float range
+            scores.append(math.inf)
     bad = [i for i, s in enumerate(scores) if not math.isfinite(s)]
     if bad:
         raise BackendError(f"scorer {name!r} returned non-finite scores (NaN or inf) at positions {bad[:10]}")
@@ -311,20 +351,29 @@ def _check_values(raw: Any, n: int, name: str, scale: ScoreScale) -> list[float]
 
 
 def _check_permutation(raw: Any, n: int, name: str) -> list[int]:
-    try:
-        order = list(raw)
-    except TypeError as exc:
-        raise BackendError(f"ranker {name!r} returned {type(raw).__name__}, not a permutation") from exc
+    order = _as_list(raw, f"ranker {name!r}", f"a permutation of range({n})")
     if any(isinstance(i, bool) or not isinstance(i, numbers.Integral) for i in order) or sorted(
         int(i) for i in order
     ) != list(range(n)):
-        raise BackendError(f"ranker {name!r} returned {order[:20]}, not a permutation of range({n})")
+        raise BackendError(f"ranker {name!r} returned {order[:20]!r:.200}, not a permutation of range({n})")
     return [int(i) for i in order]
 
 
-def _check_details(result: ScoreResult, n: int, name: str) -> None:
-    if result.per_item is not None and len(result.per_item) != n:
-        raise BackendError(f"scorer {name!r} returned {len(result.per_item)} detail entries for {n} texts")
+def _check_result(result: Any, n: int, who: str) -> ScoreResult:
+    """A detailed method's answer checked as a :class:`ScoreResult`: ``info`` a mapping, ``per_item``
+    None or one mapping per text (``per_item`` returned as a list). BackendError naming ``who``."""
+    if not isinstance(result, ScoreResult):
+        raise BackendError(f"{who} returned {type(result).__name__} ({result!r:.60}), not a ScoreResult")
+    if not isinstance(result.info, Mapping):
+        raise BackendError(f"{who} returned info of type {type(result.info).__name__}, not a mapping")
+    if result.per_item is None:
+        return result
+    per = _as_list(result.per_item, f"{who} (per_item)", "a list of detail mappings")
+    if len(per) != n:
+        raise BackendError(f"{who} returned {len(per)} detail entries for {n} texts")
+    if not all(isinstance(d, Mapping) for d in per):
+        raise BackendError(f"{who} returned per_item entries that are not mappings")
+    return replace(result, per_item=per)
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -345,12 +394,30 @@ AsyncCall = Callable[[str, list[str]], Awaitable[ScoreResult]]
 
 
 def _plain(fn: Callable[[str, list[str]], Any]) -> SyncCall:
-    return lambda q, texts: ScoreResult(values=list(fn(q, texts)))
+    return lambda q, texts: ScoreResult(values=fn(q, texts))  # checked by the leaf, with its name
 
 
-def _aplain(fn: Callable[[str, list[str]], Awaitable[Any]]) -> AsyncCall:
+async def _awaited(fn: Callable[[str, list[str]], Any], q: str, texts: list[str], who: str) -> Any:
+    """``await fn(q, texts)``; BackendError naming ``who`` where ``fn`` returns no awaitable."""
+    pending = fn(q, texts)
+    if not inspect.isawaitable(pending):
+        raise BackendError(
+            f"{who} returned {type(pending).__name__} from an async method, not an awaitable "
+            "(declare it `async def`)"
+        )
+    return await pending
+
+
+def _aplain(fn: Callable[[str, list[str]], Awaitable[Any]], who: str) -> AsyncCall:
     async def call(q: str, texts: list[str]) -> ScoreResult:
-        return ScoreResult(values=list(await fn(q, texts)))
+        return ScoreResult(values=await _awaited(fn, q, texts, who))
+
+    return call
+
+
+def _adetailed(fn: AsyncCall, who: str) -> AsyncCall:
+    async def call(q: str, texts: list[str]) -> ScoreResult:
+        return cast(ScoreResult, await _awaited(fn, q, texts, who))
 
     return call
 
@@ -374,17 +441,20 @@ class _Leaf(Strategy):
         self.leaf = leaf
         self.name = str(getattr(leaf, "name", None) or type(leaf).__name__)
         self.on_error = getattr(leaf, "on_error", "raise")
+        self._kind = kind
+        self._who = f"{kind} {self.name!r}"
         # Chosen once, here: the richest method the backend has (``*_details`` returns ScoreResult).
+        # Whatever a method returns is checked by the leaf (a BackendError naming it, so that
+        # ``on_error="keep_order"`` applies to a malformed answer as to a failure).
         sync = getattr(leaf, detailed, None)
         self._sync = sync if sync is not None else _plain(getattr(leaf, plain))
         adetailed, aplain = getattr(leaf, "a" + detailed, None), getattr(leaf, "a" + plain, None)
         if adetailed is not None:
-            self._async = adetailed
+            self._async = _adetailed(adetailed, self._who)
         elif sync is None and aplain is not None:
-            self._async = _aplain(aplain)
+            self._async = _aplain(aplain, self._who)
         else:
             self._async = _threaded(self._sync)
-        self._kind = kind
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (as_strategy, (self.leaf,))  # rebuilt from the backend (its chosen methods are bound)
@@ -446,8 +516,9 @@ class ScorerLeaf(_Leaf):
             ) from None
 
     def checked(self, result: ScoreResult, n: int) -> ScoreResult:
-        """``result`` with its values checked as ``n`` finite floats (BackendError otherwise)."""
-        _check_details(result, n, self.name)
+        """``result`` with its values checked as ``n`` finite floats on the scale (BackendError
+        naming the scorer otherwise: None, a scalar, a string, the wrong length, NaN, ...)."""
+        result = _check_result(result, n, self._who)
         return replace(result, values=_check_values(result.values, n, self.name, self.scale))
 
     def score_texts(self, query: str, texts: list[str]) -> ScoreResult:
@@ -478,8 +549,8 @@ class RankerLeaf(_Leaf):
 
     def _apply(self, ranking: Ranking, result: ScoreResult) -> Ranking:
         n = len(ranking)
+        result = _check_result(result, n, self._who)
         order = _check_permutation(result.values, n, self.name)
-        _check_details(result, n, self.name)
         per = result.per_item
         entries = [
             ranking[i].scored(float(n - pos), per[i] if per is not None else None)

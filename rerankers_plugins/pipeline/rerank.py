@@ -144,6 +144,8 @@ def _details(plan: _Plan, out: Ranking, e: Entry) -> dict[str, Any]:
     if e.dropped_by is not None:
         details["dropped_by"] = e.dropped_by
         details["drop_reason"] = e.drop_reason
+        if e.reranked and e.drop_scale is not None:  # its score is on the scale of the layer that dropped it
+            details["scale"] = e.drop_scale.value
     return details
 
 

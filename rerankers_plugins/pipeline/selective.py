@@ -19,7 +19,8 @@ class Selective(Strategy):
     ``rest="keep"`` (default) returns the tail after the reranked head, in its incoming order,
     marked ``details["reranked"] = False``: no threshold applies to it, at any depth (it has no
     score on the scale); its ``score`` is the lowest head score (or its incoming score when the
-    head is empty). ``rest="drop"`` returns the head only; the tail is marked dropped.
+    head is empty). ``rest="drop"`` returns the head only; the tail is marked dropped, unreranked
+    (with its incoming score: the model never saw it).
 
     The gate skips the model entirely when the first stage already decides, from the candidates'
     ``retrieval_score``: ``skip_if_margin`` (top-1 minus top-2 at least this) or ``skip_if_top``
@@ -71,12 +72,16 @@ class Selective(Strategy):
     def _merge(self, ranking: Ranking, head: Ranking) -> Ranking:
         scores = [e.score for e in head if e.reranked]
         floor = min(scores) if scores else None
-        tail = [e.passed(floor) for e in ranking.entries[self.k :]]
-        kept = [*head.entries, *tail] if self.rest == "keep" else list(head.entries)
+        rest = ranking.entries[self.k :]
+        if self.rest == "keep":
+            kept, cut = [*head.entries, *(e.passed(floor) for e in rest)], []
+        else:  # the tail was not scored here: dropped as unreranked, with its incoming score
+            kept, cut = list(head.entries), [e.passed() for e in rest]
         return ranking.then(
             kept,
             by=self.name,
             dropped=head.dropped,
+            cut=cut,
             default_reason=f"beyond the reranked head (k={self.k}, rest='drop')",
             scale=self.scale,
             info={**head.info, "reranked_head": min(self.k, len(ranking)), "rest": self.rest},

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
+import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -226,6 +228,7 @@ def _check(cands, ex, log, top_n, threshold) -> None:
             assert s.details["reranked"], (by, reason)
     if threshold is not None:
         assert all(s.score >= threshold for s in ex.kept if s.details["reranked"])
+    _check_drops(ex, {})  # every drop shows the numbers it was decided on
 
 
 @PROPS
@@ -298,3 +301,84 @@ def test_random_nestings_in_both_adapters(data, cands):
         n.node.node_id for n in asyncio.run(li.apostprocess_nodes(nodes, query_bundle=QueryBundle(QUERY)))
     ] == core
     assert [n.model_dump() for n in nodes] == [n.model_dump() for n in nodes_before]
+
+
+# -- explanations: a drop shows the numbers it was decided on ---------------------------------------
+
+_QUOTED = re.compile(r"^score (-?\d[\d.]*(?:e[-+]\d+)?) ")
+_STAGE = re.compile(r"^cascade stage '(.*)'$")
+
+
+@st.composite
+def cutting_pipelines(draw, depth: int, names: Iterator[int], leaves: dict[str, BaseScorer]):
+    """Cascades, selectives and thresholds nested up to ``depth`` over leaves that tie often (and
+    one that falls back); ``leaves`` collects every cascade stage that is a bare leaf, by label."""
+    if depth == 0 or draw(st.integers(0, 3)) == 0:
+        kind = draw(st.sampled_from(["table", "table", "logits", "ranks", "failing"]))
+        return {"table": Table, "logits": Logits, "ranks": Ranks, "failing": Failing}[kind](f"l{next(names)}")
+    kind = draw(st.sampled_from(["threshold", "selective", "cascade", "cascade"]))
+    if kind == "cascade":
+        stages, receives = [], 12
+        for _ in range(draw(st.integers(1, 3))):
+            inner = draw(cutting_pipelines(depth - 1, names, leaves))
+            keep = draw(st.none() | st.integers(1, receives))
+            receives = keep or receives
+            cut = (
+                None
+                if _scale(inner) is ScoreScale.RANK_ONLY
+                else draw(st.none() | st.sampled_from([0.0, 0.3, 0.5, 0.8]))
+            )
+            label = f"s{next(names)}"
+            if isinstance(inner, BaseScorer):
+                leaves[label] = inner
+            stages.append(Stage(inner, keep=keep, threshold=cut, name=label))
+        return Cascade(stages)
+    inner = draw(cutting_pipelines(depth - 1, names, leaves))
+    if kind == "selective" or _scale(inner) is ScoreScale.RANK_ONLY:
+        return Selective(inner, k=draw(st.integers(1, 6)), rest=draw(st.sampled_from(["keep", "drop"])))
+    return Threshold(
+        inner,
+        absolute=draw(st.none() | st.sampled_from([0.0, 0.3, 0.5, 0.8])),
+        relative=draw(st.none() | st.sampled_from([0.0, 0.2, 3.0])),
+        min_keep=draw(st.integers(0, 3)),
+    )
+
+
+def _check_drops(ex, leaves: dict[str, BaseScorer]) -> None:
+    for s in ex.dropped:
+        d = s.details
+        by, reason = d["dropped_by"], d["drop_reason"]
+        quoted = _QUOTED.match(reason)
+        if quoted:  # the score a reason quotes is the score the entry shows
+            assert quoted[1] == f"{s.score:.6g}", (by, reason, s.score)
+            assert d["score"] == s.score and d["reranked"], (by, reason)
+        stage = _STAGE.match(by)
+        if stage:  # dropped by a cascade stage: that stage's score, entry and name
+            label = stage[1]
+            assert d["stage_reached"] == label, (by, d["stage_reached"])
+            assert d["stages"][label] == (s.score if d["reranked"] else None), (
+                by,
+                dict(d["stages"]),
+                s.score,
+            )
+            if label in leaves and d["reranked"]:  # and it is the number that model gives the text
+                assert s.score == leaves[label].score(QUERY, [s.text])[0]
+        elif by.startswith("Threshold("):
+            assert quoted and d["reranked"], (by, reason)
+        elif by.startswith("selective("):  # the tail a Selective drops was not scored by it
+            assert not d["reranked"], (by, reason)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), cands=candidate_lists)
+def test_every_drop_shows_the_score_it_was_dropped_for(data, cands):
+    leaves: dict[str, BaseScorer] = {}
+    pipeline = data.draw(cutting_pipelines(3, itertools.count(), leaves))
+    top_n = data.draw(st.none() | st.integers(1, 6))
+    ex = explain(QUERY, cands, pipeline, top_n=top_n)
+    _check_drops(ex, leaves)
+    aex = asyncio.run(aexplain(QUERY, cands, pipeline, top_n=top_n))
+    _check_drops(aex, leaves)
+    assert [
+        (s.id, s.score, dict(s.details["stages"]) if "stages" in s.details else None) for s in aex.dropped
+    ] == [(s.id, s.score, dict(s.details["stages"]) if "stages" in s.details else None) for s in ex.dropped]

@@ -295,3 +295,60 @@ def test_detail_keys_that_shadow_arguments_are_kept():
 def test_non_finite_retrieval_scores_are_refused():
     with pytest.raises(ValueError, match="finite"):
         Candidate("x", retrieval_score=float("nan"))
+
+
+# -- explanations: a dropped candidate shows the numbers of the layer that dropped it -----------------
+
+
+class Logit(BaseScorer):
+    scale = ScoreScale.LOGIT
+
+    def __init__(self, table: dict[str, float], name: str) -> None:
+        self.table, self.name = table, name
+
+    def score(self, query: str, texts: Sequence[str]) -> list[float]:
+        return [self.table[t] for t in texts]
+
+
+def test_a_cascade_drop_shows_the_dropping_stage():
+    cascade = Cascade(
+        [
+            Stage(
+                Logit({t: v for t, v in zip(TEXTS, [4.0, 3.0, 2.0, 1.0, 0.0], strict=True)}, "cheap"), keep=3
+            ),
+            Stage(Table(COSTLY, "costly"), threshold=0.5),
+        ]
+    )
+    ex = explain("q", TEXTS, cascade)
+    assert ids(ex.kept) == ["c", "b"]
+    drops = {s.text: s for s in ex.dropped}
+    d = drops["d"].details  # cut by the first stage's keep: its score there, on its scale
+    assert (drops["d"].score, d["reranked"], d["stage_reached"]) == (1.0, True, "cheap")
+    assert d["stages"] == {"cheap": 1.0} and d["scale"] == "logit"
+    assert d["dropped_by"] == "cascade stage 'cheap'" and d["drop_reason"] == "beyond keep=3"
+    a = drops["a"].details  # cut by the second stage's threshold: the score the reason quotes
+    assert (drops["a"].score, a["reranked"], a["stage_reached"]) == (0.2, True, "costly")
+    assert a["stages"] == {"cheap": 4.0, "costly": 0.2} and a["scale"] == "probability"
+    assert a["drop_reason"] == "score 0.2 < stage threshold 0.5"
+
+
+def test_a_drop_inside_a_nested_cascade_names_the_inner_stage_reached():
+    inner = Cascade([Stage(Table(CHEAP, "cheap"), keep=3), Stage(Table(COSTLY, "costly"), keep=2)])
+    outer = Cascade([Stage(inner, name="inner"), Stage(FakeScorer(), name="last")])
+    drops = {s.text: s.details for s in explain("q", TEXTS, outer).dropped}
+    assert drops["a"]["dropped_by"] == "cascade stage 'costly'"
+    assert drops["a"]["stage_reached"] == "costly"
+    assert drops["a"]["stages"] == {"cheap": 0.9, "costly": 0.2, "inner": 0.2}
+    assert drops["d"]["stage_reached"] == "cheap" and drops["d"]["stages"] == {"cheap": 0.1, "inner": 0.1}
+
+
+def test_a_selective_tail_drop_is_unreranked_after_a_scoring_stage():
+    cascade = Cascade(
+        [Stage(Table(CHEAP, "cheap")), Stage(Selective(Table(COSTLY, "costly"), k=2, rest="drop"))]
+    )
+    drops = {s.text: s for s in explain("q", TEXTS, cascade).dropped}
+    assert set(drops) == {"c", "e", "d"}
+    for s in drops.values():  # the costly model never saw the tail
+        assert s.details["dropped_by"].startswith("selective(") and not s.details["reranked"]
+        stage = s.details["stage_reached"]
+        assert s.details["stages"][stage] is None

@@ -5,18 +5,24 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import pytest
 
 from rerankers_plugins import (
     BackendError,
     BaseScorer,
     Candidate,
+    Cascade,
     ConfigError,
     FakeScorer,
     ScoreScale,
+    Selective,
+    Stage,
+    Threshold,
     arerank,
     rerank,
 )
+from rerankers_plugins.scorers.base import ScoreResult
 
 
 class FixedScorer(BaseScorer):
@@ -220,3 +226,191 @@ async def test_arerank_runs_plain_sync_scorer_off_loop():
     out = await arerank("q", ["aa", "a", "aaa"], Plain())
     assert texts(out) == ["aaa", "aa", "a"]
     assert seen["thread"] is not threading.main_thread()
+
+
+# -- malformed backend answers: a BackendError naming the backend, which keep_order handles ---------
+
+
+def _gen(values):
+    return lambda: (v for v in values)
+
+
+BAD_SCORES = {
+    "none": lambda: None,
+    "scalar": lambda: 0.5,
+    "bool": lambda: True,
+    "string": lambda: "0.5 0.7 0.1",
+    "bytes": lambda: b"\x00\x01\x01",
+    "mapping": lambda: {"a": 0.5, "b": 0.7, "c": 0.1},
+    "set": lambda: {0.5, 0.7, 0.1},
+    "short-list": lambda: [0.5, 0.7],
+    "long-list": lambda: [0.5, 0.7, 0.1, 0.2],
+    "short-generator": _gen([0.5, 0.7]),
+    "long-iterator": lambda: iter([0.5, 0.7, 0.1, 0.2]),
+    "bools": lambda: [True, False, True],
+    "numeric-strings": lambda: ["0.5", "0.7", "0.1"],
+    "none-inside": lambda: [0.5, None, 0.1],
+    "nan": lambda: [0.5, math.nan, 0.1],
+    "huge-int": lambda: [10**400, 0, 1],
+    "numpy-scalar": lambda: np.float64(0.5),
+    "numpy-0d": lambda: np.array(0.5),
+    "numpy-2d": lambda: np.array([[0.5], [0.7], [0.1]]),
+    "numpy-short": lambda: np.array([0.5, 0.7]),
+    "numpy-bools": lambda: np.array([True, False, True]),
+}
+
+BAD_ORDERS = {
+    "none": lambda: None,
+    "scalar": lambda: 0,
+    "string": lambda: "021",
+    "bytes": lambda: b"\x02\x00\x01",
+    "mapping": lambda: {2: "c", 0: "a", 1: "b"},
+    "set": lambda: {0, 1, 2},
+    "repeat": lambda: [0, 0, 1],
+    "short": lambda: [2, 0],
+    "out-of-range": lambda: [0, 1, 3],
+    "floats": lambda: [2.0, 0.0, 1.0],
+    "bools": lambda: [True, False, 2],
+    "short-generator": _gen([1, 0]),
+    "numpy-0d": lambda: np.array(1),
+    "numpy-repeat": lambda: np.array([1, 1, 0]),
+}
+
+
+class Odd(BaseScorer):
+    """A scorer answering whatever ``answer()`` gives, sync and async."""
+
+    scale = ScoreScale.PROBABILITY
+    name = "odd-model"
+
+    def __init__(self, answer, on_error: str = "raise") -> None:
+        self.answer, self.on_error = answer, on_error
+
+    def score(self, query, texts):
+        return self.answer()
+
+    async def ascore(self, query, texts):
+        return self.answer()
+
+
+class OddRanker:
+    name = "odd-ranker"
+
+    def __init__(self, answer, on_error: str = "raise") -> None:
+        self.answer, self.on_error = answer, on_error
+
+    def rank(self, query, texts):
+        return self.answer()
+
+    async def arank(self, query, texts):
+        return self.answer()
+
+
+def _fell_back(out) -> None:
+    assert texts(out) == ["a", "b", "c"]  # the input order, unscored and marked
+    assert all(s.details["fallback"] == "keep_order" and not s.details["reranked"] for s in out)
+
+
+@pytest.mark.parametrize("answer", BAD_SCORES.values(), ids=BAD_SCORES.keys())
+async def test_a_malformed_score_list_is_a_backend_error_naming_the_scorer(answer):
+    with pytest.raises(BackendError, match="'odd-model'"):
+        rerank("q", list("abc"), Odd(answer))
+    with pytest.raises(BackendError, match="'odd-model'"):
+        await arerank("q", list("abc"), Odd(answer))
+    _fell_back(rerank("q", list("abc"), Odd(answer, on_error="keep_order")))
+    _fell_back(await arerank("q", list("abc"), Odd(answer, on_error="keep_order")))
+
+
+@pytest.mark.parametrize("answer", BAD_ORDERS.values(), ids=BAD_ORDERS.keys())
+async def test_a_malformed_permutation_is_a_backend_error_naming_the_ranker(answer):
+    with pytest.raises(BackendError, match="'odd-ranker'"):
+        rerank("q", list("abc"), OddRanker(answer))
+    with pytest.raises(BackendError, match="'odd-ranker'"):
+        await arerank("q", list("abc"), OddRanker(answer))
+    _fell_back(rerank("q", list("abc"), OddRanker(answer, on_error="keep_order")))
+    _fell_back(await arerank("q", list("abc"), OddRanker(answer, on_error="keep_order")))
+
+
+class OddDetails(BaseScorer):
+    """A scorer whose ``score_details`` / ``ascore_details`` answer ``answer()``."""
+
+    scale = ScoreScale.PROBABILITY
+    name = "odd-details"
+
+    def __init__(self, answer, on_error: str = "raise") -> None:
+        self.answer, self.on_error = answer, on_error
+
+    def score_details(self, query, texts):
+        return self.answer()
+
+    async def ascore_details(self, query, texts):
+        return self.answer()
+
+
+BAD_RESULTS = {
+    "none": lambda: None,
+    "plain-list": lambda: [0.5, 0.7, 0.1],
+    "values-none": lambda: ScoreResult(values=None),  # type: ignore[arg-type]
+    "info-not-a-mapping": lambda: ScoreResult(values=[0.5, 0.7, 0.1], info=["calls"]),  # type: ignore[arg-type]
+    "per-item-short": lambda: ScoreResult(values=[0.5, 0.7, 0.1], per_item=[{}]),
+    "per-item-not-mappings": lambda: ScoreResult(values=[0.5, 0.7, 0.1], per_item=[1, 2, 3]),  # type: ignore[list-item]
+    "per-item-a-number": lambda: ScoreResult(values=[0.5, 0.7, 0.1], per_item=3),  # type: ignore[arg-type]
+}
+
+
+@pytest.mark.parametrize("answer", BAD_RESULTS.values(), ids=BAD_RESULTS.keys())
+async def test_a_malformed_score_result_is_a_backend_error_naming_the_scorer(answer):
+    with pytest.raises(BackendError, match="'odd-details'"):
+        rerank("q", list("abc"), OddDetails(answer))
+    with pytest.raises(BackendError, match="'odd-details'"):
+        await arerank("q", list("abc"), OddDetails(answer))
+    _fell_back(rerank("q", list("abc"), OddDetails(answer, on_error="keep_order")))
+    _fell_back(await arerank("q", list("abc"), OddDetails(answer, on_error="keep_order")))
+
+
+async def test_an_async_method_that_returns_no_awaitable_is_a_backend_error():
+    class NotAsync(Odd):
+        def ascore(self, query, texts):  # type: ignore[override]
+            return [0.5, 0.7, 0.1]
+
+    with pytest.raises(BackendError, match="'odd-model' returned list from an async method"):
+        await arerank("q", list("abc"), NotAsync(lambda: None))
+    _fell_back(await arerank("q", list("abc"), NotAsync(lambda: None, on_error="keep_order")))
+
+
+async def test_a_malformed_answer_inside_a_strategy_falls_back_there():
+    for strategy in (
+        Cascade([Stage(Odd(lambda: None, on_error="keep_order"), name="odd"), Stage(FakeScorer())]),
+        Threshold(Odd(lambda: "x", on_error="keep_order"), absolute=0.5),
+        Selective(OddRanker(lambda: None, on_error="keep_order"), k=2),
+    ):
+        assert sorted(texts(rerank("q", list("abc"), strategy))) == ["a", "b", "c"]
+        assert sorted(texts(await arerank("q", list("abc"), strategy))) == ["a", "b", "c"]
+
+
+GOOD_SCORES = {
+    "tuple": lambda: (0.5, 0.7, 0.1),
+    "generator": _gen([0.5, 0.7, 0.1]),
+    "numpy-float32": lambda: np.array([0.5, 0.7, 0.1], dtype=np.float32),
+    "numpy-scalars": lambda: [np.float64(0.5), np.float32(0.7), np.float16(0.1)],
+    "ints": lambda: [0, 1, 0],
+}
+
+
+@pytest.mark.parametrize("answer", GOOD_SCORES.values(), ids=GOOD_SCORES.keys())
+async def test_sequences_of_numbers_of_the_right_length_are_scores(answer):
+    got = rerank("q", list("abc"), Odd(answer))
+    assert texts(got) == texts(await arerank("q", list("abc"), Odd(answer))) == ["b", "a", "c"]
+    assert all(type(s.score) is float for s in got)
+
+
+async def test_torch_tensors_and_numpy_permutations_are_accepted():
+    torch = pytest.importorskip("torch")
+    out = rerank("q", list("abc"), Odd(lambda: torch.tensor([0.5, 0.7, 0.1])))
+    assert texts(out) == ["b", "a", "c"] and out[0].score == pytest.approx(0.7)
+    out = await arerank("q", list("abc"), Odd(lambda: torch.tensor([0.5, 0.7, 0.1], dtype=torch.bfloat16)))
+    assert texts(out) == ["b", "a", "c"]
+    assert texts(rerank("q", list("abc"), OddRanker(lambda: np.array([2, 0, 1])))) == ["c", "a", "b"]
+    assert texts(rerank("q", list("abc"), OddRanker(lambda: torch.tensor([2, 0, 1])))) == ["c", "a", "b"]
+    with pytest.raises(BackendError, match="'odd-model' returned a single Tensor"):
+        rerank("q", list("abc"), Odd(lambda: torch.tensor(0.5)))

@@ -220,6 +220,23 @@ def test_hybrid_weights_normalised_and_refused(caplog):
             Hybrid(bad)
 
 
+@pytest.mark.parametrize("method", ["weighted", "rrf"])
+def test_hybrid_weights_whose_sum_overflows_are_refused(method):
+    for weights in ([1e308, 1e308], [1.7e308, 1.7e308, 0.0], [float.fromhex("0x1.fffffffffffffp+1023")] * 3):
+        signals = [Signal(Table(PROBS, name=f"s{i}"), w) for i, w in enumerate(weights)]
+        with pytest.raises(ConfigError, match=r"Hybrid weights \{'s0': [\d.]+e\+308.* overflows"):
+            Hybrid(signals, method=method)
+    # finite sums of huge or tiny weights still normalise to their ratios
+    big = Hybrid(
+        [Signal(Table(PROBS, name="a"), 1e308), Signal(Table(PROBS, name="b"), 3e307)], method=method
+    )
+    assert big.weights == pytest.approx([1e308 / 1.3e308, 3e307 / 1.3e308])
+    tiny = Hybrid(
+        [Signal(Table(PROBS, name="a"), 5e-324), Signal(Table(PROBS, name="b"), 5e-324)], method=method
+    )
+    assert tiny.weights == [0.5, 0.5]
+
+
 def test_hybrid_rrf_and_retrieval_signal_with_deterministic_ties():
     cands = [Candidate(t, id=t, retrieval_score=r) for t, r in zip(TEXTS, [5, 4, 3, 2, 1], strict=True)]
     flat = Table(dict.fromkeys(TEXTS, 0.5))
