@@ -22,6 +22,7 @@ from rerankers_plugins.registry import BACKENDS, load
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "PEER_NAMES",
     "RETRIEVAL_SCORE_KEYS",
     "BiEncoderFields",
     "CohereFields",
@@ -36,7 +37,9 @@ __all__ = [
     "build_scorer",
     "conveniences",
     "copy_metadata",
+    "peer_options",
     "pickle_state",
+    "positional_model",
 ]
 
 #: metadata keys LangChain vector stores and rerankers put a document's score under, tried in order
@@ -82,6 +85,75 @@ def pickle_state(model: Any, state: dict[str, Any]) -> dict[str, Any]:
             f"{type(model).__name__} cannot be pickled: its scorer cannot ({type(exc).__name__}: {exc})"
         ) from exc
     return state
+
+
+#: options users bring from LangChain's and LlamaIndex's own rerankers, under their names there:
+#: peer name -> (our name, or None where we have no such option; what to do instead)
+PEER_NAMES: dict[str, tuple[str | None, str]] = {
+    "model_name": ("model", "HuggingFaceCrossEncoder(model_name=...) is model=..."),
+    "cohere_api_key": ("api_key", "langchain-cohere's cohere_api_key is api_key=..."),
+    "keep_retrieval_score": (
+        "include_details",
+        "SentenceTransformerRerank's keep_retrieval_score: the retrieval score is kept in "
+        "metadata['retrieval_score'] with include_details=True (the default)",
+    ),
+    "choice_batch_size": ("window", "LLMRerank's choice_batch_size is window=... (passages per LLM call)"),
+    "top_k": ("top_n", "top_k is top_n=..."),
+    "choice_select_prompt": (
+        None,
+        "the LLM rerankers write their own prompts; pass a function as llm= to own it",
+    ),
+    "format_node_batch_fn": (None, "the LLM rerankers format passages themselves (max_words= cuts them)"),
+    "parse_choice_select_answer_fn": (
+        None,
+        "LLM answers are parsed and repaired by the rerankers themselves",
+    ),
+    "user_agent": (None, "pass a configured client to CohereScorer(client=...) instead"),
+}
+
+
+def peer_options(cls: type[Any], data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the options of a peer reranker renamed to ours where the meaning is the same
+    (logged), and a ConfigError that says what to do for those we do not take."""
+    fields = getattr(cls, "model_fields", {})
+    out = dict(data)
+    for peer, (ours, hint) in PEER_NAMES.items():
+        if peer not in out or peer in fields:
+            continue
+        if ours is None or ours not in fields:
+            raise ConfigError(f"{cls.__name__} has no {peer!r} option: {hint}")
+        if ours in out and out[ours] != out[peer]:
+            raise ConfigError(f"{cls.__name__}: pass {ours}= or {peer}=, not both ({hint})")
+        logger.info("%s: %s", cls.__name__, hint)
+        out[ours] = out.pop(peer)
+    kwargs = out.get("model_kwargs")
+    if isinstance(kwargs, Mapping) and "device" in kwargs and "device" in fields:
+        # HuggingFaceCrossEncoder(model_kwargs={"device": ...}): our scorers take device= itself
+        kwargs = dict(kwargs)
+        device = kwargs.pop("device")
+        if out.get("device") not in (None, device):
+            raise ConfigError(
+                f"{cls.__name__}: device={out['device']!r} and model_kwargs['device']={device!r} disagree"
+            )
+        out["device"], out["model_kwargs"] = device, kwargs or None
+    return out
+
+
+def positional_model(
+    cls: type[Any], kind: str, args: tuple[Any, ...], data: dict[str, Any]
+) -> dict[str, Any]:
+    """A convenience's one positional argument is its backend's first argument (``model``, ``llm``,
+    ``base_url``), as for the scorers: ``BiEncoderRerank("minilm")``."""
+    if not args:
+        return data
+    positional = BACKENDS[kind].positional
+    if len(args) > 1 or positional is None:
+        raise ConfigError(
+            f"{cls.__name__} takes at most one positional argument ({positional or 'none'}); pass the rest by name"
+        )
+    if positional in data:
+        raise ConfigError(f"{cls.__name__}: {positional} given both positionally and as {positional}=")
+    return {positional: args[0], **data}
 
 
 def conveniences(base: type[Any], module: str) -> dict[str, type[Any]]:
@@ -136,6 +208,12 @@ class _LocalFields(BaseModel):
 
 class CrossEncoderFields(_LocalFields):
     max_length: int | None = Field(default=None, description="Token window; None uses the model's.")
+    trust_remote_code: bool = Field(
+        default=False, description="Run the checkpoint's own modelling code (e.g. jina-reranker-v2)."
+    )
+    model_kwargs: dict[str, Any] | None = Field(
+        default=None, description="Passed to from_pretrained (e.g. attn_implementation)."
+    )
     activation: Literal["sigmoid"] | None = Field(
         default="sigmoid", description="sigmoid: scores 0..1 (PROBABILITY); None: raw logits (LOGIT)."
     )

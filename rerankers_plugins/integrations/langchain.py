@@ -35,22 +35,51 @@ from rerankers_plugins._optional import require
 require("langchain_core", "langchain")
 
 from langchain_core.callbacks import Callbacks
+from langchain_core.cross_encoders import BaseCrossEncoder
 from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_core.runnables.config import RunnableConfig, set_config_context
 from pydantic import ConfigDict, Field, PrivateAttr
 
+from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.integrations._options import (
     RETRIEVAL_SCORE_KEYS,
     build_scorer,
     conveniences,
     copy_metadata,
+    peer_options,
     pickle_state,
+    positional_model,
 )
 from rerankers_plugins.pipeline.ranking import ScorerLike, Strategy
 from rerankers_plugins.pipeline.rerank import arerank, check_options, rerank
-from rerankers_plugins.types import Candidate, Scored, thaw
+from rerankers_plugins.scorers.base import BaseScorer
+from rerankers_plugins.types import Candidate, Scored, ScoreScale, thaw
 
-__all__ = ["RerankCompressor"]  # and the registry's conveniences, added below
+__all__ = ["LangChainCrossEncoder", "RerankCompressor"]  # and the registry's conveniences, added below
+
+
+class LangChainCrossEncoder(BaseScorer):
+    """LangChain's own cross-encoder objects (``BaseCrossEncoder``: ``HuggingFaceCrossEncoder``,
+    ``SagemakerEndpointCrossEncoder``, yours) as a scorer: ``score`` is theirs over (query, text)
+    pairs. Scale LOGIT: such an object declares no scale (HuggingFaceCrossEncoder returns a
+    sigmoid for one-label models and raw logits for two-label ones), so a threshold means what
+    the model's numbers mean; for a declared scale use ``CrossEncoderScorer``.
+    ``RerankCompressor(scorer=HuggingFaceCrossEncoder(...))`` wraps it for you."""
+
+    scale = ScoreScale.LOGIT
+
+    def __init__(self, model: BaseCrossEncoder) -> None:
+        self.model = model
+        self.name = str(getattr(model, "model_name", None) or type(model).__name__)
+
+    def score(self, query: str, texts: Sequence[str]) -> list[float]:
+        if not texts:
+            return []
+        return [float(x) for x in self.model.score([(query, t) for t in texts])]
+
+
+def _wrap(scorer: Any) -> Any:
+    return LangChainCrossEncoder(scorer) if isinstance(scorer, BaseCrossEncoder) else scorer
 
 
 class RerankCompressor(BaseDocumentCompressor):
@@ -80,6 +109,9 @@ class RerankCompressor(BaseDocumentCompressor):
     _strategy: Strategy = PrivateAttr()
 
     def __init__(self, **data: Any) -> None:
+        data = peer_options(type(self), data)
+        if "scorer" in data:
+            data["scorer"] = _wrap(data["scorer"])
         super().__init__(**data)
         # Checked here rather than in a pydantic validator so that the ConfigError reaches the
         # caller as itself, not wrapped in a ValidationError.
@@ -170,8 +202,28 @@ class _Convenience(RerankCompressor):
     kind: ClassVar[str]
     scorer: ScorerLike = Field(default=None, description="Built from the fields below.")  # type: ignore[assignment]
 
-    def __init__(self, **data: Any) -> None:
-        super().__init__(**{**data, "scorer": build_scorer(self.kind, data)})
+    def __init__(self, *args: Any, **data: Any) -> None:
+        data = peer_options(type(self), positional_model(type(self), self.kind, args, data))
+        model = data.get("model")
+        if isinstance(model, BaseCrossEncoder):  # LangChain's own cross-encoder object
+            if self.kind != "cross-encoder":
+                raise ConfigError(
+                    f"{type(self).__name__} builds its model from a name; pass the object as RerankCompressor(scorer=...)"
+                )
+            extra = sorted(
+                k
+                for k in data
+                if k in type(self).model_fields and k not in RerankCompressor.model_fields and k != "model"
+            )
+            if extra:
+                raise ConfigError(
+                    f"{type(self).__name__}(model=<{type(model).__name__}>) loads nothing itself, so {extra} cannot apply"
+                )
+            scorer: Any = LangChainCrossEncoder(model)
+            data["model"] = scorer.name
+        else:
+            scorer = build_scorer(self.kind, data)
+        super().__init__(**{**data, "scorer": scorer})
 
 
 _generated = conveniences(_Convenience, __name__)

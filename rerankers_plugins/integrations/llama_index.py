@@ -30,7 +30,14 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from rerankers_plugins.errors import ConfigError
-from rerankers_plugins.integrations._options import build_scorer, conveniences, copy_metadata, pickle_state
+from rerankers_plugins.integrations._options import (
+    build_scorer,
+    conveniences,
+    copy_metadata,
+    peer_options,
+    pickle_state,
+    positional_model,
+)
 from rerankers_plugins.pipeline.ranking import ScorerLike, Strategy
 from rerankers_plugins.pipeline.rerank import arerank, check_options, rerank
 from rerankers_plugins.types import Candidate, Scored, thaw
@@ -75,7 +82,7 @@ class RerankPostprocessor(BaseNodePostprocessor):
     _strategy: Strategy = PrivateAttr()
 
     def __init__(self, **data: Any) -> None:
-        super().__init__(**data)
+        super().__init__(**peer_options(type(self), data))
         # Checked here rather than in a pydantic validator so that the ConfigError reaches the
         # caller as itself, not wrapped in a ValidationError.
         self._strategy = check_options(self.scorer, self.top_n, self.threshold)
@@ -203,7 +210,8 @@ class _Convenience(RerankPostprocessor):
     kind: ClassVar[str]
     scorer: ScorerLike = Field(default=None, description="Built from the fields below.")  # type: ignore[assignment]
 
-    def __init__(self, **data: Any) -> None:
+    def __init__(self, *args: Any, **data: Any) -> None:
+        data = peer_options(type(self), positional_model(type(self), self.kind, args, data))
         super().__init__(**{**data, "scorer": build_scorer(self.kind, data)})
 
 

@@ -199,3 +199,46 @@ def test_compress_documents_accepts_extra_keyword_arguments(documents):
     assert out[0].page_content == "The red apple fell from the tree."
     out = asyncio.run(compressor.acompress_documents(documents, "red apple tree", extra=1))
     assert out[0].page_content == "The red apple fell from the tree."
+
+
+def test_langchains_own_cross_encoder_objects_are_scorers(documents, tiny_ce_dir):
+    """The LangChain cross-encoder how-to's object, HuggingFaceCrossEncoder, as ours: scorer=...
+    and CrossEncoderRerank(model=...) both score with it; its numbers come back as they are."""
+    pytest.importorskip("langchain_community")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # langchain-community's own sunset notice
+        from langchain_community.cross_encoders import HuggingFaceCrossEncoder
+
+    hf = HuggingFaceCrossEncoder(model_name=str(tiny_ce_dir), model_kwargs={"device": "cpu"})
+    expected = sorted(
+        (
+            (float(s), d.page_content)
+            for s, d in zip(
+                list(hf.score([("capital", d.page_content) for d in documents])), documents, strict=True
+            )
+        ),
+        reverse=True,
+    )
+    for compressor in (RerankCompressor(scorer=hf, top_n=2), CrossEncoderRerank(model=hf, top_n=2)):
+        out = compressor.compress_documents(documents, "capital")
+        assert [d.page_content for d in out] == [t for _, t in expected[:2]]
+        assert [d.metadata["relevance_score"] for d in out] == pytest.approx([s for s, _ in expected[:2]])
+        assert out[0].metadata["rerank"]["scale"] == "logit"
+    with pytest.raises(ConfigError, match="cannot apply"):
+        CrossEncoderRerank(model=hf, max_length=64)
+
+
+def test_conveniences_take_the_model_first_and_peer_option_names(tiny_bi_dir, tiny_ce_dir, documents):
+    bi = BiEncoderRerank(str(tiny_bi_dir), top_n=1)
+    assert bi.model == str(tiny_bi_dir) and len(bi.compress_documents(documents, "capital")) == 1
+    # the names LangChain's HuggingFaceCrossEncoder users bring
+    ce = CrossEncoderRerank(model_name=str(tiny_ce_dir), model_kwargs={"device": "cpu"}, top_k=2)
+    assert ce.model == str(tiny_ce_dir) and ce.device == "cpu" and ce.model_kwargs is None and ce.top_n == 2
+    with pytest.raises(ConfigError, match="at most one positional"):
+        BiEncoderRerank(str(tiny_bi_dir), 3)
+    with pytest.raises(ConfigError, match="both positionally"):
+        BiEncoderRerank(str(tiny_bi_dir), model=str(tiny_bi_dir))
+    with pytest.raises(ConfigError, match="no 'user_agent' option: pass a configured client"):
+        RerankCompressor(scorer=FakeScorer(), user_agent="x")

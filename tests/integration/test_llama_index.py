@@ -191,3 +191,14 @@ def test_cross_encoder_convenience_in_engine(index, tiny_ce_dir):
     scores = [n.score for n in response.source_nodes]
     assert len(scores) == 3 and scores == sorted(scores, reverse=True)
     assert all(0.0 <= s <= 1.0 for s in scores)
+
+
+def test_peer_option_names_and_positional_model(tiny_bi_dir):
+    from rerankers_plugins.integrations.llama_index import BiEncoderRerank
+
+    post = BiEncoderRerank(str(tiny_bi_dir), keep_retrieval_score=False, top_n=1)
+    assert post.model == str(tiny_bi_dir) and post.include_details is False
+    out = post.postprocess_nodes(nodes(), query_str="capital")
+    assert len(out) == 1 and "retrieval_score" not in out[0].node.metadata
+    with pytest.raises(ConfigError, match="choice_select_prompt"):
+        RerankPostprocessor(scorer=FakeScorer(), choice_select_prompt="x")
