@@ -41,7 +41,8 @@ def _is_model(source: object) -> bool:
 @dataclass(frozen=True)
 class Signal:
     """One input of a :class:`Hybrid`: ``source`` is a scorer, ranker or strategy; the string
-    ``"retrieval"`` (the candidates' first-stage ``retrieval_score``); or a function
+    ``"retrieval"`` (the candidates' first-stage ``retrieval_score``, or where none has one the
+    first stage's order: the i-th candidate gets -i); or a function
     ``fn(Candidate) -> float`` (metadata such as recency or source trust)."""
 
     source: SignalSource
@@ -156,18 +157,27 @@ class Hybrid(Strategy):
             "hybrid(" + ", ".join(f"{lbl}={w:.2f}" for lbl, w in zip(labels, self.weights, strict=True)) + ")"
         )
 
+    def _retrieval(self, entries: Sequence[Entry]) -> list[float | None]:
+        """The first stage's scores; where no candidate carries one (FAISS and in-memory vector
+        stores put none in metadata), its order: the candidate it ranked i-th gets -i."""
+        scores = [e.candidate.retrieval_score for e in entries]
+        if all(s is None for s in scores):
+            logger.debug("signal 'retrieval': no candidate has a retrieval_score; using the first-stage rank")
+            return [-float(e.position) for e in entries]
+        missing = [e.candidate.id for e, s in zip(entries, scores, strict=True) if s is None]
+        if missing:
+            raise ConfigError(
+                f"signal 'retrieval': candidates {missing[:5]!r} have no retrieval_score while others do "
+                "(LangChain: set the adapter's retrieval_score_key to the key your retriever writes)"
+            )
+        return [float(s) for s in scores if s is not None]  # finite: Candidate refuses NaN and inf
+
     def _direct(self, signal: Signal, entries: Sequence[Entry]) -> list[float | None]:
+        if signal.source == RETRIEVAL:
+            return self._retrieval(entries)
         values: list[float | None] = []
         for e in entries:
             c = e.candidate
-            if signal.source == RETRIEVAL:
-                if c.retrieval_score is None:
-                    raise ConfigError(
-                        f"signal 'retrieval': candidate {c.id!r} has no retrieval_score "
-                        "(LangChain: set the adapter's retrieval_score_key)"
-                    )
-                values.append(float(c.retrieval_score))  # finite: Candidate refuses NaN and inf
-                continue
             fn: Callable[[Candidate], Any] = signal.source  # type: ignore[assignment]
             try:
                 v = float(fn(c))

@@ -242,3 +242,19 @@ def test_conveniences_take_the_model_first_and_peer_option_names(tiny_bi_dir, ti
         BiEncoderRerank(str(tiny_bi_dir), model=str(tiny_bi_dir))
     with pytest.raises(ConfigError, match="no 'user_agent' option: pass a configured client"):
         RerankCompressor(scorer=FakeScorer(), user_agent="x")
+
+
+def test_retrieval_signal_behind_a_store_that_gives_no_scores(base_retriever):
+    """InMemoryVectorStore (like FAISS) puts no score in metadata: the retrieval signal is the
+    retriever's own order, and the fusion runs."""
+    from rerankers_plugins import Hybrid, Signal
+
+    fused = Hybrid([Signal(FakeScorer(), 0.5), Signal("retrieval", 0.5)])
+    retriever = ContextualCompressionRetriever(
+        base_compressor=RerankCompressor(scorer=fused, top_n=None), base_retriever=base_retriever
+    )
+    first_stage = [d.page_content for d in base_retriever.invoke("red apple tree")]
+    out = retriever.invoke("red apple tree")
+    assert sorted(d.page_content for d in out) == sorted(first_stage)
+    signals = {d.page_content: d.metadata["rerank"]["signals"]["retrieval"] for d in out}
+    assert signals == {t: -float(i) for i, t in enumerate(first_stage)}

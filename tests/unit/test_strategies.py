@@ -242,8 +242,23 @@ def test_hybrid_rrf_and_retrieval_signal_with_deterministic_ties():
     flat = Table(dict.fromkeys(TEXTS, 0.5))
     out = rerank("q", cands, Hybrid([Signal(flat, 1), Signal("retrieval", 1)], method="rrf"))
     assert texts(out) == TEXTS  # the flat signal ties everywhere: input order decides
-    with pytest.raises(ConfigError, match="has no retrieval_score"):
-        rerank("q", TEXTS, Hybrid([Signal("retrieval", 1)]))
+    mixed = [Candidate("a", retrieval_score=1.0), Candidate("b")]
+    with pytest.raises(ConfigError, match="have no retrieval_score while others do"):
+        rerank("q", mixed, Hybrid([Signal("retrieval", 1)]))
+
+
+def test_retrieval_signal_without_scores_is_the_first_stage_rank():
+    """Behind a retriever that puts no score in metadata (FAISS, in-memory vector stores) the
+    retrieval signal is the first stage's order, so a fusion still works and still counts it."""
+    scores = dict(zip(TEXTS, [0.1, 0.9, 0.8, 0.7, 0.2], strict=True))
+    alone = rerank("q", TEXTS, Hybrid([Signal("retrieval", 1)]))
+    assert texts(alone) == TEXTS
+    fused = rerank("q", TEXTS, Hybrid([Signal(Table(scores), 0.5), Signal("retrieval", 0.5)]))
+    by_model = rerank("q", TEXTS, Table(scores))
+    assert texts(fused) != texts(by_model) and texts(fused)[0] == TEXTS[1]
+    assert [s.details["signals"]["retrieval"] for s in fused] == [
+        -float(TEXTS.index(t)) for t in texts(fused)
+    ]
 
 
 def test_hybrid_metadata_failure_names_the_signal():
