@@ -65,6 +65,30 @@ class TrainResult:
     settings: dict[str, Any] = field(default_factory=dict)
     dev_query_ids: tuple[str, ...] = ()
     unlabeled_queries: int = 0
+    #: what the run's own numbers say is wrong (the model below its first stage on dev, a rising
+    #: loss); also logged as warnings and written into the model card
+    warnings: tuple[str, ...] = ()
+
+
+def _verdict(dev_metrics: Mapping[str, float], first: float | None, last: float | None) -> tuple[str, ...]:
+    """Warnings a run's own figures call for.
+
+    >>> _verdict({"model_ndcg@10": 0.43, "bm25_ndcg@10": 1.0}, 1.2, 1.5)[0][:52]
+    'the fine-tuned model is below its first stage on dev'
+    >>> _verdict({"model_ndcg@10": 0.8, "bm25_ndcg@10": 0.7}, 1.2, 0.3)
+    ()
+    """
+    out = []
+    model, bm25 = dev_metrics.get("model_ndcg@10"), dev_metrics.get("bm25_ndcg@10")
+    if model is not None and bm25 is not None and model < bm25:
+        out.append(
+            f"the fine-tuned model is below its first stage on dev: NDCG@10 {model:.3f} against BM25's "
+            f"{bm25:.3f}; reranking with it would make results worse. Train longer or on more queries, "
+            "try another learning rate, or keep the first stage."
+        )
+    if first is not None and last is not None and last > first:
+        out.append(f"the training loss rose ({first:.4g} -> {last:.4g}): the learning rate may be too high")
+    return tuple(out)
 
 
 def transformers_major() -> int:
@@ -667,6 +691,11 @@ def fine_tune(
             for m, v in r.metrics.items():
                 dev_metrics[f"{'bm25' if r.name == 'BM25' else 'model'}_{m}"] = round(v, 4)
 
+    first_loss = history[0] if history else None
+    last_loss = history[-1] if history else None
+    verdict = _verdict(dev_metrics, first_loss, last_loss)
+    for message in verdict:
+        logger.warning("%s: %s", out_dir, message)
     result = TrainResult(
         output_dir=str(out_dir),
         base=base,
@@ -677,12 +706,13 @@ def fine_tune(
         dev_queries=len(dev_ids),
         skipped_queries=skipped,
         training_rows=n_rows,
-        first_loss=history[0] if history else None,
-        last_loss=history[-1] if history else None,
+        first_loss=first_loss,
+        last_loss=last_loss,
         dev_metrics=dev_metrics,
         resumed_from=Path(resume).name if resume else None,
         dev_query_ids=tuple(dev_ids),
         unlabeled_queries=len(extra),
+        warnings=verdict,
         settings={
             **{key: value for key, value in identity.items() if key != "format"},
             "bf16": bf16,
@@ -697,6 +727,8 @@ def fine_tune(
 
 def _write_card(out: Path, result: TrainResult, history: Sequence[float]) -> None:
     dev = "\n".join(f"| {k} | {v:.4f} |" for k, v in result.dev_metrics.items()) or "| - | - |"
+    if result.warnings:
+        dev += "\n\n**Warning.** " + "\n\n**Warning.** ".join(result.warnings)
     settings = "\n".join(f"| {k} | {v} |" for k, v in result.settings.items())
     if result.settings.get("arch") == "poly-encoder":
         head = f"""---

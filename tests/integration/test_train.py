@@ -97,6 +97,18 @@ def trained(beir, encoder, tmp_path_factory):
     return out, fine_tune(beir, str(encoder), out, max_steps=150, save_steps=1000, dev_fraction=0.2, **FAST)
 
 
+def test_the_run_says_when_its_own_numbers_are_bad(trained):
+    """A model below its first stage on dev, or a rising loss, is a warning in the result and the
+    model card: never a silent success."""
+    out, result = trained
+    card = (out / "README.md").read_text()
+    below = result.dev_metrics["model_ndcg@10"] < result.dev_metrics["bm25_ndcg@10"]
+    rising = result.last_loss > result.first_loss
+    assert len(result.warnings) == below + rising
+    assert all(w in card for w in result.warnings)
+    assert ("below its first stage" in card) == below
+
+
 def test_bce_training_lowers_the_loss_and_saves_a_loadable_model(beir, trained):
     out, result = trained
     assert result.steps == 150 and result.loss == "bce"
