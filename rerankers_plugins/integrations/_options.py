@@ -7,6 +7,7 @@ adapter combines them with its own base class, so a convenience is declared once
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import pickle
 from collections.abc import Mapping
@@ -17,7 +18,12 @@ from pydantic import BaseModel, Field, SecretStr
 from rerankers_plugins._secret import Secret
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.pipeline.ranking import ScorerLike
-from rerankers_plugins.registry import BACKENDS, load
+from rerankers_plugins.registry import BACKENDS, get_scorer, load
+from rerankers_plugins.scorers.base import BaseScorer
+
+#: constructor options never written into a description (credentials: read from the environment
+#: again where the backend supports it)
+_SECRET_OPTIONS = frozenset({"api_key"})
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +43,11 @@ __all__ = [
     "build_scorer",
     "conveniences",
     "copy_metadata",
+    "describe_scorer",
     "peer_options",
     "pickle_state",
     "positional_model",
+    "rebuild_scorer",
 ]
 
 #: metadata keys LangChain vector stores and rerankers put a document's score under, tried in order
@@ -154,6 +162,52 @@ def positional_model(
     if positional in data:
         raise ConfigError(f"{cls.__name__}: {positional} given both positionally and as {positional}=")
     return {positional: args[0], **data}
+
+
+def describe_scorer(scorer: Any) -> dict[str, Any]:
+    """A registry backend's scorer as JSON-ready settings: ``{"backend": name, "options": {...}}``
+    (its constructor arguments; credentials left out), which :func:`rebuild_scorer` turns back
+    into an equal scorer. Anything else raises ConfigError naming it."""
+    target = f"{type(scorer).__module__}:{type(scorer).__qualname__}"
+    kind = next((k for k, b in BACKENDS.items() if b.target == target), None)
+    label = getattr(scorer, "name", type(scorer).__name__)
+    if kind is not None and not isinstance(scorer, BaseScorer):
+        raise ConfigError(
+            f"{type(scorer).__name__} ({label!r}) cannot be described as settings: it is built from an "
+            f"object ({BACKENDS[kind].positional}=...), not from settings; pickle the adapter instead"
+        )
+    if kind is None or not isinstance(scorer, BaseScorer):
+        raise ConfigError(
+            f"{type(scorer).__name__} ({label!r}) cannot be described as settings: only a registry "
+            f"backend ({', '.join(sorted(BACKENDS))}) can. Serialize an adapter built from one "
+            "(e.g. CrossEncoderRerank(model=...)), or pickle it instead."
+        )
+    args, options = scorer.init_args()
+    positional = BACKENDS[kind].positional
+    if args:
+        if len(args) > 1 or positional is None:
+            raise ConfigError(f"{label!r}: built with {len(args)} positional arguments; cannot be described")
+        options = {positional: args[0], **options}
+    options = {k: v for k, v in options.items() if k not in _SECRET_OPTIONS and not isinstance(v, Secret)}
+    for key, value in options.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{label!r} cannot be described as settings: its option {key}={type(value).__name__} "
+                "is an object, not a setting; pickle the adapter instead"
+            ) from None
+    return {"backend": kind, "options": options}
+
+
+def rebuild_scorer(value: Any) -> Any:
+    """A description from :func:`describe_scorer` back to the scorer; anything else unchanged."""
+    if isinstance(value, Mapping) and set(value) == {"backend", "options"}:
+        kind, options = value["backend"], value["options"]
+        if kind not in BACKENDS or not isinstance(options, Mapping):
+            raise ConfigError(f"not a scorer description: {dict(value)!r}")
+        return get_scorer(kind, **options)
+    return value
 
 
 def conveniences(base: type[Any], module: str) -> dict[str, type[Any]]:
@@ -284,7 +338,7 @@ OnErrorField = Literal["raise", "keep_order"]
 class CohereFields(BaseModel):
     model: str = Field(default="rerank-v3.5", description="Cohere rerank model.")
     api_key: SecretStr | None = Field(
-        default=None, description="Default: the COHERE_API_KEY environment variable."
+        default=None, description="Default: the COHERE_API_KEY environment variable.", exclude=True
     )
     base_url: str | None = Field(
         default=None,
@@ -318,7 +372,9 @@ class RemoteFields(BaseModel):
         default=None, description="Total seconds per call, retries included; then fail or fall back."
     )
     model: str | None = Field(default=None, description="Model name for v1 servers serving several.")
-    api_key: SecretStr | None = Field(default=None, description="Bearer token; default RERANK_API_KEY.")
+    api_key: SecretStr | None = Field(
+        default=None, description="Bearer token; default RERANK_API_KEY.", exclude=True
+    )
     timeout: float = Field(default=30.0, description="Seconds per request.")
     batch_size: int = Field(default=32, description="Documents per request.")
     max_concurrency: int = Field(default=16, description="Requests in flight at once.")

@@ -38,7 +38,7 @@ from langchain_core.callbacks import Callbacks
 from langchain_core.cross_encoders import BaseCrossEncoder
 from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_core.runnables.config import RunnableConfig, set_config_context
-from pydantic import ConfigDict, Field, PrivateAttr
+from pydantic import ConfigDict, Field, PrivateAttr, field_serializer, field_validator
 
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.integrations._options import (
@@ -46,9 +46,11 @@ from rerankers_plugins.integrations._options import (
     build_scorer,
     conveniences,
     copy_metadata,
+    describe_scorer,
     peer_options,
     pickle_state,
     positional_model,
+    rebuild_scorer,
 )
 from rerankers_plugins.pipeline.ranking import ScorerLike, Strategy
 from rerankers_plugins.pipeline.rerank import arerank, check_options, rerank
@@ -107,6 +109,27 @@ class RerankCompressor(BaseDocumentCompressor):
         "number wins); None: documents carry no retrieval score.",
     )
     _strategy: Strategy = PrivateAttr()
+
+    @field_validator("scorer", mode="before")
+    @classmethod
+    def _described(cls, value: Any) -> Any:
+        """A scorer description (what serialization writes) is rebuilt into the scorer."""
+        return rebuild_scorer(value)
+
+    @field_serializer("scorer")
+    def _describe(self, scorer: Any) -> Any:
+        """Serialized as settings: the registry backend's name and options (no keys)."""
+        return describe_scorer(scorer)
+
+    def model_dump(self, **kwargs: Any) -> dict[str, Any]:
+        if type(self).model_fields["scorer"].exclude is not True:
+            describe_scorer(self.scorer)  # a ConfigError naming the scorer, not pydantic's wrapper
+        return super().model_dump(**kwargs)
+
+    def model_dump_json(self, **kwargs: Any) -> str:
+        if type(self).model_fields["scorer"].exclude is not True:
+            describe_scorer(self.scorer)
+        return super().model_dump_json(**kwargs)
 
     def __init__(self, **data: Any) -> None:
         data = peer_options(type(self), data)
@@ -200,7 +223,7 @@ class _Convenience(RerankCompressor):
     """A RerankCompressor whose scorer is built from the convenience's own fields."""
 
     kind: ClassVar[str]
-    scorer: ScorerLike = Field(default=None, description="Built from the fields below.")  # type: ignore[assignment]
+    scorer: ScorerLike = Field(default=None, description="Built from the fields below.", exclude=True)  # type: ignore[assignment]
 
     def __init__(self, *args: Any, **data: Any) -> None:
         data = peer_options(type(self), positional_model(type(self), self.kind, args, data))

@@ -22,7 +22,14 @@ from rerankers_plugins._optional import require
 
 require("llama_index.core", "llama-index")
 
-from llama_index.core.bridge.pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from llama_index.core.bridge.pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_serializer,
+    field_validator,
+)
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
@@ -34,9 +41,11 @@ from rerankers_plugins.integrations._options import (
     build_scorer,
     conveniences,
     copy_metadata,
+    describe_scorer,
     peer_options,
     pickle_state,
     positional_model,
+    rebuild_scorer,
 )
 from rerankers_plugins.pipeline.ranking import ScorerLike, Strategy
 from rerankers_plugins.pipeline.rerank import arerank, check_options, rerank
@@ -80,6 +89,27 @@ class RerankPostprocessor(BaseNodePostprocessor):
         "(hidden from the LLM and embedder); False: node copies without them. Never the caller's nodes.",
     )
     _strategy: Strategy = PrivateAttr()
+
+    @field_validator("scorer", mode="before")
+    @classmethod
+    def _described(cls, value: Any) -> Any:
+        """A scorer description (what serialization writes) is rebuilt into the scorer."""
+        return rebuild_scorer(value)
+
+    @field_serializer("scorer")
+    def _describe(self, scorer: Any) -> Any:
+        """Serialized as settings: the registry backend's name and options (no keys)."""
+        return describe_scorer(scorer)
+
+    def model_dump(self, **kwargs: Any) -> dict[str, Any]:
+        if type(self).model_fields["scorer"].exclude is not True:
+            describe_scorer(self.scorer)  # a ConfigError naming the scorer, not pydantic's wrapper
+        return super().model_dump(**kwargs)
+
+    def model_dump_json(self, **kwargs: Any) -> str:
+        if type(self).model_fields["scorer"].exclude is not True:
+            describe_scorer(self.scorer)
+        return super().model_dump_json(**kwargs)
 
     def __init__(self, **data: Any) -> None:
         super().__init__(**peer_options(type(self), data))
@@ -208,7 +238,7 @@ class _Convenience(RerankPostprocessor):
     """A RerankPostprocessor whose scorer is built from the convenience's own fields."""
 
     kind: ClassVar[str]
-    scorer: ScorerLike = Field(default=None, description="Built from the fields below.")  # type: ignore[assignment]
+    scorer: ScorerLike = Field(default=None, description="Built from the fields below.", exclude=True)  # type: ignore[assignment]
 
     def __init__(self, *args: Any, **data: Any) -> None:
         data = peer_options(type(self), positional_model(type(self), self.kind, args, data))

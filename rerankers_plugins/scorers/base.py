@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from rerankers_plugins.types import ScoreScale
 
@@ -66,9 +66,31 @@ class BaseScorer:
 
     name: str = "scorer"
     scale: ScoreScale = ScoreScale.LOGIT
+    #: True for scorers whose state is a loaded model (modules, tensors, tokenizers, locks): a
+    #: pickled or deep-copied one is rebuilt from its constructor arguments, so the copy reloads
+    #: the model from its files. Others copy their state as any object does.
+    rebuild_on_copy: ClassVar[bool] = False
+    _init_args: tuple[tuple[Any, ...], dict[str, Any]]
     #: True when a score depends only on (query, text) and the settings: such scorers can be cached.
     #: A scorer whose score depends on the other candidates (BM25 over the list) sets it False.
     pure: bool = True
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> BaseScorer:
+        self = super().__new__(cls)
+        # what it was built with: how a copy is rebuilt and how an adapter describes it
+        self._init_args = (tuple(args), dict(kwargs))
+        return self
+
+    def init_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The positional and keyword arguments this scorer was constructed with."""
+        args, kwargs = getattr(self, "_init_args", ((), {}))
+        return tuple(args), dict(kwargs)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        if type(self).rebuild_on_copy:
+            args, kwargs = self.init_args()
+            return (_rebuild, (type(self), args, kwargs))
+        return super().__reduce_ex__(protocol)
 
     def fingerprint(self) -> Mapping[str, Any]:
         """Every setting that changes a score (model, activation, ...), for cache keys. Subclasses
@@ -83,6 +105,10 @@ class BaseScorer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, scale={self.scale.value})"
+
+
+def _rebuild(cls: type[BaseScorer], args: tuple[Any, ...], kwargs: dict[str, Any]) -> BaseScorer:
+    return cls(*args, **kwargs)
 
 
 def scorer_settings(scorer: object) -> Mapping[str, Any]:

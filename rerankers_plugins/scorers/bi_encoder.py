@@ -64,6 +64,8 @@ class BiEncoderScorer(BaseScorer):
         trust_remote_code, local_files_only, model_kwargs: passed to sentence-transformers.
     """
 
+    rebuild_on_copy = True  # a copy reloads the model from its files
+
     scale = ScoreScale.SIMILARITY
 
     def __init__(

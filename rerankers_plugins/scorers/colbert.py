@@ -540,6 +540,8 @@ class ColBERTScorer(BaseScorer):
         layout: force ``"colbert"``, ``"pylate"`` or ``"plain"`` instead of detecting it.
     """
 
+    rebuild_on_copy = True  # a copy reloads the model from its files
+
     def __init__(
         self,
         model: str,

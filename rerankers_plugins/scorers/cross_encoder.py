@@ -203,6 +203,8 @@ class CrossEncoderScorer(BaseScorer):
             transformers.
     """
 
+    rebuild_on_copy = True  # a copy reloads the model from its files
+
     def __init__(
         self,
         model: str,

@@ -216,6 +216,8 @@ class PolyEncoderScorer(BaseScorer):
     Scale LOGIT: the score is an unbounded dot product, trained as a logit.
     """
 
+    rebuild_on_copy = True  # a copy reloads the model from its files
+
     scale = ScoreScale.LOGIT
 
     def __init__(

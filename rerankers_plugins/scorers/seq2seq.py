@@ -122,6 +122,8 @@ class Seq2SeqScorer(BaseScorer):
         trust_remote_code, local_files_only: passed to transformers.
     """
 
+    rebuild_on_copy = True  # a copy reloads the model from its files
+
     def __init__(
         self,
         model: str,

@@ -140,12 +140,16 @@ def test_retrieval_score_gate_works_in_langchain():
 
 
 def test_retrieval_score_key_is_configurable():
-    docs = [Document("red apple", metadata={"sim": 0.7}), Document("pear", metadata={"sim": 0.2})]
+    docs = [Document("pear", metadata={"sim": 0.2}), Document("red apple", metadata={"sim": 0.7})]
     hybrid = Hybrid([Signal("retrieval", 1.0)])
     out = lc.RerankCompressor(scorer=hybrid, retrieval_score_key="sim").compress_documents(docs, QUERY)
     assert [d.page_content for d in out] == ["red apple", "pear"]
+    # no key: no retrieval scores, so the retrieval signal is the first stage's order
+    out = lc.RerankCompressor(scorer=hybrid, retrieval_score_key=None).compress_documents(docs, QUERY)
+    assert [d.page_content for d in out] == ["pear", "red apple"]
+    docs[0].metadata.pop("sim")
     with pytest.raises(ConfigError, match="retrieval_score_key"):
-        lc.RerankCompressor(scorer=hybrid, retrieval_score_key=None).compress_documents(docs, QUERY)
+        lc.RerankCompressor(scorer=hybrid, retrieval_score_key="sim").compress_documents(docs, QUERY)
 
 
 def test_defaults_follow_each_framework():
