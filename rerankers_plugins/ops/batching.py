@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rerankers_plugins.errors import ConfigError
+
 __all__ = ["length_sorted_batches", "restore_order"]
 
 
@@ -31,9 +33,9 @@ def length_sorted_batches(
         []
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if max_tokens is not None and max_tokens < 1:
-        raise ValueError(f"max_tokens must be >= 1 or None, got {max_tokens}")
+        raise ConfigError(f"max_tokens must be >= 1 or None, got {max_tokens}")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
     for i in order:
@@ -55,7 +57,7 @@ def restore_order(batches: Sequence[Sequence[int]], values: Sequence[float]) -> 
     """
     flat = [i for batch in batches for i in batch]
     if len(flat) != len(values):
-        raise ValueError(f"{len(values)} values for {len(flat)} batched indices")
+        raise ConfigError(f"{len(values)} values for {len(flat)} batched indices")
     out = [0.0] * len(flat)
     for i, v in zip(flat, values, strict=True):
         out[i] = v

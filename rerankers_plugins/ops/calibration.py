@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from rerankers_plugins.errors import ConfigError
+
 __all__ = ["expected_calibration_error", "fit_platt", "fit_temperature", "sigmoid"]
 
 
@@ -27,14 +29,14 @@ def sigmoid(x: float) -> float:
 
 def _check(scores: Sequence[float], labels: Sequence[int]) -> None:
     if len(scores) != len(labels):
-        raise ValueError(f"{len(scores)} scores for {len(labels)} labels")
+        raise ConfigError(f"{len(scores)} scores for {len(labels)} labels")
     if not scores:
-        raise ValueError("calibration needs labelled pairs, got none")
+        raise ConfigError("calibration needs labelled pairs, got none")
     values = set(labels)
     if not values <= {0, 1}:
-        raise ValueError(f"labels must be 0 or 1, got {sorted(values)[:5]}")
+        raise ConfigError(f"labels must be 0 or 1, got {sorted(values)[:5]}")
     if len(values) < 2:
-        raise ValueError(
+        raise ConfigError(
             f"calibration needs both relevant (1) and non-relevant (0) pairs; all labels are {labels[0]}"
         )
 
@@ -124,7 +126,7 @@ def expected_calibration_error(probs: Sequence[float], labels: Sequence[int], bi
     0.1
     """
     if len(probs) != len(labels) or not probs:
-        raise ValueError("expected_calibration_error needs equally many probabilities and labels")
+        raise ConfigError("expected_calibration_error needs equally many probabilities and labels")
     total = 0.0
     for b in range(bins):
         lo, hi = b / bins, (b + 1) / bins

@@ -7,6 +7,8 @@ found deep in the list bubble up to the top in a single pass.
 
 from __future__ import annotations
 
+from rerankers_plugins.errors import ConfigError
+
 __all__ = ["sliding_windows"]
 
 
@@ -33,9 +35,9 @@ def sliding_windows(n: int, window: int, step: int) -> list[tuple[int, int]]:
         []
     """
     if window < 2:
-        raise ValueError(f"window must be >= 2, got {window}")
+        raise ConfigError(f"window must be >= 2, got {window}")
     if not 1 <= step <= window:
-        raise ValueError(f"step must be in 1..window ({window}), got {step}")
+        raise ConfigError(f"step must be in 1..window ({window}), got {step}")
     if n <= 0:
         return []
     if n <= window:

@@ -407,3 +407,14 @@ def test_users_own_framework_classes_are_recognised_by_their_base_classes():
     assert "judge" in str(seen.pop())
     scorer = LLMPointwiseScorer(MyChatModel(), max_concurrency=1)
     assert scorer.score("q", ["a", "b"]) == [1.0, 1.0]
+
+
+def test_bad_window_options_are_the_package_errors():
+    """Options checked by the pure ops are ConfigErrors (a RerankError), as every other option is."""
+    from rerankers_plugins import RerankError
+    from rerankers_plugins.ops.batching import length_sorted_batches
+
+    with pytest.raises(ConfigError, match="window must be >= 2"):
+        LLMListwiseScorer(lambda messages: "", window=1)
+    with pytest.raises(RerankError, match="batch_size must be >= 1"):
+        length_sorted_batches([3], batch_size=0)
