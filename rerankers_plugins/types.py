@@ -115,7 +115,7 @@ class Candidate:
     """One first-stage result to be reranked.
 
     ``text`` is what the model reads. ``id`` identifies it to the caller (a document id, an index).
-    ``metadata`` is carried through untouched (a read-only copy). ``retrieval_score`` is the first
+    ``metadata`` is carried through untouched (a read-only copy, nested dicts and lists included). ``retrieval_score`` is the first
     stage's score, if any.
     """
 
@@ -129,8 +129,9 @@ class Candidate:
             raise TypeError(
                 f"Candidate.text must be a str, got {type(self.text).__name__} ({self.text!r:.60})"
             )
-        if not isinstance(self.metadata, FrozenMap):  # the caller's mapping is copied, never kept
-            object.__setattr__(self, "metadata", FrozenMap(self.metadata))
+        # the caller's mapping is copied all the way down, never kept: nested dicts and lists are
+        # read-only copies too, so no scorer or metadata signal can write into the caller's data
+        object.__setattr__(self, "metadata", freeze(self.metadata))
         if self.retrieval_score is not None:
             score = _real(self.retrieval_score, "retrieval_score")
             if not math.isfinite(score):

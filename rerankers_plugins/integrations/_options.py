@@ -189,6 +189,14 @@ def describe_scorer(scorer: Any) -> dict[str, Any]:
             raise ConfigError(f"{label!r}: built with {len(args)} positional arguments; cannot be described")
         options = {positional: args[0], **options}
     options = {k: v for k, v in options.items() if k not in _SECRET_OPTIONS and not isinstance(v, Secret)}
+    from rerankers_plugins.scorers._http import url_secrets
+
+    for key, value in options.items():
+        if isinstance(value, str) and "://" in value and url_secrets(value):
+            raise ConfigError(
+                f"{label!r} cannot be described as settings: its {key} holds credentials; pass the key "
+                "as api_key= or through the environment instead"
+            )
     for key, value in options.items():
         try:
             json.dumps(value)

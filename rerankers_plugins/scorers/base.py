@@ -57,6 +57,20 @@ class Ranker(Protocol):
     def rank(self, query: str, texts: Sequence[str]) -> list[int]: ...
 
 
+class _InitArgs:
+    """A scorer's constructor arguments, kept for copies and descriptions; never shown (they may
+    hold keys or URLs with credentials)."""
+
+    __slots__ = ("args", "kwargs")
+
+    def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.args = args
+        self.kwargs = kwargs
+
+    def __repr__(self) -> str:
+        return "<constructor arguments>"
+
+
 class BaseScorer:
     """Convenience base: subclasses set ``name`` and ``scale`` and implement :meth:`score`.
 
@@ -70,7 +84,7 @@ class BaseScorer:
     #: pickled or deep-copied one is rebuilt from its constructor arguments, so the copy reloads
     #: the model from its files. Others copy their state as any object does.
     rebuild_on_copy: ClassVar[bool] = False
-    _init_args: tuple[tuple[Any, ...], dict[str, Any]]
+    _init_args: _InitArgs
     #: True when a score depends only on (query, text) and the settings: such scorers can be cached.
     #: A scorer whose score depends on the other candidates (BM25 over the list) sets it False.
     pure: bool = True
@@ -78,13 +92,13 @@ class BaseScorer:
     def __new__(cls, *args: Any, **kwargs: Any) -> BaseScorer:
         self = super().__new__(cls)
         # what it was built with: how a copy is rebuilt and how an adapter describes it
-        self._init_args = (tuple(args), dict(kwargs))
+        self._init_args = _InitArgs(tuple(args), dict(kwargs))
         return self
 
     def init_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The positional and keyword arguments this scorer was constructed with."""
-        args, kwargs = getattr(self, "_init_args", ((), {}))
-        return tuple(args), dict(kwargs)
+        held = getattr(self, "_init_args", None)
+        return (tuple(held.args), dict(held.kwargs)) if held is not None else ((), {})
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         if type(self).rebuild_on_copy:

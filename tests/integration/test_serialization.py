@@ -104,3 +104,12 @@ def test_a_scorer_that_cannot_be_described_is_named(tiny_ce_dir):
     compressor = lc.RerankCompressor(scorer=Threshold(CrossEncoderScorer(str(tiny_ce_dir)), absolute=0.1))
     with pytest.raises(ConfigError, match="cannot be described"):
         compressor.model_dump_json()
+
+
+def test_a_url_with_credentials_is_never_written_out():
+    from rerankers_plugins import RemoteScorer
+
+    scorer = RemoteScorer("http://user:s3cret-pw@127.0.0.1:9/")
+    assert "s3cret" not in str(vars(scorer))
+    with pytest.raises(ConfigError, match="holds credentials"):
+        lc.RerankCompressor(scorer=scorer).model_dump_json()

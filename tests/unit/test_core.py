@@ -105,3 +105,17 @@ def test_fake_scorer_is_deterministic_and_declares_probability():
     a = s.score("Red APPLE", ["apple!", "red apple", "🍎"])
     assert a == s.score("Red APPLE", ["apple!", "red apple", "🍎"]) == [0.5, 1.0, 0.0]
     assert s.calls == 2
+
+
+def test_candidate_metadata_is_read_only_all_the_way_down():
+    from rerankers_plugins import Candidate
+
+    nested = {"source": {"name": "wiki", "tags": ["a"]}}
+    c = Candidate("text", metadata=nested)
+    with pytest.raises(TypeError):
+        c.metadata["source"]["name"] = "changed"  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        c.metadata["source"]["tags"].append("b")
+    nested["source"]["name"] = "edited later"
+    nested["source"]["tags"].append("b")
+    assert c.metadata["source"]["name"] == "wiki" and list(c.metadata["source"]["tags"]) == ["a"]
