@@ -15,6 +15,7 @@ Backends are never guessed from a substring of a model name.
 from __future__ import annotations
 
 import importlib
+import warnings
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
@@ -159,8 +160,20 @@ def _entry_points() -> dict[str, str]:
 
 
 def available() -> dict[str, str]:
-    """Every known backend name and the ``"module:Class"`` it resolves to."""
-    return {**{n: b.target for n, b in BACKENDS.items()}, **_entry_points(), **_registered}
+    """Every known backend name and the ``"module:Class"`` it resolves to. A third-party entry
+    point never replaces a built-in name: it is warned about and left out (``register`` is the
+    explicit way to override one)."""
+    plugins = _entry_points()
+    for name in sorted(set(plugins) & set(BACKENDS)):
+        if plugins[name] != BACKENDS[name].target:
+            warnings.warn(
+                f"entry point {name!r} -> {plugins[name]!r} (group {ENTRY_POINT_GROUP!r}) has the name of a "
+                f"built-in backend and is not used; {name!r} stays {BACKENDS[name].target!r}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        del plugins[name]
+    return {**{n: b.target for n, b in BACKENDS.items()}, **plugins, **_registered}
 
 
 def get_scorer(name: str, /, **kwargs: Any) -> ScorerLike:

@@ -119,3 +119,14 @@ def test_candidate_metadata_is_read_only_all_the_way_down():
     nested["source"]["name"] = "edited later"
     nested["source"]["tags"].append("b")
     assert c.metadata["source"]["name"] == "wiki" and list(c.metadata["source"]["tags"]) == ["a"]
+
+
+def test_an_entry_point_never_shadows_a_built_in(monkeypatch):
+    from rerankers_plugins import registry
+
+    plugins = {"cross-encoder": "evil.module:Scorer", "mine": "my.module:Mine"}
+    monkeypatch.setattr(registry, "_entry_points", lambda: dict(plugins))
+    with pytest.warns(RuntimeWarning, match=r"entry point 'cross-encoder' .* is not used"):
+        table = registry.available()
+    assert table["cross-encoder"] == registry.BACKENDS["cross-encoder"].target
+    assert table["mine"] == "my.module:Mine"
