@@ -79,7 +79,9 @@ class BaseScorer:
     """
 
     name: str = "scorer"
-    scale: ScoreScale = ScoreScale.LOGIT
+    #: every scorer declares its own (a subclass that does not is refused when it is wrapped:
+    #: a silent default scale would make thresholds mean the wrong thing)
+    scale: ScoreScale
     #: True for scorers whose state is a loaded model (modules, tensors, tokenizers, locks): a
     #: pickled or deep-copied one is rebuilt from its constructor arguments, so the copy reloads
     #: the model from its files. Others copy their state as any object does.
@@ -118,7 +120,8 @@ class BaseScorer:
         return await asyncio.to_thread(self.score, query, texts)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, scale={self.scale.value})"
+        scale = getattr(self, "scale", None)
+        return f"{type(self).__name__}(name={self.name!r}, scale={getattr(scale, 'value', scale)})"
 
 
 def _rebuild(cls: type[BaseScorer], args: tuple[Any, ...], kwargs: dict[str, Any]) -> BaseScorer:

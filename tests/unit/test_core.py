@@ -130,3 +130,16 @@ def test_an_entry_point_never_shadows_a_built_in(monkeypatch):
         table = registry.available()
     assert table["cross-encoder"] == registry.BACKENDS["cross-encoder"].target
     assert table["mine"] == "my.module:Mine"
+
+
+def test_a_scorer_that_declares_no_scale_is_refused():
+    from rerankers_plugins import BaseScorer, ConfigError, rerank
+
+    class NoScale(BaseScorer):
+        name = "mine"
+
+        def score(self, query, texts):
+            return [0.5] * len(texts)
+
+    with pytest.raises(ConfigError, match="'mine' declares no `scale`"):
+        rerank("q", ["a", "b"], NoScale())
