@@ -10,7 +10,9 @@
 ``server.faults`` is a queue of actions, one consumed per request: ``("status", code, headers)``,
 ``("hang", seconds)``, ``("malformed",)``, ``("drop_index_key",)``, ``("duplicate",)``,
 ``("top", k)`` (answer only the best k), ``("text", answer)`` (chat: answer this instead),
-``("trickle", seconds)`` (send the answer one byte every ``seconds``), ``("score", value)`` (every
+``("trickle", seconds)`` (send the answer one byte every ``seconds``; ``("trickle", seconds, for_s)``:
+for ``for_s`` seconds, then the rest at once, so that a client which stopped waiting is soon done
+reading), ``("score", value)`` (every
 result's score is ``value``: ``7.5``, ``"0.5"``, ``float("inf")``...), ``("empty",)`` (no results).
 """
 
@@ -126,8 +128,13 @@ class LocalJSONServer:
         h.send_header("Content-Type", "application/json")
         h.send_header("Content-Length", str(len(payload)))
         h.end_headers()
+        stop = time.monotonic() + (fault[2] if len(fault) > 2 else math.inf)
         try:
             for i in range(len(payload)):
+                if time.monotonic() >= stop:
+                    h.wfile.write(payload[i:])
+                    h.wfile.flush()
+                    break
                 h.wfile.write(payload[i : i + 1])
                 h.wfile.flush()
                 time.sleep(fault[1])

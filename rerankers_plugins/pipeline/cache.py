@@ -55,6 +55,10 @@ class CachedScorer(BaseScorer):
     call) and async-safe (misses go through the wrapped scorer's async path). ``hits`` /
     ``misses`` count pairs. ``on_error`` is the wrapped scorer's: a failure is never cached.
     ``timeout``: seconds to wait for another process's lock on the store before degrading.
+
+    Pickles and deep-copies (alone or inside a strategy or an adapter) as its settings, the wrapped
+    scorer, the file path and the in-memory entries; the copy opens its own connection to the same
+    file, so both share what either stores there.
     """
 
     def __init__(
@@ -81,20 +85,52 @@ class CachedScorer(BaseScorer):
         self.hits = 0
         self.misses = 0
         self._memory: OrderedDict[str, float] = OrderedDict()
-        self._lock = threading.Lock()
-        self._db: sqlite3.Connection | None = None
+        self.timeout = float(timeout)
         self.path = None if path is None else Path(path).expanduser()
-        if self.path is not None:
-            try:
-                self._db = sqlite3.connect(
-                    str(self.path), timeout=timeout, check_same_thread=False, isolation_level=None
-                )
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute(
-                    "CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, score REAL NOT NULL)"
-                )
-            except sqlite3.Error as exc:
-                self._degrade(exc)
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = self._open()
+
+    def _open(self) -> sqlite3.Connection | None:
+        """The SQLite store at ``path`` (None without one, or when it cannot be opened: memory only).
+
+        One connection per cache, used from any thread (``check_same_thread=False``), every use
+        under the lock; other processes (and copies of this cache) open connections of their own.
+        """
+        if self.path is None:
+            return None
+        db = None
+        try:
+            db = sqlite3.connect(
+                str(self.path), timeout=self.timeout, check_same_thread=False, isolation_level=None
+            )
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, score REAL NOT NULL)")
+        except sqlite3.Error as exc:
+            self._db = db
+            self._degrade(exc)
+            return None
+        return db
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Settings, the wrapped scorer, the file path and the in-memory entries; the lock and the
+        SQLite connection belong to one object and are made again on the copy (which opens its
+        own connection to the same file)."""
+        with self._lock:
+            state = {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_db")}
+            state["_memory"] = OrderedDict(self._memory)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._db = self._open()
+
+    def close(self) -> None:
+        """Close the SQLite connection (memory only from now on)."""
+        with self._lock:
+            db, self._db = self._db, None
+        if db is not None:
+            db.close()
 
     def fingerprint(self) -> Mapping[str, Any]:
         return self.identity["settings"]  # type: ignore[no-any-return]

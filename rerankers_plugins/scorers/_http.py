@@ -2,10 +2,16 @@
 
 Retries: exponential backoff with full jitter on 429, 5xx, timeouts and connection errors,
 honouring ``Retry-After`` when the server sends one (a ``nan`` or unparsable value is ignored);
-other 4xx and malformed answers are not retried. An optional total ``deadline`` per call bounds
-connect, read, retries and waits together; sibling requests of a failed call are cancelled. What a backend raises after the last attempt is a :class:`BackendError`; with
-``on_error="keep_order"`` :func:`rerankers_plugins.rerank` then returns every candidate in its
-original order, marked in ``details``, and logs a warning.
+other 4xx and malformed answers are not retried. A total ``deadline`` per call bounds connect,
+read, retries and waits together, whatever the client (an injected SDK client included); without
+one, :func:`resolve_deadline` gives ``DEFAULT_DEADLINE_FACTOR`` times the per-request timeout.
+Sibling requests of a failed call are cancelled. What a backend raises after the last attempt is
+a :class:`BackendError`; with ``on_error="keep_order"`` :func:`rerankers_plugins.rerank` then
+returns every candidate in its original order, marked in ``details``, and logs a warning.
+
+Thread safety: one scorer may serve any number of threads and event loops at once. Each loop gets
+its own client (:class:`LoopLocal`, whose table is guarded by a lock); a blocking SDK call runs in
+a worker thread (:func:`in_thread`) so that its caller can stop waiting at the deadline.
 """
 
 from __future__ import annotations
@@ -13,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import email.utils
 import logging
 import math
 import random
 import re
+import threading
 import time
 import urllib.parse
 import weakref
@@ -29,6 +37,7 @@ from rerankers_plugins._secret import Secret
 from rerankers_plugins.errors import BackendError, ConfigError
 
 __all__ = [
+    "DEFAULT_DEADLINE_FACTOR",
     "DeadlineExceeded",
     "LoopLocal",
     "OnError",
@@ -39,12 +48,15 @@ __all__ = [
     "check_on_error",
     "gather_cancelling",
     "hide_in_http_logs",
+    "in_thread",
     "merge_indexed",
     "parse_retry_after",
     "redact",
+    "resolve_deadline",
     "run_sync",
     "split_query",
     "url_secrets",
+    "wait_until",
 ]
 
 logger = logging.getLogger(__name__)
@@ -70,32 +82,47 @@ class LoopLocal(Generic[_T]):
     ``make() -> (resource, aclose)``. It is closed when its loop shuts down (``asyncio.run``
     returning), when this object is collected, or by :meth:`aclose`; a later loop gets a fresh
     one. Loops are weak keys: a finished loop is never kept alive by its entry.
+
+    Thread-safe: a scorer shared by a thread pool sees one loop per thread (each sync call runs
+    its own ``asyncio.run``), and every thread reads, adds and prunes entries of the one table, so
+    each of those steps holds a lock (never across an ``await``).
     """
 
     def __init__(self, make: Callable[[], tuple[_T, Callable[[], Awaitable[None]]]]) -> None:
         self._make = make
+        self._lock = threading.Lock()
         self._entries: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, tuple[_T, AsyncGenerator[None, None]]
         ] = weakref.WeakKeyDictionary()
 
     async def get(self) -> _T:
         loop = asyncio.get_running_loop()
-        for gone in [other for other in self._entries if other.is_closed()]:
-            del self._entries[gone]  # its resource was closed with it; the entry kept the loop alive
-        entry = self._entries.get(loop)
-        if entry is None:
-            value, aclose = self._make()
-            keeper = _keeper(aclose)
-            await keeper.asend(None)  # runs to the yield at once: no other task can interleave
-            entry = (value, keeper)
-            self._entries[loop] = entry
-        return entry[0]
+        with self._lock:
+            for gone in [other for other in list(self._entries) if other.is_closed()]:
+                # its resource was closed with it; the entry kept the loop alive
+                self._entries.pop(gone, None)
+            entry = self._entries.get(loop)
+            if entry is not None:
+                return entry[0]
+        # only tasks of this loop (this thread) can add this loop's entry, and none runs until the
+        # keeper's first step below has returned: no lock is needed to make it
+        value, aclose = self._make()
+        keeper = _keeper(aclose)
+        await keeper.asend(None)  # runs to the yield at once: no other task can interleave
+        with self._lock:
+            self._entries[loop] = (value, keeper)
+        return value
 
     async def aclose(self) -> None:
         """Close the running loop's resource now (the next use makes a new one)."""
-        entry = self._entries.pop(asyncio.get_running_loop(), None)
+        with self._lock:
+            entry = self._entries.pop(asyncio.get_running_loop(), None)
         if entry is not None:
             await entry[1].aclose()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
 
 
 class TransientError(BackendError):
@@ -202,12 +229,66 @@ class DeadlineExceeded(BackendError):
 
 
 def check_deadline(deadline: Any) -> float | None:
-    """``deadline`` as positive seconds, or None (no total bound)."""
+    """``deadline`` as positive seconds, or None (not given)."""
     if deadline is None:
         return None
     if isinstance(deadline, bool) or not isinstance(deadline, int | float) or not 0 < deadline < math.inf:
         raise ConfigError(f"deadline must be a positive number of seconds or None, got {deadline!r}")
     return float(deadline)
+
+
+#: Without ``deadline=``, a call may take this many times the per-request ``timeout``. A
+#: ``timeout`` bounds each socket operation, not the call: a server that trickles its answer (a
+#: byte now and then) or a string of timeouts and retries holds a call far longer. Four timeouts
+#: leave room for the default four attempts when each of them is cut by its timeout, so the bound
+#: never ends a call that the retry policy would have let succeed on a healthy but slow server,
+#: and it follows the one number a user already tuned to the server (120 s with the default
+#: ``timeout=30``, 4 s with ``timeout=1``).
+DEFAULT_DEADLINE_FACTOR = 4.0
+
+
+def resolve_deadline(deadline: Any, timeout: float) -> float:
+    """The total seconds one call may take: ``deadline`` when given, else
+    ``DEFAULT_DEADLINE_FACTOR * timeout``."""
+    checked = check_deadline(deadline)
+    return checked if checked is not None else DEFAULT_DEADLINE_FACTOR * timeout
+
+
+def in_thread(fn: Callable[[], _T], name: str = "rerankers-plugins-sdk") -> concurrent.futures.Future[_T]:
+    """Start ``fn()`` in a daemon thread of its own; its future holds the result or the error.
+
+    For blocking SDK calls (an injected ``cohere.ClientV2``) that no deadline of ours can
+    interrupt: the caller waits on the future only until its deadline (:func:`wait_until`, or
+    ``asyncio.wrap_future`` under ``asyncio.timeout``), then returns. The thread, abandoned, ends
+    when the SDK's own per-request timeout does; being a daemon, it never holds up the interpreter's
+    exit (a pool's threads are joined at exit, and ``asyncio.run`` joins its default executor's).
+    """
+    future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+    context = contextvars.copy_context()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            result = context.run(fn)
+        except BaseException as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
+
+
+def wait_until(future: concurrent.futures.Future[_T], end: float, who: str) -> _T:
+    """``future.result()``, waiting no later than the ``time.monotonic()`` ``end``; past it
+    :class:`DeadlineExceeded` (the work itself is left to finish on its own)."""
+    try:
+        return future.result(timeout=max(end - time.monotonic(), 0.0))
+    except concurrent.futures.TimeoutError as exc:
+        if future.done():  # the call itself raised a TimeoutError, just in time
+            raise
+        raise DeadlineExceeded(f"{who}: no answer within the deadline") from exc
 
 
 @contextlib.asynccontextmanager

@@ -14,6 +14,7 @@ leaves the prompt out of the mean.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -114,6 +115,11 @@ class BiEncoderScorer(BaseScorer):
         self._model.eval()
         self.max_length = int(self._model.max_seq_length or 512)
         self._tokenizer = self._model.tokenizer
+        # a fast tokenizer's truncation / padding settings are one mutable object that each call
+        # with other settings rewrites: concurrent calls are cut at another call's length (or
+        # raise "Already borrowed"), so tokenizer calls hold this lock
+        # (sentence-transformers tokenizes inside encode, so the encode calls hold it too)
+        self._tokenizer_lock = threading.RLock()
         prompts = dict(getattr(self._model, "prompts", None) or {})
         self.query_prompt = query_prompt if query_prompt is not None else str(prompts.get("query") or "")
         self.document_prompt = document_prompt if document_prompt is not None else _document_prompt(prompts)
@@ -128,31 +134,34 @@ class BiEncoderScorer(BaseScorer):
 
     def _check_lengths(self, texts: Sequence[str], prompt: str) -> None:
         texts = [prompt + t for t in texts] if prompt else texts
-        lengths = self._truncation.lengths(self._tokenizer, texts, self.max_length)
+        with self._tokenizer_lock:
+            lengths = self._truncation.lengths(self._tokenizer, texts, self.max_length)
         self._truncation.check(sum(n + 2 > self.max_length for n in lengths), len(lengths), self.max_length)
 
     def embed_documents(self, texts: Sequence[str]) -> Any:
         """L2-normalised float32 embeddings, one row per text (``[n, dim]`` tensor)."""
         self._check_lengths(texts, self.document_prompt)
-        emb = self._model.encode_document(
-            list(texts),
-            prompt=self.document_prompt,
-            batch_size=self.batch_size,
-            convert_to_tensor=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
+        with self._tokenizer_lock:
+            emb = self._model.encode_document(
+                list(texts),
+                prompt=self.document_prompt,
+                batch_size=self.batch_size,
+                convert_to_tensor=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
         return emb.float()
 
     def embed_query(self, query: str) -> Any:
         """L2-normalised float32 query embedding (``[dim]`` tensor)."""
-        emb = self._model.encode_query(
-            [query],
-            prompt=self.query_prompt,
-            convert_to_tensor=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
+        with self._tokenizer_lock:
+            emb = self._model.encode_query(
+                [query],
+                prompt=self.query_prompt,
+                convert_to_tensor=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
         return emb.float()[0]
 
     def fingerprint(self) -> Mapping[str, Any]:

@@ -4,7 +4,9 @@ Candidate lists larger than the per-request limit are split into several request
 ``index``. The API key comes from the argument or ``COHERE_API_KEY`` and is held as a
 :class:`~rerankers_plugins._secret.Secret`: it never appears in reprs, logs or exception messages.
 Retries follow the shared policy (429, 5xx, timeouts, connection errors; ``Retry-After`` honoured);
-the SDK's own retries are turned off so that the two do not multiply.
+the SDK's own retries are turned off so that the two do not multiply. One deadline bounds every
+call, whichever client makes it: an injected sync client's requests run in a worker thread that the
+call stops waiting for at the deadline.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import asyncio
 import contextlib
 import logging
 import math
+import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -26,16 +30,18 @@ from rerankers_plugins.scorers._http import (
     RetryPolicy,
     TransientError,
     bounded,
-    check_deadline,
     check_on_error,
     gather_cancelling,
     hide_in_http_logs,
+    in_thread,
     merge_indexed,
     parse_retry_after,
     redact,
+    resolve_deadline,
     run_sync,
     split_query,
     url_secrets,
+    wait_until,
 )
 from rerankers_plugins.scorers.base import BaseScorer
 from rerankers_plugins.types import ScoreScale
@@ -53,21 +59,32 @@ class CohereScorer(BaseScorer):
     Args:
         model: Cohere rerank model, e.g. ``"rerank-v3.5"``.
         api_key: the key, or None to read ``COHERE_API_KEY`` (not needed when ``client`` is given).
-        client: an injected ``cohere.ClientV2`` (tests, proxies, custom httpx clients).
-        async_client: an injected ``cohere.AsyncClientV2`` for :meth:`ascore`; built on demand otherwise.
+        client: an injected ``cohere.ClientV2`` (tests, proxies, custom httpx clients). It serves
+            the sync methods, and :meth:`ascore` too when no ``async_client`` is given (in a worker
+            thread, so the event loop is never blocked).
+        async_client: an injected ``cohere.AsyncClientV2`` for :meth:`ascore`. An async client
+            belongs to the event loop it first runs on (its connections cannot cross loops): calls
+            from any other loop, and sync calls without ``client``, use ``client`` when given and
+            fail with a ``BackendError`` otherwise. Without injected clients one is built per loop.
         base_url: a Cohere-compatible endpoint (a proxy, a private deployment).
-        timeout: seconds per request operation.
-        deadline: total seconds one call may take (requests, retries, waits, all chunks); past it
-            ``DeadlineExceeded`` (a ``BackendError``). With an injected sync ``client`` it is checked
-            between attempts and caps each request's timeout. None: no total bound.
+        timeout: seconds per request operation (connect, each read, write): it does not bound a
+            call, since a server that trickles its answer never lets a read time out.
+        deadline: total seconds one call may take (requests, retries, waits, all chunks), whatever
+            the client, injected ones included; past it ``DeadlineExceeded`` (a ``BackendError``,
+            so ``on_error="keep_order"`` falls back). None (default): ``4 * timeout``
+            (``DEFAULT_DEADLINE_FACTOR``: room for the default four attempts, each cut by its
+            timeout; 120 s with the default timeout). An injected sync client's request runs in a
+            worker thread that the call stops waiting for at the deadline; that thread ends when
+            the SDK's request timeout (capped at the time left) does.
         max_tokens_per_doc: documents are truncated server-side to this many tokens.
         max_documents_per_request: split larger candidate lists into several requests.
         max_concurrency: requests of one async call in flight at once.
         retry, on_error: see :class:`~rerankers_plugins.RemoteScorer`.
 
     Without an injected ``client`` the sync methods run the async path (``asyncio.run``: one
-    deadline, cancellation of sibling chunks). Each event loop gets
-    its own async client. Credentials in ``base_url`` are redacted everywhere they would show.
+    deadline, cancellation of sibling chunks). Each event loop gets its own async client: one
+    scorer serves any number of threads and event loops at once. Credentials in ``base_url`` are
+    redacted everywhere they would show.
     Pickling keeps the settings, not the key (re-read from ``COHERE_API_KEY``); a scorer with
     injected clients cannot be pickled.
     """
@@ -107,7 +124,7 @@ class CohereScorer(BaseScorer):
         hide_in_http_logs(self._secrets)
         self.base_url = redact(base_url, self._secrets) if base_url else None
         self.timeout = float(timeout)
-        self.deadline = check_deadline(deadline)
+        self.deadline = resolve_deadline(deadline, self.timeout)
         self.max_tokens_per_doc = max_tokens_per_doc
         self.max_documents_per_request = max_documents_per_request
         if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
@@ -115,15 +132,17 @@ class CohereScorer(BaseScorer):
         self.max_concurrency = max_concurrency
         self.retry = retry or RetryPolicy()
         self.on_error = check_on_error(on_error)
-        needs_key = client is None or async_client is None
         self._key = secret_from(
-            api_key, "COHERE_API_KEY", required=needs_key and client is None, who="CohereScorer"
+            api_key, "COHERE_API_KEY", required=client is None and async_client is None, who="CohereScorer"
         )
         self._key_from_env = api_key is None
         if self._key is not None:
             self._secrets.append(self._key)
         self._client = client
         self._async_client = async_client
+        # the event loop the injected async client runs on (the first one to use it)
+        self._async_loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
+        self._async_loop_lock = threading.Lock()
         self._async_clients: LoopLocal[Any] = LoopLocal(self._new_async)
 
     def __copy__(self) -> CohereScorer:
@@ -174,12 +193,35 @@ class CohereScorer(BaseScorer):
         pool = httpx.AsyncClient(timeout=self.timeout, params=params)
         return self._cohere.AsyncClientV2(**self._client_kwargs(), httpx_client=pool), pool.aclose
 
-    async def _async(self) -> Any:
-        """The injected async client, else one per running event loop (an SDK client cannot cross
-        loops: a second ``asyncio.run`` gets its own), closed when its loop shuts down."""
+    def _owns_async_client(self) -> bool:
+        """Whether the running loop is the injected async client's (the first loop to use it)."""
+        loop = asyncio.get_running_loop()
+        with self._async_loop_lock:
+            if self._async_loop is None:  # bound once: after its loop ends, no loop owns it
+                self._async_loop = weakref.ref(loop)
+            return self._async_loop() is loop
+
+    async def _rerank_call(self) -> Callable[..., Awaitable[Any]]:
+        """The async ``rerank(**kw)`` this loop uses: the injected async client on its own loop;
+        else the injected sync client in a worker thread (awaited, so the deadline applies);
+        else one SDK client per running event loop (an SDK client cannot cross loops: a second
+        ``asyncio.run`` gets its own), closed when its loop shuts down."""
+        if self._async_client is not None and self._owns_async_client():
+            return self._async_client.rerank  # type: ignore[no-any-return]
+        client = self._client
+        if client is not None:
+
+            async def threaded(**kw: Any) -> Any:
+                return await asyncio.wrap_future(in_thread(lambda: client.rerank(**kw)))
+
+            return threaded
         if self._async_client is not None:
-            return self._async_client
-        return await self._async_clients.get()
+            raise BackendError(
+                f"{self.name}: the injected async_client runs on another event loop, and an async "
+                "client cannot cross loops; inject client= (a cohere.ClientV2) too for the other "
+                "loops and for sync calls, or build the scorer from base_url= / api_key="
+            )
+        return (await self._async_clients.get()).rerank  # type: ignore[no-any-return]
 
     def _request(self, query: str, docs: Sequence[str], end: float | None = None) -> dict[str, Any]:
         timeout = self.timeout if end is None else max(min(self.timeout, end - time.monotonic()), 0.001)
@@ -196,6 +238,8 @@ class CohereScorer(BaseScorer):
 
     def _translate(self, exc: Exception) -> BackendError:
         """SDK and transport errors -> TransientError (retried) or BackendError; the key is never included."""
+        if isinstance(exc, BackendError):  # ours already (a deadline, a foreign loop)
+            return exc
         api_error = self._cohere.core.api_error.ApiError
         if isinstance(exc, api_error):
             status = exc.status_code or 0
@@ -245,14 +289,15 @@ class CohereScorer(BaseScorer):
         if self._client is None:
             scores: list[float] = run_sync(self.ascore(query, texts))
             return scores
-        client = self._client  # injected sync client: deadline checked between attempts
-        end = None if self.deadline is None else time.monotonic() + self.deadline
+        client = self._client  # injected sync client: each request in a worker thread
+        end = time.monotonic() + self.deadline
         out: list[float] = []
         for chunk in self._chunks(texts):
 
             def once(chunk: Sequence[str] = chunk) -> list[float]:
+                request = self._request(query, chunk, end)
                 with self._sdk_errors():
-                    response = client.rerank(**self._request(query, chunk, end))
+                    response = wait_until(in_thread(lambda: client.rerank(**request)), end, self.name)
                 return self._merge(response, len(chunk))
 
             out.extend(self.retry.call(once, end=end, who=self.name))
@@ -261,20 +306,22 @@ class CohereScorer(BaseScorer):
     async def ascore(self, query: str, texts: Sequence[str]) -> list[float]:
         if not texts:
             return []
-        client = await self._async()
         bound = asyncio.Semaphore(self.max_concurrency)
 
-        async def one(chunk: Sequence[str], end: float | None) -> list[float]:
+        async def one(
+            rerank: Callable[..., Awaitable[Any]], chunk: Sequence[str], end: float | None
+        ) -> list[float]:
             async def once() -> list[float]:
                 async with bound:
                     with self._sdk_errors():
-                        response = await client.rerank(**self._request(query, chunk, end))
+                        response = await rerank(**self._request(query, chunk, end))
                 return self._merge(response, len(chunk))
 
             return await self.retry.acall(once, end=end, who=self.name)
 
         async with bounded(self.deadline, self.name) as end:
-            parts = await gather_cancelling([one(c, end) for c in self._chunks(texts)])
+            rerank = await self._rerank_call()
+            parts = await gather_cancelling([one(rerank, c, end) for c in self._chunks(texts)])
         return [s for part in parts for s in part]
 
 

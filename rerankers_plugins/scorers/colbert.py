@@ -436,8 +436,7 @@ class DocumentEmbeddingCache:
             if path.is_file():
                 np = require("numpy", "colbert")
                 torch = require("torch", "colbert")
-                item = torch.from_numpy(np.load(path))
-                self._remember(key, item)
+                item = self._remember(key, torch.from_numpy(np.load(path)))
                 with self._lock:
                     self.hits += 1
                 return item
@@ -461,8 +460,7 @@ class DocumentEmbeddingCache:
                 except BaseException:
                     Path(tmp).unlink(missing_ok=True)
                     raise
-        self._remember(key, item)
-        return item
+        return self._remember(key, item)
 
     def fetch(self, texts: Sequence[str], encode: Callable[[list[str]], list[Any]]) -> list[Any]:
         """The stored vectors of each text (one per text, in order), encoding the missing ones once
@@ -491,16 +489,21 @@ class DocumentEmbeddingCache:
             encoded += len(todo)
         return encoded
 
-    def _remember(self, key: str, item: Any) -> None:
+    def _remember(self, key: str, item: Any) -> Any:
+        """Store ``item`` unless ``key`` is stored already (another thread encoded it too); returns
+        the stored one, so every caller scores the same array."""
         size = int(item.numel() * item.element_size())
         with self._lock:
             if key in self._items:
-                return
+                stored = self._items[key]
+                self._items.move_to_end(key)
+                return stored
             self._items[key] = item
             self._bytes += size
             while self._bytes > self.max_bytes and len(self._items) > 1:
                 _, old = self._items.popitem(last=False)
                 self._bytes -= int(old.numel() * old.element_size())
+        return item
 
     def __len__(self) -> int:
         return len(self._items)
@@ -603,6 +606,10 @@ class ColBERTScorer(BaseScorer):
             return root, tok, enc
 
         root, self._tokenizer, encoder = load_model("ColBERT", model, load, cls="ColBERTScorer")
+        # a fast tokenizer's truncation / padding settings are one mutable object that each call
+        # with other settings rewrites: concurrent calls are cut at another call's length (or
+        # raise "Already borrowed"), so tokenizer calls hold this lock
+        self._tokenizer_lock = threading.RLock()
         self.layout: Layout = layout or detect_layout(root)
         if self.layout == "colbert":
             spec = _colbert_spec(root, self._tokenizer)
@@ -673,10 +680,11 @@ class ColBERTScorer(BaseScorer):
         inserted right after the first special token (PyLate's ``insert_prefix_token``; colbert-ai
         tokenizes ``". " + text`` and overwrites position 1, the same sequence)."""
         tok = self._tokenizer
-        template = list(tok("", add_special_tokens=True)["input_ids"])  # e.g. [CLS] [SEP]
+        with self._tokenizer_lock:
+            template = list(tok("", add_special_tokens=True)["input_ids"])  # e.g. [CLS] [SEP]
+            room = max(limit - len(template) - len(marker), 1)
+            raw = report.token_ids(tok, texts, room)  # capped at room + 1: tells who is truncated
         head, tail = template[:1], template[1:]
-        room = max(limit - len(template) - len(marker), 1)
-        raw = report.token_ids(tok, texts, room)  # capped at room + 1: tells who is truncated
         report.check(sum(len(ids) > room for ids in raw), len(raw), limit)
         return [head + marker + ids[:room] + tail for ids in raw]
 

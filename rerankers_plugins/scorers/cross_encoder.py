@@ -30,6 +30,7 @@ import inspect
 import json
 import logging
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -252,6 +253,11 @@ class CrossEncoderScorer(BaseScorer):
         self._format: PromptFormat | None = None
         self._causal: CausalLogits | None = None
         self._onnx: OnnxCrossEncoder | None = None
+        # A fast tokenizer keeps its truncation / padding settings in one mutable Rust object that
+        # each call with other settings rewrites: calls from several threads at once tokenize with
+        # another call's settings (or raise "Already borrowed"). Tokenizer calls hold this lock;
+        # the forward passes do not.
+        self._tokenizer_lock = threading.RLock()
         if self.prompt_format is not None:
             self._load_prompted_causal(path, local, max_length, loading)
         else:
@@ -436,13 +442,14 @@ class CrossEncoderScorer(BaseScorer):
         """Tokenize every (query, text) pair once, truncated to the window the way
         sentence-transformers does it (``longest_first``): the token ids per pair, and how many
         pairs were cut."""
-        enc = self._tokenizer(
-            [query] * len(texts),
-            list(texts),
-            truncation="longest_first",
-            max_length=self.max_length,
-            return_attention_mask=False,
-        )
+        with self._tokenizer_lock:
+            enc = self._tokenizer(
+                [query] * len(texts),
+                list(texts),
+                truncation="longest_first",
+                max_length=self.max_length,
+                return_attention_mask=False,
+            )
         names = [n for n in self._inputs if n != "attention_mask" and n in enc]
         rows = [{n: enc[n][i] for n in names} for i in range(len(texts))]
         encodings = getattr(enc, "encodings", None)
@@ -454,7 +461,8 @@ class CrossEncoderScorer(BaseScorer):
 
     def _full_pair_lengths(self, query: str, texts: Sequence[str]) -> list[int]:
         """Token length of each pair before truncation (capped one past the window per text)."""
-        lengths = self._truncation.lengths(self._tokenizer, [query, *texts], self.max_length)
+        with self._tokenizer_lock:
+            lengths = self._truncation.lengths(self._tokenizer, [query, *texts], self.max_length)
         return [lengths[0] + d + self._n_special for d in lengths[1:]]
 
     def pair_lengths(self, query: str, texts: Sequence[str]) -> list[int]:
@@ -529,7 +537,8 @@ class CrossEncoderScorer(BaseScorer):
         out: list[float] = []
         with torch.inference_mode():
             for batch in batches:
-                features = self._model.preprocess([(query, texts[i]) for i in batch], prompt=self._prompt)
+                with self._tokenizer_lock:
+                    features = self._model.preprocess([(query, texts[i]) for i in batch], prompt=self._prompt)
                 features = {
                     k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()
                 }
@@ -540,7 +549,8 @@ class CrossEncoderScorer(BaseScorer):
         """Token rows of a sentence-transformers causal reranker, as its preprocess makes them
         (chat template, prompt, truncation), without their padding."""
         self._batches(query, texts)  # the truncation warning
-        features = self._model.preprocess([(query, t) for t in texts], prompt=self._prompt)
+        with self._tokenizer_lock:
+            features = self._model.preprocess([(query, t) for t in texts], prompt=self._prompt)
         ids, mask = features["input_ids"], features["attention_mask"]
         return [
             [int(t) for t, m in zip(row, keep, strict=True) if m]
@@ -551,11 +561,12 @@ class CrossEncoderScorer(BaseScorer):
         """Token rows in the model card's prompt format; warns once when a pair is cut."""
         fmt = self._format
         assert fmt is not None
-        rows = [fmt.build(self._tokenizer, query, t, self.instruction, self.max_length) for t in texts]
-        if not self._truncation.warned:
-            whole = [fmt.build(self._tokenizer, query, t, self.instruction, 1 << 30) for t in texts]
-            over = sum(len(w) > len(r) for w, r in zip(whole, rows, strict=True))
-            self._truncation.check(over, len(rows), self.max_length)
+        with self._tokenizer_lock:
+            rows = [fmt.build(self._tokenizer, query, t, self.instruction, self.max_length) for t in texts]
+            if not self._truncation.warned:
+                whole = [fmt.build(self._tokenizer, query, t, self.instruction, 1 << 30) for t in texts]
+                over = sum(len(w) > len(r) for w, r in zip(whole, rows, strict=True))
+                self._truncation.check(over, len(rows), self.max_length)
         return rows
 
     def score(self, query: str, texts: Sequence[str]) -> list[float]:

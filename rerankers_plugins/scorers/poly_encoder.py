@@ -28,6 +28,7 @@ import functools
 import hashlib
 import json
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -265,6 +266,10 @@ class PolyEncoderScorer(BaseScorer):
             load_poly_encoder(root)  # raises the ConfigError that says what the directory lacks
         self._module = module.to(self.device, dtype=self.dtype).eval()
         self._tokenizer = module.tokenizer
+        # a fast tokenizer's truncation / padding settings are one mutable object that each call
+        # with other settings rewrites: concurrent calls are cut at another call's length (or
+        # raise "Already borrowed"), so tokenizer calls hold this lock
+        self._tokenizer_lock = threading.Lock()
         self.codes = int(module.codes.shape[0])
         limit = int(getattr(module.encoder.config, "max_position_embeddings", 512) or 512)
         self.query_length = min(query_length, limit)
@@ -296,7 +301,9 @@ class PolyEncoderScorer(BaseScorer):
 
     def encode_query(self, query: str) -> Any:
         """``[H]`` float32 query vector."""
-        ids, mask = pad_right(tokenize(self._tokenizer, [query], self.query_length), self._pad)
+        with self._tokenizer_lock:
+            rows = tokenize(self._tokenizer, [query], self.query_length)
+        ids, mask = pad_right(rows, self._pad)
         with self._torch.inference_mode():
             vec = self._module.query_vectors(ids.to(self.device), mask.to(self.device))
         return vec[0].float()
@@ -305,7 +312,8 @@ class PolyEncoderScorer(BaseScorer):
         """``[m, H]`` float32 codes for each text (no cache involved)."""
         if not texts:
             return []
-        rows = tokenize(self._tokenizer, texts, self.doc_length + 1)
+        with self._tokenizer_lock:
+            rows = tokenize(self._tokenizer, texts, self.doc_length + 1)
         over = sum(len(r) > self.doc_length for r in rows)
         self._doc_truncation.check(over, len(rows), self.doc_length)
         rows = [r if len(r) <= self.doc_length else r[: self.doc_length - 1] + r[-1:] for r in rows]

@@ -29,13 +29,13 @@ from rerankers_plugins.scorers._http import (
     RetryPolicy,
     TransientError,
     bounded,
-    check_deadline,
     check_on_error,
     gather_cancelling,
     hide_in_http_logs,
     merge_indexed,
     parse_retry_after,
     redact,
+    resolve_deadline,
     run_sync,
     split_query,
     url_secrets,
@@ -62,11 +62,13 @@ class RemoteScorer(BaseScorer):
             v1 body at ``/rerank`` (``protocol="v1", path="/rerank"``).
         model: model name sent with ``v1`` requests (vLLM and Infinity serve several).
         api_key: sent as ``Authorization: Bearer ...``; default from ``RERANK_API_KEY``. Never logged.
-        timeout: seconds per request operation (connect, read, write, each).
+        timeout: seconds per request operation (connect, read, write, each). It does not bound a
+            call: a server that trickles its answer never lets a read time out.
         deadline: total seconds one ``score`` / ``ascore`` call may take, everything included
             (connect, read, retries, back-off, all batches); past it the call raises
             ``DeadlineExceeded`` (a ``BackendError``, so ``on_error="keep_order"`` falls back).
-            None (default): no total bound beyond ``timeout`` and ``retry``.
+            None (default): ``4 * timeout`` (``DEFAULT_DEADLINE_FACTOR``: room for the default
+            four attempts, each cut by its timeout; 120 s with the default ``timeout=30``).
         batch_size: documents per request (TEI's default ``--max-client-batch-size`` is 32).
         max_concurrency: requests in flight at once from this scorer, and the connection pool size.
         retry: a :class:`~rerankers_plugins.scorers._http.RetryPolicy`.
@@ -76,7 +78,8 @@ class RemoteScorer(BaseScorer):
 
     Batches of one call run concurrently; when one fails for good, its siblings are cancelled.
     The sync methods run the async path (``asyncio.run``), so both share deadline and cancellation;
-    connections are pooled per event loop (a sync call opens its own). Pickling keeps the settings, not the key: an unpickled
+    connections are pooled per event loop (a sync call opens its own). One scorer serves any number
+    of threads and event loops at once. Pickling keeps the settings, not the key: an unpickled
     scorer reads ``RERANK_API_KEY`` again (a ``base_url`` holding credentials cannot be pickled).
     """
 
@@ -116,7 +119,7 @@ class RemoteScorer(BaseScorer):
         self.protocol = protocol
         self.model = model
         self.timeout = float(timeout)
-        self.deadline = check_deadline(deadline)
+        self.deadline = resolve_deadline(deadline, self.timeout)
         self.batch_size = batch_size
         self.max_concurrency = max_concurrency
         self.retry = retry or RetryPolicy()

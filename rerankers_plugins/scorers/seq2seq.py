@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -211,6 +212,7 @@ class Seq2SeqScorer(BaseScorer):
             ),
             cls="Seq2SeqScorer",
         )
+        self._tokenizer_lock = threading.RLock()  # see _encode
         missing = sorted(info.get("missing_keys") or [])
         if missing:
             # the decoder, or the LM head a checkpoint with tie_word_embeddings=false stores apart
@@ -295,10 +297,14 @@ class Seq2SeqScorer(BaseScorer):
         how many documents were cut."""
         before, between, after = self._fixed
         frame = len(self._head) + len(before) + len(between) + len(after) + len(self._tail)
-        # the query keeps at most max_query_length tokens and always leaves the document one
-        q = self._words(query)[: max(0, min(self.max_query_length, self.max_length - frame - 1))]
-        room = max(self.max_length - frame - len(q), 1)
-        docs = self._truncation.token_ids(self._tokenizer, texts, room)
+        # a fast tokenizer's truncation settings are one mutable object that each call with other
+        # settings rewrites: concurrent calls are cut at another call's length (or raise "Already
+        # borrowed"), so the tokenizer calls hold this lock
+        with self._tokenizer_lock:
+            # the query keeps at most max_query_length tokens and always leaves the document one
+            q = self._words(query)[: max(0, min(self.max_query_length, self.max_length - frame - 1))]
+            room = max(self.max_length - frame - len(q), 1)
+            docs = self._truncation.token_ids(self._tokenizer, texts, room)
         cut = sum(len(d) > room for d in docs)
         rows = []
         for d in docs:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
+import pickle
 import socket
+import threading
 import time
 
 import pytest
@@ -12,6 +15,8 @@ import pytest
 pytest.importorskip("httpx")
 pytest.importorskip("cohere")
 
+import cohere
+import httpx
 from local_servers import RerankServer, overlap
 
 from rerankers_plugins import (
@@ -23,7 +28,12 @@ from rerankers_plugins import (
     arerank,
     rerank,
 )
-from rerankers_plugins.scorers._http import RetryPolicy, parse_retry_after
+from rerankers_plugins.scorers._http import (
+    DEFAULT_DEADLINE_FACTOR,
+    DeadlineExceeded,
+    RetryPolicy,
+    parse_retry_after,
+)
 
 KEY = "sk-test-DO-NOT-LEAK-1234"
 DOCS = ["apple pie with cinnamon", "red apple", "banana bread", "red sports car", "green apple tree", "pear"]
@@ -327,3 +337,129 @@ async def test_keep_order_falls_back_inside_strategies(closed_port_url, kind, wr
     assert "on_error='keep_order'" in caplog.text
     if wrap != "cascade":
         assert all(s.details["fallback"] == "keep_order" and not s.details["reranked"] for s in sync)
+
+
+# -- one deadline for the whole call, whatever the client -------------------------------------------
+
+
+TRICKLE = ("trickle", 0.05, 1.5)  # a byte every 50 ms for 1.5 s: no read ever times out
+
+
+def finish_abandoned_calls() -> None:
+    """Join the worker threads of injected sync SDK calls that a deadline stopped waiting for
+    (each ends once the trickling server sends the rest), so their sockets are closed here."""
+    for thread in threading.enumerate():
+        if thread.name.startswith("rerankers-plugins-sdk"):
+            thread.join(timeout=30)
+
+
+@pytest.mark.parametrize(
+    "client", ["injected sync", "injected sync, async call", "injected async", "base_url"]
+)
+def test_deadline_bounds_cohere_whatever_the_client(server, client):
+    sync_pool, async_pool = httpx.Client(), httpx.AsyncClient()
+    kw: dict = {"deadline": 0.3, "timeout": 5.0, "retry": FAST}
+    if client.startswith("injected sync"):
+        kw["client"] = cohere.ClientV2(api_key=KEY, base_url=server.url, httpx_client=sync_pool)
+    elif client == "injected async":
+        kw["async_client"] = cohere.AsyncClientV2(api_key=KEY, base_url=server.url, httpx_client=async_pool)
+    else:
+        kw.update(api_key=KEY, base_url=server.url)
+    strict = CohereScorer(**kw)
+    fallback = CohereScorer(**kw, on_error="keep_order")
+    cands = [Candidate(d, id=str(i)) for i, d in enumerate(DOCS)]
+
+    async def on_one_loop():
+        try:
+            with pytest.raises(DeadlineExceeded):
+                await strict.ascore(QUERY, DOCS)
+            return await arerank(QUERY, cands, fallback)
+        finally:
+            await async_pool.aclose()
+
+    server.faults.extend([TRICKLE] * 2)
+    try:
+        if client == "injected sync":
+            with pytest.raises(DeadlineExceeded):
+                strict.score(QUERY, DOCS)
+            out = rerank(QUERY, cands, fallback)
+        else:
+            out = asyncio.run(on_one_loop())
+    finally:
+        finish_abandoned_calls()
+        sync_pool.close()
+    assert [s.id for s in out] == [c.id for c in cands]
+    assert all(s.details["fallback"] == "keep_order" for s in out)
+    assert "deadline" in out[0].details["error"]
+
+
+@pytest.mark.parametrize("kind", [*KINDS, "cohere injected"])
+def test_a_default_deadline_bounds_every_call(server, kind):
+    """No ``deadline=``: the call is still bounded (DEFAULT_DEADLINE_FACTOR times the timeout),
+    though a trickling server never lets one read reach the timeout."""
+    pool = httpx.Client()
+    if kind == "cohere injected":
+        client = cohere.ClientV2(api_key=KEY, base_url=server.url, httpx_client=pool)
+        scorer = CohereScorer(client=client, timeout=0.2, retry=FAST)
+    else:
+        scorer = make(kind, server.url, timeout=0.2)
+    assert scorer.deadline == DEFAULT_DEADLINE_FACTOR * 0.2
+    server.faults.append(("trickle", 0.05, 3.0))
+    try:
+        with pytest.raises(DeadlineExceeded):
+            scorer.score(QUERY, DOCS)
+    finally:
+        finish_abandoned_calls()
+        pool.close()
+    assert make(kind.split()[0], server.url).deadline == DEFAULT_DEADLINE_FACTOR * 30.0
+    assert make(kind.split()[0], server.url, deadline=7.0).deadline == 7.0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_tiny_timeout_raises_deadline_exceeded(server, kind):
+    scorer = make(
+        kind, server.url, timeout=0.001, retry=RetryPolicy(attempts=50, initial=0.001, max_wait=0.001)
+    )
+    with pytest.raises(DeadlineExceeded):
+        scorer.score(QUERY, DOCS)
+
+
+# -- copies of a cache --------------------------------------------------------------------------------
+
+
+def test_cached_scorer_pickles_and_deep_copies_onto_the_same_file(server, tmp_path, monkeypatch):
+    from langchain_core.documents import Document
+
+    from rerankers_plugins import CachedScorer, Threshold
+    from rerankers_plugins.integrations.langchain import RerankCompressor
+
+    monkeypatch.setenv("RERANK_API_KEY", KEY)  # a copy of a RemoteScorer reads its key again
+    cached = CachedScorer(RemoteScorer(server.url, retry=FAST), path=tmp_path / "scores.sqlite")
+    first = cached.score(QUERY, DOCS)
+    copies = [pickle.loads(pickle.dumps(cached)), copy.deepcopy(cached), copy.copy(cached)]
+    for other in copies:
+        assert other is not cached and other._lock is not cached._lock and other._db is not cached._db
+        assert (other.path, other.max_entries, other.timeout) == (
+            cached.path,
+            cached.max_entries,
+            cached.timeout,
+        )
+        assert other.identity == cached.identity and other.score(QUERY, DOCS) == first
+    sent, misses = len(server.requests), [c.misses for c in copies]
+    later = ["a red apple added later", "pear and apple"]
+    cached.score(QUERY, later)  # stored by the original after the copies were made
+    assert [c.score(QUERY, later) for c in copies] == [[overlap(QUERY, d) for d in later]] * 3
+    assert len(server.requests) == sent + 1  # the copies found them in the shared file
+    assert [c.misses for c in copies] == misses  # hits, every one
+
+    for holder in (
+        Threshold(cached, absolute=0.4),
+        RerankCompressor(scorer=cached, top_n=2),
+    ):
+        for again in (pickle.loads(pickle.dumps(holder)), copy.deepcopy(holder)):
+            if isinstance(again, RerankCompressor):
+                docs = [Document(page_content=d) for d in DOCS]
+                assert [d.page_content for d in again.compress_documents(docs, QUERY)] == expected_order()[:2]
+            else:
+                assert [s.text for s in rerank(QUERY, DOCS, again, top_n=2)] == expected_order()[:2]
+    assert len(server.requests) == sent + 1  # every copy scored from the file
