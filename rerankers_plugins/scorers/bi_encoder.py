@@ -123,7 +123,7 @@ class BiEncoderScorer(BaseScorer):
         prompts = dict(getattr(self._model, "prompts", None) or {})
         self.query_prompt = query_prompt if query_prompt is not None else str(prompts.get("query") or "")
         self.document_prompt = document_prompt if document_prompt is not None else _document_prompt(prompts)
-        self._truncation = TruncationReport(f"BiEncoderScorer({model!r})")
+        self._truncation = TruncationReport(f"BiEncoderScorer({self.model_id!r})")
 
     def __repr__(self) -> str:
         return (

@@ -633,9 +633,9 @@ class ColBERTScorer(BaseScorer):
             cache_dtype = "float32" if self.dtype == self._torch.float32 else "float16"
         self.cache_dtype: CacheDType = cache_dtype
         self._special_ids = frozenset(int(i) for i in self._tokenizer.all_special_ids)
-        self._doc_truncation = TruncationReport(f"ColBERTScorer({model!r}) documents")
+        self._doc_truncation = TruncationReport(f"ColBERTScorer({self.model_id!r}) documents")
         self._query_truncation = TruncationReport(
-            f"ColBERTScorer({model!r}) queries", hint="Raise query_length to read longer queries."
+            f"ColBERTScorer({self.model_id!r}) queries", hint="Raise query_length to read longer queries."
         )
         model_key = hashlib.sha256(
             json.dumps(

