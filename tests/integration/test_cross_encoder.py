@@ -214,6 +214,11 @@ def test_each_call_tokenizes_its_pairs_once(tiny_ce_dir, passages):
     np.testing.assert_allclose(scores, scorer.score(QUERY, passages), atol=1e-6)
 
 
-def test_warmup_changes_nothing_but_when_the_cost_is_paid(tiny_ce_dir, tiny_ce, passages):
+def test_warmup_changes_nothing_but_when_the_cost_is_paid(tiny_ce_dir, tiny_ce, passages, caplog):
     cold = CrossEncoderScorer(str(tiny_ce_dir), dtype="float32", warmup=False)
     np.testing.assert_allclose(cold.score(QUERY, passages), tiny_ce.score(QUERY, passages), atol=1e-6)
+    # the warm-up pair does not use up the once-per-scorer truncation warning
+    warm = CrossEncoderScorer(str(tiny_ce_dir), dtype="float32", warmup=True, max_length=16)
+    with caplog.at_level(logging.WARNING):
+        warm.score(QUERY, [" ".join(["cat"] * 40)])
+    assert "truncated" in caplog.text

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -52,10 +51,9 @@ def test_embedding_model_refused_as_cross_encoder(tiny_bi_dir):
 )
 def test_unreachable_hub_id_fails_at_once_in_the_callers_syntax(build, example, caplog):
     assert os.environ["HF_HUB_OFFLINE"] == "1"  # set by conftest: the Hub is never reached in tests
-    t0 = time.monotonic()
     with pytest.raises(BackendError) as info:
         build("some-org/not-cached-model")
-    assert time.monotonic() - t0 < 5  # no retries against the network
+    assert "HF_HUB_OFFLINE=1 is set" in str(info.value)  # refused before any request or retry
     message = str(info.value)
     assert example in message and "hf download some-org/not-cached-model" in message
     assert "retry" not in caplog.text.lower()

@@ -289,7 +289,10 @@ def test_detail_keys_that_shadow_arguments_are_kept():
             )
 
     out = rerank("q", ["a"], Detailed())
-    assert out[0].score == 0.5  # the entry's own score; a backend's detail named "score" is overridden by it
+    assert out[0].score == 0.5
+    # a backend's detail named like one of ours is overridden by ours; every other detail is kept
+    assert out[0].details["score"] == 0.5 and out[0].details["details"] == 1
+    assert out[0].details["model"] == "detailed" and out[0].details["original_rank"] == 0
 
 
 def test_non_finite_retrieval_scores_are_refused():
