@@ -1,0 +1,34 @@
+"""LLM rerankers: listwise (RankGPT, sliding windows), pointwise (yes/no or grade) and pairwise.
+
+* :mod:`.base`: the one LLM interface (:class:`LLM`, :func:`as_llm`), the rerankers' shared base
+  and the prompt helpers; the package imports no framework (the LangChain and LlamaIndex wrappers
+  live in :mod:`rerankers_plugins.integrations._chat`);
+* :mod:`.listwise`: :class:`LLMListwiseScorer`, one sliding-window loop for sync and async;
+* :mod:`.pointwise`: :class:`LLMPointwiseScorer`;
+* :mod:`.pairwise`: :class:`LLMPairwiseScorer`.
+
+LLM output is untrusted: rankings go through :mod:`rerankers_plugins.ops.permutation`, grades and
+yes/no answers through parsers with a defined fallback, and no answer can drop or duplicate a
+candidate. Passages are data in the prompt; a passage that says "rank me first" can at most move
+itself, never remove another.
+"""
+
+from __future__ import annotations
+
+from rerankers_plugins.scorers.llm.base import LLM, Message, Reply, as_llm, text_of, truncate_words
+from rerankers_plugins.scorers.llm.listwise import LISTWISE_SYSTEM as LISTWISE_SYSTEM
+from rerankers_plugins.scorers.llm.listwise import LLMListwiseScorer
+from rerankers_plugins.scorers.llm.pairwise import LLMPairwiseScorer
+from rerankers_plugins.scorers.llm.pointwise import LLMPointwiseScorer
+
+__all__ = [
+    "LLM",
+    "LLMListwiseScorer",
+    "LLMPairwiseScorer",
+    "LLMPointwiseScorer",
+    "Message",
+    "Reply",
+    "as_llm",
+    "text_of",
+    "truncate_words",
+]

@@ -1,0 +1,117 @@
+"""Pairwise LLM reranking: comparisons for the top k, both orders to cancel position bias."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from rerankers_plugins.errors import ConfigError
+from rerankers_plugins.scorers.base import ScoreResult
+from rerankers_plugins.scorers.llm.base import LLMBase, Message, clean, truncate_words
+from rerankers_plugins.types import ScoreScale
+
+__all__ = ["LLMPairwiseScorer"]
+
+logger = logging.getLogger(__name__)
+
+_CHOICE = re.compile(r"\b(?:passage\s*)?([AB])\b")
+
+
+class LLMPairwiseScorer(LLMBase):
+    """Pairwise comparisons for the top ``top_k`` (scale RANK_ONLY).
+
+    Finding the best k of n by comparisons needs O(n log k) of them with a heap (``heapq.nsmallest``
+    over a comparison key), not the n² of all pairs. With ``both_orders`` each comparison is asked
+    twice with the passages swapped, to cancel the model's position bias; when the two answers
+    disagree the passage that came first in the input wins (a tie keeps the input order). The
+    candidates outside the top k follow in their input order. ``details["llm_calls"]`` reports the
+    cost.
+    """
+
+    scale = ScoreScale.RANK_ONLY
+
+    def __init__(
+        self,
+        llm: Any,
+        *,
+        top_k: int = 10,
+        both_orders: bool = True,
+        max_words: int = 300,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(llm, max_words=max_words, max_concurrency=1, name=name)
+        if top_k < 1:
+            raise ConfigError(f"top_k must be >= 1, got {top_k}")
+        self.top_k = top_k
+        self.both_orders = both_orders
+
+    def messages(self, query: str, a: str, b: str) -> list[Message]:
+        return [
+            {"role": "system", "content": "You compare two passages for relevance to a search query."},
+            {
+                "role": "user",
+                "content": (
+                    f"Query: {clean(query)}\n\nPassage A: {truncate_words(clean(a), self.max_words)}\n\n"
+                    f"Passage B: {truncate_words(clean(b), self.max_words)}\n\n"
+                    "Which passage is more relevant to the query? Answer with A or B only."
+                ),
+            },
+        ]
+
+    @staticmethod
+    def choice(text: str) -> str | None:
+        """``"A"``, ``"B"`` or None from an answer (the first standalone A or B)."""
+        m = _CHOICE.search(text.strip())
+        return m.group(1) if m else None
+
+    def rank_details(self, query: str, texts: Sequence[str]) -> ScoreResult:
+        import heapq
+
+        calls = 0
+        unparsed = 0
+        memo: dict[tuple[int, int], bool] = {}
+
+        def ask(a: int, b: int) -> str | None:
+            nonlocal calls, unparsed
+            calls += 1
+            c = self.choice(self._call(self.messages(query, texts[a], texts[b])).text)
+            if c is None:
+                unparsed += 1
+            return c
+
+        def better(a: int, b: int) -> bool:
+            """True when a is judged more relevant than b (ties: the earlier one)."""
+            key = (min(a, b), max(a, b))
+            if key not in memo:
+                lo, hi = key
+                first = ask(lo, hi)
+                votes = {"lo": 0, "hi": 0}
+                if first is not None:
+                    votes["lo" if first == "A" else "hi"] += 1
+                if self.both_orders:
+                    second = ask(hi, lo)
+                    if second is not None:
+                        votes["hi" if second == "A" else "lo"] += 1
+                memo[key] = votes["lo"] >= votes["hi"]  # True: lo wins (ties go to the earlier one)
+            lo_wins = memo[key]
+            return lo_wins if a < b else not lo_wins
+
+        def cmp(a: int, b: int) -> int:
+            return -1 if better(a, b) else 1
+
+        k = min(self.top_k, len(texts))
+        top = heapq.nsmallest(k, range(len(texts)), key=functools.cmp_to_key(cmp))
+        chosen = set(top)
+        order = top + [i for i in range(len(texts)) if i not in chosen]
+        logger.info("%s: %d LLM calls for top %d of %d", self.name, calls, k, len(texts))
+        return ScoreResult(values=order, info={"llm_calls": calls, "unparsed": unparsed, "top_k": k})
+
+    async def arank_details(self, query: str, texts: Sequence[str]) -> ScoreResult:
+        return await asyncio.to_thread(self.rank_details, query, texts)
+
+    def rank(self, query: str, texts: Sequence[str]) -> list[int]:
+        return list(self.rank_details(query, texts).values)

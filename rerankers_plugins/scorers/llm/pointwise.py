@@ -1,0 +1,153 @@
+"""Pointwise LLM reranking: each passage judged alone (yes/no, or a 0-10 grade), with bounded
+concurrency. Answers are untrusted: they go through parsers with a defined fallback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from rerankers_plugins.errors import ConfigError
+from rerankers_plugins.scorers.base import ScoreResult
+from rerankers_plugins.scorers.llm.base import LLMBase, Message, Reply, clean, truncate_words
+from rerankers_plugins.types import ScoreScale
+
+__all__ = ["LLMPointwiseScorer"]
+
+logger = logging.getLogger(__name__)
+
+_YES = re.compile(r"^\W*(yes|relevant|true)\b", re.IGNORECASE)
+_NO = re.compile(r"^\W*(no|not relevant|irrelevant|false)\b", re.IGNORECASE)
+_GRADE = re.compile(r"(?<![\d.])(10|[0-9])(?:\s*/\s*10)?(?![\d])")
+
+
+def _logprob(value: Any) -> float:
+    """A log-probability as a float; NaN, non-numbers and +inf count as impossible (-inf)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) or value > 0:
+        return -math.inf
+    return float(value)
+
+
+class LLMPointwiseScorer(LLMBase):
+    """Each passage judged alone, with bounded concurrency.
+
+    ``mode="yes_no"`` (scale PROBABILITY): P(yes) from the first token's log-probabilities where the
+    model returns them (``P = e^yes / (e^yes + e^no)``), else 1.0 for a yes answer and 0.0 for no.
+    ``mode="grade"`` (scale RELEVANCE): a 0-10 grade, divided by 10. An answer that parses as
+    neither gets ``unparsable_score`` (default 0.0), ``details["parsed"] = False`` and a warning.
+    """
+
+    def __init__(
+        self,
+        llm: Any,
+        *,
+        mode: Literal["yes_no", "grade"] = "yes_no",
+        max_words: int = 300,
+        max_concurrency: int = 8,
+        unparsable_score: float = 0.0,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(llm, max_words=max_words, max_concurrency=max_concurrency, name=name)
+        if mode not in ("yes_no", "grade"):
+            raise ConfigError(f"mode must be 'yes_no' or 'grade', got {mode!r}")
+        if not 0.0 <= unparsable_score <= 1.0:
+            raise ConfigError(f"unparsable_score must be in 0..1, got {unparsable_score}")
+        self.mode = mode
+        self.unparsable_score = unparsable_score
+        self.scale = ScoreScale.PROBABILITY if mode == "yes_no" else ScoreScale.RELEVANCE
+
+    def fingerprint(self) -> Mapping[str, Any]:
+        """What changes a judgement, for cache keys: the LLM, the prompt mode and truncation."""
+        return {
+            "llm": self.llm.name,
+            "mode": self.mode,
+            "max_words": self.max_words,
+            "unparsable_score": self.unparsable_score,
+        }
+
+    def messages(self, query: str, passage: str) -> list[Message]:
+        ask = (
+            "Is the passage relevant to the query? Answer with Yes or No only."
+            if self.mode == "yes_no"
+            else "How relevant is the passage to the query, from 0 (not at all) to 10 (perfectly)? Answer with the number only."
+        )
+        return [
+            {"role": "system", "content": "You judge whether a passage is relevant to a search query."},
+            {
+                "role": "user",
+                "content": f"Query: {clean(query)}\n\nPassage: {truncate_words(clean(passage), self.max_words)}\n\n{ask}",
+            },
+        ]
+
+    def judge(self, reply: Reply) -> tuple[float, dict[str, Any]]:
+        """Score and details for one answer."""
+        if self.mode == "yes_no":
+            lps = reply.first_token_logprobs or {}
+            yes = [_logprob(v) for t, v in lps.items() if t.strip().lower() == "yes"]
+            no = [_logprob(v) for t, v in lps.items() if t.strip().lower() == "no"]
+            if yes or no:
+                ly = max(yes, default=-math.inf)
+                ln = max(no, default=-math.inf)
+                top = max(ly, ln)
+                if top == -math.inf:  # NaN / -inf for both answers: no probability to read
+                    logger.warning(
+                        "%s: unusable log-probabilities %s; scored %.2f",
+                        self.name,
+                        lps,
+                        self.unparsable_score,
+                    )
+                    return self.unparsable_score, {"answer": reply.text[:40], "parsed": False}
+                p = math.exp(ly - top) / (math.exp(ly - top) + math.exp(ln - top))
+                return p, {"answer": reply.text[:40], "parsed": True, "source": "logprobs"}
+            if _YES.search(reply.text):
+                return 1.0, {"answer": reply.text[:40], "parsed": True, "source": "text"}
+            if _NO.search(reply.text):
+                return 0.0, {"answer": reply.text[:40], "parsed": True, "source": "text"}
+        else:
+            m = _GRADE.search(reply.text)
+            if m:
+                return int(m.group(1)) / 10.0, {"answer": reply.text[:40], "parsed": True, "source": "text"}
+        logger.warning(
+            "%s: unparsable answer %r; scored %.2f", self.name, reply.text[:80], self.unparsable_score
+        )
+        return self.unparsable_score, {"answer": reply.text[:40], "parsed": False}
+
+    def _result(self, replies: list[Reply]) -> ScoreResult:
+        judged = [self.judge(r) for r in replies]
+        unparsed = sum(not d["parsed"] for _, d in judged)
+        return ScoreResult(
+            values=[s for s, _ in judged],
+            info={"llm_calls": len(replies), "unparsed": unparsed},
+            per_item=[d for _, d in judged],
+        )
+
+    def score_details(self, query: str, texts: Sequence[str]) -> ScoreResult:
+        if self.max_concurrency == 1 or len(texts) < 2:
+            return self._result([self._call(self.messages(query, t)) for t in texts])
+        import contextvars
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(t: str) -> Reply:
+            return self._call(self.messages(query, t))
+
+        # each worker runs in a copy of the caller's context: a framework's run context (LangChain's
+        # callbacks and tracing) reaches the model calls made on the workers
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(texts))) as pool:
+            futures = [pool.submit(contextvars.copy_context().run, one, t) for t in texts]
+            replies = [f.result() for f in futures]
+        return self._result(replies)
+
+    async def ascore_details(self, query: str, texts: Sequence[str]) -> ScoreResult:
+        bound = asyncio.Semaphore(self.max_concurrency)
+
+        async def one(t: str) -> Reply:
+            async with bound:
+                return await self._acall(self.messages(query, t))
+
+        return self._result(list(await asyncio.gather(*(one(t) for t in texts))))
+
+    def score(self, query: str, texts: Sequence[str]) -> list[float]:
+        return list(self.score_details(query, texts).values)
