@@ -25,7 +25,6 @@ writes one from any BERT-like encoder.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import threading
@@ -47,8 +46,8 @@ from rerankers_plugins.scorers._hf import (
     resolve_max_batch_tokens,
     resolve_model,
 )
+from rerankers_plugins.scorers._vectors import DocumentEmbeddingCache, model_key
 from rerankers_plugins.scorers.base import BaseScorer
-from rerankers_plugins.scorers.colbert import DocumentEmbeddingCache
 from rerankers_plugins.types import ScoreScale
 
 __all__ = [
@@ -277,9 +276,8 @@ class PolyEncoderScorer(BaseScorer):
         self._pad = int(self._tokenizer.pad_token_id or 0)
         self._doc_truncation = TruncationReport(f"PolyEncoderScorer({self.model_id!r}) documents")
         self._files = files_digest(str(root))
-        key = json.dumps([str(root.resolve()), self._files, self.doc_length, str(self.dtype)])
         self.cache = DocumentEmbeddingCache(
-            "poly-" + hashlib.sha256(key.encode()).hexdigest()[:16],
+            model_key(root, self.doc_length, str(self.dtype), prefix="poly-"),
             max_bytes=cache_bytes,
             directory=cache_dir,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -173,6 +174,24 @@ def test_disk_cache_is_shared_across_processes(colbert_dir, tmp_path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["misses"] == 0 and result["index"] == 0
     assert result["scores"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_disk_cache_never_serves_a_checkpoint_retrained_in_place(tmp_path):
+    """New weights under the same file names: the disk cache must not hand back the old vectors."""
+    path = build_colbert(tmp_path / "model", seed=0)
+    cache = tmp_path / "cache"
+    first = ColBERTScorer(str(path), dtype="float32", cache_dir=cache)
+    stale, before = first.score(QUERY, DOCS), first.fingerprint()
+    retrained = build_colbert(tmp_path / "retrained", seed=1)
+    shutil.copyfile(retrained / "model.safetensors", path / "model.safetensors")  # in place
+    cached = ColBERTScorer(str(path), dtype="float32", cache_dir=cache)
+    scores = cached.score(QUERY, DOCS)
+    fresh = ColBERTScorer(str(path), dtype="float32").score(QUERY, DOCS)
+    assert scores != pytest.approx(stale, abs=1e-4)
+    assert scores == pytest.approx(fresh, abs=1e-6)
+    assert cached.cache.misses == len(DOCS)  # encoded again, not read from the old entries
+    # and a score cache keyed by the fingerprint (CachedScorer) sees another model
+    assert cached.fingerprint() != before
 
 
 def test_unwritable_cache_dir_fails_cleanly(colbert_dir, tmp_path):

@@ -1,0 +1,195 @@
+"""The document-vector cache of the scorers that encode documents without the query (ColBERT,
+poly-encoder): in memory, and optionally on disk, keyed by the checkpoint's weights digest and the
+settings that change the stored vectors, so a checkpoint retrained in place never gets the old ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from rerankers_plugins._optional import require
+from rerankers_plugins.errors import ConfigError
+
+__all__ = ["CacheDType", "DocumentEmbeddingCache", "model_key", "weights_digest"]
+
+logger = logging.getLogger(__name__)
+
+CacheDType = Literal["float16", "float32"]
+
+
+def weights_digest(root: Path) -> str:
+    """A short digest of every file of the checkpoint in ``root``, module folders included
+    (relative path, size and modification time of each; hidden entries skipped): new weights
+    written under the same file names, in the root or in a ``1_Dense/`` folder, change it."""
+    digest = hashlib.sha256()
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(f for f in files if not f.startswith(".")):
+            path = Path(folder) / name
+            try:
+                stat = path.stat()
+            except OSError:  # a dangling link: nothing a loader reads
+                continue
+            digest.update(f"{path.relative_to(root).as_posix()}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
+
+
+def model_key(root: Path, *settings: Any, prefix: str = "") -> str:
+    """The :class:`DocumentEmbeddingCache` key of a checkpoint: its resolved path, its
+    :func:`weights_digest` and the (JSON-serialisable) settings that change the stored vectors."""
+    identity = json.dumps([str(root.resolve()), weights_digest(root), *settings])
+    return prefix + hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+class DocumentEmbeddingCache:
+    """Document token vectors keyed by the hash of their text, for one model.
+
+    In memory: an LRU bounded by ``max_bytes``. On disk (optional): one ``.npy`` file per document
+    under ``directory/<model key>/``, written atomically (temporary file, then rename), so another
+    process opening the same directory sees complete arrays or none. Vectors are stored as
+    ``dtype`` (``"float16"``: half the memory and disk, MaxSim sums move by about 1e-3;
+    ``"float32"``: exactly the encoder's vectors) and scored in float32.
+    """
+
+    def __init__(
+        self,
+        model_key: str,
+        *,
+        max_bytes: int = 512 * 2**20,
+        directory: str | Path | None = None,
+        dtype: CacheDType = "float16",
+    ) -> None:
+        if dtype not in ("float16", "float32"):
+            raise ConfigError(f"cache dtype must be 'float16' or 'float32', got {dtype!r}")
+        self.model_key = model_key
+        self.max_bytes = max_bytes
+        self.dtype: CacheDType = dtype
+        self._items: OrderedDict[str, Any] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+        self.directory: Path | None = None
+        if directory is not None:
+            self.directory = self._open(Path(directory).expanduser() / model_key)
+
+    @staticmethod
+    def _open(path: Path) -> Path:
+        created = [p for p in (path.parent, path) if not p.exists()]
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
+                pass
+        except OSError as exc:
+            for p in reversed(created):
+                try:
+                    p.rmdir()
+                except OSError:
+                    logger.debug("could not remove %s after a failed cache set-up", p)
+            raise ConfigError(f"document cache directory {path} is not writable: {exc}") from exc
+        return path
+
+    @staticmethod
+    def key(text: str) -> str:
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def _path(self, key: str) -> Path:
+        assert self.directory is not None
+        return self.directory / key[:2] / f"{key}.npy"
+
+    def get(self, key: str) -> Any | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return item
+        if self.directory is not None:
+            path = self._path(key)
+            if path.is_file():
+                np = require("numpy", "colbert")
+                torch = require("torch", "colbert")
+                item = self._remember(key, torch.from_numpy(np.load(path)))
+                with self._lock:
+                    self.hits += 1
+                return item
+        with self._lock:
+            self.misses += 1
+        return None
+
+    def put(self, key: str, vectors: Any) -> Any:
+        """Store ``[n, dim]`` vectors (converted to the cache dtype on CPU); returns what was stored."""
+        item = vectors.detach().to("cpu", dtype=getattr(require("torch", "colbert"), self.dtype)).contiguous()
+        if self.directory is not None:
+            path = self._path(key)
+            if not path.is_file():
+                np = require("numpy", "colbert")
+                path.parent.mkdir(exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
+                try:
+                    with os.fdopen(fd, "wb") as f:
+                        np.save(f, item.numpy())
+                    os.replace(tmp, path)
+                except BaseException:
+                    Path(tmp).unlink(missing_ok=True)
+                    raise
+        return self._remember(key, item)
+
+    def fetch(self, texts: Sequence[str], encode: Callable[[list[str]], list[Any]]) -> list[Any]:
+        """The stored vectors of each text (one per text, in order), encoding the missing ones once
+        with ``encode`` and storing them: a fresh and a cached call return the same stored arrays."""
+        keys = [self.key(t) for t in texts]
+        found: dict[str, Any] = {}
+        for k in dict.fromkeys(keys):
+            v = self.get(k)
+            if v is not None:
+                found[k] = v
+        missing = {k: t for k, t in zip(keys, texts, strict=True) if k not in found}
+        if missing:
+            for k, vecs in zip(missing, encode(list(missing.values())), strict=True):
+                found[k] = self.put(k, vecs)
+        return [found[k] for k in keys]
+
+    def fill(self, texts: Sequence[str], encode: Callable[[list[str]], list[Any]], *, chunk: int) -> int:
+        """Encode and store every non-empty text not stored yet, ``chunk`` texts at a time (a
+        corpus of any size never sits in memory at once); returns how many were encoded."""
+        encoded = 0
+        unique = [t for t in dict.fromkeys(texts) if t.strip()]
+        for start in range(0, len(unique), chunk):
+            todo = [t for t in unique[start : start + chunk] if self.get(self.key(t)) is None]
+            for t, vecs in zip(todo, encode(todo), strict=True):
+                self.put(self.key(t), vecs)
+            encoded += len(todo)
+        return encoded
+
+    def _remember(self, key: str, item: Any) -> Any:
+        """Store ``item`` unless ``key`` is stored already (another thread encoded it too); returns
+        the stored one, so every caller scores the same array."""
+        size = int(item.numel() * item.element_size())
+        with self._lock:
+            if key in self._items:
+                stored = self._items[key]
+                self._items.move_to_end(key)
+                return stored
+            self._items[key] = item
+            self._bytes += size
+            while self._bytes > self.max_bytes and len(self._items) > 1:
+                _, old = self._items.popitem(last=False)
+                self._bytes -= int(old.numel() * old.element_size())
+        return item
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
