@@ -1,4 +1,4 @@
-"""Both adapters translate symmetrically, and every strategy example of the README runs unchanged
+"""Both adapters translate symmetrically, and every strategy example of docs/strategies.md runs unchanged
 in both (with a real tiny cross-encoder and bi-encoder)."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from rerankers_plugins.integrations import langchain as lc
 from rerankers_plugins.integrations import llama_index as li
 from rerankers_plugins.registry import BACKENDS
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+STRATEGIES_GUIDE = Path(__file__).resolve().parents[2] / "docs" / "strategies.md"
 QUERY = "red apple"
 ROWS = [
     ("The red apple fell from the tree.", 0.31, 0.9),
@@ -76,18 +76,18 @@ def run_both(scorer, **kw):
 
 
 def _strategy_block() -> str:
-    text = README.read_text(encoding="utf-8")
+    text = STRATEGIES_GUIDE.read_text(encoding="utf-8")
     section = text[text.index("## Strategies") :]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
 def readme_strategies(namespace: dict) -> list:
-    """Run the README's strategy block as printed; collect every scorer or strategy it builds."""
+    """Run the strategies guide's first block as printed; collect every scorer or strategy it builds."""
     built = []
     for node in ast.parse(_strategy_block()).body:
-        code = compile(ast.Module([node], type_ignores=[]), "README.md", "exec")
+        code = compile(ast.Module([node], type_ignores=[]), str(STRATEGIES_GUIDE), "exec")
         if isinstance(node, ast.Expr):
-            value = eval(compile(ast.Expression(node.value), "README.md", "eval"), namespace)
+            value = eval(compile(ast.Expression(node.value), str(STRATEGIES_GUIDE), "eval"), namespace)
             built.append(value)
         else:
             exec(code, namespace)
