@@ -13,7 +13,7 @@ import pickle
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_serializer, field_validator
 
 from rerankers_plugins._secret import Secret
 from rerankers_plugins.errors import ConfigError
@@ -40,6 +40,7 @@ __all__ = [
     "PolyEncoderFields",
     "RemoteFields",
     "Seq2SeqFields",
+    "SettingsSerialized",
     "build_scorer",
     "conveniences",
     "copy_metadata",
@@ -216,6 +217,35 @@ def rebuild_scorer(value: Any) -> Any:
             raise ConfigError(f"not a scorer description: {dict(value)!r}")
         return get_scorer(kind, **options)
     return value
+
+
+class SettingsSerialized(BaseModel):
+    """What both adapters serialize the same way: ``scorer`` written as its settings
+    (:func:`describe_scorer`) and read back from them; a scorer that cannot be described raises a
+    ConfigError naming it (not pydantic's wrapper of it)."""
+
+    @field_validator("scorer", mode="before", check_fields=False)
+    @classmethod
+    def _described(cls, value: Any) -> Any:
+        """A scorer description (what serialization writes) is rebuilt into the scorer."""
+        return rebuild_scorer(value)
+
+    @field_serializer("scorer", check_fields=False)
+    def _describe(self, scorer: Any) -> Any:
+        """Serialized as settings: the registry backend's name and options (no keys)."""
+        return describe_scorer(scorer)
+
+    def _check_describable(self) -> None:
+        if type(self).model_fields["scorer"].exclude is not True:
+            describe_scorer(getattr(self, "scorer"))  # noqa: B009 (declared by the adapter)
+
+    def model_dump(self, **kwargs: Any) -> dict[str, Any]:
+        self._check_describable()
+        return super().model_dump(**kwargs)
+
+    def model_dump_json(self, **kwargs: Any) -> str:
+        self._check_describable()
+        return super().model_dump_json(**kwargs)
 
 
 def conveniences(base: type[Any], module: str) -> dict[str, type[Any]]:

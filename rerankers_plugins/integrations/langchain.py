@@ -38,19 +38,18 @@ from langchain_core.callbacks import Callbacks
 from langchain_core.cross_encoders import BaseCrossEncoder
 from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_core.runnables.config import RunnableConfig, set_config_context
-from pydantic import ConfigDict, Field, PrivateAttr, field_serializer, field_validator
+from pydantic import ConfigDict, Field, PrivateAttr
 
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.integrations._options import (
     RETRIEVAL_SCORE_KEYS,
+    SettingsSerialized,
     build_scorer,
     conveniences,
     copy_metadata,
-    describe_scorer,
     peer_options,
     pickle_state,
     positional_model,
-    rebuild_scorer,
 )
 from rerankers_plugins.pipeline.ranking import ScorerLike, Strategy
 from rerankers_plugins.pipeline.rerank import arerank, check_options, rerank
@@ -84,7 +83,7 @@ def _wrap(scorer: Any) -> Any:
     return LangChainCrossEncoder(scorer) if isinstance(scorer, BaseCrossEncoder) else scorer
 
 
-class RerankCompressor(BaseDocumentCompressor):
+class RerankCompressor(SettingsSerialized, BaseDocumentCompressor):
     """Rerank retrieved documents with ``scorer`` and keep the best ``top_n`` (default 3, as
     LangChain's ``CrossEncoderReranker``; None keeps all).
 
@@ -109,27 +108,6 @@ class RerankCompressor(BaseDocumentCompressor):
         "number wins); None: documents carry no retrieval score.",
     )
     _strategy: Strategy = PrivateAttr()
-
-    @field_validator("scorer", mode="before")
-    @classmethod
-    def _described(cls, value: Any) -> Any:
-        """A scorer description (what serialization writes) is rebuilt into the scorer."""
-        return rebuild_scorer(value)
-
-    @field_serializer("scorer")
-    def _describe(self, scorer: Any) -> Any:
-        """Serialized as settings: the registry backend's name and options (no keys)."""
-        return describe_scorer(scorer)
-
-    def model_dump(self, **kwargs: Any) -> dict[str, Any]:
-        if type(self).model_fields["scorer"].exclude is not True:
-            describe_scorer(self.scorer)  # a ConfigError naming the scorer, not pydantic's wrapper
-        return super().model_dump(**kwargs)
-
-    def model_dump_json(self, **kwargs: Any) -> str:
-        if type(self).model_fields["scorer"].exclude is not True:
-            describe_scorer(self.scorer)
-        return super().model_dump_json(**kwargs)
 
     def __init__(self, **data: Any) -> None:
         data = peer_options(type(self), data)

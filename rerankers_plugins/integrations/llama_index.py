@@ -27,8 +27,6 @@ from llama_index.core.bridge.pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
-    field_serializer,
-    field_validator,
 )
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]
@@ -38,14 +36,13 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.integrations._options import (
+    SettingsSerialized,
     build_scorer,
     conveniences,
     copy_metadata,
-    describe_scorer,
     peer_options,
     pickle_state,
     positional_model,
-    rebuild_scorer,
 )
 from rerankers_plugins.pipeline.ranking import ScorerLike, Strategy
 from rerankers_plugins.pipeline.rerank import arerank, check_options, rerank
@@ -58,7 +55,7 @@ dispatcher = get_dispatcher(__name__)
 _DETAIL_KEYS = ("retrieval_score", "rerank")
 
 
-class RerankPostprocessor(BaseNodePostprocessor):
+class RerankPostprocessor(SettingsSerialized, BaseNodePostprocessor):
     """Rerank retrieved nodes with ``scorer`` and keep the best ``top_n`` (default 2, as
     LlamaIndex's ``SentenceTransformerRerank``; None keeps all).
 
@@ -89,27 +86,6 @@ class RerankPostprocessor(BaseNodePostprocessor):
         "(hidden from the LLM and embedder); False: node copies without them. Never the caller's nodes.",
     )
     _strategy: Strategy = PrivateAttr()
-
-    @field_validator("scorer", mode="before")
-    @classmethod
-    def _described(cls, value: Any) -> Any:
-        """A scorer description (what serialization writes) is rebuilt into the scorer."""
-        return rebuild_scorer(value)
-
-    @field_serializer("scorer")
-    def _describe(self, scorer: Any) -> Any:
-        """Serialized as settings: the registry backend's name and options (no keys)."""
-        return describe_scorer(scorer)
-
-    def model_dump(self, **kwargs: Any) -> dict[str, Any]:
-        if type(self).model_fields["scorer"].exclude is not True:
-            describe_scorer(self.scorer)  # a ConfigError naming the scorer, not pydantic's wrapper
-        return super().model_dump(**kwargs)
-
-    def model_dump_json(self, **kwargs: Any) -> str:
-        if type(self).model_fields["scorer"].exclude is not True:
-            describe_scorer(self.scorer)
-        return super().model_dump_json(**kwargs)
 
     def __init__(self, **data: Any) -> None:
         super().__init__(**peer_options(type(self), data))
