@@ -376,16 +376,28 @@ def url_secrets(url: str) -> list[Secret]:
 
 class _RedactSecrets(logging.Filter):
     """On the ``httpx`` logger (which logs every request URL at INFO): replaces the credentials our
-    scorers found in their base URLs by ``***`` before any handler sees the record."""
+    scorers found in their base URLs by ``***`` before any handler sees the record. Secrets are
+    held per owning scorer, weakly: a collected scorer's credentials are forgotten with it."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.secrets: set[Secret] = set()
+        self._owners: weakref.WeakKeyDictionary[object, tuple[Secret, ...]] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def add(self, owner: object, secrets: Sequence[Secret]) -> None:
+        with self._lock:
+            self._owners[owner] = tuple(secrets)
+
+    @property
+    def secrets(self) -> set[Secret]:
+        with self._lock:
+            return {s for held in self._owners.values() for s in held}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
+        secrets = self.secrets
+        if secrets:
             message = record.getMessage()
-            clean = redact(message, list(self.secrets))
+            clean = redact(message, list(secrets))
             if clean != message:
                 record.msg, record.args = clean, ()
         return True
@@ -395,9 +407,11 @@ _HTTPX_FILTER = _RedactSecrets()
 logging.getLogger("httpx").addFilter(_HTTPX_FILTER)
 
 
-def hide_in_http_logs(secrets: Sequence[Secret]) -> None:
-    """Redact ``secrets`` from what the HTTP client logs (URLs holding credentials)."""
-    _HTTPX_FILTER.secrets.update(secrets)
+def hide_in_http_logs(owner: object, secrets: Sequence[Secret]) -> None:
+    """Redact ``secrets`` from what the HTTP client logs (URLs holding credentials) for as long
+    as ``owner`` (the scorer whose URL holds them) lives."""
+    if secrets:
+        _HTTPX_FILTER.add(owner, secrets)
 
 
 def redact(text: str, secrets: Sequence[Secret]) -> str:

@@ -121,7 +121,7 @@ class CohereScorer(BaseScorer):
         self.name = f"cohere:{model}"
         self._url = Secret(base_url) if base_url else None  # may hold credentials: never shown
         self._secrets = url_secrets(base_url) if base_url else []
-        hide_in_http_logs(self._secrets)
+        hide_in_http_logs(self, self._secrets)
         self.base_url = redact(base_url, self._secrets) if base_url else None
         self.timeout = float(timeout)
         self.deadline = resolve_deadline(deadline, self.timeout)

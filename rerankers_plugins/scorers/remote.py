@@ -114,7 +114,7 @@ class RemoteScorer(BaseScorer):
         url = base_url.rstrip("/")
         self._url = Secret(url)  # may hold credentials: used for requests, never shown
         self._secrets = url_secrets(url)
-        hide_in_http_logs(self._secrets)
+        hide_in_http_logs(self, self._secrets)
         self.base_url = redact(url, self._secrets)
         self.protocol = protocol
         self.model = model

@@ -461,3 +461,21 @@ def test_cached_scorer_pickles_and_deep_copies_onto_the_same_file(server, tmp_pa
             else:
                 assert [s.text for s in rerank(QUERY, DOCS, again, top_n=2)] == expected_order()[:2]
     assert len(server.requests) == sent + 1  # every copy scored from the file
+
+
+def test_the_http_log_filter_forgets_a_scorers_credentials_with_it():
+    """The httpx log filter keeps a URL's credentials for as long as a scorer holding them lives,
+    not for the life of the process; a second scorer with the same URL keeps them hidden."""
+    import gc
+
+    from rerankers_plugins.scorers._http import _HTTPX_FILTER
+
+    url = "http://user:pw-forget-me-42@127.0.0.1:9/"
+    first, second = RemoteScorer(url), RemoteScorer(url)
+    assert "pw-forget-me-42" in {s.get_secret_value() for s in _HTTPX_FILTER.secrets}
+    del first
+    gc.collect()
+    assert "pw-forget-me-42" in {s.get_secret_value() for s in _HTTPX_FILTER.secrets}
+    del second
+    gc.collect()
+    assert "pw-forget-me-42" not in {s.get_secret_value() for s in _HTTPX_FILTER.secrets}
