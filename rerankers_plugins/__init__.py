@@ -3,7 +3,13 @@
 Importing this package needs no optional dependency; each backend asks for its extra when built.
 """
 
-from rerankers_plugins.errors import BackendError, ConfigError, MissingExtraError, RerankError
+from rerankers_plugins.errors import (
+    BackendError,
+    ConfigError,
+    DeadlineExceeded,
+    MissingExtraError,
+    RerankError,
+)
 from rerankers_plugins.pipeline import (
     CachedScorer,
     Calibrated,
@@ -28,6 +34,7 @@ from rerankers_plugins.pipeline import (
 )
 from rerankers_plugins.registry import get_scorer
 from rerankers_plugins.scorers._hf import packaged_model_path
+from rerankers_plugins.scorers._http import RetryPolicy
 from rerankers_plugins.scorers.base import BaseScorer, Ranker, Scorer
 from rerankers_plugins.scorers.bi_encoder import BiEncoderScorer
 from rerankers_plugins.scorers.cohere import CohereScorer
@@ -56,6 +63,7 @@ __all__ = [
     "ColBERTScorer",
     "ConfigError",
     "CrossEncoderScorer",
+    "DeadlineExceeded",
     "Entry",
     "Explained",
     "FakeScorer",
@@ -70,6 +78,7 @@ __all__ = [
     "Ranking",
     "RemoteScorer",
     "RerankError",
+    "RetryPolicy",
     "ScoreScale",
     "Scored",
     "Scorer",

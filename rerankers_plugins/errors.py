@@ -7,7 +7,8 @@ Hierarchy::
     ├── ConfigError(ValueError)          bad arguments or inputs: a threshold off the scorer's scale,
     │                                    top_n <= 0, an empty query, an unknown backend name, ...
     └── BackendError(RuntimeError)       a backend failed or misbehaved: a model that cannot be loaded,
-                                         a scorer returning the wrong number of scores or NaN
+        │                                a scorer returning the wrong number of scores or NaN
+        └── DeadlineExceeded             an API call's total deadline passed (retries and waits included)
 
 Catching ``RerankError`` catches all three; each also derives from the builtin a caller would
 naturally catch (``ImportError``, ``ValueError``, ``RuntimeError``).
@@ -15,7 +16,7 @@ naturally catch (``ImportError``, ``ValueError``, ``RuntimeError``).
 
 from __future__ import annotations
 
-__all__ = ["BackendError", "ConfigError", "MissingExtraError", "RerankError"]
+__all__ = ["BackendError", "ConfigError", "DeadlineExceeded", "MissingExtraError", "RerankError"]
 
 
 class RerankError(Exception):
@@ -40,3 +41,7 @@ class ConfigError(RerankError, ValueError):
 
 class BackendError(RerankError, RuntimeError):
     """A scoring backend failed to load or returned something unusable."""
+
+
+class DeadlineExceeded(BackendError):
+    """A call's total deadline (connect, read, retries and waits included) passed."""

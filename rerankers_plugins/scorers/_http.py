@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
 from rerankers_plugins._secret import Secret
-from rerankers_plugins.errors import BackendError, ConfigError
+from rerankers_plugins.errors import BackendError, ConfigError, DeadlineExceeded
 
 __all__ = [
     "DEFAULT_DEADLINE_FACTOR",
@@ -222,10 +222,6 @@ class RetryPolicy:
             except TransientError as exc:
                 await asyncio.sleep(self._next_wait(attempt, exc, end, who))
         raise AssertionError("unreachable")  # pragma: no cover
-
-
-class DeadlineExceeded(BackendError):
-    """A call's total deadline (connect, read, retries and waits included) passed."""
 
 
 def check_deadline(deadline: Any) -> float | None:

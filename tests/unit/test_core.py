@@ -153,3 +153,11 @@ def test_a_scorer_that_declares_no_scale_is_refused():
 
     with pytest.raises(ConfigError, match="'mine' declares no `scale`"):
         rerank("q", ["a", "b"], NoScale())
+
+
+def test_public_exceptions_live_in_errors_and_at_the_top():
+    from rerankers_plugins import errors
+
+    assert rerankers_plugins.DeadlineExceeded is errors.DeadlineExceeded
+    assert issubclass(errors.DeadlineExceeded, errors.BackendError)
+    assert rerankers_plugins.RetryPolicy(attempts=2).attempts == 2
