@@ -64,7 +64,9 @@ class PromptFormat:
     false_word: str | None
     default_instruction: str | None
     default_max_length: int
-    build: Callable[[Any, str, str, str | None, int], list[int]]
+    #: ``build(tokenizer, query, docs, instruction, max_length)``: one token row per document; the
+    #: template's fixed pieces and the query are tokenized once per call
+    build: Callable[[Any, str, Sequence[str], str | None, int], list[list[int]]]
     source: str
     #: how the reference finds the answer tokens: ``"vocab"`` (``convert_tokens_to_ids(word)``) or
     #: ``"text"`` (the first id of ``tokenizer(word, add_special_tokens=False)``)
@@ -92,24 +94,21 @@ _QWEN3_PREFIX = (
 _QWEN3_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 
 
-def _qwen3(tokenizer: Any, query: str, doc: str, instruction: str | None, max_length: int) -> list[int]:
+def _qwen3(
+    tokenizer: Any, query: str, docs: Sequence[str], instruction: str | None, max_length: int
+) -> list[list[int]]:
     # Qwen/Qwen3-Reranker-0.6B model card (transformers usage): prefix and suffix tokenized apart,
     # the formatted middle truncated to what they leave of max_length.
     prefix, suffix = _ids(tokenizer, _QWEN3_PREFIX), _ids(tokenizer, _QWEN3_SUFFIX)
-    middle = f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}"
     room = max_length - len(prefix) - len(suffix)
     if room < 1:
         raise ConfigError(
             f"max_length={max_length} leaves no room for the pair: the qwen3 prompt's own tokens take "
             f"{len(prefix) + len(suffix)}"
         )
-    enc = tokenizer(
-        middle,
-        truncation="longest_first",
-        max_length=room,
-        return_attention_mask=False,
-    )
-    return prefix + list(enc["input_ids"]) + suffix
+    middles = [f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}" for doc in docs]
+    enc = tokenizer(middles, truncation="longest_first", max_length=room, return_attention_mask=False)
+    return [prefix + list(ids) + suffix for ids in enc["input_ids"]]
 
 
 # -- mxbai-rerank-v2 -----------------------------------------------------------------------------
@@ -125,21 +124,25 @@ _MXBAI_TASK = (
 )
 
 
-def _mxbai_v2(tokenizer: Any, query: str, doc: str, instruction: str | None, max_length: int) -> list[int]:
+def _mxbai_v2(
+    tokenizer: Any, query: str, docs: Sequence[str], instruction: str | None, max_length: int
+) -> list[list[int]]:
     # mixedbread-ai/mxbai-rerank, mxbai_rerank/mxbai_rerank_v2.py (MxbaiRerankV2.prepare_inputs)
     prefix, suffix = _ids(tokenizer, _MXBAI_PREFIX), _ids(tokenizer, _MXBAI_SUFFIX)
     task, sep = _ids(tokenizer, _MXBAI_TASK), _ids(tokenizer, "\n")
-    model_max = int(getattr(tokenizer, "model_max_length", max_length) or max_length)
-    model_max = min(model_max, 10**9)
-    fixed = len(prefix) + len(task) + len(suffix) + len(sep)
-    limit = min(max_length, model_max - fixed) if max_length + fixed > model_max else max_length
+    model_max = min(int(getattr(tokenizer, "model_max_length", max_length) or max_length), 10**9)
+    # the template's own tokens never push a prompt past the model's limit
+    limit = min(max_length, model_max - len(prefix) - len(task) - len(suffix) - len(sep))
     query_text = f"query: {query}"
     if instruction:
         query_text = f"instruction: {instruction}\n{query_text}"
     q = _ids(tokenizer, query_text, limit * 3 // 4)
-    d = _ids(tokenizer, f"document: {doc}", min(model_max - len(q), limit))
-    body = q + (sep + d)[: max(limit - len(q), 0)]  # prepare_for_model(truncation="only_second")
-    return prefix + body + sep + task + suffix
+    rows = []
+    for doc in docs:
+        d = _ids(tokenizer, f"document: {doc}", min(model_max - len(q), limit))
+        body = q + (sep + d)[: max(limit - len(q), 0)]  # prepare_for_model(truncation="only_second")
+        rows.append(prefix + body + sep + task + suffix)
+    return rows
 
 
 # -- bge-reranker-v2-gemma -----------------------------------------------------------------------
@@ -149,12 +152,17 @@ _BGE_PROMPT = (
 )
 
 
-def _bge_gemma(tokenizer: Any, query: str, doc: str, instruction: str | None, max_length: int) -> list[int]:
+def _bge_gemma(
+    tokenizer: Any, query: str, docs: Sequence[str], instruction: str | None, max_length: int
+) -> list[list[int]]:
     # BAAI/bge-reranker-v2-gemma model card (get_inputs), FlagEmbedding's FlagLLMReranker
     sep, prompt = _ids(tokenizer, "\n"), _ids(tokenizer, instruction or _BGE_PROMPT)
     q = [tokenizer.bos_token_id, *_ids(tokenizer, f"A: {query}", max_length * 3 // 4)]
-    d = sep + _ids(tokenizer, f"B: {doc}", max_length)
-    return q + d[: max(max_length - len(q), 0)] + sep + prompt
+    rows = []
+    for doc in docs:
+        d = sep + _ids(tokenizer, f"B: {doc}", max_length)
+        rows.append(q + d[: max(max_length - len(q), 0)] + sep + prompt)
+    return rows
 
 
 PROMPT_FORMATS: dict[str, PromptFormat] = {

@@ -562,9 +562,9 @@ class CrossEncoderScorer(BaseScorer):
         fmt = self._format
         assert fmt is not None
         with self._tokenizer_lock:
-            rows = [fmt.build(self._tokenizer, query, t, self.instruction, self.max_length) for t in texts]
+            rows = fmt.build(self._tokenizer, query, texts, self.instruction, self.max_length)
             if not self._truncation.warned:
-                whole = [fmt.build(self._tokenizer, query, t, self.instruction, 1 << 30) for t in texts]
+                whole = fmt.build(self._tokenizer, query, texts, self.instruction, 1 << 30)
                 over = sum(len(w) > len(r) for w, r in zip(whole, rows, strict=True))
                 self._truncation.check(over, len(rows), self.max_length)
         return rows
