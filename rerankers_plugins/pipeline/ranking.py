@@ -26,6 +26,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from typing import Any, Union, cast
 
+from rerankers_plugins._checks import as_int, as_real, check_threshold, check_top_n
 from rerankers_plugins.errors import BackendError, ConfigError
 from rerankers_plugins.scorers.base import Ranker, Scorer, ScoreResult
 from rerankers_plugins.types import Candidate, FrozenMap, ScoreScale, freeze
@@ -47,62 +48,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-# -- argument checks shared by rerank, the strategies and the adapters ------------------------------
-
-
-def as_int(value: Any, what: str, *, minimum: int | None = None, allow_none: bool = False) -> int | None:
-    """``value`` as an int (numpy integers too); ConfigError naming ``what`` otherwise."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        none = " or None" if allow_none else ""
-        raise ConfigError(f"{what} must be an int{none}, got {value!r}")
-    out = int(value)
-    if minimum is not None and out < minimum:
-        raise ConfigError(f"{what} must be >= {minimum}, got {out}")
-    return out
-
-
-def as_real(value: Any, what: str, *, allow_none: bool = False) -> float | None:
-    """``value`` as a float that is not NaN (numpy floats too); ConfigError naming ``what`` otherwise."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(float(value)):
-        raise ConfigError(f"{what} must be a number, got {value!r}")
-    return float(value)
-
-
-def check_top_n(top_n: Any) -> int | None:
-    """``top_n`` as an int >= 1, or None (keep all)."""
-    if top_n is None:
-        return None
-    if isinstance(top_n, bool) or not isinstance(top_n, numbers.Integral):
-        raise ConfigError(f"top_n must be a positive int or None, got {top_n!r}")
-    if int(top_n) <= 0:
-        raise ConfigError(f"top_n must be >= 1 (or None for all), got {top_n}")
-    return int(top_n)
-
-
-def check_threshold(scale: ScoreScale, threshold: Any, *, who: str = "scorer") -> float | None:
-    """``threshold`` as a float inside ``scale``'s range, or None; ConfigError otherwise."""
-    if threshold is None:
-        return None
-    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
-        raise ConfigError(f"threshold must be a number, got {type(threshold).__name__}")
-    value = float(threshold)
-    if math.isnan(value):
-        raise ConfigError("threshold is NaN")
-    bounds = scale.bounds
-    if bounds is None:
-        raise ConfigError(
-            f"{who} has scale RANK_ONLY (an order, not scores): a threshold cannot apply; use top_n"
-        )
-    lo, hi = bounds
-    if not (lo <= value <= hi) or math.isinf(value):
-        raise ConfigError(f"threshold {value} is outside the {scale.value} scale of {who} ([{lo}, {hi}])")
-    return value
 
 
 # -- the values that flow between layers ------------------------------------------------------------

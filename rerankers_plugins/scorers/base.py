@@ -9,10 +9,13 @@ instead. Sorting, top_n and thresholds are *not* a scorer's job: they live once,
 from __future__ import annotations
 
 import asyncio
+import functools
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.types import ScoreScale
 
 __all__ = ["BaseScorer", "Ranker", "ScoreResult", "Scorer", "scorer_settings"]
@@ -90,11 +93,26 @@ class BaseScorer:
     #: True when a score depends only on (query, text) and the settings: such scorers can be cached.
     #: A scorer whose score depends on the other candidates (BM25 over the list) sets it False.
     pure: bool = True
+    #: old keyword -> new keyword: an option that was renamed is still accepted under its old name,
+    #: with a FutureWarning naming the new one (one name per idea across the scorers)
+    renamed: ClassVar[Mapping[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None and cls.renamed:
+
+            @functools.wraps(init)
+            def translated(self: Any, *args: Any, **kw: Any) -> None:
+                init(self, *args, **_translate(type(self), kw, warn=True))
+
+            cls.__init__ = translated  # type: ignore[method-assign]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> BaseScorer:
         self = super().__new__(cls)
-        # what it was built with: how a copy is rebuilt and how an adapter describes it
-        self._init_args = _InitArgs(tuple(args), dict(kwargs))
+        # what it was built with (under today's names): how a copy is rebuilt and how an adapter
+        # describes it
+        self._init_args = _InitArgs(tuple(args), _translate(cls, kwargs, warn=False))
         return self
 
     def init_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -122,6 +140,27 @@ class BaseScorer:
     def __repr__(self) -> str:
         scale = getattr(self, "scale", None)
         return f"{type(self).__name__}(name={self.name!r}, scale={getattr(scale, 'value', scale)})"
+
+
+def _translate(cls: type[BaseScorer], kwargs: dict[str, Any], *, warn: bool) -> dict[str, Any]:
+    """``kwargs`` with every old option name of ``cls.renamed`` replaced by its new one."""
+    if not any(old in kwargs for old in cls.renamed):
+        return kwargs
+    out = dict(kwargs)
+    for old, new in cls.renamed.items():
+        if old not in out:
+            continue
+        if new in out:
+            raise ConfigError(f"{cls.__name__}: pass {new}= only ({old}= is its old name)")
+        if warn:
+            # stacklevel 3: the user's line (this function < the __init__ wrapper < the caller)
+            warnings.warn(
+                f"{cls.__name__}({old}=...) is now {new}=; the old name will be removed in a later release",
+                FutureWarning,
+                stacklevel=3,
+            )
+        out[new] = out.pop(old)
+    return out
 
 
 def _rebuild(cls: type[BaseScorer], args: tuple[Any, ...], kwargs: dict[str, Any]) -> BaseScorer:
