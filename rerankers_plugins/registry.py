@@ -38,18 +38,16 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "rerankers_plugins.scorers"
 
-_OPTIONS = "rerankers_plugins.integrations._options"
-
 
 @dataclass(frozen=True)
 class Backend:
     """``target``: ``"module:Class"``. ``convenience``: the class name both adapters generate
-    (None: no convenience), whose pydantic fields are ``fields`` (``"module:Model"``) and whose
-    ``positional`` field is passed first to the class."""
+    (None: no convenience), whose fields are the target's constructor parameters (see
+    :func:`rerankers_plugins.integrations._options.option_fields`) and whose ``positional`` field
+    is passed first to the class."""
 
     target: str
     convenience: str | None = None
-    fields: str | None = None
     positional: str | None = None
     summary: str = ""
 
@@ -58,70 +56,60 @@ BACKENDS: dict[str, Backend] = {
     "cross-encoder": Backend(
         "rerankers_plugins.scorers.cross_encoder:CrossEncoderScorer",
         "CrossEncoderRerank",
-        f"{_OPTIONS}:CrossEncoderFields",
         "model",
         "a sentence-transformers cross-encoder built from ``model``",
     ),
     "seq2seq": Backend(
         "rerankers_plugins.scorers.seq2seq:Seq2SeqScorer",
         "Seq2SeqRerank",
-        f"{_OPTIONS}:Seq2SeqFields",
         "model",
         "a MonoT5 or RankT5 (seq2seq) model built from ``model``",
     ),
     "poly-encoder": Backend(
         "rerankers_plugins.scorers.poly_encoder:PolyEncoderScorer",
         "PolyEncoderRerank",
-        f"{_OPTIONS}:PolyEncoderFields",
         "model",
         "a poly-encoder built from ``model``; document codes are cached",
     ),
     "bi-encoder": Backend(
         "rerankers_plugins.scorers.bi_encoder:BiEncoderScorer",
         "BiEncoderRerank",
-        f"{_OPTIONS}:BiEncoderFields",
         "model",
         "a bi-encoder (cosine) built from ``model``",
     ),
     "colbert": Backend(
         "rerankers_plugins.scorers.colbert:ColBERTScorer",
         "ColBERTRerank",
-        f"{_OPTIONS}:ColBERTFields",
         "model",
         "ColBERT late interaction (MaxSim) built from ``model``; document vectors are cached",
     ),
     "cohere": Backend(
         "rerankers_plugins.scorers.cohere:CohereScorer",
         "CohereRerank",
-        f"{_OPTIONS}:CohereFields",
         "model",
         "the Cohere Rerank API (key from ``api_key`` or ``COHERE_API_KEY``)",
     ),
     "remote": Backend(
         "rerankers_plugins.scorers.remote:RemoteScorer",
         "RemoteRerank",
-        f"{_OPTIONS}:RemoteFields",
         "base_url",
         "a rerank server (TEI, vLLM, Infinity)",
     ),
     "llm-listwise": Backend(
         "rerankers_plugins.scorers.llm:LLMListwiseScorer",
         "LLMListwiseRerank",
-        f"{_OPTIONS}:LLMListwiseFields",
         "llm",
         "a listwise LLM reranker (RankGPT, sliding window; top_n only)",
     ),
     "llm-pointwise": Backend(
         "rerankers_plugins.scorers.llm:LLMPointwiseScorer",
         "LLMPointwiseRerank",
-        f"{_OPTIONS}:LLMPointwiseFields",
         "llm",
         "a pointwise LLM reranker (each passage judged alone)",
     ),
     "llm-pairwise": Backend(
         "rerankers_plugins.scorers.llm:LLMPairwiseScorer",
         "LLMPairwiseRerank",
-        f"{_OPTIONS}:LLMPairwiseFields",
         "llm",
         "a pairwise LLM reranker (comparisons for the top k; top_n only)",
     ),

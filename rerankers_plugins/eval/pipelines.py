@@ -43,7 +43,7 @@ def _value(text: str) -> Any:
 
 
 def parse_pipeline_arg(arg: str) -> tuple[str, dict[str, Any]]:
-    """``"maxsim=colbert:model=minilm,doc_length=256"`` -> ``("maxsim", {"scorer": "colbert", ...})``.
+    """``"maxsim=colbert:model=minilm,max_length=256"`` -> ``("maxsim", {"scorer": "colbert", ...})``.
 
     >>> parse_pipeline_arg("ce=cross-encoder:model=./ce,batch_size=16")
     ('ce', {'scorer': 'cross-encoder', 'model': './ce', 'batch_size': 16})

@@ -7,19 +7,22 @@ adapter combines them with its own base class, so a convenience is declared once
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import json
 import logging
 import pickle
+import typing
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, Field, SecretStr, field_serializer, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model, field_serializer, field_validator
 
 from rerankers_plugins._secret import Secret
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.pipeline.ranking import ScorerLike
 from rerankers_plugins.registry import BACKENDS, get_scorer, load
-from rerankers_plugins.scorers.base import BaseScorer
+from rerankers_plugins.scorers.base import BaseScorer, translate_renamed
 
 #: constructor options never written into a description (credentials: read from the environment
 #: again where the backend supports it)
@@ -28,23 +31,15 @@ _SECRET_OPTIONS = frozenset({"api_key"})
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "OPTION_HELP",
     "PEER_NAMES",
     "RETRIEVAL_SCORE_KEYS",
-    "BiEncoderFields",
-    "CohereFields",
-    "ColBERTFields",
-    "CrossEncoderFields",
-    "LLMListwiseFields",
-    "LLMPairwiseFields",
-    "LLMPointwiseFields",
-    "PolyEncoderFields",
-    "RemoteFields",
-    "Seq2SeqFields",
     "SettingsSerialized",
     "build_scorer",
     "conveniences",
     "copy_metadata",
     "describe_scorer",
+    "option_fields",
     "peer_options",
     "pickle_state",
     "positional_model",
@@ -53,9 +48,6 @@ __all__ = [
 
 #: metadata keys LangChain vector stores and rerankers put a document's score under, tried in order
 RETRIEVAL_SCORE_KEYS: tuple[str, ...] = ("relevance_score", "score", "similarity_score", "_score")
-
-
-_NULLABLE = {"activation"}  # None is a meaningful value for these (raw logits), not "unset"
 
 
 def copy_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
@@ -126,6 +118,10 @@ def peer_options(cls: type[Any], data: dict[str, Any]) -> dict[str, Any]:
     (logged), and a ConfigError that says what to do for those we do not take."""
     fields = getattr(cls, "model_fields", {})
     out = dict(data)
+    kind = getattr(cls, "kind", None)
+    if kind in BACKENDS:  # a convenience: its scorer's renamed options, under their new names
+        # the warning names the user's line: peer_options < the convenience's __init__ < the caller
+        out = translate_renamed(load(BACKENDS[kind].target), out, stacklevel=3)
     for peer, (ours, hint) in PEER_NAMES.items():
         if peer not in out or peer in fields:
             continue
@@ -253,7 +249,7 @@ def conveniences(base: type[Any], module: str) -> dict[str, type[Any]]:
     convenience base, which builds its scorer from ``kind``) combined with the backend's fields."""
     out: dict[str, type[Any]] = {}
     for kind, b in BACKENDS.items():
-        if b.convenience is None or b.fields is None:
+        if b.convenience is None:
             continue
         doc = (
             f"``{base.__mro__[1].__name__}`` over {b.summary}.\n\n"
@@ -261,184 +257,148 @@ def conveniences(base: type[Any], module: str) -> dict[str, type[Any]]:
             "``top_n``, ``threshold`` and the rest are the base class's."
         )
         namespace = {"__module__": module, "__qualname__": b.convenience, "__doc__": doc, "kind": kind}
-        out[b.convenience] = type(b.convenience, (load(b.fields), base), namespace)
+        out[b.convenience] = type(b.convenience, (option_fields(kind), base), namespace)
     return out
 
 
 def build_scorer(kind: str, data: dict[str, Any]) -> ScorerLike:
-    """Build the scorer a convenience describes with its fields (the registry's ``kind`` entry)."""
+    """Build the scorer a convenience describes with its fields (the registry's ``kind`` entry):
+    every option the caller gave is passed on as given (the scorer checks it), the rest keep the
+    scorer's own defaults."""
     if data.get("scorer") is not None:
         raise ConfigError(f"pass either scorer=... or the {kind} model options, not both")
     backend = BACKENDS[kind]
-    fields: type[BaseModel] = load(backend.fields or "")
+    fields = option_fields(kind).model_fields
     args = []
     positional = backend.positional
     if positional is not None:
         if data.get(positional) is not None:
             args.append(data[positional])
-        elif fields.model_fields[positional].is_required():
+        elif fields[positional].is_required():
             raise ConfigError(f"the {kind} convenience needs {positional}=...")
-    names = [n for n in fields.model_fields if n != positional]
-    options = {k: data[k] for k in names if k in data and (data[k] is not None or k in _NULLABLE)}
+    options = {k: data[k] for k in fields if k != positional and k in data}
     if isinstance(options.get("api_key"), SecretStr):
         options["api_key"] = Secret(options["api_key"].get_secret_value())
     built: ScorerLike = load(backend.target)(*args, **options)
     return built
 
 
-DType = Literal["auto", "float32", "bfloat16", "float16"]
+#: what each option means, written once for every backend that takes it (one name per idea);
+#: ``(backend, option)`` keys say what differs for one backend
+OPTION_HELP: dict[str | tuple[str, str], str] = {
+    "model": "Hugging Face Hub id or local directory.",
+    ("cohere", "model"): "Cohere rerank model.",
+    ("remote", "model"): "Model name for v1 servers serving several.",
+    "llm": "A LangChain chat model, a LlamaIndex LLM, or a function(messages) -> str.",
+    "base_url": "Server root, e.g. http://tei:8080 (may hold credentials: never shown).",
+    (
+        "cohere",
+        "base_url",
+    ): "A Cohere-compatible endpoint; default Cohere's API (may hold credentials: never shown).",
+    "device": "None: CUDA if present, else CPU.",
+    "dtype": "auto: bfloat16 where the hardware is fast at it, else float32.",
+    "batch_size": "Inputs per forward pass.",
+    ("cohere", "batch_size"): "Documents per request.",
+    ("remote", "batch_size"): "Documents per request.",
+    "max_batch_tokens": "Token budget of a length-sorted batch; auto: sized for the device; None: batch_size only.",
+    "max_length": "Tokens the model reads per document (the pair, for a cross-encoder); None: the model's.",
+    ("seq2seq", "max_length"): "Encoder tokens per pair; longer documents are cut.",
+    ("poly-encoder", "max_length"): "Document tokens kept; None: as trained.",
+    (
+        "colbert",
+        "max_length",
+    ): "Document tokens kept; None: the checkpoint's (else 180; 300 for plain encoders).",
+    (
+        "cohere",
+        "max_length",
+    ): "Server-side truncation of each document, in tokens (Cohere's max_tokens_per_doc).",
+    "max_tokens_per_doc": "Server-side truncation of each document, in tokens.",
+    "max_documents_per_request": "Documents per request.",
+    "query_length": "Query tokens kept.",
+    (
+        "colbert",
+        "query_length",
+    ): "Query tokens, markers and [MASK] padding included; None: the checkpoint's (else 32).",
+    "trust_remote_code": "Run the checkpoint's own modelling code (e.g. jina-reranker-v2).",
+    "local_files_only": "Never reach the Hub: the model must be a directory or already cached.",
+    "model_kwargs": "Passed to from_pretrained (e.g. attn_implementation).",
+    "activation": "sigmoid: scores 0..1 (PROBABILITY); None: raw logits (LOGIT).",
+    "backend": "torch; or ONNX Runtime on CPU: onnx (float32), onnx-int8 (int8, the onnx extra).",
+    "warmup": "Run one tiny batch at load, so the first query does not pay for it.",
+    "prompt_format": "A causal-LM reranker's published prompt (qwen3, mxbai-v2, bge-gemma); None: known from the model id.",
+    "instruction": "Task instruction of an instruction-following reranker; None: the model's.",
+    "reuse_prefix": "Causal rerankers: run the prompt's shared prefix once per call.",
+    "variant": "monot5: P(true) (PROBABILITY); rankt5: the score token's logit (LOGIT).",
+    "true_token": "MonoT5's positive answer word (or token id).",
+    "false_token": "MonoT5's negative answer word (or token id).",
+    "score_token": "RankT5's scoring token (or token id).",
+    "template": "The prompt, with {query} and {document}; None: the variant's published one.",
+    "query_prompt": "None: the checkpoint's query prompt.",
+    "document_prompt": "None: the checkpoint's document / passage prompt.",
+    "cache_dir": "Directory for document vectors shared across processes.",
+    "cache_bytes": "Memory bound of the in-process document cache.",
+    "cache_dtype": "auto: float32 vectors for a float32 encoder (exact scores), else float16.",
+    "normalize": "True: mean MaxSim in [-1, 1] (SIMILARITY); False: the raw sum (LOGIT), as colbert-ai returns.",
+    "layout": "Force colbert, pylate or plain instead of detecting the checkpoint's layout.",
+    "api_key": "Default: the backend's environment variable (COHERE_API_KEY, RERANK_API_KEY).",
+    "client": "A configured client to use instead of building one.",
+    "async_client": "A configured async client to use instead of building one.",
+    "timeout": "Seconds per request.",
+    "deadline": "Total seconds per call, retries included; then fail or fall back.",
+    "max_concurrency": "Requests in flight at once.",
+    "retry": "RetryPolicy: attempts and backoff on 429, 5xx and timeouts.",
+    "on_error": "keep_order: on failure, keep the original order (marked).",
+    "protocol": "tei: POST /rerank; v1: POST /v1/rerank.",
+    "path": "Endpoint path, e.g. /rerank for Infinity.",
+    "truncate": "Ask the server to truncate inputs to its model's limit.",
+    "max_words": "Each passage is cut to this many words in the prompt.",
+    "window": "Passages per LLM call.",
+    "step": "How far the window moves up the list each call.",
+    "system_prompt": "The system message of every ranking call.",
+    "name": "Model name shown in details; None: the LLM's own.",
+    "mode": "yes_no: P(yes); grade: 0-10 / 10.",
+    ("llm-pointwise", "max_concurrency"): "LLM calls in flight at once.",
+    "unparsable_score": "Score of an answer that parses as neither.",
+    "top_k": "How many of the best candidates to order by comparisons.",
+    "both_orders": "Ask each comparison in both orders (position bias).",
+}
+
+#: options held as secrets or that may hold credentials: never dumped, never shown
+_HIDDEN_OPTIONS = frozenset({"api_key", "base_url"})
+#: options whose value is a live object, not a setting: passed through, never dumped
+_OBJECT_OPTIONS = frozenset({"client", "async_client", "retry"})
 
 
-class _LocalFields(BaseModel):
-    model: str = Field(description="Hugging Face Hub id or local directory.")
-    device: str | None = Field(default=None, description="None: CUDA if present, else CPU.")
-    batch_size: int = Field(default=32, description="Inputs per forward pass.")
-    dtype: DType = Field(
-        default="auto", description="auto: bfloat16 where the hardware is fast at it, else float32."
+def _field(kind: str, name: str, annotation: Any, default: Any) -> tuple[Any, Any]:
+    """One convenience field for a scorer parameter: its type and default, the shared help text."""
+    help_text = OPTION_HELP.get((kind, name)) or OPTION_HELP.get(name)
+    if not help_text:
+        raise ConfigError(f"option {name!r} of the {kind} backend has no help text in OPTION_HELP")
+    if name == "api_key":
+        annotation = SecretStr | None
+    required = default is inspect.Parameter.empty
+    info = Field(
+        default=... if required else default,
+        description=help_text,
+        exclude=True if name in _HIDDEN_OPTIONS | _OBJECT_OPTIONS else None,
+        repr=name not in _HIDDEN_OPTIONS,
     )
+    return annotation, info
 
 
-class CrossEncoderFields(_LocalFields):
-    max_length: int | None = Field(default=None, description="Token window; None uses the model's.")
-    trust_remote_code: bool = Field(
-        default=False, description="Run the checkpoint's own modelling code (e.g. jina-reranker-v2)."
-    )
-    model_kwargs: dict[str, Any] | None = Field(
-        default=None, description="Passed to from_pretrained (e.g. attn_implementation)."
-    )
-    activation: Literal["sigmoid"] | None = Field(
-        default="sigmoid", description="sigmoid: scores 0..1 (PROBABILITY); None: raw logits (LOGIT)."
-    )
-    backend: Literal["torch", "onnx", "onnx-int8"] = Field(
-        default="torch",
-        description="torch; or ONNX Runtime on CPU: onnx (float32), onnx-int8 (int8, the onnx extra).",
-    )
-    prompt_format: Literal["qwen3", "mxbai-v2", "bge-gemma"] | None = Field(
-        default=None,
-        description="A causal-LM reranker's published prompt (Qwen3-Reranker, mxbai-rerank-v2, bge-reranker-v2-gemma).",
-    )
-    instruction: str | None = Field(
-        default=None, description="Task instruction of an instruction-following reranker; None: the model's."
-    )
-    reuse_prefix: bool = Field(
-        default=True, description="Causal rerankers: run the prompt's shared prefix once per call."
-    )
-
-
-class Seq2SeqFields(_LocalFields):
-    variant: Literal["monot5", "rankt5"] = Field(
-        default="monot5",
-        description="monot5: P(true) (PROBABILITY); rankt5: the score token's logit (LOGIT).",
-    )
-    max_length: int = Field(default=512, description="Encoder tokens per pair; longer documents are cut.")
-    true_token: str = Field(default="true", description="MonoT5's positive answer word.")
-    false_token: str = Field(default="false", description="MonoT5's negative answer word.")
-    score_token: str = Field(default="<extra_id_10>", description="RankT5's scoring token.")
-
-
-class PolyEncoderFields(_LocalFields):
-    query_length: int = Field(default=64, description="Query tokens kept.")
-    doc_length: int | None = Field(default=None, description="Document tokens kept; None: as trained.")
-    cache_dir: str | None = Field(
-        default=None, description="Directory for document codes shared across processes."
-    )
-
-
-class BiEncoderFields(_LocalFields):
-    max_length: int | None = Field(default=None, description="Token window; None uses the model's.")
-    query_prompt: str | None = Field(default=None, description="None: the checkpoint's query prompt.")
-    document_prompt: str | None = Field(
-        default=None, description="None: the checkpoint's document / passage prompt."
-    )
-
-
-class ColBERTFields(_LocalFields):
-    query_length: int | None = Field(
-        default=None,
-        description="Query tokens, markers and [MASK] padding included; None: the checkpoint's (else 32).",
-    )
-    doc_length: int | None = Field(
-        default=None,
-        description="Document tokens kept; None: the checkpoint's (else 180; 300 for plain encoders).",
-    )
-    cache_dir: str | None = Field(
-        default=None, description="Directory for document vectors shared across processes."
-    )
-    cache_dtype: Literal["auto", "float16", "float32"] = Field(
-        default="auto",
-        description="auto: float32 vectors for a float32 encoder (exact scores), else float16.",
-    )
-
-
-OnErrorField = Literal["raise", "keep_order"]
-
-
-class CohereFields(BaseModel):
-    model: str = Field(default="rerank-v3.5", description="Cohere rerank model.")
-    api_key: SecretStr | None = Field(
-        default=None, description="Default: the COHERE_API_KEY environment variable.", exclude=True
-    )
-    base_url: str | None = Field(
-        default=None,
-        description="A Cohere-compatible endpoint; default Cohere's API (may hold credentials: never shown).",
-        repr=False,
-        exclude=True,
-    )
-    timeout: float = Field(default=30.0, description="Seconds per request.")
-    deadline: float | None = Field(
-        default=None, description="Total seconds per call, retries included; then fail or fall back."
-    )
-    max_tokens_per_doc: int | None = Field(
-        default=None, description="Server-side truncation of each document."
-    )
-    on_error: OnErrorField = Field(
-        default="raise", description="keep_order: on failure, keep the original order."
-    )
-
-
-class RemoteFields(BaseModel):
-    base_url: str = Field(
-        description="Rerank server root, e.g. http://tei:8080 (may hold credentials: never shown).",
-        repr=False,
-        exclude=True,
-    )
-    protocol: Literal["tei", "v1"] = Field(
-        default="tei", description="tei: POST /rerank; v1: POST /v1/rerank."
-    )
-    path: str | None = Field(default=None, description="Endpoint path, e.g. /rerank for Infinity.")
-    deadline: float | None = Field(
-        default=None, description="Total seconds per call, retries included; then fail or fall back."
-    )
-    model: str | None = Field(default=None, description="Model name for v1 servers serving several.")
-    api_key: SecretStr | None = Field(
-        default=None, description="Bearer token; default RERANK_API_KEY.", exclude=True
-    )
-    timeout: float = Field(default=30.0, description="Seconds per request.")
-    batch_size: int = Field(default=32, description="Documents per request.")
-    max_concurrency: int = Field(default=16, description="Requests in flight at once.")
-    on_error: OnErrorField = Field(
-        default="raise", description="keep_order: on failure, keep the original order."
-    )
-
-
-class _LLMFields(BaseModel):
-    llm: Any = Field(description="A LangChain chat model, a LlamaIndex LLM, or a function(messages) -> str.")
-    max_words: int = Field(default=300, description="Each passage is cut to this many words in the prompt.")
-
-
-class LLMListwiseFields(_LLMFields):
-    window: int = Field(default=20, description="Passages per LLM call.")
-    step: int = Field(default=10, description="How far the window moves up the list each call.")
-
-
-class LLMPointwiseFields(_LLMFields):
-    mode: Literal["yes_no", "grade"] = Field(
-        default="yes_no", description="yes_no: P(yes); grade: 0-10 / 10."
-    )
-    max_concurrency: int = Field(default=8, description="LLM calls in flight at once.")
-    unparsable_score: float = Field(default=0.0, description="Score of an answer that parses as neither.")
-
-
-class LLMPairwiseFields(_LLMFields):
-    top_k: int = Field(default=10, description="How many of the best candidates to order by comparisons.")
-    both_orders: bool = Field(default=True, description="Ask each comparison in both orders (position bias).")
+@functools.cache
+def option_fields(kind: str) -> type[BaseModel]:
+    """The convenience fields of the registry's ``kind`` backend: one pydantic field per parameter
+    of its scorer's constructor, with the constructor's type and default (so the adapters can
+    neither miss an option nor disagree on a default), and the help text of :data:`OPTION_HELP`."""
+    backend = BACKENDS[kind]
+    cls = load(backend.target)
+    hints = typing.get_type_hints(cls.__init__)
+    fields: dict[str, Any] = {}
+    for name, param in inspect.signature(cls.__init__).parameters.items():
+        if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        fields[name] = _field(kind, name, hints.get(name, Any), param.default)
+    name = f"{backend.convenience or cls.__name__}Fields"
+    config = ConfigDict(arbitrary_types_allowed=True)
+    return create_model(name, __config__=config, __module__=__name__, **fields)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.types import ScoreScale
 
-__all__ = ["BaseScorer", "Ranker", "ScoreResult", "Scorer", "scorer_settings"]
+__all__ = ["BaseScorer", "Ranker", "ScoreResult", "Scorer", "scorer_settings", "translate_renamed"]
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,17 @@ class BaseScorer:
         return f"{type(self).__name__}(name={self.name!r}, scale={getattr(scale, 'value', scale)})"
 
 
-def _translate(cls: type[BaseScorer], kwargs: dict[str, Any], *, warn: bool) -> dict[str, Any]:
+def translate_renamed(cls: type[Any], kwargs: dict[str, Any], *, stacklevel: int = 2) -> dict[str, Any]:
+    """``kwargs`` for ``cls`` with its renamed options under their new names, each with a
+    FutureWarning attributed ``stacklevel`` frames above the caller."""
+    if not (isinstance(cls, type) and issubclass(cls, BaseScorer)):
+        return kwargs
+    return _translate(cls, kwargs, warn=True, stacklevel=stacklevel + 2)
+
+
+def _translate(
+    cls: type[BaseScorer], kwargs: dict[str, Any], *, warn: bool, stacklevel: int = 3
+) -> dict[str, Any]:
     """``kwargs`` with every old option name of ``cls.renamed`` replaced by its new one."""
     if not any(old in kwargs for old in cls.renamed):
         return kwargs
@@ -157,7 +167,7 @@ def _translate(cls: type[BaseScorer], kwargs: dict[str, Any], *, warn: bool) -> 
             warnings.warn(
                 f"{cls.__name__}({old}=...) is now {new}=; the old name will be removed in a later release",
                 FutureWarning,
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
         out[new] = out.pop(old)
     return out

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rerankers_plugins._checks import as_int
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.scorers._hf import (
@@ -83,8 +84,7 @@ class BiEncoderScorer(BaseScorer):
         local_files_only: bool = False,
         model_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
+        as_int(batch_size, "batch_size", minimum=1)
         for what, value in (("query_prompt", query_prompt), ("document_prompt", document_prompt)):
             if value is not None and not isinstance(value, str):
                 raise ConfigError(f"{what} must be a string or None, got {value!r}")

@@ -38,7 +38,7 @@ each encoded as its reference library encodes it:
              same model's cosine (README, Benchmarks).
 
 Lengths count every token (``[CLS]``, the marker, ``[SEP]`` and query padding included). The
-constructor's ``query_length`` / ``doc_length`` win over the checkpoint's declared lengths; where
+constructor's ``query_length`` / ``max_length`` win over the checkpoint's declared lengths; where
 neither exists the fallbacks are PyLate's defaults, 32 and 180 (plain encoders, which declare
 nothing: 32 and 300, the settings of the README benchmark).
 """
@@ -49,8 +49,9 @@ import logging
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+from rerankers_plugins._checks import as_int
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import BackendError, ConfigError
 from rerankers_plugins.ops.batching import length_sorted_batches
@@ -92,7 +93,7 @@ class ColBERTScorer(BaseScorer):
             truncated, shorter ones padded with ``[MASK]`` where the checkpoint expands queries.
             None (default): the checkpoint's ``query_maxlen`` (colbert-ai) or ``query_length``
             (PyLate), else 32.
-        doc_length: document tokens including ``[CLS]``, the marker and ``[SEP]``; longer documents
+        max_length: document tokens including ``[CLS]``, the marker and ``[SEP]``; longer documents
             are truncated (warned once). None (default): the checkpoint's ``doc_maxlen`` /
             ``document_length``, else 180 (300 for plain encoders). Both lengths are capped at the
             encoder's ``max_position_embeddings``.
@@ -112,6 +113,7 @@ class ColBERTScorer(BaseScorer):
     """
 
     rebuild_on_copy = True  # a copy reloads the model from its files
+    renamed: ClassVar[Mapping[str, str]] = {"doc_length": "max_length"}
 
     def __init__(
         self,
@@ -120,7 +122,7 @@ class ColBERTScorer(BaseScorer):
         device: str | None = None,
         dtype: DTypeName = "auto",
         query_length: int | None = None,
-        doc_length: int | None = None,
+        max_length: int | None = None,
         cache_dir: str | Path | None = None,
         cache_bytes: int = 512 * 2**20,
         cache_dtype: Literal["auto", "float16", "float32"] = "auto",
@@ -130,7 +132,7 @@ class ColBERTScorer(BaseScorer):
         layout: Layout | None = None,
         local_files_only: bool = False,
     ) -> None:
-        _check_options(query_length, doc_length, batch_size, layout, cache_dtype)
+        _check_options(query_length, max_length, batch_size, layout, cache_dtype)
         self._torch = require("torch", "colbert")
         transformers = require("transformers", "colbert")
         self.device = resolve_device(device)
@@ -173,7 +175,7 @@ class ColBERTScorer(BaseScorer):
         limit = int(getattr(encoder.config, "max_position_embeddings", 512) or 512)
         default_doc = PLAIN_DOC_LENGTH if self.layout == "plain" else DEFAULT_DOC_LENGTH
         self.query_length = min(_first(query_length, spec.query_length, DEFAULT_QUERY_LENGTH), limit)
-        self.doc_length = min(_first(doc_length, spec.doc_length, default_doc), limit)
+        self.max_length = min(_first(max_length, spec.doc_length, default_doc), limit)
         self._encoder = encoder.to(self.device, dtype=self.dtype).eval()
         spec.projection = [d.to(self.device, self.dtype) for d in spec.projection]
         self.dim = int(
@@ -187,7 +189,7 @@ class ColBERTScorer(BaseScorer):
         self._query_truncation = TruncationReport(
             f"ColBERTScorer({self.model_id!r}) queries", hint="Raise query_length to read longer queries."
         )
-        key = model_key(root, self.layout, self.doc_length, self.dim, str(self.dtype), self.cache_dtype)
+        key = model_key(root, self.layout, self.max_length, self.dim, str(self.dtype), self.cache_dtype)
         self.cache = DocumentEmbeddingCache(
             key, max_bytes=cache_bytes, directory=cache_dir, dtype=self.cache_dtype
         )
@@ -197,7 +199,7 @@ class ColBERTScorer(BaseScorer):
             self.layout,
             self.dim,
             self.query_length,
-            self.doc_length,
+            self.max_length,
             self.device,
             self.dtype,
         )
@@ -205,7 +207,7 @@ class ColBERTScorer(BaseScorer):
     def __repr__(self) -> str:
         return (
             f"ColBERTScorer({self.model_id!r}, layout={self.layout!r}, dim={self.dim}, "
-            f"query_length={self.query_length}, doc_length={self.doc_length}, device={self.device!r}, "
+            f"query_length={self.query_length}, max_length={self.max_length}, device={self.device!r}, "
             f"dtype={str(self.dtype).removeprefix('torch.')!r})"
         )
 
@@ -269,7 +271,7 @@ class ColBERTScorer(BaseScorer):
         """``[n_i, dim]`` float32 token vectors for each text (no cache involved)."""
         if not texts:
             return []
-        all_ids = self._ids(texts, self._spec.doc_marker, self.doc_length, self._doc_truncation)
+        all_ids = self._ids(texts, self._spec.doc_marker, self.max_length, self._doc_truncation)
         out: list[Any] = [None] * len(texts)
         with self._torch.inference_mode():
             for batch in length_sorted_batches(
@@ -298,7 +300,7 @@ class ColBERTScorer(BaseScorer):
         return {
             "model": self.name,
             "query_length": self.query_length,
-            "doc_length": self.doc_length,
+            "max_length": self.max_length,
             "dtype": str(self.dtype),
             "cache_dtype": self.cache_dtype,
             # the checkpoint's files: a score cache never serves a model retrained in place
@@ -333,18 +335,12 @@ def _first(*values: int | None) -> int:
 
 
 def _check_options(
-    query_length: int | None, doc_length: int | None, batch_size: int, layout: Any, cache_dtype: Any
+    query_length: int | None, max_length: int | None, batch_size: int, layout: Any, cache_dtype: Any
 ) -> None:
     """ConfigError for a constructor option out of range."""
-    for name, value, low in (
-        ("query_length", query_length, 4),
-        ("doc_length", doc_length, 4),
-        ("batch_size", batch_size, 1),
-    ):
-        if value is None and name != "batch_size":
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
+    as_int(query_length, "query_length", minimum=4, allow_none=True)
+    as_int(max_length, "max_length", minimum=4, allow_none=True)
+    as_int(batch_size, "batch_size", minimum=1)
     if layout not in (None, "colbert", "pylate", "plain"):
         raise ConfigError(f"layout must be 'colbert', 'pylate', 'plain' or None, got {layout!r}")
     if cache_dtype not in ("auto", "float16", "float32"):

@@ -35,6 +35,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from rerankers_plugins._checks import as_int
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.ops.batching import length_sorted_batches, restore_order
@@ -133,10 +134,8 @@ def _check_options(
 ) -> None:
     if activation not in _ACTIVATIONS:
         raise ConfigError(f"activation must be 'sigmoid' or None, got {activation!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
-    if max_length is not None and (not isinstance(max_length, int) or max_length < 8):
-        raise ConfigError(f"max_length must be an int >= 8 or None, got {max_length!r}")
+    as_int(batch_size, "batch_size", minimum=1)
+    as_int(max_length, "max_length", minimum=8, allow_none=True)
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if prompt_format is not None and prompt_format not in PROMPT_FORMATS:

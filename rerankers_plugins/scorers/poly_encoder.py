@@ -30,8 +30,9 @@ import logging
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+from rerankers_plugins._checks import as_int
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import BackendError, ConfigError
 from rerankers_plugins.ops.batching import length_sorted_batches
@@ -207,7 +208,7 @@ class PolyEncoderScorer(BaseScorer):
             id of one.
         device, dtype: as for :class:`~rerankers_plugins.CrossEncoderScorer`.
         query_length: query tokens kept (special tokens included).
-        doc_length: document tokens kept; default the length the model was trained with.
+        max_length: document tokens kept; default the length the model was trained with.
             Longer documents are truncated (warned once).
         cache_dir: optional directory for document codes shared across processes.
         cache_bytes: memory bound of the in-process code cache.
@@ -217,6 +218,7 @@ class PolyEncoderScorer(BaseScorer):
     """
 
     rebuild_on_copy = True  # a copy reloads the model from its files
+    renamed: ClassVar[Mapping[str, str]] = {"doc_length": "max_length"}
 
     scale = ScoreScale.LOGIT
 
@@ -227,20 +229,16 @@ class PolyEncoderScorer(BaseScorer):
         device: str | None = None,
         dtype: DTypeName = "auto",
         query_length: int = 64,
-        doc_length: int | None = None,
+        max_length: int | None = None,
         cache_dir: str | Path | None = None,
         cache_bytes: int = 512 * 2**20,
         batch_size: int = 32,
         max_batch_tokens: int | Literal["auto"] | None = "auto",
         local_files_only: bool = False,
     ) -> None:
-        for name, value, low in (
-            ("query_length", query_length, 4),
-            ("doc_length", doc_length if doc_length is not None else 4, 4),
-            ("batch_size", batch_size, 1),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
+        as_int(query_length, "query_length", minimum=4)
+        as_int(max_length, "max_length", minimum=4, allow_none=True)
+        as_int(batch_size, "batch_size", minimum=1)
         self._torch = require("torch", "cross-encoder")
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -272,12 +270,12 @@ class PolyEncoderScorer(BaseScorer):
         self.codes = int(module.codes.shape[0])
         limit = int(getattr(module.encoder.config, "max_position_embeddings", 512) or 512)
         self.query_length = min(query_length, limit)
-        self.doc_length = min(doc_length or int(module.settings.get("max_length", 256)), limit)
+        self.max_length = min(max_length or int(module.settings.get("max_length", 256)), limit)
         self._pad = int(self._tokenizer.pad_token_id or 0)
         self._doc_truncation = TruncationReport(f"PolyEncoderScorer({self.model_id!r}) documents")
         self._files = files_digest(str(root))
         self.cache = DocumentEmbeddingCache(
-            model_key(root, self.doc_length, str(self.dtype), prefix="poly-"),
+            model_key(root, self.max_length, str(self.dtype), prefix="poly-"),
             max_bytes=cache_bytes,
             directory=cache_dir,
         )
@@ -292,7 +290,7 @@ class PolyEncoderScorer(BaseScorer):
         return {
             "model": self.name,
             "query_length": self.query_length,
-            "doc_length": self.doc_length,
+            "max_length": self.max_length,
             "dtype": str(self.dtype),
             "files": self._files,
         }
@@ -311,10 +309,10 @@ class PolyEncoderScorer(BaseScorer):
         if not texts:
             return []
         with self._tokenizer_lock:
-            rows = tokenize(self._tokenizer, texts, self.doc_length + 1)
-        over = sum(len(r) > self.doc_length for r in rows)
-        self._doc_truncation.check(over, len(rows), self.doc_length)
-        rows = [r if len(r) <= self.doc_length else r[: self.doc_length - 1] + r[-1:] for r in rows]
+            rows = tokenize(self._tokenizer, texts, self.max_length + 1)
+        over = sum(len(r) > self.max_length for r in rows)
+        self._doc_truncation.check(over, len(rows), self.max_length)
+        rows = [r if len(r) <= self.max_length else r[: self.max_length - 1] + r[-1:] for r in rows]
         out: list[Any] = [None] * len(texts)
         with self._torch.inference_mode():
             for batch in length_sorted_batches(

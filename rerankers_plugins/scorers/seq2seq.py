@@ -28,8 +28,9 @@ import logging
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+from rerankers_plugins._checks import as_int
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.ops.batching import length_sorted_batches, restore_order
@@ -117,13 +118,14 @@ class Seq2SeqScorer(BaseScorer):
         dtype: ``"auto"`` (bfloat16 where the hardware is fast at it, else float32), ``"float32"``
             or ``"bfloat16"``. float16 is refused: T5's feed-forward activations overflow it.
         max_length: encoder tokens per pair; longer documents are cut (warned once per scorer).
-        max_query_length: at most this many query tokens are kept (the rest of the window is the
+        query_length: at most this many query tokens are kept (the rest of the window is the
             document's).
         batch_size, max_batch_tokens: as for :class:`~rerankers_plugins.CrossEncoderScorer`.
         trust_remote_code, local_files_only: passed to transformers.
     """
 
     rebuild_on_copy = True  # a copy reloads the model from its files
+    renamed: ClassVar[Mapping[str, str]] = {"max_query_length": "query_length"}
 
     def __init__(
         self,
@@ -137,7 +139,7 @@ class Seq2SeqScorer(BaseScorer):
         device: str | None = None,
         dtype: DTypeName = "auto",
         max_length: int = 512,
-        max_query_length: int = 64,
+        query_length: int = 64,
         batch_size: int = 16,
         max_batch_tokens: int | Literal["auto"] | None = "auto",
         trust_remote_code: bool = False,
@@ -145,13 +147,9 @@ class Seq2SeqScorer(BaseScorer):
     ) -> None:
         if variant not in TEMPLATES:
             raise ConfigError(f"variant must be 'monot5' or 'rankt5', got {variant!r}")
-        for name, value, low in (
-            ("max_length", max_length, 8),
-            ("max_query_length", max_query_length, 1),
-            ("batch_size", batch_size, 1),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
+        as_int(max_length, "max_length", minimum=8)
+        as_int(query_length, "query_length", minimum=1)
+        as_int(batch_size, "batch_size", minimum=1)
         self._torch = require("torch", "seq2seq")
         transformers = require("transformers", "seq2seq")
         self.device = resolve_device(device)
@@ -226,7 +224,7 @@ class Seq2SeqScorer(BaseScorer):
         self._model = net.to(self.device, dtype=self.dtype).eval()
         limit = int(getattr(self._tokenizer, "model_max_length", 0) or 0)
         self.max_length = max_length if not 0 < limit < max_length else limit
-        self.max_query_length = max_query_length
+        self.query_length = query_length
         start = self._model.config.decoder_start_token_id
         if start is None:
             start = self._model.config.pad_token_id
@@ -301,8 +299,8 @@ class Seq2SeqScorer(BaseScorer):
         # settings rewrites: concurrent calls are cut at another call's length (or raise "Already
         # borrowed"), so the tokenizer calls hold this lock
         with self._tokenizer_lock:
-            # the query keeps at most max_query_length tokens and always leaves the document one
-            q = self._words(query)[: max(0, min(self.max_query_length, self.max_length - frame - 1))]
+            # the query keeps at most query_length tokens and always leaves the document one
+            q = self._words(query)[: max(0, min(self.query_length, self.max_length - frame - 1))]
             room = max(self.max_length - frame - len(q), 1)
             docs = self._truncation.token_ids(self._tokenizer, texts, room)
         cut = sum(len(d) > room for d in docs)
@@ -321,7 +319,7 @@ class Seq2SeqScorer(BaseScorer):
             "template": self.template,
             "tokens": list(self._ids),
             "max_length": self.max_length,
-            "max_query_length": self.max_query_length,
+            "query_length": self.query_length,
             "dtype": str(self.dtype),
             "files": self._files,
         }

