@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import ConfigError
+from rerankers_plugins.scorers.lexical import BM25Tokens
 from rerankers_plugins.types import Candidate
 
 __all__ = ["BM25Retriever"]
@@ -16,30 +16,23 @@ logger = logging.getLogger(__name__)
 
 
 class BM25Retriever:
-    """Lucene-variant BM25 (k1=1.2, b=0.75) with English stopwords and Snowball stemming when
-    PyStemmer is installed.
+    """Lucene-variant BM25 (k1=1.2, b=0.75), tokenized as :class:`~rerankers_plugins.scorers.lexical.BM25Scorer` tokenizes
+    (:class:`~rerankers_plugins.scorers.lexical.BM25Tokens`: English stopwords, Snowball stemming
+    unless ``stemming=False``).
 
     ``docs`` are Candidates (their ``text`` is indexed, ``id`` and ``metadata`` are carried to the
     results, ``retrieval_score`` is set to the BM25 score).
     """
 
-    def __init__(self, docs: Sequence[Candidate], *, k1: float = 1.2, b: float = 0.75) -> None:
+    def __init__(
+        self, docs: Sequence[Candidate], *, k1: float = 1.2, b: float = 0.75, stemming: bool = True
+    ) -> None:
         if not docs:
             raise ConfigError("BM25Retriever needs at least one document")
-        self._bm25s = require("bm25s", "bm25")
-        try:
-            stemmer_mod = require("Stemmer", "bm25")
-            self._stemmer: Any = stemmer_mod.Stemmer("english")
-        except ImportError:
-            logger.info("PyStemmer is not installed: BM25 runs without stemming")
-            self._stemmer = None
+        self._tokens = BM25Tokens(stemming=stemming)
         self.docs = list(docs)
-        tokens = self._tokenize([d.text for d in self.docs])
-        self._index = self._bm25s.BM25(k1=k1, b=b, method="lucene")
-        self._index.index(tokens, show_progress=False)
-
-    def _tokenize(self, texts: list[str]) -> Any:
-        return self._bm25s.tokenize(texts, stopwords="en", stemmer=self._stemmer, show_progress=False)
+        self._index = require("bm25s", "bm25").BM25(k1=k1, b=b, method="lucene")
+        self._index.index(self._tokens.ids([d.text for d in self.docs]), show_progress=False)
 
     def retrieve(self, query: str, k: int = 100) -> list[Candidate]:
         """The top ``k`` documents for ``query``, best first, with ``retrieval_score`` set."""
@@ -47,7 +40,7 @@ class BM25Retriever:
 
     def retrieve_many(self, queries: Sequence[str], k: int = 100) -> list[list[Candidate]]:
         k = min(k, len(self.docs))
-        ids, scores = self._index.retrieve(self._tokenize(list(queries)), k=k, show_progress=False)
+        ids, scores = self._index.retrieve(self._tokens.ids(queries), k=k, show_progress=False)
         out = []
         for row_ids, row_scores in zip(ids, scores, strict=True):
             hits = [

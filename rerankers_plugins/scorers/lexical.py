@@ -10,9 +10,31 @@ from rerankers_plugins._optional import require
 from rerankers_plugins.scorers.base import BaseScorer
 from rerankers_plugins.types import ScoreScale
 
-__all__ = ["BM25Scorer"]
+__all__ = ["BM25Scorer", "BM25Tokens"]
 
 logger = logging.getLogger(__name__)
+
+
+class BM25Tokens:
+    """The one BM25 tokenisation of the package (the scorer here and the evaluation's first stage):
+    lower-cased words of two or more characters, bm25s's English stopwords removed, Snowball
+    stemming (PyStemmer, in the ``bm25`` extra) unless ``stemming=False``."""
+
+    def __init__(self, *, stemming: bool = True) -> None:
+        self._bm25s = require("bm25s", "bm25")
+        self._stemmer: Any = require("Stemmer", "bm25").Stemmer("english") if stemming else None
+        self.stemming = stemming
+
+    def ids(self, texts: Sequence[str]) -> Any:
+        """bm25s ``Tokenized`` ids and vocabulary of ``texts``, for indexing or retrieval."""
+        return self._bm25s.tokenize(list(texts), stopwords="en", stemmer=self._stemmer, show_progress=False)
+
+    def words(self, text: str) -> list[str]:
+        """The terms of one text, as strings."""
+        out: list[str] = self._bm25s.tokenize(
+            [text], stopwords="en", stemmer=self._stemmer, show_progress=False, return_ids=False
+        )[0]
+        return out
 
 
 class BM25Scorer(BaseScorer):
@@ -20,7 +42,7 @@ class BM25Scorer(BaseScorer):
 
     Statistics (document frequencies, average length) come from the candidates, so the score says
     how strongly a candidate matches the query's terms relative to the other candidates. English
-    stopwords; Snowball stemming when PyStemmer is installed. Scale LOGIT (any non-negative number).
+    stopwords; Snowball stemming (:class:`BM25Tokens`). Scale LOGIT (any non-negative number).
     """
 
     scale = ScoreScale.LOGIT
@@ -28,22 +50,16 @@ class BM25Scorer(BaseScorer):
 
     def __init__(self, *, k1: float = 1.2, b: float = 0.75, stemming: bool = True) -> None:
         self._bm25s = require("bm25s", "bm25")
+        self._tokens = BM25Tokens(stemming=stemming)
         self.k1, self.b = k1, b
-        self._stemmer: Any = None
-        if stemming:
-            self._stemmer = require("Stemmer", "bm25").Stemmer("english")
         self.name = "bm25"
 
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
         if not texts:
             return []
-        tok = self._bm25s.tokenize
-        corpus = tok(
-            list(texts), stopwords="en", stemmer=self._stemmer, show_progress=False, allow_empty=True
-        )
         index = self._bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
-        index.index(corpus, show_progress=False)
-        q = tok([query], stopwords="en", stemmer=self._stemmer, show_progress=False, return_ids=False)[0]
+        index.index(self._tokens.ids(texts), show_progress=False)
+        q = self._tokens.words(query)
         if not q:
             return [0.0] * len(texts)
         return [float(s) for s in index.get_scores(q)]

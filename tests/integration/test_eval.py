@@ -136,3 +136,28 @@ def test_demo_evaluation_reports_indexing_apart_and_labels_recall_truthfully():
     assert by_name["cascade"].depth == 3
     row = next(line for line in report.table().splitlines() if line.startswith("| cascade"))
     assert "(at 3)" in row  # its recall@20 is really a recall at 3
+
+
+@pytest.mark.parametrize("stemming", [True, False])
+def test_bm25_first_stage_and_bm25_scorer_tokenize_alike(stemming: bool) -> None:
+    # one tokenisation: over the same texts, the first stage's scores are the scorer's scores
+    # (they disagreed on stemming where PyStemmer was missing: one stemmed, the other refused)
+    from rerankers_plugins.eval.first_stage import BM25Retriever
+    from rerankers_plugins.scorers.lexical import BM25Scorer
+    from rerankers_plugins.types import Candidate
+
+    texts = [
+        "Running shoes for running on trails",
+        "The runner ran a marathon",
+        "Shoe repair and leather care",
+        "Cooking pasta at home",
+    ]
+    query = "runs in running shoes"
+    hits = BM25Retriever([Candidate(t, id=str(i)) for i, t in enumerate(texts)], stemming=stemming).retrieve(
+        query, k=4
+    )
+    expected = BM25Scorer(stemming=stemming).score(query, texts)
+    got = {int(h.id): h.retrieval_score for h in hits}
+    assert got == pytest.approx({i: s for i, s in enumerate(expected) if s > 0})
+    # stemming changes what matches: "shoes" meets "Shoe" only through their stem
+    assert sorted(got) == ([0, 2] if stemming else [0])
