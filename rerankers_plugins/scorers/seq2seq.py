@@ -178,27 +178,7 @@ class Seq2SeqScorer(BaseScorer):
         config = load_model(
             "seq2seq", path, lambda: transformers.AutoConfig.from_pretrained(path, **kw), cls="Seq2SeqScorer"
         )
-        architectures = list(getattr(config, "architectures", None) or [])
-        if any(a.endswith("EncoderModel") for a in architectures) or (
-            config.model_type in ("t5", "mt5", "umt5") and not getattr(config, "is_encoder_decoder", False)
-        ):
-            raise ConfigError(
-                f"{model!r} is an encoder-only {config.model_type} checkpoint (architectures "
-                f"{architectures}): it has no decoder to score with. {_ENCODER_ONLY_HINT}"
-            )
-        if not getattr(config, "is_encoder_decoder", False):
-            raise ConfigError(
-                f"{model!r} is not an encoder-decoder model (model_type {config.model_type!r}): "
-                "Seq2SeqScorer needs a T5-style checkpoint such as castorini/monot5-base-msmarco; "
-                "for a BERT-style cross-encoder use CrossEncoderScorer"
-            )
-        names = _weight_names(path)
-        if names is not None and not any(n.startswith("decoder.") for n in names):
-            raise ConfigError(
-                f"{model!r} holds no decoder weights (its weight files store only "
-                f"{sorted({n.split('.')[0] for n in names})}); loaded as an encoder-decoder its decoder "
-                f"would be randomly initialised and every score random. {_ENCODER_ONLY_HINT}"
-            )
+        _check_checkpoint(model, path, config)
         self._tokenizer, (net, info) = load_model(
             "seq2seq",
             path,
@@ -211,16 +191,7 @@ class Seq2SeqScorer(BaseScorer):
             cls="Seq2SeqScorer",
         )
         self._tokenizer_lock = threading.RLock()  # see _encode
-        missing = sorted(info.get("missing_keys") or [])
-        if missing:
-            # the decoder, or the LM head a checkpoint with tie_word_embeddings=false stores apart
-            decoder = any(n.startswith(("decoder.", "lm_head.")) for n in missing)
-            raise ConfigError(
-                f"{model!r} lacks {len(missing)} {'decoder ' if decoder else ''}weights (e.g. "
-                f"{missing[:3]}): transformers would initialise them at random, so every score would "
-                "be random. "
-                + (_ENCODER_ONLY_HINT if decoder else "Re-save the complete model with save_pretrained")
-            )
+        _check_loaded(model, info)
         self._model = net.to(self.device, dtype=self.dtype).eval()
         limit = int(getattr(self._tokenizer, "model_max_length", 0) or 0)
         self.max_length = max_length if not 0 < limit < max_length else limit
@@ -234,17 +205,22 @@ class Seq2SeqScorer(BaseScorer):
         self._pad = int(self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0)
         self._head, self._tail = self._special_frame()
         self._fixed = [self._words(part) for part in (self._before, self._between, self._after)]
-        if variant == "monot5":
+        self._ids: tuple[int, ...] = self._answer_ids(true_token, false_token, score_token)
+        self._truncation = TruncationReport(f"Seq2SeqScorer({self.model_id!r})")
+        logger.debug("loaded %s model %s on %s as %s", variant, model, self.device, self.dtype)
+
+    def _answer_ids(
+        self, true_token: str | int, false_token: str | int, score_token: str | int
+    ) -> tuple[int, ...]:
+        """The decoder logits a score is read from: MonoT5's (true, false), RankT5's score token."""
+        if self.variant == "monot5":
             self.true_id = self._token_id(true_token, "true_token")
             self.false_id = self._token_id(false_token, "false_token")
             if self.true_id == self.false_id:
                 raise ConfigError(f"true_token and false_token are the same token (id {self.true_id})")
-            self._ids: tuple[int, ...] = (self.true_id, self.false_id)
-        else:
-            self.score_id = self._token_id(score_token, "score_token")
-            self._ids = (self.score_id,)
-        self._truncation = TruncationReport(f"Seq2SeqScorer({self.model_id!r})")
-        logger.debug("loaded %s model %s on %s as %s", variant, model, self.device, self.dtype)
+            return (self.true_id, self.false_id)
+        self.score_id = self._token_id(score_token, "score_token")
+        return (self.score_id,)
 
     def __repr__(self) -> str:
         return (
@@ -349,3 +325,43 @@ class Seq2SeqScorer(BaseScorer):
         for batch in batches:
             out.extend(self._forward([rows[i] for i in batch]))
         return restore_order(batches, out)
+
+
+def _check_checkpoint(model: str, path: str, config: Any) -> None:
+    """ConfigError for a checkpoint Seq2SeqScorer cannot score as its authors do: encoder-only
+    T5, a model that is not encoder-decoder, or weight files without the decoder."""
+    architectures = list(getattr(config, "architectures", None) or [])
+    if any(a.endswith("EncoderModel") for a in architectures) or (
+        config.model_type in ("t5", "mt5", "umt5") and not getattr(config, "is_encoder_decoder", False)
+    ):
+        raise ConfigError(
+            f"{model!r} is an encoder-only {config.model_type} checkpoint (architectures "
+            f"{architectures}): it has no decoder to score with. {_ENCODER_ONLY_HINT}"
+        )
+    if not getattr(config, "is_encoder_decoder", False):
+        raise ConfigError(
+            f"{model!r} is not an encoder-decoder model (model_type {config.model_type!r}): "
+            "Seq2SeqScorer needs a T5-style checkpoint such as castorini/monot5-base-msmarco; "
+            "for a BERT-style cross-encoder use CrossEncoderScorer"
+        )
+    names = _weight_names(path)
+    if names is not None and not any(n.startswith("decoder.") for n in names):
+        raise ConfigError(
+            f"{model!r} holds no decoder weights (its weight files store only "
+            f"{sorted({n.split('.')[0] for n in names})}); loaded as an encoder-decoder its decoder "
+            f"would be randomly initialised and every score random. {_ENCODER_ONLY_HINT}"
+        )
+
+
+def _check_loaded(model: str, info: Mapping[str, Any]) -> None:
+    """ConfigError where transformers initialised weights at random (every score would be)."""
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        # the decoder, or the LM head a checkpoint with tie_word_embeddings=false stores apart
+        decoder = any(n.startswith(("decoder.", "lm_head.")) for n in missing)
+        raise ConfigError(
+            f"{model!r} lacks {len(missing)} {'decoder ' if decoder else ''}weights (e.g. "
+            f"{missing[:3]}): transformers would initialise them at random, so every score would "
+            "be random. "
+            + (_ENCODER_ONLY_HINT if decoder else "Re-save the complete model with save_pretrained")
+        )
