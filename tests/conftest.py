@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from pathlib import Path
@@ -35,18 +36,44 @@ def tiny_bi_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_bi_encoder(tmp_path_factory.mktemp("tiny-bi"))
 
 
+# Models are loaded once per session and each test gets its own deep copy (a copy is rebuilt from
+# the scorer's files): a test that changes a scorer (its settings, its caches, its warning state)
+# cannot change what the next test sees.
+
+
 @pytest.fixture(scope="session")
-def tiny_ce(tiny_ce_dir: Path):
+def _tiny_ce_loaded(tiny_ce_dir: Path):
     from rerankers_plugins import CrossEncoderScorer
 
     return CrossEncoderScorer(str(tiny_ce_dir), dtype="float32", batch_size=4)
 
 
+@pytest.fixture
+def tiny_ce(_tiny_ce_loaded):
+    return copy.deepcopy(_tiny_ce_loaded)
+
+
 @pytest.fixture(scope="session")
-def tiny_bi(tiny_bi_dir: Path):
+def _tiny_bi_loaded(tiny_bi_dir: Path):
     from rerankers_plugins import BiEncoderScorer
 
     return BiEncoderScorer(str(tiny_bi_dir), dtype="float32")
+
+
+@pytest.fixture
+def tiny_bi(_tiny_bi_loaded):
+    return copy.deepcopy(_tiny_bi_loaded)
+
+
+@pytest.fixture(autouse=True)
+def _registry_restored():
+    """What a test registers (``register(name, target)``) is gone after it."""
+    from rerankers_plugins import registry
+
+    before = dict(registry._registered)
+    yield
+    registry._registered.clear()
+    registry._registered.update(before)
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -35,8 +36,13 @@ def pylate_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def colbert(colbert_dir):
+def _colbert_loaded(colbert_dir):
     return ColBERTScorer(str(colbert_dir), dtype="float32")
+
+
+@pytest.fixture
+def colbert(_colbert_loaded):
+    return copy.deepcopy(_colbert_loaded)  # loaded once, a copy per test (see conftest.py)
 
 
 def test_layouts_detected_with_their_dimensions(colbert_dir, pylate_dir, tiny_bi_dir):

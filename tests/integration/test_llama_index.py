@@ -43,12 +43,15 @@ class Recorder(BaseEventHandler):
 
 @pytest.fixture(scope="module")
 def index():
+    # LlamaIndex's global Settings are set for these tests and put back after them
+    before = Settings._llm, Settings._embed_model
     Settings.llm = MockLLM()
     Settings.embed_model = MockEmbedding(embed_dim=8)
     docs = [
         Document(text=t, metadata={"i": i}, excluded_embed_metadata_keys=["i"]) for i, t in enumerate(TEXTS)
     ]
-    return VectorStoreIndex.from_documents(docs)
+    yield VectorStoreIndex.from_documents(docs)
+    Settings._llm, Settings._embed_model = before
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from rerankers_plugins import BiEncoderScorer, CrossEncoderScorer, rerank
@@ -18,8 +20,13 @@ QUERIES = {
 
 
 @pytest.fixture(scope="module")
-def minilm(minilm_dir):
+def _minilm_loaded(minilm_dir):
     return BiEncoderScorer(str(minilm_dir), dtype="float32")
+
+
+@pytest.fixture
+def minilm(_minilm_loaded):
+    return copy.deepcopy(_minilm_loaded)  # loaded once, a copy per test (see conftest.py)
 
 
 @pytest.mark.parametrize(("query", "title"), QUERIES.items())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import pytest
@@ -45,8 +46,13 @@ def t5_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def mono(t5_dir):
+def _mono_loaded(t5_dir):
     return Seq2SeqScorer(str(t5_dir), dtype="float32", batch_size=2)
+
+
+@pytest.fixture
+def mono(_mono_loaded):
+    return copy.deepcopy(_mono_loaded)  # loaded once, a copy per test (see conftest.py)
 
 
 def by_hand(t5_dir, query, doc, template, ids):
