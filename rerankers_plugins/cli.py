@@ -91,7 +91,7 @@ def demo(args: argparse.Namespace) -> int:
         logging.getLogger("bm25s").setLevel(logging.WARNING)
     t0 = time.perf_counter()
     retriever = BM25Retriever(corpus)
-    candidates = retriever.retrieve(args.query, k=args.top_k)
+    candidates = retriever.retrieve(args.query, k=args.k)
     t_bm25 = time.perf_counter() - t0
     if not candidates:
         print(f"BM25 found no passage sharing a word with {args.query!r}; try another --query.")
@@ -210,7 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--bi-encoder", action="store_true", help="treat --model as a sentence-transformers bi-encoder"
     )
-    d.add_argument("--top-k", type=int, default=20, help="BM25 candidates to rerank (default 20)")
+    # --k, as in `eval`; --top-k is its earlier spelling, still accepted
+    d.add_argument(
+        "--k", "--top-k", dest="k", type=int, default=20, help="BM25 candidates to rerank (default 20)"
+    )
     d.add_argument("--top-n", type=int, default=5, help="results to show (default 5)")
     d.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     d.set_defaults(func=demo)

@@ -83,3 +83,11 @@ def test_demo_with_cross_encoder_path(tiny_ce_dir, capsys):
 def test_demo_reports_unloadable_model(capsys, tmp_path):
     assert main(["demo", "--model", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--k", "--top-k"])
+def test_demo_candidates_flag_is_k_as_in_eval(flag, tiny_ce_dir, capsys):
+    # one name per idea: the first stage's candidates are --k in demo and eval (--top-k still works)
+    assert main(["demo", "--model", str(tiny_ce_dir), flag, "3", "--top-n", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "(of 3 candidates)" in out
