@@ -426,10 +426,11 @@ def redact(text: str, secrets: Sequence[Secret]) -> str:
 def merge_indexed(pairs: Sequence[tuple[Any, Any]], n: int, who: str) -> list[float]:
     """Scores by ``index`` from a server's ``(index, score)`` pairs for a batch of ``n`` texts.
 
-    Results are mapped by index, never by position. A repeated, out-of-range or non-numeric entry
-    is a :class:`BackendError` (not retried). A server that answers only its top k of the ``n``
-    (some servers apply their own ``top_n``) loses no document: the ones it left out get score
-    0.0, below the ones it ranked, and a warning is logged.
+    Results are mapped by index, never by position. Every one of the ``n`` indices must come back
+    exactly once with a finite number: a missing, repeated, out-of-range or non-integer index, or a
+    non-numeric or non-finite score, is a :class:`BackendError` (not retried) naming it, so that
+    ``on_error="keep_order"`` passes the candidates through, marked, instead of a document being
+    scored by a guess.
     """
     scores: list[float | None] = [None] * n
     for index, raw_score in pairs:
@@ -439,21 +440,25 @@ def merge_indexed(pairs: Sequence[tuple[Any, Any]], n: int, who: str) -> list[fl
             raise BackendError(f"{who} returned index {index}, outside the {n} documents sent")
         if scores[index] is not None:
             raise BackendError(f"{who} returned index {index} twice")
-        if isinstance(raw_score, bool) or not isinstance(raw_score, int | float):
-            raise BackendError(f"{who} returned a non-numeric score {raw_score!r} for index {index}")
-        value = float(raw_score)
-        if not math.isfinite(value):
-            raise BackendError(f"{who} returned a non-finite score ({value}) for index {index}")
-        scores[index] = value
+        scores[index] = _checked_score(raw_score, index, who)
     missing = [i for i, s in enumerate(scores) if s is None]
     if n and len(missing) == n:
         raise BackendError(f"{who} answered with no results for the {n} documents sent")
     if missing:
-        logger.warning(
-            "%s returned %d of %d results; the %d it left out are kept, with score 0.0 (the bottom of the scale)",
-            who,
-            n - len(missing),
-            n,
-            len(missing),
+        shown = ", ".join(map(str, missing[:20])) + (
+            f" and {len(missing) - 20} more" if len(missing) > 20 else ""
         )
-    return [0.0 if s is None else float(s) for s in scores]
+        raise BackendError(
+            f"{who} returned {n - len(missing)} of {n} results: no score for index {shown} "
+            "(does the server apply a top_n of its own?)"
+        )
+    return [float(s) for s in scores if s is not None]
+
+
+def _checked_score(raw_score: Any, index: int, who: str) -> float:
+    if isinstance(raw_score, bool) or not isinstance(raw_score, int | float):
+        raise BackendError(f"{who} returned a non-numeric score {raw_score!r} for index {index}")
+    value = float(raw_score)
+    if not math.isfinite(value):
+        raise BackendError(f"{who} returned a non-finite score ({value}) for index {index}")
+    return value

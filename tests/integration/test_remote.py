@@ -105,14 +105,29 @@ async def test_async_matches_sync(server, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_server_answering_only_its_top_k_loses_nothing(server, kind, caplog):
-    server.faults.append(("top", 2))
+async def test_a_server_answering_only_its_top_k_is_an_error_keep_order_handles(server, kind, caplog):
+    """No document is scored by a guess: indices missing from the answer are a BackendError that
+    names them, and the usual fallback passes every candidate through, marked."""
+    server.faults.append(("top", 4))
+    missing = sorted(sorted(range(len(DOCS)), key=lambda i: (-overlap(QUERY, DOCS[i]), i))[4:])
+    with pytest.raises(
+        BackendError, match=rf"returned 4 of 6 results: no score for index {missing[0]}, {missing[1]}"
+    ):
+        make(kind, server.url).score(QUERY, DOCS)
+    assert len(server.requests) == 1  # not retried
+    cands = [Candidate(d, id=str(i), retrieval_score=10.0 - i) for i, d in enumerate(DOCS)]
+    fallback = make(kind, server.url, on_error="keep_order")
+    server.faults.append(("top", 4))
     with caplog.at_level(logging.WARNING):
-        out = rerank(QUERY, DOCS, make(kind, server.url))
-    assert_no_loss(out)
-    assert [s.text for s in out[:2]] == expected_order()[:2]
-    assert all(s.score == 0.0 for s in out[2:])
-    assert "returned 2 of 6 results" in caplog.text
+        sync = rerank(QUERY, cands, fallback)
+    server.faults.append(("top", 4))
+    asy = await arerank(QUERY, cands, fallback)
+    for out in (sync, asy):
+        assert [s.id for s in out] == [c.id for c in cands]
+        assert all(s.details["fallback"] == "keep_order" and not s.details["reranked"] for s in out)
+        assert "no score for index" in out[0].details["error"]
+        assert all(s.score != 0.0 for s in out)  # the retrieval scores, not a guessed 0.0
+    assert "on_error='keep_order'" in caplog.text
 
 
 def test_client_side_batches_merge_by_index(server):
