@@ -63,7 +63,7 @@ def make(kind: str, url: str, deadline: float, timeout: float):
         "retry": RetryPolicy(attempts=4),
     }
     if kind == "cohere":
-        return CohereScorer(api_key="k", base_url=url, max_documents_per_request=10, **kw)
+        return CohereScorer(api_key="k", base_url=url, batch_size=10, **kw)
     return RemoteScorer(url, protocol=kind, api_key="k", batch_size=10, **kw)
 
 
@@ -73,7 +73,7 @@ def _fallback_time(client: str, path: str, deadline: float) -> tuple[float, list
     with RerankServer() as server, httpx.Client() as sync_pool:
         server.faults.extend([("trickle", 0.25, 10.0)] * 20)
         async_pool = httpx.AsyncClient()
-        kw = {"deadline": deadline, "timeout": 1.0, "on_error": "keep_order", "max_documents_per_request": 10}
+        kw = {"deadline": deadline, "timeout": 1.0, "on_error": "keep_order", "batch_size": 10}
         if client == "injected ClientV2":
             kw["client"] = cohere.ClientV2(api_key="bench-key", base_url=server.url, httpx_client=sync_pool)
         elif client == "injected AsyncClientV2":
@@ -191,11 +191,11 @@ def shared_by_threads(rounds: int) -> None:
                 server.url, protocol="tei", batch_size=10, on_error="keep_order"
             ),
             "CohereScorer (base_url)": CohereScorer(
-                api_key="bench-key", base_url=server.url, max_documents_per_request=10, on_error="keep_order"
+                api_key="bench-key", base_url=server.url, batch_size=10, on_error="keep_order"
             ),
             "CohereScorer (injected ClientV2)": CohereScorer(
                 client=cohere.ClientV2(api_key="bench-key", base_url=server.url, httpx_client=sync_pool),
-                max_documents_per_request=10,
+                batch_size=10,
                 on_error="keep_order",
             ),
         }

@@ -1,4 +1,11 @@
-"""Failure policy shared by the API backends (Cohere, rerank servers).
+"""The HTTP scorer base (:class:`HTTPScorer`) and the failure policy of the API backends
+(Cohere, rerank servers).
+
+:class:`HTTPScorer` owns what every API backend does alike: options checked once (timeout,
+deadline, batch size, concurrency, retries, fallback), credentials in the base URL and the API key
+held as secrets and hidden from logs, one client per event loop, batches sent concurrently under
+one deadline with retries, and copies and pickles made of settings, never of keys. A backend adds
+its protocol only: the request it sends and how it reads the answer.
 
 Retries: exponential backoff with full jitter on 429, 5xx, timeouts and connection errors,
 honouring ``Retry-After`` when the server sends one (a ``nan`` or unparsable value is ignored);
@@ -31,17 +38,22 @@ import urllib.parse
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
-from rerankers_plugins._secret import Secret
+from rerankers_plugins._checks import as_int, as_real
+from rerankers_plugins._optional import require
+from rerankers_plugins._secret import Secret, secret_from
 from rerankers_plugins.errors import BackendError, ConfigError, DeadlineExceeded
+from rerankers_plugins.scorers.base import BaseScorer, _rebuild
 
 __all__ = [
     "DEFAULT_DEADLINE_FACTOR",
     "DeadlineExceeded",
+    "HTTPScorer",
     "LoopLocal",
     "OnError",
     "RetryPolicy",
+    "Send",
     "TransientError",
     "bounded",
     "check_deadline",
@@ -175,8 +187,7 @@ class RetryPolicy:
     max_retry_after: float = 30.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or self.attempts < 1:
-            raise ConfigError(f"RetryPolicy.attempts must be an int >= 1, got {self.attempts!r}")
+        as_int(self.attempts, "RetryPolicy.attempts", minimum=1)
         for name in ("initial", "max_wait", "max_retry_after"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
@@ -226,11 +237,7 @@ class RetryPolicy:
 
 def check_deadline(deadline: Any) -> float | None:
     """``deadline`` as positive seconds, or None (not given)."""
-    if deadline is None:
-        return None
-    if isinstance(deadline, bool) or not isinstance(deadline, int | float) or not 0 < deadline < math.inf:
-        raise ConfigError(f"deadline must be a positive number of seconds or None, got {deadline!r}")
-    return float(deadline)
+    return as_real(deadline, "deadline", allow_none=True, positive=True)
 
 
 #: Without ``deadline=``, a call may take this many times the per-request ``timeout``. A
@@ -426,10 +433,11 @@ def redact(text: str, secrets: Sequence[Secret]) -> str:
 def merge_indexed(pairs: Sequence[tuple[Any, Any]], n: int, who: str) -> list[float]:
     """Scores by ``index`` from a server's ``(index, score)`` pairs for a batch of ``n`` texts.
 
-    Results are mapped by index, never by position. A repeated, out-of-range or non-numeric entry
-    is a :class:`BackendError` (not retried). A server that answers only its top k of the ``n``
-    (some servers apply their own ``top_n``) loses no document: the ones it left out get score
-    0.0, below the ones it ranked, and a warning is logged.
+    Results are mapped by index, never by position. Every one of the ``n`` indices must come back
+    exactly once with a finite number: a missing, repeated, out-of-range or non-integer index, or a
+    non-numeric or non-finite score, is a :class:`BackendError` (not retried) naming it, so that
+    ``on_error="keep_order"`` passes the candidates through, marked, instead of a document being
+    scored by a guess.
     """
     scores: list[float | None] = [None] * n
     for index, raw_score in pairs:
@@ -439,21 +447,202 @@ def merge_indexed(pairs: Sequence[tuple[Any, Any]], n: int, who: str) -> list[fl
             raise BackendError(f"{who} returned index {index}, outside the {n} documents sent")
         if scores[index] is not None:
             raise BackendError(f"{who} returned index {index} twice")
-        if isinstance(raw_score, bool) or not isinstance(raw_score, int | float):
-            raise BackendError(f"{who} returned a non-numeric score {raw_score!r} for index {index}")
-        value = float(raw_score)
-        if not math.isfinite(value):
-            raise BackendError(f"{who} returned a non-finite score ({value}) for index {index}")
-        scores[index] = value
+        scores[index] = _checked_score(raw_score, index, who)
     missing = [i for i, s in enumerate(scores) if s is None]
     if n and len(missing) == n:
         raise BackendError(f"{who} answered with no results for the {n} documents sent")
     if missing:
-        logger.warning(
-            "%s returned %d of %d results; the %d it left out are kept, with score 0.0 (the bottom of the scale)",
-            who,
-            n - len(missing),
-            n,
-            len(missing),
+        shown = ", ".join(map(str, missing[:20])) + (
+            f" and {len(missing) - 20} more" if len(missing) > 20 else ""
         )
-    return [0.0 if s is None else float(s) for s in scores]
+        raise BackendError(
+            f"{who} returned {n - len(missing)} of {n} results: no score for index {shown} "
+            "(does the server apply a top_n of its own?)"
+        )
+    return [float(s) for s in scores if s is not None]
+
+
+def _checked_score(raw_score: Any, index: int, who: str) -> float:
+    if isinstance(raw_score, bool) or not isinstance(raw_score, int | float):
+        raise BackendError(f"{who} returned a non-numeric score {raw_score!r} for index {index}")
+    value = float(raw_score)
+    if not math.isfinite(value):
+        raise BackendError(f"{who} returned a non-finite score ({value}) for index {index}")
+    return value
+
+
+#: one attempt at one batch: the batch's texts -> their scores (raises TransientError to be retried)
+Send = Callable[[Sequence[str]], Awaitable[list[float]]]
+
+
+class HTTPScorer(BaseScorer):
+    """The base of the API backends: everything but the protocol.
+
+    It checks the shared options, holds the base URL and the API key as secrets (the key from the
+    argument or the ``key_env`` environment variable; credentials in the URL are redacted from
+    the name, repr, errors and the HTTP client's log), keeps one client per event loop, and scores
+    a call as batches of ``batch_size`` sent concurrently, each retried by ``retry``, all bounded
+    by one ``deadline``. The sync :meth:`score` runs the async path. Copies are the object itself
+    (its settings are fixed and its key stays with it); a pickle holds the settings, not the key,
+    and a base URL holding credentials refuses to be pickled.
+
+    A backend implements :meth:`_new_async` (a client for the running loop), :meth:`_sender`
+    (one attempt at one batch), :meth:`_settings` (its own options, for pickling),
+    :meth:`_repr_args` and ``fingerprint``, and names its ``extra`` and ``key_env``.
+    """
+
+    #: the extra that installs the backend's client libraries (named by MissingExtraError)
+    extra: ClassVar[str]
+    #: the environment variable the API key is read from, again after unpickling
+    key_env: ClassVar[str]
+    #: the most documents one request may carry (the API's limit), if it has one
+    max_batch_size: ClassVar[int | None] = None
+
+    def __init__(
+        self,
+        base_url: str | None,
+        *,
+        api_key: str | Secret | None,
+        key_required: bool,
+        timeout: float,
+        deadline: float | None,
+        batch_size: int,
+        max_concurrency: int,
+        retry: RetryPolicy | None,
+        on_error: OnError,
+    ) -> None:
+        self._httpx = require("httpx", self.extra)
+        self.timeout = as_real(timeout, "timeout", positive=True) or 0.0  # positive: never None
+        self.deadline = resolve_deadline(deadline, self.timeout)
+        self.batch_size = as_int(batch_size, "batch_size", minimum=1) or 1
+        if self.max_batch_size is not None and self.batch_size > self.max_batch_size:
+            raise ConfigError(
+                f"batch_size must be in 1..{self.max_batch_size} (the API's limit per request), got {batch_size}"
+            )
+        self.max_concurrency = as_int(max_concurrency, "max_concurrency", minimum=1) or 1
+        self.retry = retry or RetryPolicy()
+        self.on_error = check_on_error(on_error)
+        self._url = Secret(base_url) if base_url else None  # may hold credentials: used, never shown
+        self._secrets = url_secrets(base_url) if base_url else []
+        hide_in_http_logs(self, self._secrets)
+        self.base_url = self._redact(base_url) if base_url else None
+        self._key = secret_from(api_key, self.key_env, required=key_required, who=type(self).__name__)
+        self._key_from_env = api_key is None
+        if self._key is not None:
+            self._secrets.append(self._key)
+        # one client per event loop (async clients cannot cross loops), closed with its loop
+        self._async_clients: LoopLocal[Any] = LoopLocal(self._new_async)
+
+    # -- what a backend implements -----------------------------------------------------------------
+
+    def _new_async(self) -> tuple[Any, Callable[[], Awaitable[None]]]:
+        """A client for the running event loop, and how to close it."""
+        raise NotImplementedError
+
+    async def _sender(self, query: str, end: float | None) -> Send:
+        """How this call sends one batch (once; the base retries it); ``end`` is the call's
+        ``time.monotonic()`` deadline, or None."""
+        raise NotImplementedError
+
+    def _settings(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The backend's own constructor arguments (positional, keyword), for pickling."""
+        raise NotImplementedError
+
+    def _repr_args(self) -> str:
+        raise NotImplementedError
+
+    # -- shared --------------------------------------------------------------------------------------
+
+    def _redact(self, text: str) -> str:
+        return redact(text, self._secrets)
+
+    @property
+    def _raw_url(self) -> str | None:
+        """The base URL as given, credentials included: for requests and pickles only."""
+        return self._url.get_secret_value() if self._url is not None else None
+
+    def _split_url(self) -> tuple[str | None, list[tuple[str, str]]]:
+        """The base URL without its query string (None when not given), and the query's
+        parameters, sent with every request."""
+        raw = self._raw_url
+        return split_query(raw) if raw is not None else (None, [])
+
+    def _status_error(
+        self, who: str, status: int, headers: Mapping[str, str] | None, body: str
+    ) -> BackendError:
+        """An HTTP error answer: 429 and 5xx are retried (honouring ``Retry-After``), others are not."""
+        message = f"{who} answered HTTP {status}: {self._redact(body)[:300]}"
+        if status == 429 or status >= 500:
+            return TransientError(message, status=status, retry_after=parse_retry_after(headers))
+        return BackendError(message)
+
+    def _client_error(self, who: str, exc: Exception) -> BackendError:
+        """A failure of the HTTP client: timeouts, refused and dropped connections are retried."""
+        message = self._redact(f"{who}: {type(exc).__name__}: {exc}")
+        if isinstance(exc, self._httpx.TransportError):
+            return TransientError(message)
+        return BackendError(message)
+
+    @property
+    def _who(self) -> str:
+        """How errors and logs name this backend."""
+        return self.name
+
+    def _batches(self, texts: Sequence[str]) -> list[Sequence[str]]:
+        k = self.batch_size
+        return [texts[i : i + k] for i in range(0, len(texts), k)]
+
+    def score(self, query: str, texts: Sequence[str]) -> list[float]:
+        if not texts:
+            return []
+        return run_sync(self.ascore(query, texts))
+
+    async def ascore(self, query: str, texts: Sequence[str]) -> list[float]:
+        if not texts:
+            return []
+        async with bounded(self.deadline, self._who) as end:
+            send = await self._sender(query, end)
+            attempts = [
+                self.retry.acall(_bind(send, b), end=end, who=self._who) for b in self._batches(texts)
+            ]
+            parts = await gather_cancelling(attempts)
+        return [s for part in parts for s in part]
+
+    async def aclose(self) -> None:
+        """Close the running event loop's client now (it closes with the loop anyway)."""
+        await self._async_clients.aclose()
+
+    def __copy__(self) -> HTTPScorer:
+        return self  # settings are fixed after construction; the key stays with the one object
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> HTTPScorer:
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its settings, without the key (read from ``key_env`` again on load)."""
+        who = type(self).__name__
+        if self._raw_url is not None and url_secrets(self._raw_url):
+            raise TypeError(
+                f"a {who} whose base_url holds credentials cannot be pickled (they would be "
+                f"written out in plain text): pass the key as api_key / {self.key_env} instead"
+            )
+        if not self._key_from_env:
+            logger.info("pickling %s without its api_key: the copy reads %s", self.name, self.key_env)
+        args, own = self._settings()
+        settings = {
+            "timeout": self.timeout,
+            "deadline": self.deadline,
+            "batch_size": self.batch_size,
+            "max_concurrency": self.max_concurrency,
+            "retry": self.retry,
+            "on_error": self.on_error,
+            **own,
+        }
+        return (_rebuild, (type(self), args, settings))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._repr_args()}, api_key={'set' if self._key else None})"
+
+
+def _bind(send: Send, batch: Sequence[str]) -> Callable[[], Awaitable[list[float]]]:
+    return lambda: send(batch)

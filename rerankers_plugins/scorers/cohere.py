@@ -1,59 +1,47 @@
 """Cohere Rerank over the official ``cohere`` SDK (v2 client, sync and async).
 
-Candidate lists larger than the per-request limit are split into several requests and merged by
-``index``. The API key comes from the argument or ``COHERE_API_KEY`` and is held as a
+Candidate lists larger than ``batch_size`` (at most the API's 1,000 documents per request) are
+split into several requests and merged by ``index``. The API key comes from the argument or ``COHERE_API_KEY`` and is held as a
 :class:`~rerankers_plugins._secret.Secret`: it never appears in reprs, logs or exception messages.
 Retries follow the shared policy (429, 5xx, timeouts, connection errors; ``Retry-After`` honoured);
 the SDK's own retries are turned off so that the two do not multiply. One deadline bounds every
 call, whichever client makes it: an injected sync client's requests run in a worker thread that the
-call stops waiting for at the deadline.
+call stops waiting for at the deadline. What the API backends share (options, secrets, per-loop
+clients, batches, retries, pickling) is :class:`~rerankers_plugins.scorers._http.HTTPScorer`'s; this
+module is the Cohere protocol and the SDK client path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import math
 import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
+from rerankers_plugins._checks import as_int
 from rerankers_plugins._optional import require
-from rerankers_plugins._secret import Secret, secret_from
+from rerankers_plugins._secret import Secret
 from rerankers_plugins.errors import BackendError, ConfigError
 from rerankers_plugins.scorers._http import (
-    LoopLocal,
+    HTTPScorer,
     OnError,
     RetryPolicy,
-    TransientError,
-    bounded,
-    check_on_error,
-    gather_cancelling,
-    hide_in_http_logs,
+    Send,
     in_thread,
     merge_indexed,
-    parse_retry_after,
-    redact,
-    resolve_deadline,
-    run_sync,
-    split_query,
-    url_secrets,
     wait_until,
 )
-from rerankers_plugins.scorers.base import BaseScorer
 from rerankers_plugins.types import ScoreScale
 
 __all__ = ["CohereScorer"]
 
-logger = logging.getLogger(__name__)
-
 MAX_DOCUMENTS_PER_REQUEST = 1000  # Cohere's documented limit per rerank call
 
 
-class CohereScorer(BaseScorer):
+class CohereScorer(HTTPScorer):
     """Cohere Rerank. Scale RELEVANCE (0..1).
 
     Args:
@@ -76,8 +64,12 @@ class CohereScorer(BaseScorer):
             timeout; 120 s with the default timeout). An injected sync client's request runs in a
             worker thread that the call stops waiting for at the deadline; that thread ends when
             the SDK's request timeout (capped at the time left) does.
-        max_tokens_per_doc: documents are truncated server-side to this many tokens.
-        max_documents_per_request: split larger candidate lists into several requests.
+        max_length: documents are truncated server-side to this many tokens (sent as the API's
+            ``max_tokens_per_doc``). Formerly ``max_tokens_per_doc=``, still accepted with a
+            FutureWarning.
+        batch_size: documents per request, at most 1000 (the API's limit); larger candidate lists
+            are split into several requests. Formerly ``max_documents_per_request=``, still
+            accepted with a FutureWarning.
         max_concurrency: requests of one async call in flight at once.
         retry, on_error: see :class:`~rerankers_plugins.RemoteScorer`.
 
@@ -90,6 +82,13 @@ class CohereScorer(BaseScorer):
     """
 
     scale = ScoreScale.RELEVANCE
+    extra = "cohere"
+    key_env = "COHERE_API_KEY"
+    max_batch_size = MAX_DOCUMENTS_PER_REQUEST
+    renamed: ClassVar[Mapping[str, str]] = {
+        "max_documents_per_request": "batch_size",
+        "max_tokens_per_doc": "max_length",
+    }
 
     def __init__(
         self,
@@ -101,79 +100,43 @@ class CohereScorer(BaseScorer):
         base_url: str | None = None,
         timeout: float = 30.0,
         deadline: float | None = None,
-        max_tokens_per_doc: int | None = None,
-        max_documents_per_request: int = MAX_DOCUMENTS_PER_REQUEST,
+        max_length: int | None = None,
+        batch_size: int = MAX_DOCUMENTS_PER_REQUEST,
         max_concurrency: int = 8,
         retry: RetryPolicy | None = None,
         on_error: OnError = "raise",
     ) -> None:
         self._cohere = require("cohere", "cohere")
-        self._httpx = require("httpx", "cohere")
-        if not 1 <= max_documents_per_request <= MAX_DOCUMENTS_PER_REQUEST:
-            raise ConfigError(
-                f"max_documents_per_request must be in 1..{MAX_DOCUMENTS_PER_REQUEST}, got {max_documents_per_request}"
-            )
-        if max_tokens_per_doc is not None and max_tokens_per_doc < 1:
-            raise ConfigError(f"max_tokens_per_doc must be a positive int, got {max_tokens_per_doc}")
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
-            raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        super().__init__(
+            base_url,
+            api_key=api_key,
+            key_required=client is None and async_client is None,
+            timeout=timeout,
+            deadline=deadline,
+            batch_size=batch_size,
+            max_concurrency=max_concurrency,
+            retry=retry,
+            on_error=on_error,
+        )
+        self.max_length = as_int(max_length, "max_length", minimum=1, allow_none=True)
         self.model = model
         self.name = f"cohere:{model}"
-        self._url = Secret(base_url) if base_url else None  # may hold credentials: never shown
-        self._secrets = url_secrets(base_url) if base_url else []
-        hide_in_http_logs(self, self._secrets)
-        self.base_url = redact(base_url, self._secrets) if base_url else None
-        self.timeout = float(timeout)
-        self.deadline = resolve_deadline(deadline, self.timeout)
-        self.max_tokens_per_doc = max_tokens_per_doc
-        self.max_documents_per_request = max_documents_per_request
-        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
-            raise ConfigError(f"max_concurrency must be a positive int, got {max_concurrency!r}")
-        self.max_concurrency = max_concurrency
-        self.retry = retry or RetryPolicy()
-        self.on_error = check_on_error(on_error)
-        self._key = secret_from(
-            api_key, "COHERE_API_KEY", required=client is None and async_client is None, who="CohereScorer"
-        )
-        self._key_from_env = api_key is None
-        if self._key is not None:
-            self._secrets.append(self._key)
         self._client = client
         self._async_client = async_client
         # the event loop the injected async client runs on (the first one to use it)
         self._async_loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
         self._async_loop_lock = threading.Lock()
-        self._async_clients: LoopLocal[Any] = LoopLocal(self._new_async)
-
-    def __copy__(self) -> CohereScorer:
-        return self  # settings are fixed after construction; the key stays with the one object
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> CohereScorer:
-        return self
 
     def __reduce__(self) -> tuple[Any, ...]:
-        """Pickled as its settings, without the key (re-read from ``COHERE_API_KEY`` on load)."""
         if self._client is not None or self._async_client is not None:
             raise TypeError("a CohereScorer with injected clients cannot be pickled; build it from settings")
-        if self._url is not None and url_secrets(self._url.get_secret_value()):
-            raise TypeError(
-                "a CohereScorer whose base_url holds credentials cannot be pickled (they would be "
-                "written out in plain text): pass the key as api_key / COHERE_API_KEY instead"
-            )
-        settings = {
-            "base_url": self._url.get_secret_value() if self._url is not None else None,
-            "timeout": self.timeout,
-            "deadline": self.deadline,
-            "max_tokens_per_doc": self.max_tokens_per_doc,
-            "max_documents_per_request": self.max_documents_per_request,
-            "max_concurrency": self.max_concurrency,
-            "retry": self.retry,
-            "on_error": self.on_error,
-        }
-        return (_rebuild, (self.model, settings))
+        return super().__reduce__()
 
-    def __repr__(self) -> str:
-        return f"CohereScorer(model={self.model!r}, base_url={self.base_url!r}, api_key={'set' if self._key else None})"
+    def _settings(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return (self.model,), {"base_url": self._raw_url, "max_length": self.max_length}
+
+    def _repr_args(self) -> str:
+        return f"model={self.model!r}, base_url={self.base_url!r}"
 
     def _client_kwargs(self) -> dict[str, Any]:
         if self._key is None:
@@ -183,14 +146,13 @@ class CohereScorer(BaseScorer):
             "timeout": self.timeout,
             "max_retries": 0,
         }
-        if self._url is not None:
-            kw["base_url"] = split_query(self._url.get_secret_value())[0]
+        base = self._split_url()[0]
+        if base is not None:
+            kw["base_url"] = base
         return kw
 
     def _new_async(self) -> tuple[Any, Callable[[], Awaitable[None]]]:
-        httpx = require("httpx", "cohere")
-        params = split_query(self._url.get_secret_value())[1] if self._url is not None else []
-        pool = httpx.AsyncClient(timeout=self.timeout, params=params)
+        pool = self._httpx.AsyncClient(timeout=self.timeout, params=self._split_url()[1])
         return self._cohere.AsyncClientV2(**self._client_kwargs(), httpx_client=pool), pool.aclose
 
     def _owns_async_client(self) -> bool:
@@ -232,33 +194,26 @@ class CohereScorer(BaseScorer):
             "top_n": len(docs),
             "request_options": {"max_retries": 0, "timeout_in_seconds": timeout},
         }
-        if self.max_tokens_per_doc is not None:
-            kw["max_tokens_per_doc"] = self.max_tokens_per_doc
+        if self.max_length is not None:
+            kw["max_tokens_per_doc"] = self.max_length  # the API's name for it
         return kw
 
     def _translate(self, exc: Exception) -> BackendError:
         """SDK and transport errors -> TransientError (retried) or BackendError; the key is never included."""
         if isinstance(exc, BackendError):  # ours already (a deadline, a foreign loop)
             return exc
-        api_error = self._cohere.core.api_error.ApiError
-        if isinstance(exc, api_error):
-            status = exc.status_code or 0
-            body = redact(str(exc.body), self._secrets)[:300]
-            msg = f"Cohere rerank answered HTTP {status}: {body}"
-            if status == 429 or status >= 500:
-                return TransientError(msg, status=status, retry_after=parse_retry_after(exc.headers))
-            return BackendError(msg)
+        if isinstance(exc, self._cohere.core.api_error.ApiError):
+            return self._status_error("Cohere rerank", exc.status_code or 0, exc.headers, str(exc.body))
         if isinstance(exc, self._httpx.TransportError):
-            return TransientError(redact(f"Cohere rerank: {type(exc).__name__}: {exc}", self._secrets))
+            return self._client_error("Cohere rerank", exc)
         if isinstance(exc, ValueError):  # malformed JSON or a response the SDK cannot parse
             return BackendError(
-                redact(
-                    f"Cohere rerank answered something unparseable: {type(exc).__name__}: {exc}",
-                    self._secrets,
-                )[:300]
+                self._redact(f"Cohere rerank answered something unparseable: {type(exc).__name__}: {exc}")[
+                    :300
+                ]
             )
         # anything else the SDK raises (a client used after its loop closed, an unexpected shape)
-        return BackendError(redact(f"Cohere rerank failed: {type(exc).__name__}: {exc}", self._secrets)[:300])
+        return BackendError(self._redact(f"Cohere rerank failed: {type(exc).__name__}: {exc}")[:300])
 
     @contextlib.contextmanager
     def _sdk_errors(self) -> Iterator[None]:
@@ -276,54 +231,35 @@ class CohereScorer(BaseScorer):
             raise BackendError(f"Cohere rerank answered in an unexpected shape: {exc!r}") from exc
         return merge_indexed(pairs, n, f"Cohere rerank ({self.model})")
 
-    def _chunks(self, texts: Sequence[str]) -> list[Sequence[str]]:
-        k = self.max_documents_per_request
-        return [texts[i : i + k] for i in range(0, len(texts), k)]
-
     def fingerprint(self) -> Mapping[str, Any]:
-        return {"model": self.model, "base_url": self.base_url, "max_tokens_per_doc": self.max_tokens_per_doc}
+        # "max_tokens_per_doc": the API's name, kept so that cached scores stay valid
+        return {"model": self.model, "base_url": self.base_url, "max_tokens_per_doc": self.max_length}
 
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
-        if not texts:
-            return []
-        if self._client is None:
-            scores: list[float] = run_sync(self.ascore(query, texts))
-            return scores
+        if not texts or self._client is None:
+            return super().score(query, texts)
         client = self._client  # injected sync client: each request in a worker thread
         end = time.monotonic() + self.deadline
         out: list[float] = []
-        for chunk in self._chunks(texts):
+        for batch in self._batches(texts):
 
-            def once(chunk: Sequence[str] = chunk) -> list[float]:
-                request = self._request(query, chunk, end)
+            def once(batch: Sequence[str] = batch) -> list[float]:
+                request = self._request(query, batch, end)
                 with self._sdk_errors():
                     response = wait_until(in_thread(lambda: client.rerank(**request)), end, self.name)
-                return self._merge(response, len(chunk))
+                return self._merge(response, len(batch))
 
             out.extend(self.retry.call(once, end=end, who=self.name))
         return out
 
-    async def ascore(self, query: str, texts: Sequence[str]) -> list[float]:
-        if not texts:
-            return []
-        bound = asyncio.Semaphore(self.max_concurrency)
+    async def _sender(self, query: str, end: float | None) -> Send:
+        rerank = await self._rerank_call()
+        bound = asyncio.Semaphore(self.max_concurrency)  # per call: an injected client has no pool of ours
 
-        async def one(
-            rerank: Callable[..., Awaitable[Any]], chunk: Sequence[str], end: float | None
-        ) -> list[float]:
-            async def once() -> list[float]:
-                async with bound:
-                    with self._sdk_errors():
-                        response = await rerank(**self._request(query, chunk, end))
-                return self._merge(response, len(chunk))
+        async def send(batch: Sequence[str]) -> list[float]:
+            async with bound:
+                with self._sdk_errors():
+                    response = await rerank(**self._request(query, batch, end))
+            return self._merge(response, len(batch))
 
-            return await self.retry.acall(once, end=end, who=self.name)
-
-        async with bounded(self.deadline, self.name) as end:
-            rerank = await self._rerank_call()
-            parts = await gather_cancelling([one(rerank, c, end) for c in self._chunks(texts)])
-        return [s for part in parts for s in part]
-
-
-def _rebuild(model: str, settings: dict[str, Any]) -> CohereScorer:
-    return CohereScorer(model, **settings)
+        return send

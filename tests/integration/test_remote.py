@@ -105,14 +105,29 @@ async def test_async_matches_sync(server, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_server_answering_only_its_top_k_loses_nothing(server, kind, caplog):
-    server.faults.append(("top", 2))
+async def test_a_server_answering_only_its_top_k_is_an_error_keep_order_handles(server, kind, caplog):
+    """No document is scored by a guess: indices missing from the answer are a BackendError that
+    names them, and the usual fallback passes every candidate through, marked."""
+    server.faults.append(("top", 4))
+    missing = sorted(sorted(range(len(DOCS)), key=lambda i: (-overlap(QUERY, DOCS[i]), i))[4:])
+    with pytest.raises(
+        BackendError, match=rf"returned 4 of 6 results: no score for index {missing[0]}, {missing[1]}"
+    ):
+        make(kind, server.url).score(QUERY, DOCS)
+    assert len(server.requests) == 1  # not retried
+    cands = [Candidate(d, id=str(i), retrieval_score=10.0 - i) for i, d in enumerate(DOCS)]
+    fallback = make(kind, server.url, on_error="keep_order")
+    server.faults.append(("top", 4))
     with caplog.at_level(logging.WARNING):
-        out = rerank(QUERY, DOCS, make(kind, server.url))
-    assert_no_loss(out)
-    assert [s.text for s in out[:2]] == expected_order()[:2]
-    assert all(s.score == 0.0 for s in out[2:])
-    assert "returned 2 of 6 results" in caplog.text
+        sync = rerank(QUERY, cands, fallback)
+    server.faults.append(("top", 4))
+    asy = await arerank(QUERY, cands, fallback)
+    for out in (sync, asy):
+        assert [s.id for s in out] == [c.id for c in cands]
+        assert all(s.details["fallback"] == "keep_order" and not s.details["reranked"] for s in out)
+        assert "no score for index" in out[0].details["error"]
+        assert all(s.score != 0.0 for s in out)  # the retrieval scores, not a guessed 0.0
+    assert "on_error='keep_order'" in caplog.text
 
 
 def test_client_side_batches_merge_by_index(server):
@@ -120,7 +135,7 @@ def test_client_side_batches_merge_by_index(server):
     docs = [f"doc {i} red" if i % 3 else f"doc {i} red apple" for i in range(10)]
     assert scorer.score(QUERY, docs) == [overlap(QUERY, d) for d in docs]
     assert sorted(len(r["body"]["texts"]) for r in server.requests) == [2, 4, 4]  # concurrent batches
-    cohere = CohereScorer(api_key=KEY, base_url=server.url, max_documents_per_request=3)
+    cohere = CohereScorer(api_key=KEY, base_url=server.url, batch_size=3)
     assert cohere.score(QUERY, docs) == [overlap(QUERY, d) for d in docs]
     assert sorted(len(r["body"]["documents"]) for r in server.requests[3:]) == [1, 3, 3, 3]  # concurrent
 
@@ -237,8 +252,37 @@ def test_bad_options():
         RemoteScorer("x:8080")
     with pytest.raises(ConfigError, match="on_error"):
         RemoteScorer("http://x", on_error="ignore")  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="max_documents_per_request"):
-        CohereScorer(api_key=KEY, max_documents_per_request=5000)
+    with pytest.raises(ConfigError, match=r"batch_size must be in 1\.\.1000"):
+        CohereScorer(api_key=KEY, batch_size=5000)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ConfigError, match="batch_size"):
+            RemoteScorer("http://x", batch_size=bad)
+        with pytest.raises(ConfigError, match="max_concurrency"):
+            CohereScorer(api_key=KEY, max_concurrency=bad)
+    with pytest.raises(ConfigError, match="max_length"):
+        CohereScorer(api_key=KEY, max_length=0)
+    for bad in (0, -1.0, float("nan"), float("inf"), "30"):
+        with pytest.raises(ConfigError, match="timeout"):
+            RemoteScorer("http://x", timeout=bad)
+
+
+def test_cohere_old_option_names_still_work_with_a_future_warning(server, monkeypatch):
+    monkeypatch.setenv("COHERE_API_KEY", KEY)  # an unpickled scorer reads its key again
+    with pytest.warns(FutureWarning, match=r"max_documents_per_request=\.\.\.\) is now batch_size="):
+        old = CohereScorer(api_key=KEY, base_url=server.url, max_documents_per_request=4)
+    with pytest.warns(FutureWarning, match=r"max_tokens_per_doc=\.\.\.\) is now max_length="):
+        old_length = CohereScorer(api_key=KEY, base_url=server.url, max_tokens_per_doc=128)
+    assert (old.batch_size, old_length.max_length) == (4, 128)
+    assert old.init_args()[1]["batch_size"] == 4  # described, copied and pickled under the new name
+    assert pickle.loads(pickle.dumps(old)).batch_size == 4
+    assert old.score(QUERY, DOCS) == [overlap(QUERY, d) for d in DOCS]
+    assert sorted(len(r["body"]["documents"]) for r in server.requests) == [2, 4]
+    old_length.score(QUERY, DOCS)
+    assert server.requests[-1]["body"]["max_tokens_per_doc"] == 128  # the API's name on the wire
+    with pytest.raises(ConfigError, match=r"pass batch_size= only"):
+        CohereScorer(api_key=KEY, batch_size=3, max_documents_per_request=3)
+    with pytest.raises(ConfigError, match=r"pass max_length= only"):
+        CohereScorer(api_key=KEY, max_length=3, max_tokens_per_doc=3)
 
 
 def test_parse_retry_after():

@@ -213,9 +213,7 @@ def test_remote_scorer_shared_by_threads_and_loops(server):
 
 
 def test_cohere_from_base_url_shared_by_threads_and_loops(server):
-    scorer = CohereScorer(
-        api_key=KEY, base_url=server.url, max_documents_per_request=3, retry=FAST, on_error="keep_order"
-    )
+    scorer = CohereScorer(api_key=KEY, base_url=server.url, batch_size=3, retry=FAST, on_error="keep_order")
     check(hammer(scorer, "coh"), overlaps)
 
 
@@ -230,7 +228,7 @@ def test_cohere_with_injected_clients_shared_by_threads_and_loops(server):
     both = CohereScorer(
         client=sync_client,
         async_client=async_client,
-        max_documents_per_request=3,
+        batch_size=3,
         retry=FAST,
         on_error="keep_order",
     )
@@ -251,9 +249,7 @@ def test_cohere_with_injected_clients_shared_by_threads_and_loops(server):
         for cands, out in app_calls.result(120):
             tally.add(cands, out, 0.0)
         check(tally, overlaps)
-        only_sync = CohereScorer(
-            client=sync_client, max_documents_per_request=3, retry=FAST, on_error="keep_order"
-        )
+        only_sync = CohereScorer(client=sync_client, batch_size=3, retry=FAST, on_error="keep_order")
         check(hammer(only_sync, "injs"), overlaps)
     finally:
         asyncio.run_coroutine_threadsafe(async_pool.aclose(), app_loop).result(60)
@@ -300,7 +296,7 @@ def test_failures_under_load_are_backend_errors_that_fall_back(kind):
             "on_error": "keep_order",
         }
         if kind == "cohere":
-            scorer: Any = CohereScorer(api_key=KEY, base_url=faulty.url, max_documents_per_request=3, **kw)
+            scorer: Any = CohereScorer(api_key=KEY, base_url=faulty.url, batch_size=3, **kw)
         else:
             scorer = RemoteScorer(faulty.url, batch_size=2, **kw)
         tally = hammer(scorer, f"f{kind}", rounds=2)
