@@ -312,8 +312,6 @@ OPTION_HELP: dict[str | tuple[str, str], str] = {
         "cohere",
         "max_length",
     ): "Server-side truncation of each document, in tokens (Cohere's max_tokens_per_doc).",
-    "max_tokens_per_doc": "Server-side truncation of each document, in tokens.",
-    "max_documents_per_request": "Documents per request.",
     "query_length": "Query tokens kept.",
     (
         "colbert",
