@@ -124,7 +124,7 @@ def demo(args: argparse.Namespace) -> int:
 
 def _report_caches(pipelines: dict[str, Any]) -> None:
     """Say where document vectors were cached on disk, and how much space they take."""
-    from rerankers_plugins.pipeline.ranking import as_strategy, backends
+    from rerankers_plugins.pipeline.leaves import as_strategy, backends
 
     seen: set[Path] = set()
     for pipeline in pipelines.values():

@@ -28,7 +28,7 @@ from rerankers_plugins._optional import require
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.eval.beir import BeirData, load_beir
 from rerankers_plugins.eval.first_stage import BM25Retriever
-from rerankers_plugins.pipeline.ranking import ScorerLike, as_strategy, backends
+from rerankers_plugins.pipeline.leaves import ScorerLike, as_strategy, backends
 from rerankers_plugins.pipeline.rerank import rerank
 
 __all__ = ["EvalReport", "PipelineResult", "evaluate"]

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, SecretStr, field_serializer, field_valida
 
 from rerankers_plugins._secret import Secret
 from rerankers_plugins.errors import ConfigError
-from rerankers_plugins.pipeline.ranking import ScorerLike
+from rerankers_plugins.pipeline.leaves import ScorerLike
 from rerankers_plugins.registry import BACKENDS, get_scorer, load
 from rerankers_plugins.scorers.base import BaseScorer
 

@@ -51,7 +51,8 @@ from rerankers_plugins.integrations._options import (
     pickle_state,
     positional_model,
 )
-from rerankers_plugins.pipeline.ranking import ScorerLike, Strategy
+from rerankers_plugins.pipeline.leaves import ScorerLike
+from rerankers_plugins.pipeline.ranking import Strategy
 from rerankers_plugins.pipeline.rerank import arerank, check_options, rerank
 from rerankers_plugins.scorers.base import BaseScorer
 from rerankers_plugins.types import Candidate, Scored, ScoreScale, thaw

@@ -12,8 +12,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rerankers_plugins._checks import as_int
 from rerankers_plugins.errors import ConfigError
-from rerankers_plugins.pipeline.ranking import as_int, as_scorer_leaf
+from rerankers_plugins.pipeline.leaves import as_scorer_leaf
 from rerankers_plugins.scorers.base import BaseScorer, Scorer, scorer_settings
 
 __all__ = ["CachedScorer", "scorer_fingerprint"]

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.ops.calibration import expected_calibration_error, fit_platt, fit_temperature, sigmoid
-from rerankers_plugins.pipeline.ranking import as_scorer_leaf
+from rerankers_plugins.pipeline.leaves import as_scorer_leaf
 from rerankers_plugins.scorers.base import BaseScorer, Scorer, ScoreResult, scorer_settings
 from rerankers_plugins.types import ScoreScale
 

@@ -5,16 +5,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from rerankers_plugins._checks import as_int, check_threshold
 from rerankers_plugins.errors import ConfigError
-from rerankers_plugins.pipeline.ranking import (
-    Entry,
-    Ranking,
-    ScorerLike,
-    Strategy,
-    as_int,
-    as_strategy,
-    check_threshold,
-)
+from rerankers_plugins.pipeline.leaves import ScorerLike, as_strategy
+from rerankers_plugins.pipeline.ranking import Entry, Ranking, Strategy
 
 __all__ = ["Cascade", "Stage"]
 

@@ -8,17 +8,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from rerankers_plugins._checks import as_real
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.ops.fusion import minmax, rrf, weighted_sum, zscore
-from rerankers_plugins.pipeline.ranking import (
-    Entry,
-    Ranking,
-    ScorerLike,
-    Strategy,
-    as_real,
-    as_strategy,
-    require_scores,
-)
+from rerankers_plugins.pipeline.leaves import ScorerLike, as_strategy, require_scores
+from rerankers_plugins.pipeline.ranking import Entry, Ranking, Strategy
 from rerankers_plugins.scorers._http import gather_cancelling
 from rerankers_plugins.scorers.base import Ranker, Scorer
 from rerankers_plugins.types import Candidate, ScoreScale

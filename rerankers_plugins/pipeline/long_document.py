@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+from rerankers_plugins._checks import as_int
 from rerankers_plugins.errors import ConfigError
-from rerankers_plugins.pipeline.ranking import as_int, as_scorer_leaf
+from rerankers_plugins.pipeline.leaves import as_scorer_leaf
 from rerankers_plugins.scorers.base import BaseScorer, Scorer, ScoreResult, scorer_settings
 
 __all__ = ["LongDocument", "split_passages"]

@@ -18,16 +18,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rerankers_plugins._checks import check_threshold, check_top_n
 from rerankers_plugins.errors import BackendError, ConfigError
-from rerankers_plugins.pipeline.ranking import (
-    Entry,
-    Ranking,
-    ScorerLike,
-    Strategy,
-    as_strategy,
-    check_threshold,
-    check_top_n,
-)
+from rerankers_plugins.pipeline.leaves import ScorerLike, as_strategy
+from rerankers_plugins.pipeline.ranking import Entry, Ranking, Strategy
 from rerankers_plugins.types import Candidate, Scored
 
 __all__ = ["Explained", "aexplain", "arerank", "check_options", "explain", "rerank"]

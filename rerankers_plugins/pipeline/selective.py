@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
+from rerankers_plugins._checks import as_int, as_real
 from rerankers_plugins.errors import ConfigError
-from rerankers_plugins.pipeline.ranking import Ranking, ScorerLike, Strategy, as_int, as_real, as_strategy
+from rerankers_plugins.pipeline.leaves import ScorerLike, as_strategy
+from rerankers_plugins.pipeline.ranking import Ranking, Strategy
 
 __all__ = ["Selective"]
 

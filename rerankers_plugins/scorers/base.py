@@ -28,7 +28,7 @@ class ScoreResult:
     ``values`` are the scores (or, for a Ranker, the permutation); ``info`` is merged into every
     returned candidate's ``Scored.details`` (e.g. the number of LLM calls); ``per_item``, aligned
     with the texts, into that candidate's details only (e.g. the passage a long document was
-    scored by). When a leaf is wrapped (:func:`rerankers_plugins.pipeline.ranking.as_strategy`),
+    scored by). When a leaf is wrapped (:func:`rerankers_plugins.pipeline.leaves.as_strategy`),
     these methods are preferred over the plain ones.
     """
 
