@@ -14,24 +14,23 @@ from typing import Any
 
 from rerankers_plugins._checks import as_int
 from rerankers_plugins.errors import ConfigError
-from rerankers_plugins.pipeline.leaves import as_scorer_leaf
-from rerankers_plugins.scorers.base import BaseScorer, Scorer, scorer_settings
+from rerankers_plugins.pipeline.leaves import ScorerLeaf, as_scorer_leaf
+from rerankers_plugins.scorers.base import BaseScorer, Scorer
 
 __all__ = ["CachedScorer", "scorer_fingerprint"]
 
 logger = logging.getLogger(__name__)
 
 
-def scorer_fingerprint(scorer: Scorer) -> dict[str, Any]:
-    """What identifies a scorer's scores: its class, name, scale and ``fingerprint()`` settings
+def scorer_fingerprint(leaf: ScorerLeaf) -> dict[str, Any]:
+    """What identifies a leaf scorer's scores: its class, name, scale and ``fingerprint()`` settings
     (model, activation, dtype, ... for the built-in backends)."""
-    settings = scorer_settings(scorer)
-    cls = type(scorer)
+    cls = type(leaf.leaf)
     return {
         "class": f"{cls.__module__}.{cls.__qualname__}",
-        "name": scorer.name,
-        "scale": str(scorer.scale),
-        "settings": dict(settings),
+        "name": leaf.name,
+        "scale": str(leaf.scale),
+        "settings": leaf.fingerprint(),
     }
 
 
@@ -71,7 +70,7 @@ class CachedScorer(BaseScorer):
         timeout: float = 5.0,
     ) -> None:
         self._leaf = as_scorer_leaf(scorer, "CachedScorer")
-        if not getattr(scorer, "pure", True):
+        if not self._leaf.pure:
             raise ConfigError(
                 f"CachedScorer: {self._leaf.name!r} is not a pure function of (query, text) "
                 "(its scores depend on the other candidates), so its scores cannot be cached"
@@ -81,7 +80,7 @@ class CachedScorer(BaseScorer):
         self.scale = self._leaf.scale
         self.name = self._leaf.name
         self.on_error = self._leaf.on_error
-        self.identity = scorer_fingerprint(scorer)
+        self.identity = scorer_fingerprint(self._leaf)
         self._scorer_key = _digest(self.identity)
         self.hits = 0
         self.misses = 0

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.ops.calibration import expected_calibration_error, fit_platt, fit_temperature, sigmoid
 from rerankers_plugins.pipeline.leaves import as_scorer_leaf
-from rerankers_plugins.scorers.base import BaseScorer, Scorer, ScoreResult, scorer_settings
+from rerankers_plugins.scorers.base import BaseScorer, Scorer, ScoreResult
 from rerankers_plugins.types import ScoreScale
 
 __all__ = ["Calibrated", "calibrate"]
@@ -64,12 +64,12 @@ class Calibrated(BaseScorer):
         self.method = method
         self.params = dict(params)
         self.report = dict(report or {})
-        self.pure = bool(getattr(scorer, "pure", True))
+        self.pure = self._leaf.pure
         self.on_error = self._leaf.on_error
         self.name = f"calibrated({self._leaf.name})"
 
     def fingerprint(self) -> Mapping[str, Any]:
-        return {**scorer_settings(self.scorer), "calibration": [self.method, sorted(self.params.items())]}
+        return {**self._leaf.fingerprint(), "calibration": [self.method, sorted(self.params.items())]}
 
     def transform(self, raw: float) -> float:
         x = _to_logit(raw, self.inner_scale)

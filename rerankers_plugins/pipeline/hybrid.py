@@ -14,7 +14,7 @@ from rerankers_plugins.ops.fusion import minmax, rrf, weighted_sum, zscore
 from rerankers_plugins.pipeline.leaves import ScorerLike, as_strategy, require_scores
 from rerankers_plugins.pipeline.ranking import Entry, Ranking, Strategy
 from rerankers_plugins.scorers._http import gather_cancelling
-from rerankers_plugins.scorers.base import Ranker, Scorer
+from rerankers_plugins.scorers.base import Ranks, Scores
 from rerankers_plugins.types import Candidate, ScoreScale
 
 __all__ = ["Hybrid", "Signal"]
@@ -24,12 +24,6 @@ logger = logging.getLogger(__name__)
 RETRIEVAL = "retrieval"
 
 SignalSource = ScorerLike | Literal["retrieval"] | Callable[[Candidate], float]
-
-
-def _is_model(source: object) -> bool:
-    return (
-        isinstance(source, Strategy | Scorer | Ranker) or hasattr(source, "score") or hasattr(source, "rank")
-    )
 
 
 @dataclass(frozen=True)
@@ -45,7 +39,7 @@ class Signal:
     strategy: Strategy | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        strategy = as_strategy(self.source) if _is_model(self.source) else None  # type: ignore[arg-type]
+        strategy = as_strategy(self.source) if isinstance(self.source, Strategy | Scores | Ranks) else None
         object.__setattr__(self, "strategy", strategy)
 
     @property

@@ -13,13 +13,30 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Union, cast
 
 from rerankers_plugins.errors import BackendError, ConfigError
 from rerankers_plugins.pipeline.checks import check_permutation, check_result, check_values, encodable
 from rerankers_plugins.pipeline.ranking import Ranking, Strategy
-from rerankers_plugins.scorers.base import Ranker, Scorer, ScoreResult
+from rerankers_plugins.scorers.base import (
+    AsyncDetailedRanker,
+    AsyncDetailedScorer,
+    AsyncRanker,
+    AsyncScorer,
+    DetailedRanker,
+    DetailedScorer,
+    Fallible,
+    Fingerprinted,
+    Named,
+    Purity,
+    Ranker,
+    Ranks,
+    Scaled,
+    Scorer,
+    ScoreResult,
+    Scores,
+)
 from rerankers_plugins.types import ScoreScale
 
 __all__ = [
@@ -35,6 +52,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ScorerLike = Union[Scorer, Ranker, Strategy]  # noqa: UP007 (a runtime alias of protocols and an ABC)
+#: what a leaf wraps: an object with ``score`` or ``score_details``, or with ``rank`` or ``rank_details``
+Backend = Union[Scores, DetailedScorer, Ranks, DetailedRanker]  # noqa: UP007 (as above)
 
 SyncCall = Callable[[str, list[str]], ScoreResult]
 AsyncCall = Callable[[str, list[str]], Awaitable[ScoreResult]]
@@ -76,32 +95,76 @@ def _threaded(fn: SyncCall) -> AsyncCall:
     return call
 
 
+@dataclass(frozen=True, slots=True)
+class _Methods:
+    """The backend's methods a leaf calls, each None where the backend has none."""
+
+    detailed: SyncCall | None
+    plain: Callable[[str, list[str]], Any] | None
+    adetailed: AsyncCall | None
+    aplain: Callable[[str, list[str]], Awaitable[Any]] | None
+
+
+def _scorer_methods(scorer: Scores | DetailedScorer) -> _Methods:
+    return _Methods(
+        scorer.score_details if isinstance(scorer, DetailedScorer) else None,
+        scorer.score if isinstance(scorer, Scores) else None,
+        scorer.ascore_details if isinstance(scorer, AsyncDetailedScorer) else None,
+        scorer.ascore if isinstance(scorer, AsyncScorer) else None,
+    )
+
+
+def _ranker_methods(ranker: Ranks | DetailedRanker) -> _Methods:
+    return _Methods(
+        ranker.rank_details if isinstance(ranker, DetailedRanker) else None,
+        ranker.rank if isinstance(ranker, Ranks) else None,
+        ranker.arank_details if isinstance(ranker, AsyncDetailedRanker) else None,
+        ranker.arank if isinstance(ranker, AsyncRanker) else None,
+    )
+
+
 class _Leaf(Strategy):
     """A leaf as a strategy: calls the backend on the kept texts; ``on_error="keep_order"`` falls
-    back to passing the input through in order, marked, so the layers around it go on."""
+    back to passing the input through in order, marked, so the layers around it go on.
 
-    leaf: Any
+    The backend's optional members (:mod:`rerankers_plugins.scorers.base`) are read here, once:
+    ``name`` (else its class's name), ``on_error`` (else ``"raise"``), ``pure`` (else True) and
+    ``fingerprint()`` (else no settings); the layers around it read the leaf's attributes.
+    """
+
+    leaf: Backend
+    on_error: str
+    pure: bool
     _sync: SyncCall
     _async: AsyncCall
 
-    def __init__(self, leaf: Any, kind: str, detailed: str, plain: str) -> None:
+    def __init__(self, leaf: Backend, kind: str, methods: _Methods) -> None:
         self.leaf = leaf
-        self.name = str(getattr(leaf, "name", None) or type(leaf).__name__)
-        self.on_error = getattr(leaf, "on_error", "raise")
+        self.name = str((leaf.name if isinstance(leaf, Named) else None) or type(leaf).__name__)
+        self.on_error = leaf.on_error if isinstance(leaf, Fallible) else "raise"
+        self.pure = bool(leaf.pure) if isinstance(leaf, Purity) else True
+        self._fingerprint = leaf.fingerprint if isinstance(leaf, Fingerprinted) else None
         self._kind = kind
         self._who = f"{kind} {self.name!r}"
         # Chosen once, here: the richest method the backend has (``*_details`` returns ScoreResult).
         # Whatever a method returns is checked by the leaf (a BackendError naming it, so that
         # ``on_error="keep_order"`` applies to a malformed answer as to a failure).
-        sync = getattr(leaf, detailed, None)
-        self._sync = sync if sync is not None else _plain(getattr(leaf, plain))
-        adetailed, aplain = getattr(leaf, "a" + detailed, None), getattr(leaf, "a" + plain, None)
-        if adetailed is not None:
-            self._async = _adetailed(adetailed, self._who)
-        elif sync is None and aplain is not None:
-            self._async = _aplain(aplain, self._who)
+        if methods.detailed is not None:
+            self._sync = methods.detailed
+        elif methods.plain is not None:
+            self._sync = _plain(methods.plain)
+        else:
+            raise ConfigError(f"{self._who} has no method to call (score / rank, or their *_details form)")
+        if methods.adetailed is not None:
+            self._async = _adetailed(methods.adetailed, self._who)
+        elif methods.detailed is None and methods.aplain is not None:
+            self._async = _aplain(methods.aplain, self._who)
         else:
             self._async = _threaded(self._sync)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The backend's ``fingerprint()`` (every setting that changes a score); empty without one."""
+        return dict(self._fingerprint()) if self._fingerprint is not None else {}
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (as_strategy, (self.leaf,))  # rebuilt from the backend (its chosen methods are bound)
@@ -149,9 +212,9 @@ class _Leaf(Strategy):
 class ScorerLeaf(_Leaf):
     """A :class:`Scorer` as a strategy: every kept entry scored, sorted best first (ties keep order)."""
 
-    def __init__(self, scorer: Scorer) -> None:
-        super().__init__(scorer, "scorer", "score_details", "score")
-        scale = getattr(scorer, "scale", None)
+    def __init__(self, scorer: Scores | DetailedScorer) -> None:
+        super().__init__(scorer, "scorer", _scorer_methods(scorer))
+        scale = scorer.scale if isinstance(scorer, Scaled) else None
         if scale is None:
             raise ConfigError(f"scorer {self.name!r} declares no `scale` (a ScoreScale)")
         try:
@@ -191,8 +254,8 @@ class RankerLeaf(_Leaf):
 
     scale = ScoreScale.RANK_ONLY
 
-    def __init__(self, ranker: Ranker) -> None:
-        super().__init__(ranker, "ranker", "rank_details", "rank")
+    def __init__(self, ranker: Ranks | DetailedRanker) -> None:
+        super().__init__(ranker, "ranker", _ranker_methods(ranker))
 
     def _apply(self, ranking: Ranking, result: ScoreResult) -> Ranking:
         n = len(ranking)
@@ -206,14 +269,14 @@ class RankerLeaf(_Leaf):
         return ranking.then(entries, by=self.name, scale=self.scale, info=result.info)
 
 
-def as_strategy(obj: ScorerLike) -> Strategy:
+def as_strategy(obj: Backend | Strategy) -> Strategy:
     """The one place a backend becomes a strategy: a :class:`Strategy` as is, a Scorer (``score``)
     as :class:`ScorerLeaf`, a Ranker (``rank``) as :class:`RankerLeaf`; ConfigError otherwise."""
     if isinstance(obj, Strategy):
         return obj
-    if hasattr(obj, "score") or hasattr(obj, "score_details"):
-        return ScorerLeaf(cast(Scorer, obj))
-    if hasattr(obj, "rank") or hasattr(obj, "rank_details"):
+    if isinstance(obj, Scores | DetailedScorer):
+        return ScorerLeaf(obj)
+    if isinstance(obj, Ranks | DetailedRanker):
         return RankerLeaf(obj)
     raise ConfigError(
         f"{type(obj).__name__} is neither a Scorer (score(query, texts)), a Ranker (rank(query, texts)) "
@@ -221,9 +284,9 @@ def as_strategy(obj: ScorerLike) -> Strategy:
     )
 
 
-def backends(strategy: Strategy) -> list[Any]:
+def backends(strategy: Strategy) -> list[Backend]:
     """Every backend object at the leaves of ``strategy``, depth first, each once."""
-    out: list[Any] = []
+    out: list[Backend] = []
     stack = [strategy]
     while stack:
         node = stack.pop()
@@ -233,7 +296,7 @@ def backends(strategy: Strategy) -> list[Any]:
     return out
 
 
-def as_scorer_leaf(obj: Any, who: str) -> ScorerLeaf:
+def as_scorer_leaf(obj: Backend | Strategy, who: str) -> ScorerLeaf:
     """``obj`` wrapped as a leaf scorer for ``who`` (a layer that maps one text to one score):
     ConfigError for strategies and rankers, saying where they go instead."""
     if isinstance(obj, Strategy):
