@@ -152,6 +152,19 @@ class CachedScorer(BaseScorer):
     def key(self, query: str, text: str) -> str:
         return _digest([self._scorer_key, query, text])
 
+    def _from_store(self, db: sqlite3.Connection, rest: list[str], found: dict[str, float]) -> None:
+        """``rest`` looked up in the SQLite store into ``found`` (called with the lock held)."""
+        try:
+            for i in range(0, len(rest), 500):
+                chunk = rest[i : i + 500]
+                rows = db.execute(
+                    f"SELECT key, score FROM scores WHERE key IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                ).fetchall()
+                found.update({k: float(v) for k, v in rows})
+        except sqlite3.Error as exc:
+            self._degrade(exc)
+
     def _lookup(self, keys: list[str]) -> dict[str, float]:
         found: dict[str, float] = {}
         with self._lock:
@@ -161,16 +174,7 @@ class CachedScorer(BaseScorer):
                     found[k] = self._memory[k]
             rest = [k for k in dict.fromkeys(keys) if k not in found]
             if rest and self._db is not None:
-                try:
-                    for i in range(0, len(rest), 500):
-                        chunk = rest[i : i + 500]
-                        rows = self._db.execute(
-                            f"SELECT key, score FROM scores WHERE key IN ({','.join('?' * len(chunk))})",
-                            chunk,
-                        ).fetchall()
-                        found.update({k: float(v) for k, v in rows})
-                except sqlite3.Error as exc:
-                    self._degrade(exc)
+                self._from_store(self._db, rest, found)
             hits = sum(k in found for k in keys)
             self.hits += hits
             self.misses += len(keys) - hits

@@ -53,8 +53,7 @@ def as_list(raw: Any, who: str, wanted: str) -> list[Any]:
     return list(iterator)
 
 
-def _as_floats(values: list[Any], n: int, name: str) -> list[float]:
-    """``values`` as ``n`` finite floats; BackendError naming the scorer otherwise."""
+def _check_numeric(values: list[Any], name: str) -> None:
     bad_type = [i for i, s in enumerate(values) if isinstance(s, bool) or not isinstance(s, numbers.Real)]
     if bad_type:
         i = bad_type[0]
@@ -62,6 +61,11 @@ def _as_floats(values: list[Any], n: int, name: str) -> list[float]:
             f"scorer {name!r} returned a non-numeric score {values[i]!r:.60} ({type(values[i]).__name__}) "
             f"at position {i}"
         )
+
+
+def _as_floats(values: list[Any], n: int, name: str) -> list[float]:
+    """``values`` as ``n`` finite floats; BackendError naming the scorer otherwise."""
+    _check_numeric(values, name)
     if len(values) != n:
         raise BackendError(
             f"scorer {name!r} returned {len(values)} scores for {n} texts; "

@@ -78,11 +78,17 @@ def _check_signals(signals: Sequence[Signal], method: str, normalize: str) -> li
 
 
 def _weight(s: Signal, method: str) -> float:
-    """``s``'s weight, after checking it (finite, >= 0) and its source (a model, which needs scores
-    for weighted fusion; ``"retrieval"``; or a function of a Candidate)."""
+    """``s``'s weight, after checking it (finite, >= 0) and its source."""
     value = as_real(s.weight, f"signal {s.label!r}: weight")
     if value is None or not 0 <= value < math.inf:
         raise ConfigError(f"signal {s.label!r}: weight must be a finite number >= 0, got {s.weight!r}")
+    _check_source(s, method)
+    return value
+
+
+def _check_source(s: Signal, method: str) -> None:
+    """ConfigError unless ``s``'s source is a model (which needs scores for weighted fusion),
+    ``"retrieval"`` or a function of a Candidate."""
     if s.strategy is None and isinstance(s.source, str) and s.source != RETRIEVAL:
         raise ConfigError(f"signal {s.label!r}: the only string source is 'retrieval', got {s.source!r}")
     if s.strategy is None and not isinstance(s.source, str) and not callable(s.source):
@@ -91,7 +97,6 @@ def _weight(s: Signal, method: str) -> float:
         )
     if s.strategy is not None and method == "weighted":
         require_scores(s.strategy, "weighted fusion")
-    return value
 
 
 def _normalised(labels: list[str], weights: list[float]) -> list[float]:
@@ -209,11 +214,14 @@ class Hybrid(Strategy):
             values.append(v)
         return values
 
+    def _rrf(self, raw: list[list[float | None]]) -> tuple[list[float], list[list[float]]]:
+        # a missing value ranks after every present one (rank = present + 1)
+        filled = [[-math.inf if v is None else v for v in vals] for vals in raw]
+        return rrf(filled, self.weights, k=self.rrf_k), [[math.nan] * len(v) for v in raw]
+
     def _normalise(self, raw: list[list[float | None]]) -> tuple[list[float], list[list[float]]]:
         if self.method == "rrf":
-            # a missing value ranks after every present one (rank = present + 1)
-            filled = [[-math.inf if v is None else v for v in vals] for vals in raw]
-            return rrf(filled, self.weights, k=self.rrf_k), [[math.nan] * len(v) for v in raw]
+            return self._rrf(raw)
         norm = minmax if self.normalize == "minmax" else zscore
         normed = []
         for vals in raw:

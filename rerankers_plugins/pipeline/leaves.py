@@ -123,6 +123,24 @@ def _ranker_methods(ranker: Ranks | DetailedRanker) -> _Methods:
     )
 
 
+def _calls(methods: _Methods, who: str) -> tuple[SyncCall, AsyncCall]:
+    """The sync and async calls of a leaf, chosen once: the richest method the backend has
+    (``*_details`` returns ScoreResult); a native async one, else the sync one in a worker thread.
+    Whatever a method returns is checked by the leaf (a BackendError naming it, so that
+    ``on_error="keep_order"`` applies to a malformed answer as to a failure)."""
+    if methods.detailed is not None:
+        sync = methods.detailed
+    elif methods.plain is not None:
+        sync = _plain(methods.plain)
+    else:
+        raise ConfigError(f"{who} has no method to call (score / rank, or their *_details form)")
+    if methods.adetailed is not None:
+        return sync, _adetailed(methods.adetailed, who)
+    if methods.detailed is None and methods.aplain is not None:
+        return sync, _aplain(methods.aplain, who)
+    return sync, _threaded(sync)
+
+
 class _Leaf(Strategy):
     """A leaf as a strategy: calls the backend on the kept texts; ``on_error="keep_order"`` falls
     back to passing the input through in order, marked, so the layers around it go on.
@@ -146,21 +164,7 @@ class _Leaf(Strategy):
         self._fingerprint = leaf.fingerprint if isinstance(leaf, Fingerprinted) else None
         self._kind = kind
         self._who = f"{kind} {self.name!r}"
-        # Chosen once, here: the richest method the backend has (``*_details`` returns ScoreResult).
-        # Whatever a method returns is checked by the leaf (a BackendError naming it, so that
-        # ``on_error="keep_order"`` applies to a malformed answer as to a failure).
-        if methods.detailed is not None:
-            self._sync = methods.detailed
-        elif methods.plain is not None:
-            self._sync = _plain(methods.plain)
-        else:
-            raise ConfigError(f"{self._who} has no method to call (score / rank, or their *_details form)")
-        if methods.adetailed is not None:
-            self._async = _adetailed(methods.adetailed, self._who)
-        elif methods.detailed is None and methods.aplain is not None:
-            self._async = _aplain(methods.aplain, self._who)
-        else:
-            self._async = _threaded(self._sync)
+        self._sync, self._async = _calls(methods, self._who)
 
     def fingerprint(self) -> dict[str, Any]:
         """The backend's ``fingerprint()`` (every setting that changes a score); empty without one."""

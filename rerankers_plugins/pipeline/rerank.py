@@ -114,16 +114,23 @@ def _plan(query: str, candidates: Sequence[CandidateLike], options: RerankOption
     return _Plan(query, options, todo)
 
 
-def _adopt(plan: _Plan, out: Ranking) -> Ranking:
-    """The strategy's result with the plan's own drops (skip_empty) added, after checking that it
-    kept or marked dropped every candidate it was given exactly once (a third-party strategy may
-    build a Ranking by hand)."""
-    given = {e.position: e.candidate for e in plan.todo}
+def _returned(plan: _Plan, out: Ranking, given: dict[int, Candidate]) -> dict[int, int]:
+    """How many times the strategy returned each position (kept or dropped); BackendError for a
+    candidate it was not given."""
     seen: dict[int, int] = {}
     for e in (*out.entries, *out.dropped):
         if given.get(e.position) is not e.candidate:
             raise BackendError(f"{plan.strategy.name!r} returned a candidate it was not given")
         seen[e.position] = seen.get(e.position, 0) + 1
+    return seen
+
+
+def _adopt(plan: _Plan, out: Ranking) -> Ranking:
+    """The strategy's result with the plan's own drops (skip_empty) added, after checking that it
+    kept or marked dropped every candidate it was given exactly once (a third-party strategy may
+    build a Ranking by hand)."""
+    given = {e.position: e.candidate for e in plan.todo}
+    seen = _returned(plan, out, given)
     twice = sorted(p for p, k in seen.items() if k > 1)
     lost = sorted(set(given) - set(seen))
     unmarked = [e.position for e in out.dropped if e.dropped_by is None]

@@ -15,6 +15,18 @@ __all__ = ["Selective"]
 logger = logging.getLogger(__name__)
 
 
+def _retrieval_scores(ranking: Ranking) -> list[float]:
+    """Every candidate's retrieval score, highest first; ConfigError when one has none."""
+    retrieval = [e.candidate.retrieval_score for e in ranking]
+    missing = [e.candidate.id for e in ranking if e.candidate.retrieval_score is None]
+    if missing:
+        raise ConfigError(
+            "Selective's gate (skip_if_margin / skip_if_top) needs every candidate's retrieval_score; "
+            f"candidates {missing[:5]} have none (LangChain: set the adapter's retrieval_score_key)"
+        )
+    return sorted((float(r) for r in retrieval if r is not None), reverse=True)
+
+
 class Selective(Strategy):
     """Rerank the first ``k`` candidates (in the order they arrive); the rest follow them or are dropped.
 
@@ -51,14 +63,7 @@ class Selective(Strategy):
     def _gate(self, ranking: Ranking) -> str | None:
         if self.skip_if_margin is None and self.skip_if_top is None:
             return None
-        retrieval = [e.candidate.retrieval_score for e in ranking]
-        missing = [e.candidate.id for e in ranking if e.candidate.retrieval_score is None]
-        if missing:
-            raise ConfigError(
-                "Selective's gate (skip_if_margin / skip_if_top) needs every candidate's retrieval_score; "
-                f"candidates {missing[:5]} have none (LangChain: set the adapter's retrieval_score_key)"
-            )
-        top = sorted((float(r) for r in retrieval if r is not None), reverse=True)
+        top = _retrieval_scores(ranking)
         if self.skip_if_top is not None and top and top[0] >= self.skip_if_top:
             return f"top retrieval score {top[0]:.4g} >= {self.skip_if_top}"
         if self.skip_if_margin is not None and len(top) >= 2 and top[0] - top[1] >= self.skip_if_margin:
