@@ -124,12 +124,13 @@ def demo(args: argparse.Namespace) -> int:
 
 def _report_caches(pipelines: dict[str, Any]) -> None:
     """Say where document vectors were cached on disk, and how much space they take."""
-    from rerankers_plugins.pipeline.ranking import as_strategy, backends
+    from rerankers_plugins.pipeline.leaves import as_strategy, backends
+    from rerankers_plugins.scorers.base import Indexable
 
     seen: set[Path] = set()
     for pipeline in pipelines.values():
         for backend in backends(as_strategy(pipeline)):
-            directory = getattr(getattr(backend, "cache", None), "directory", None)
+            directory = backend.cache.directory if isinstance(backend, Indexable) else None
             if directory is None or Path(directory) in seen:
                 continue
             seen.add(Path(directory))

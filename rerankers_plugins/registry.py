@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from rerankers_plugins.errors import ConfigError
 
 if TYPE_CHECKING:
-    from rerankers_plugins.pipeline.ranking import ScorerLike
+    from rerankers_plugins.pipeline.leaves import ScorerLike
 
 __all__ = [
     "BACKENDS",

@@ -28,8 +28,9 @@ from rerankers_plugins._optional import require
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.eval.beir import BeirData, load_beir
 from rerankers_plugins.eval.first_stage import BM25Retriever
-from rerankers_plugins.pipeline.ranking import ScorerLike, as_strategy, backends
+from rerankers_plugins.pipeline.leaves import ScorerLike, as_strategy, backends
 from rerankers_plugins.pipeline.rerank import rerank
+from rerankers_plugins.scorers.base import Indexable
 
 __all__ = ["EvalReport", "PipelineResult", "evaluate"]
 
@@ -151,12 +152,11 @@ def _index(label: str, scorer: ScorerLike, texts: list[str]) -> float:
     (an ``index(texts)`` method, e.g. ColBERT); returns the seconds spent (0.0: nothing to index)."""
     spent = 0.0
     for backend in backends(as_strategy(scorer)):
-        index = getattr(backend, "index", None)
-        if callable(index):
+        if isinstance(backend, Indexable):
             t0 = time.perf_counter()
-            index(texts)
+            backend.index(texts)
             spent += time.perf_counter() - t0
-            where = getattr(getattr(backend, "cache", None), "directory", None)
+            where = backend.cache.directory
             logger.info(
                 "%s: %d documents indexed in %.1f s (vectors cached in %s)",
                 label,

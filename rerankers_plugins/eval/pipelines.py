@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rerankers_plugins.errors import ConfigError
-from rerankers_plugins.pipeline.ranking import ScorerLike
+from rerankers_plugins.pipeline.leaves import ScorerLike
 from rerankers_plugins.registry import STRATEGIES, get_scorer, load
 
 __all__ = ["build_pipeline", "build_pipelines", "load_pipeline_file", "parse_pipeline_arg"]

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model, fiel
 
 from rerankers_plugins._secret import Secret
 from rerankers_plugins.errors import ConfigError
-from rerankers_plugins.pipeline.ranking import ScorerLike
+from rerankers_plugins.pipeline.leaves import ScorerLike
 from rerankers_plugins.registry import BACKENDS, get_scorer, load
 from rerankers_plugins.scorers.base import BaseScorer, translate_renamed
 

@@ -51,8 +51,9 @@ from rerankers_plugins.integrations._options import (
     pickle_state,
     positional_model,
 )
-from rerankers_plugins.pipeline.ranking import ScorerLike, Strategy
-from rerankers_plugins.pipeline.rerank import arerank, check_options, rerank
+from rerankers_plugins.pipeline.leaves import ScorerLike
+from rerankers_plugins.pipeline.ranking import Strategy
+from rerankers_plugins.pipeline.rerank import RerankOptions, arerank_with, check_options, rerank_with
 from rerankers_plugins.scorers.base import BaseScorer
 from rerankers_plugins.types import Candidate, Scored, ScoreScale, thaw
 
@@ -125,6 +126,12 @@ class RerankCompressor(SettingsSerialized, BaseDocumentCompressor):
         super().__setstate__(state)
         self._strategy = check_options(self.scorer, self.top_n, self.threshold)
 
+    def _rerank_options(self) -> RerankOptions:
+        """What rerank is asked for, from the fields as they are at this call."""
+        return RerankOptions(
+            self._strategy, top_n=self.top_n, threshold=self.threshold, skip_empty=self.skip_empty
+        )
+
     def _retrieval_score(self, metadata: dict[str, Any]) -> float | None:
         keys = self.retrieval_score_key
         for key in (keys,) if isinstance(keys, str) else keys or ():
@@ -165,15 +172,7 @@ class RerankCompressor(SettingsSerialized, BaseDocumentCompressor):
         become the run context of any LangChain model the scorer calls; other keyword arguments
         are accepted and ignored, as LangChain's own compressors do."""
         with set_config_context(RunnableConfig(callbacks=callbacks)) as context:
-            ranked = context.run(
-                rerank,
-                query,
-                self._candidates(documents),
-                self._strategy,
-                top_n=self.top_n,
-                threshold=self.threshold,
-                skip_empty=self.skip_empty,
-            )
+            ranked = context.run(rerank_with, query, self._candidates(documents), self._rerank_options())
         return self._documents(documents, ranked)
 
     async def acompress_documents(
@@ -185,14 +184,7 @@ class RerankCompressor(SettingsSerialized, BaseDocumentCompressor):
     ) -> Sequence[Document]:
         """Async rerank: model compute runs off the event loop (or natively async for API backends)."""
         with set_config_context(RunnableConfig(callbacks=callbacks)) as context:
-            call = arerank(
-                query,
-                self._candidates(documents),
-                self._strategy,
-                top_n=self.top_n,
-                threshold=self.threshold,
-                skip_empty=self.skip_empty,
-            )
+            call = arerank_with(query, self._candidates(documents), self._rerank_options())
             ranked = await asyncio.create_task(call, context=context)
         return self._documents(documents, ranked)
 

@@ -44,8 +44,9 @@ from rerankers_plugins.integrations._options import (
     pickle_state,
     positional_model,
 )
-from rerankers_plugins.pipeline.ranking import ScorerLike, Strategy
-from rerankers_plugins.pipeline.rerank import arerank, check_options, rerank
+from rerankers_plugins.pipeline.leaves import ScorerLike
+from rerankers_plugins.pipeline.ranking import Strategy
+from rerankers_plugins.pipeline.rerank import RerankOptions, arerank_with, check_options, rerank_with
 from rerankers_plugins.types import Candidate, Scored, thaw
 
 __all__ = ["RerankPostprocessor"]  # and the registry's conveniences, added below
@@ -105,6 +106,12 @@ class RerankPostprocessor(SettingsSerialized, BaseNodePostprocessor):
     def __setstate__(self, state: dict[str, Any]) -> None:
         BaseModel.__setstate__(self, state)
         self._strategy = check_options(self.scorer, self.top_n, self.threshold)
+
+    def _rerank_options(self) -> RerankOptions:
+        """What rerank is asked for, from the fields as they are at this call."""
+        return RerankOptions(
+            self._strategy, top_n=self.top_n, threshold=self.threshold, skip_empty=self.skip_empty
+        )
 
     def _query(self, query_bundle: QueryBundle | None) -> str:
         if query_bundle is None:
@@ -176,14 +183,7 @@ class RerankPostprocessor(SettingsSerialized, BaseNodePostprocessor):
         query = self._query(query_bundle)
         self._start(nodes, query_bundle)
         with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query)) as event:
-            ranked = rerank(
-                query,
-                self._candidates(nodes),
-                self._strategy,
-                top_n=self.top_n,
-                threshold=self.threshold,
-                skip_empty=self.skip_empty,
-            )
+            ranked = rerank_with(query, self._candidates(nodes), self._rerank_options())
             result = self._results(nodes, ranked)
             event.on_end(payload={EventPayload.NODES: result})
         dispatcher.event(ReRankEndEvent(nodes=result))
@@ -196,14 +196,7 @@ class RerankPostprocessor(SettingsSerialized, BaseNodePostprocessor):
         query = self._query(query_bundle)
         self._start(nodes, query_bundle)
         with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query)) as event:
-            ranked = await arerank(
-                query,
-                self._candidates(nodes),
-                self._strategy,
-                top_n=self.top_n,
-                threshold=self.threshold,
-                skip_empty=self.skip_empty,
-            )
+            ranked = await arerank_with(query, self._candidates(nodes), self._rerank_options())
             result = self._results(nodes, ranked)
             event.on_end(payload={EventPayload.NODES: result})
         dispatcher.event(ReRankEndEvent(nodes=result))

@@ -12,25 +12,25 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rerankers_plugins._checks import as_int
 from rerankers_plugins.errors import ConfigError
-from rerankers_plugins.pipeline.ranking import as_int, as_scorer_leaf
-from rerankers_plugins.scorers.base import BaseScorer, Scorer, scorer_settings
+from rerankers_plugins.pipeline.leaves import ScorerLeaf, as_scorer_leaf
+from rerankers_plugins.scorers.base import BaseScorer, Scorer
 
 __all__ = ["CachedScorer", "scorer_fingerprint"]
 
 logger = logging.getLogger(__name__)
 
 
-def scorer_fingerprint(scorer: Scorer) -> dict[str, Any]:
-    """What identifies a scorer's scores: its class, name, scale and ``fingerprint()`` settings
+def scorer_fingerprint(leaf: ScorerLeaf) -> dict[str, Any]:
+    """What identifies a leaf scorer's scores: its class, name, scale and ``fingerprint()`` settings
     (model, activation, dtype, ... for the built-in backends)."""
-    settings = scorer_settings(scorer)
-    cls = type(scorer)
+    cls = type(leaf.leaf)
     return {
         "class": f"{cls.__module__}.{cls.__qualname__}",
-        "name": scorer.name,
-        "scale": str(scorer.scale),
-        "settings": dict(settings),
+        "name": leaf.name,
+        "scale": str(leaf.scale),
+        "settings": leaf.fingerprint(),
     }
 
 
@@ -70,7 +70,7 @@ class CachedScorer(BaseScorer):
         timeout: float = 5.0,
     ) -> None:
         self._leaf = as_scorer_leaf(scorer, "CachedScorer")
-        if not getattr(scorer, "pure", True):
+        if not self._leaf.pure:
             raise ConfigError(
                 f"CachedScorer: {self._leaf.name!r} is not a pure function of (query, text) "
                 "(its scores depend on the other candidates), so its scores cannot be cached"
@@ -80,7 +80,7 @@ class CachedScorer(BaseScorer):
         self.scale = self._leaf.scale
         self.name = self._leaf.name
         self.on_error = self._leaf.on_error
-        self.identity = scorer_fingerprint(scorer)
+        self.identity = scorer_fingerprint(self._leaf)
         self._scorer_key = _digest(self.identity)
         self.hits = 0
         self.misses = 0
@@ -152,6 +152,19 @@ class CachedScorer(BaseScorer):
     def key(self, query: str, text: str) -> str:
         return _digest([self._scorer_key, query, text])
 
+    def _from_store(self, db: sqlite3.Connection, rest: list[str], found: dict[str, float]) -> None:
+        """``rest`` looked up in the SQLite store into ``found`` (called with the lock held)."""
+        try:
+            for i in range(0, len(rest), 500):
+                chunk = rest[i : i + 500]
+                rows = db.execute(
+                    f"SELECT key, score FROM scores WHERE key IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                ).fetchall()
+                found.update({k: float(v) for k, v in rows})
+        except sqlite3.Error as exc:
+            self._degrade(exc)
+
     def _lookup(self, keys: list[str]) -> dict[str, float]:
         found: dict[str, float] = {}
         with self._lock:
@@ -161,16 +174,7 @@ class CachedScorer(BaseScorer):
                     found[k] = self._memory[k]
             rest = [k for k in dict.fromkeys(keys) if k not in found]
             if rest and self._db is not None:
-                try:
-                    for i in range(0, len(rest), 500):
-                        chunk = rest[i : i + 500]
-                        rows = self._db.execute(
-                            f"SELECT key, score FROM scores WHERE key IN ({','.join('?' * len(chunk))})",
-                            chunk,
-                        ).fetchall()
-                        found.update({k: float(v) for k, v in rows})
-                except sqlite3.Error as exc:
-                    self._degrade(exc)
+                self._from_store(self._db, rest, found)
             hits = sum(k in found for k in keys)
             self.hits += hits
             self.misses += len(keys) - hits

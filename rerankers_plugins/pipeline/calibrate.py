@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.ops.calibration import expected_calibration_error, fit_platt, fit_temperature, sigmoid
-from rerankers_plugins.pipeline.ranking import as_scorer_leaf
-from rerankers_plugins.scorers.base import BaseScorer, Scorer, ScoreResult, scorer_settings
+from rerankers_plugins.pipeline.leaves import ScorerLeaf, as_scorer_leaf
+from rerankers_plugins.scorers.base import BaseScorer, Scorer, ScoreResult
 from rerankers_plugins.types import ScoreScale
 
 __all__ = ["Calibrated", "calibrate"]
@@ -64,12 +64,12 @@ class Calibrated(BaseScorer):
         self.method = method
         self.params = dict(params)
         self.report = dict(report or {})
-        self.pure = bool(getattr(scorer, "pure", True))
+        self.pure = self._leaf.pure
         self.on_error = self._leaf.on_error
         self.name = f"calibrated({self._leaf.name})"
 
     def fingerprint(self) -> Mapping[str, Any]:
-        return {**scorer_settings(self.scorer), "calibration": [self.method, sorted(self.params.items())]}
+        return {**self._leaf.fingerprint(), "calibration": [self.method, sorted(self.params.items())]}
 
     def transform(self, raw: float) -> float:
         x = _to_logit(raw, self.inner_scale)
@@ -116,6 +116,19 @@ class Calibrated(BaseScorer):
         return cls(scorer, data["method"], data["params"], data.get("report"))
 
 
+def _raw_scores(leaf: ScorerLeaf, pairs: Sequence[tuple[str, str, int]]) -> list[float]:
+    """The leaf's score of every pair, scored one query at a time."""
+    by_query: dict[str, list[int]] = {}
+    for i, (q, _, _) in enumerate(pairs):
+        by_query.setdefault(q, []).append(i)
+    raw = [0.0] * len(pairs)
+    for q, idx in by_query.items():
+        values = leaf.score_texts(q, [pairs[i][1] for i in idx]).values
+        for i, v in zip(idx, values, strict=True):
+            raw[i] = v
+    return raw
+
+
 def calibrate(
     scorer: Scorer,
     pairs: Sequence[tuple[str, str, int]],
@@ -137,14 +150,7 @@ def calibrate(
         raise ConfigError(
             f"calibrate needs pairs labelled 1 (relevant) and 0 (not relevant); found labels {found}"
         )
-    by_query: dict[str, list[int]] = {}
-    for i, (q, _, _) in enumerate(pairs):
-        by_query.setdefault(q, []).append(i)
-    raw = [0.0] * len(pairs)
-    for q, idx in by_query.items():
-        values = leaf.score_texts(q, [pairs[i][1] for i in idx]).values
-        for i, v in zip(idx, values, strict=True):
-            raw[i] = v
+    raw = _raw_scores(leaf, pairs)
     x = [_to_logit(v, scale) for v in raw]
     if method == "platt":
         a, b = fit_platt(x, labels)

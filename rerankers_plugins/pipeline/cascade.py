@@ -5,16 +5,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from rerankers_plugins._checks import as_int, check_threshold
 from rerankers_plugins.errors import ConfigError
-from rerankers_plugins.pipeline.ranking import (
-    Entry,
-    Ranking,
-    ScorerLike,
-    Strategy,
-    as_int,
-    as_strategy,
-    check_threshold,
-)
+from rerankers_plugins.pipeline.leaves import ScorerLike, as_strategy
+from rerankers_plugins.pipeline.ranking import Entry, Ranking, Strategy
 
 __all__ = ["Cascade", "Stage"]
 
@@ -39,6 +33,30 @@ class Stage:
         return self.name or self.strategy.name
 
 
+def _check_stages(stages: list[Stage]) -> list[str]:
+    """The stages' labels; ConfigError for no stage, a non-Stage or two stages with one label."""
+    if not stages:
+        raise ConfigError("Cascade needs at least one Stage")
+    for i, stage in enumerate(stages, start=1):
+        if not isinstance(stage, Stage):
+            raise ConfigError(f"Cascade stage {i} must be a Stage, got {type(stage).__name__}")
+    labels = [s.label for s in stages]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"Cascade stage names must be unique (pass Stage(name=...)): {labels}")
+    return labels
+
+
+def _below(
+    entries: list[Entry], threshold: float, reasons: dict[int, str]
+) -> tuple[list[Entry], list[Entry]]:
+    """``entries`` split into those a stage threshold keeps and those it cuts (reranked ones scoring
+    below it), the reason of each cut written into ``reasons``."""
+    for e in entries:
+        if e.reranked and e.score < threshold:
+            reasons[e.position] = f"score {e.score:.6g} < stage threshold {threshold}"
+    return [e for e in entries if e.position not in reasons], [e for e in entries if e.position in reasons]
+
+
 class Cascade(Strategy):
     """``Cascade([Stage(BiEncoderScorer(...), keep=50), Stage(CrossEncoderScorer(...), keep=10)])``.
 
@@ -52,14 +70,7 @@ class Cascade(Strategy):
     """
 
     def __init__(self, stages: list[Stage]) -> None:
-        if not stages:
-            raise ConfigError("Cascade needs at least one Stage")
-        for i, stage in enumerate(stages, start=1):
-            if not isinstance(stage, Stage):
-                raise ConfigError(f"Cascade stage {i} must be a Stage, got {type(stage).__name__}")
-        labels = [s.label for s in stages]
-        if len(set(labels)) != len(labels):
-            raise ConfigError(f"Cascade stage names must be unique (pass Stage(name=...)): {labels}")
+        labels = _check_stages(stages)
         receives: int | None = None
         self.keeps: list[int | None] = []
         self.thresholds: list[float | None] = []
@@ -96,11 +107,7 @@ class Cascade(Strategy):
         cut: list[Entry] = []
         reasons: dict[int, str] = {}
         if threshold is not None:
-            for e in entries:
-                if e.reranked and e.score < threshold:
-                    reasons[e.position] = f"score {e.score:.6g} < stage threshold {threshold}"
-            cut = [e for e in entries if e.position in reasons]
-            entries = [e for e in entries if e.position not in reasons]
+            entries, cut = _below(entries, threshold, reasons)
         if keep is not None:
             reasons.update({e.position: f"beyond keep={keep}" for e in entries[keep:]})
             cut += entries[keep:]

@@ -8,19 +8,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from rerankers_plugins._checks import as_real
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.ops.fusion import minmax, rrf, weighted_sum, zscore
-from rerankers_plugins.pipeline.ranking import (
-    Entry,
-    Ranking,
-    ScorerLike,
-    Strategy,
-    as_real,
-    as_strategy,
-    require_scores,
-)
+from rerankers_plugins.pipeline.leaves import ScorerLike, as_strategy, require_scores
+from rerankers_plugins.pipeline.ranking import Entry, Ranking, Strategy
 from rerankers_plugins.scorers._http import gather_cancelling
-from rerankers_plugins.scorers.base import Ranker, Scorer
+from rerankers_plugins.scorers.base import Ranks, Scores
 from rerankers_plugins.types import Candidate, ScoreScale
 
 __all__ = ["Hybrid", "Signal"]
@@ -30,12 +24,6 @@ logger = logging.getLogger(__name__)
 RETRIEVAL = "retrieval"
 
 SignalSource = ScorerLike | Literal["retrieval"] | Callable[[Candidate], float]
-
-
-def _is_model(source: object) -> bool:
-    return (
-        isinstance(source, Strategy | Scorer | Ranker) or hasattr(source, "score") or hasattr(source, "rank")
-    )
 
 
 @dataclass(frozen=True)
@@ -51,7 +39,7 @@ class Signal:
     strategy: Strategy | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        strategy = as_strategy(self.source) if _is_model(self.source) else None  # type: ignore[arg-type]
+        strategy = as_strategy(self.source) if isinstance(self.source, Strategy | Scores | Ranks) else None
         object.__setattr__(self, "strategy", strategy)
 
     @property
@@ -69,6 +57,86 @@ def _fill(values: list[float | None], normed: list[float], low: float) -> list[f
     """Normalised values back in place; a missing one (not reranked by its signal) gets ``low``."""
     it = iter(normed)
     return [low if v is None else next(it) for v in values]
+
+
+def _check_signals(signals: Sequence[Signal], method: str, normalize: str) -> list[str]:
+    """The signals' labels; ConfigError for no signal, an unknown method or normalisation, a
+    non-Signal, or two signals with one label."""
+    if not signals:
+        raise ConfigError("Hybrid needs at least one Signal")
+    if method not in ("weighted", "rrf"):
+        raise ConfigError(f"method must be 'weighted' or 'rrf', got {method!r}")
+    if normalize not in ("minmax", "zscore"):
+        raise ConfigError(f"normalize must be 'minmax' or 'zscore', got {normalize!r}")
+    for s in signals:
+        if not isinstance(s, Signal):
+            raise ConfigError(f"Hybrid takes Signal objects, got {type(s).__name__}")
+    labels = [s.label for s in signals]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"Hybrid signal names must be unique (pass Signal(name=...)): {labels}")
+    return labels
+
+
+def _weight(s: Signal, method: str) -> float:
+    """``s``'s weight, after checking it (finite, >= 0) and its source."""
+    value = as_real(s.weight, f"signal {s.label!r}: weight")
+    if value is None or not 0 <= value < math.inf:
+        raise ConfigError(f"signal {s.label!r}: weight must be a finite number >= 0, got {s.weight!r}")
+    _check_source(s, method)
+    return value
+
+
+def _check_source(s: Signal, method: str) -> None:
+    """ConfigError unless ``s``'s source is a model (which needs scores for weighted fusion),
+    ``"retrieval"`` or a function of a Candidate."""
+    if s.strategy is None and isinstance(s.source, str) and s.source != RETRIEVAL:
+        raise ConfigError(f"signal {s.label!r}: the only string source is 'retrieval', got {s.source!r}")
+    if s.strategy is None and not isinstance(s.source, str) and not callable(s.source):
+        raise ConfigError(
+            f"signal {s.label!r}: source must be a scorer, 'retrieval' or a function of a Candidate"
+        )
+    if s.strategy is not None and method == "weighted":
+        require_scores(s.strategy, "weighted fusion")
+
+
+def _normalised(labels: list[str], weights: list[float]) -> list[float]:
+    """``weights`` scaled to sum to 1 (logged when they did not); ConfigError when all are 0 or
+    their sum overflows."""
+    total = sum(weights)
+    if total <= 0:
+        raise ConfigError("Hybrid weights are all 0")
+    named = dict(zip(labels, weights, strict=True))
+    if not math.isfinite(total):
+        raise ConfigError(
+            f"Hybrid weights {named} sum to {total}, which overflows: only their ratios matter, "
+            "so pass smaller numbers (e.g. [1, 1] for [1e308, 1e308])"
+        )
+    normalised = [w / total for w in weights]
+    if not all(math.isfinite(w) for w in normalised) or not any(normalised):
+        raise ConfigError(f"Hybrid weights {named} cannot be normalised to sum to 1 (got {normalised})")
+    if abs(total - 1.0) > 1e-9:
+        logger.info("Hybrid weights %s sum to %g; normalised to sum to 1", weights, total)
+    return normalised
+
+
+def _rrf_k(rrf_k: float) -> float:
+    k = as_real(rrf_k, "rrf_k")
+    if k is None or not 0 <= k < math.inf:
+        raise ConfigError(f"rrf_k must be a finite number >= 0 (60 is usual), got {rrf_k!r}")
+    return k
+
+
+def _survivors(ranking: Ranking, outs: list[Ranking | None]) -> tuple[list[Entry], dict[int, Entry]]:
+    """The entries every strategy signal kept (in ``ranking``'s order), and those any dropped (the
+    first signal's drop of each)."""
+    kept = {e.position for e in ranking}
+    dropped: dict[int, Entry] = {}
+    for out in outs:
+        if out is not None:
+            kept &= {e.position for e in out}
+            for e in out.dropped:
+                dropped.setdefault(e.position, e)
+    return [e for e in ranking if e.position in kept], dropped
 
 
 class Hybrid(Strategy):
@@ -99,57 +167,13 @@ class Hybrid(Strategy):
         normalize: Literal["minmax", "zscore"] = "minmax",
         rrf_k: float = 60.0,
     ) -> None:
-        if not signals:
-            raise ConfigError("Hybrid needs at least one Signal")
-        if method not in ("weighted", "rrf"):
-            raise ConfigError(f"method must be 'weighted' or 'rrf', got {method!r}")
-        if normalize not in ("minmax", "zscore"):
-            raise ConfigError(f"normalize must be 'minmax' or 'zscore', got {normalize!r}")
-        for s in signals:
-            if not isinstance(s, Signal):
-                raise ConfigError(f"Hybrid takes Signal objects, got {type(s).__name__}")
-        labels = [s.label for s in signals]
-        if len(set(labels)) != len(labels):
-            raise ConfigError(f"Hybrid signal names must be unique (pass Signal(name=...)): {labels}")
-        weights = []
-        for s in signals:
-            w = s.weight
-            value = as_real(w, f"signal {s.label!r}: weight")
-            if value is None or not 0 <= value < math.inf:
-                raise ConfigError(f"signal {s.label!r}: weight must be a finite number >= 0, got {w!r}")
-            if s.strategy is None and isinstance(s.source, str) and s.source != RETRIEVAL:
-                raise ConfigError(
-                    f"signal {s.label!r}: the only string source is 'retrieval', got {s.source!r}"
-                )
-            if s.strategy is None and not isinstance(s.source, str) and not callable(s.source):
-                raise ConfigError(
-                    f"signal {s.label!r}: source must be a scorer, 'retrieval' or a function of a Candidate"
-                )
-            if s.strategy is not None and method == "weighted":
-                require_scores(s.strategy, "weighted fusion")
-            weights.append(float(w))
-        total = sum(weights)
-        if total <= 0:
-            raise ConfigError("Hybrid weights are all 0")
-        named = dict(zip(labels, weights, strict=True))
-        if not math.isfinite(total):
-            raise ConfigError(
-                f"Hybrid weights {named} sum to {total}, which overflows: only their ratios matter, "
-                "so pass smaller numbers (e.g. [1, 1] for [1e308, 1e308])"
-            )
-        normalised = [w / total for w in weights]
-        if not all(math.isfinite(w) for w in normalised) or not any(normalised):
-            raise ConfigError(f"Hybrid weights {named} cannot be normalised to sum to 1 (got {normalised})")
-        if abs(total - 1.0) > 1e-9:
-            logger.info("Hybrid weights %s sum to %g; normalised to sum to 1", weights, total)
+        labels = _check_signals(signals, method, normalize)
+        weights = [_weight(s, method) for s in signals]
         self.signals = list(signals)
         self.labels = labels
-        self.weights = normalised
+        self.weights = _normalised(labels, weights)
         self.method, self.normalize = method, normalize
-        k = as_real(rrf_k, "rrf_k")
-        if k is None or not 0 <= k < math.inf:
-            raise ConfigError(f"rrf_k must be a finite number >= 0 (60 is usual), got {rrf_k!r}")
-        self.rrf_k = k
+        self.rrf_k = _rrf_k(rrf_k)
         self.scale = (
             ScoreScale.RELEVANCE if method == "weighted" and normalize == "minmax" else ScoreScale.LOGIT
         )
@@ -190,11 +214,14 @@ class Hybrid(Strategy):
             values.append(v)
         return values
 
+    def _rrf(self, raw: list[list[float | None]]) -> tuple[list[float], list[list[float]]]:
+        # a missing value ranks after every present one (rank = present + 1)
+        filled = [[-math.inf if v is None else v for v in vals] for vals in raw]
+        return rrf(filled, self.weights, k=self.rrf_k), [[math.nan] * len(v) for v in raw]
+
     def _normalise(self, raw: list[list[float | None]]) -> tuple[list[float], list[list[float]]]:
         if self.method == "rrf":
-            # a missing value ranks after every present one (rank = present + 1)
-            filled = [[-math.inf if v is None else v for v in vals] for vals in raw]
-            return rrf(filled, self.weights, k=self.rrf_k), [[math.nan] * len(v) for v in raw]
+            return self._rrf(raw)
         norm = minmax if self.normalize == "minmax" else zscore
         normed = []
         for vals in raw:
@@ -203,37 +230,46 @@ class Hybrid(Strategy):
             normed.append(_fill(vals, present, low))
         return weighted_sum(normed, self.weights), normed
 
-    def _fuse(self, ranking: Ranking, outs: list[Ranking | None]) -> Ranking:
-        kept = {e.position for e in ranking}
-        dropped: dict[int, Entry] = {}
-        for out in outs:
-            if out is not None:
-                kept &= {e.position for e in out}
-                for e in out.dropped:
-                    dropped.setdefault(e.position, e)
-        entries = [e for e in ranking if e.position in kept]
-        by_pos = [{e.position: e for e in out} if out is not None else None for out in outs]
+    def _raw(self, entries: list[Entry], by_pos: list[dict[int, Entry] | None]) -> list[list[float | None]]:
+        """Each signal's value per entry: a strategy's score where it reranked the entry (else
+        None), the retrieval score or the metadata function's value otherwise."""
         raw: list[list[float | None]] = []
         for s, got in zip(self.signals, by_pos, strict=True):
             if got is None:
                 raw.append(self._direct(s, entries))
             else:
                 raw.append([got[e.position].score if got[e.position].reranked else None for e in entries])
+        return raw
+
+    def _fused(
+        self,
+        i: int,
+        e: Entry,
+        by_pos: list[dict[int, Entry] | None],
+        raw: list[list[float | None]],
+        normed: list[list[float]],
+        fused: float,
+    ) -> Entry:
+        """Entry ``i`` with its fused score and every signal's details."""
+        details: dict[str, Any] = dict(e.details)
+        for got in by_pos:
+            if got is not None:
+                details.update(got[e.position].details)
+        details["signals"] = {lbl: raw[j][i] for j, lbl in enumerate(self.labels)}
+        if self.method != "rrf":
+            details["normalized"] = {lbl: normed[j][i] for j, lbl in enumerate(self.labels)}
+        entry = replace(e, details=details)
+        # an entry a strategy signal did not rerank (a Selective tail, a fallback) stays unreranked:
+        # its fused score is carried for the order, and no threshold cuts it
+        unreranked = any(got is not None and not got[e.position].reranked for got in by_pos)
+        return entry.passed(fused) if unreranked else entry.scored(fused)
+
+    def _fuse(self, ranking: Ranking, outs: list[Ranking | None]) -> Ranking:
+        entries, dropped = _survivors(ranking, outs)
+        by_pos = [{e.position: e for e in out} if out is not None else None for out in outs]
+        raw = self._raw(entries, by_pos)
         fused, normed = self._normalise(raw)
-        result = []
-        for i, e in enumerate(entries):
-            details: dict[str, Any] = dict(e.details)
-            for got in by_pos:
-                if got is not None:
-                    details.update(got[e.position].details)
-            details["signals"] = {lbl: raw[j][i] for j, lbl in enumerate(self.labels)}
-            if self.method != "rrf":
-                details["normalized"] = {lbl: normed[j][i] for j, lbl in enumerate(self.labels)}
-            entry = replace(e, details=details)
-            # an entry a strategy signal did not rerank (a Selective tail, a fallback) stays unreranked:
-            # its fused score is carried for the order, and no threshold cuts it
-            unreranked = any(got is not None and not got[e.position].reranked for got in by_pos)
-            result.append(entry.passed(fused[i]) if unreranked else entry.scored(fused[i]))
+        result = [self._fused(i, e, by_pos, raw, normed, fused[i]) for i, e in enumerate(entries)]
         order = sorted(range(len(result)), key=lambda k: (not result[k].reranked, -result[k].score))
         info: dict[str, Any] = {"fusion": self.method}
         for out in outs:

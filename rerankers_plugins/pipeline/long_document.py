@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+from rerankers_plugins._checks import as_int
 from rerankers_plugins.errors import ConfigError
-from rerankers_plugins.pipeline.ranking import as_int, as_scorer_leaf
-from rerankers_plugins.scorers.base import BaseScorer, Scorer, ScoreResult, scorer_settings
+from rerankers_plugins.pipeline.leaves import as_scorer_leaf
+from rerankers_plugins.scorers.base import BaseScorer, Scorer, ScoreResult
 
 __all__ = ["LongDocument", "split_passages"]
 
@@ -59,13 +60,12 @@ class LongDocument(BaseScorer):
         if aggregate not in ("max", "mean", "first"):
             raise ConfigError(f"aggregate must be 'max', 'mean' or 'first', got {aggregate!r}")
         self.scorer, self.aggregate = scorer, aggregate
-        self.pure = bool(getattr(scorer, "pure", True))
+        self.pure = self._leaf.pure
         self.on_error = self._leaf.on_error
         self.name = self._leaf.name
 
     def fingerprint(self) -> Mapping[str, Any]:
-        inner = scorer_settings(self.scorer)
-        return {**inner, "long_document": [self.max_words, self.overlap, self.aggregate]}
+        return {**self._leaf.fingerprint(), "long_document": [self.max_words, self.overlap, self.aggregate]}
 
     def _split(self, texts: Sequence[str]) -> tuple[list[str], list[list[tuple[int, int]]]]:
         passages: list[str] = []

@@ -15,35 +15,66 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from rerankers_plugins._checks import check_threshold, check_top_n
 from rerankers_plugins.errors import BackendError, ConfigError
-from rerankers_plugins.pipeline.ranking import (
-    Entry,
-    Ranking,
-    ScorerLike,
-    Strategy,
-    as_strategy,
-    check_threshold,
-    check_top_n,
-)
+from rerankers_plugins.pipeline.leaves import ScorerLike, as_strategy
+from rerankers_plugins.pipeline.ranking import Entry, Ranking, Strategy
 from rerankers_plugins.types import Candidate, Scored
 
-__all__ = ["Explained", "aexplain", "arerank", "check_options", "explain", "rerank"]
+__all__ = [
+    "Explained",
+    "RerankOptions",
+    "aexplain",
+    "arerank",
+    "arerank_with",
+    "check_options",
+    "explain",
+    "rerank",
+    "rerank_with",
+]
 
 logger = logging.getLogger(__name__)
 
 CandidateLike = Candidate | str
 
 
+@dataclass(frozen=True, slots=True)
+class RerankOptions:
+    """What :func:`rerank`, :func:`arerank`, :func:`explain` and :func:`aexplain` are asked for,
+    validated once, when it is built: ``scorer`` wrapped as a strategy (``strategy``), ``top_n`` an
+    int >= 1 or None, ``threshold`` None or a number on the strategy's scale (ConfigError
+    otherwise), and ``skip_empty``. Adapters build one per call from their fields."""
+
+    scorer: ScorerLike
+    top_n: int | None = None
+    threshold: float | None = None
+    skip_empty: bool = False
+    strategy: Strategy = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        strategy = as_strategy(self.scorer)
+        object.__setattr__(self, "strategy", strategy)
+        object.__setattr__(self, "top_n", check_top_n(self.top_n))
+        threshold = check_threshold(strategy.scale, self.threshold, who=f"scorer {strategy.name!r}")
+        object.__setattr__(self, "threshold", threshold)
+
+
 def check_options(scorer: ScorerLike, top_n: Any, threshold: Any) -> Strategy:
     """Validate ``top_n`` and ``threshold`` for ``scorer`` up front and return it as a strategy
     (adapters call this once, at construction)."""
-    strategy = as_strategy(scorer)
-    check_top_n(top_n)
-    check_threshold(strategy.scale, threshold, who=f"scorer {strategy.name!r}")
-    return strategy
+    return RerankOptions(scorer, top_n=top_n, threshold=threshold).strategy
+
+
+def _checked_query(query: str) -> str:
+    """``query``, checked before anything else (an empty query is the error to report first)."""
+    if not isinstance(query, str):
+        raise TypeError(f"query must be a str, got {type(query).__name__}")
+    if not query.strip():
+        raise ConfigError("query is empty: a reranker needs a query to score candidates against")
+    return query
 
 
 def _as_candidates(candidates: Sequence[CandidateLike]) -> list[Candidate]:
@@ -65,34 +96,33 @@ def _as_candidates(candidates: Sequence[CandidateLike]) -> list[Candidate]:
 @dataclass(frozen=True, slots=True)
 class _Plan:
     query: str
-    strategy: Strategy
+    options: RerankOptions
     todo: Ranking  # what goes to the strategy (after skip_empty)
-    top_n: int | None
-    threshold: float | None
+
+    @property
+    def strategy(self) -> Strategy:
+        return self.options.strategy
 
 
-def _plan(
-    query: str,
-    candidates: Sequence[CandidateLike],
-    scorer: ScorerLike,
-    top_n: Any,
-    threshold: Any,
-    skip_empty: bool,
-) -> _Plan:
-    if not isinstance(query, str):
-        raise TypeError(f"query must be a str, got {type(query).__name__}")
-    if not query.strip():
-        raise ConfigError("query is empty: a reranker needs a query to score candidates against")
-    strategy = as_strategy(scorer)
-    n = check_top_n(top_n)
-    t = check_threshold(strategy.scale, threshold, who=f"scorer {strategy.name!r}")
+def _plan(query: str, candidates: Sequence[CandidateLike], options: RerankOptions) -> _Plan:
     start = Ranking.start(_as_candidates(candidates))
     todo = start
-    if skip_empty:
+    if options.skip_empty:
         todo = start.then([e for e in start if e.text.strip()], by="skip_empty", default_reason="empty text")
         if todo.dropped:
             logger.info("skip_empty: %d empty candidate(s) left out of the ranking", len(todo.dropped))
-    return _Plan(query, strategy, todo, n, t)
+    return _Plan(query, options, todo)
+
+
+def _returned(plan: _Plan, out: Ranking, given: dict[int, Candidate]) -> dict[int, int]:
+    """How many times the strategy returned each position (kept or dropped); BackendError for a
+    candidate it was not given."""
+    seen: dict[int, int] = {}
+    for e in (*out.entries, *out.dropped):
+        if given.get(e.position) is not e.candidate:
+            raise BackendError(f"{plan.strategy.name!r} returned a candidate it was not given")
+        seen[e.position] = seen.get(e.position, 0) + 1
+    return seen
 
 
 def _adopt(plan: _Plan, out: Ranking) -> Ranking:
@@ -100,11 +130,7 @@ def _adopt(plan: _Plan, out: Ranking) -> Ranking:
     kept or marked dropped every candidate it was given exactly once (a third-party strategy may
     build a Ranking by hand)."""
     given = {e.position: e.candidate for e in plan.todo}
-    seen: dict[int, int] = {}
-    for e in (*out.entries, *out.dropped):
-        if given.get(e.position) is not e.candidate:
-            raise BackendError(f"{plan.strategy.name!r} returned a candidate it was not given")
-        seen[e.position] = seen.get(e.position, 0) + 1
+    seen = _returned(plan, out, given)
     twice = sorted(p for p, k in seen.items() if k > 1)
     lost = sorted(set(given) - set(seen))
     unmarked = [e.position for e in out.dropped if e.dropped_by is None]
@@ -118,15 +144,15 @@ def _adopt(plan: _Plan, out: Ranking) -> Ranking:
 
 def _cut(plan: _Plan, out: Ranking) -> Ranking:
     """Threshold (reranked entries only), then top_n."""
-    if plan.threshold is not None:
-        t = plan.threshold
+    top_n, t = plan.options.top_n, plan.options.threshold
+    if t is not None:
         out = out.then(
             [e for e in out if not e.reranked or e.score >= t],
             by="threshold",
             default_reason=f"score below threshold {t}",
         )
-    if plan.top_n is not None and len(out) > plan.top_n:
-        out = out.then(out.entries[: plan.top_n], by="top_n", default_reason=f"beyond top_n={plan.top_n}")
+    if top_n is not None and len(out) > top_n:
+        out = out.then(out.entries[:top_n], by="top_n", default_reason=f"beyond top_n={top_n}")
     return out
 
 
@@ -149,7 +175,11 @@ def _details(plan: _Plan, out: Ranking, e: Entry) -> dict[str, Any]:
     return details
 
 
-def _scored(plan: _Plan, out: Ranking, entries: Sequence[Entry]) -> list[Scored]:
+def _scored(plan: _Plan, out: Ranking, entries: Sequence[Entry] | None = None) -> list[Scored]:
+    """``entries`` (by default the kept ones: the dropped need no Scored objects for rerank) as
+    the Scored objects rerank returns, best first."""
+    if entries is None:
+        entries = out.entries
     return [
         Scored(candidate=e.candidate, score=e.score, rank=rank, details=_details(plan, out, e))
         for rank, e in enumerate(entries)
@@ -165,16 +195,9 @@ class Explained:
     dropped: list[Scored]
 
 
-def _ranked(
-    query: str,
-    candidates: Sequence[CandidateLike],
-    scorer: ScorerLike,
-    top_n: Any,
-    threshold: Any,
-    skip_empty: bool,
-) -> tuple[_Plan, Ranking]:
+def _ranked(query: str, candidates: Sequence[CandidateLike], options: RerankOptions) -> tuple[_Plan, Ranking]:
     """The final ranking (strategy run, checked, then threshold and top_n) and its plan."""
-    plan = _plan(query, candidates, scorer, top_n, threshold, skip_empty)
+    plan = _plan(query, candidates, options)
     out = (
         plan.strategy.run(plan.query, plan.todo.sub(plan.todo.entries))
         if plan.todo.entries
@@ -184,20 +207,31 @@ def _ranked(
 
 
 async def _aranked(
-    query: str,
-    candidates: Sequence[CandidateLike],
-    scorer: ScorerLike,
-    top_n: Any,
-    threshold: Any,
-    skip_empty: bool,
+    query: str, candidates: Sequence[CandidateLike], options: RerankOptions
 ) -> tuple[_Plan, Ranking]:
     """Async :func:`_ranked`."""
-    plan = _plan(query, candidates, scorer, top_n, threshold, skip_empty)
+    plan = _plan(query, candidates, options)
     if plan.todo.entries:
         out = await plan.strategy.arun(plan.query, plan.todo.sub(plan.todo.entries))
     else:
         out = plan.todo.sub([])
     return plan, _cut(plan, _adopt(plan, out))
+
+
+def _explained(plan: _Plan, out: Ranking) -> Explained:
+    return Explained(_scored(plan, out, out.entries), _scored(plan, out, out.dropped))
+
+
+def rerank_with(query: str, candidates: Sequence[CandidateLike], options: RerankOptions) -> list[Scored]:
+    """:func:`rerank` with its options already built (adapters build theirs from their fields)."""
+    return _scored(*_ranked(_checked_query(query), candidates, options))
+
+
+async def arerank_with(
+    query: str, candidates: Sequence[CandidateLike], options: RerankOptions
+) -> list[Scored]:
+    """Async :func:`rerank_with`."""
+    return _scored(*await _aranked(_checked_query(query), candidates, options))
 
 
 def explain(
@@ -216,8 +250,9 @@ def explain(
     >>> [s.text for s in ex.kept], [(s.text, s.details["dropped_by"]) for s in ex.dropped]
     (['red apple pie'], [('apple', 'top_n'), ('banana', 'top_n')])
     """
-    plan, out = _ranked(query, candidates, scorer, top_n, threshold, skip_empty)
-    return Explained(_scored(plan, out, out.entries), _scored(plan, out, out.dropped))
+    query = _checked_query(query)
+    options = RerankOptions(scorer, top_n=top_n, threshold=threshold, skip_empty=skip_empty)
+    return _explained(*_ranked(query, candidates, options))
 
 
 async def aexplain(
@@ -230,8 +265,9 @@ async def aexplain(
     skip_empty: bool = False,
 ) -> Explained:
     """Async :func:`explain`."""
-    plan, out = await _aranked(query, candidates, scorer, top_n, threshold, skip_empty)
-    return Explained(_scored(plan, out, out.entries), _scored(plan, out, out.dropped))
+    query = _checked_query(query)
+    options = RerankOptions(scorer, top_n=top_n, threshold=threshold, skip_empty=skip_empty)
+    return _explained(*await _aranked(query, candidates, options))
 
 
 def rerank(
@@ -258,8 +294,9 @@ def rerank(
         ...                         threshold=0.5)]
         ['red apple pie', 'apple']
     """
-    plan, out = _ranked(query, candidates, scorer, top_n, threshold, skip_empty)
-    return _scored(plan, out, out.entries)  # the dropped need no Scored objects here
+    query = _checked_query(query)
+    options = RerankOptions(scorer, top_n=top_n, threshold=threshold, skip_empty=skip_empty)
+    return _scored(*_ranked(query, candidates, options))
 
 
 async def arerank(
@@ -273,5 +310,6 @@ async def arerank(
 ) -> list[Scored]:
     """Async :func:`rerank`: backends with a native async client use it; model compute runs in a
     worker thread, so the event loop is never blocked."""
-    plan, out = await _aranked(query, candidates, scorer, top_n, threshold, skip_empty)
-    return _scored(plan, out, out.entries)
+    query = _checked_query(query)
+    options = RerankOptions(scorer, top_n=top_n, threshold=threshold, skip_empty=skip_empty)
+    return _scored(*await _aranked(query, candidates, options))

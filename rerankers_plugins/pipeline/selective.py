@@ -5,12 +5,26 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
+from rerankers_plugins._checks import as_int, as_real
 from rerankers_plugins.errors import ConfigError
-from rerankers_plugins.pipeline.ranking import Ranking, ScorerLike, Strategy, as_int, as_real, as_strategy
+from rerankers_plugins.pipeline.leaves import ScorerLike, as_strategy
+from rerankers_plugins.pipeline.ranking import Ranking, Strategy
 
 __all__ = ["Selective"]
 
 logger = logging.getLogger(__name__)
+
+
+def _retrieval_scores(ranking: Ranking) -> list[float]:
+    """Every candidate's retrieval score, highest first; ConfigError when one has none."""
+    retrieval = [e.candidate.retrieval_score for e in ranking]
+    missing = [e.candidate.id for e in ranking if e.candidate.retrieval_score is None]
+    if missing:
+        raise ConfigError(
+            "Selective's gate (skip_if_margin / skip_if_top) needs every candidate's retrieval_score; "
+            f"candidates {missing[:5]} have none (LangChain: set the adapter's retrieval_score_key)"
+        )
+    return sorted((float(r) for r in retrieval if r is not None), reverse=True)
 
 
 class Selective(Strategy):
@@ -49,14 +63,7 @@ class Selective(Strategy):
     def _gate(self, ranking: Ranking) -> str | None:
         if self.skip_if_margin is None and self.skip_if_top is None:
             return None
-        retrieval = [e.candidate.retrieval_score for e in ranking]
-        missing = [e.candidate.id for e in ranking if e.candidate.retrieval_score is None]
-        if missing:
-            raise ConfigError(
-                "Selective's gate (skip_if_margin / skip_if_top) needs every candidate's retrieval_score; "
-                f"candidates {missing[:5]} have none (LangChain: set the adapter's retrieval_score_key)"
-            )
-        top = sorted((float(r) for r in retrieval if r is not None), reverse=True)
+        top = _retrieval_scores(ranking)
         if self.skip_if_top is not None and top and top[0] >= self.skip_if_top:
             return f"top retrieval score {top[0]:.4g} >= {self.skip_if_top}"
         if self.skip_if_margin is not None and len(top) >= 2 and top[0] - top[1] >= self.skip_if_margin:

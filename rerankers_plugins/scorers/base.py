@@ -13,12 +13,34 @@ import functools
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.types import ScoreScale
 
-__all__ = ["BaseScorer", "Ranker", "ScoreResult", "Scorer", "scorer_settings", "translate_renamed"]
+__all__ = [
+    "AsyncDetailedRanker",
+    "AsyncDetailedScorer",
+    "AsyncRanker",
+    "AsyncScorer",
+    "BaseScorer",
+    "DetailedRanker",
+    "DetailedScorer",
+    "DocumentCache",
+    "Fallible",
+    "Fingerprinted",
+    "Indexable",
+    "Named",
+    "Purity",
+    "Ranker",
+    "Ranks",
+    "Scaled",
+    "ScoreResult",
+    "Scorer",
+    "Scores",
+    "translate_renamed",
+]
 
 
 @dataclass(frozen=True)
@@ -28,7 +50,7 @@ class ScoreResult:
     ``values`` are the scores (or, for a Ranker, the permutation); ``info`` is merged into every
     returned candidate's ``Scored.details`` (e.g. the number of LLM calls); ``per_item``, aligned
     with the texts, into that candidate's details only (e.g. the passage a long document was
-    scored by). When a leaf is wrapped (:func:`rerankers_plugins.pipeline.ranking.as_strategy`),
+    scored by). When a leaf is wrapped (:func:`rerankers_plugins.pipeline.leaves.as_strategy`),
     these methods are preferred over the plain ones.
     """
 
@@ -37,27 +59,138 @@ class ScoreResult:
     per_item: Sequence[Mapping[str, Any]] | None = None
 
 
+# -- the leaves: what makes an object a Scorer or a Ranker -----------------------------------------
+
+
 @runtime_checkable
-class Scorer(Protocol):
-    """Scores every text against the query: ``len(score(q, texts)) == len(texts)``, same order."""
+class Named(Protocol):
+    """A backend's name, reported as ``details["model"]`` (a leaf without one goes by its class's name)."""
 
     @property
     def name(self) -> str: ...
 
+
+@runtime_checkable
+class Scaled(Protocol):
+    """The :class:`ScoreScale` of a backend's scores: every scorer declares one."""
+
     @property
     def scale(self) -> ScoreScale: ...
+
+
+@runtime_checkable
+class Scores(Protocol):
+    """What makes an object a scorer when it is wrapped (its ``name`` and ``scale`` are read then)."""
 
     def score(self, query: str, texts: Sequence[str]) -> list[float]: ...
 
 
 @runtime_checkable
-class Ranker(Protocol):
-    """Orders texts by relevance: ``rank(q, texts)`` is a permutation of ``range(len(texts))``, best first."""
-
-    @property
-    def name(self) -> str: ...
+class Ranks(Protocol):
+    """What makes an object a ranker when it is wrapped (its ``name`` is read then)."""
 
     def rank(self, query: str, texts: Sequence[str]) -> list[int]: ...
+
+
+@runtime_checkable
+class Scorer(Named, Scaled, Scores, Protocol):
+    """Scores every text against the query: ``len(score(q, texts)) == len(texts)``, same order."""
+
+
+@runtime_checkable
+class Ranker(Named, Ranks, Protocol):
+    """Orders texts by relevance: ``rank(q, texts)`` is a permutation of ``range(len(texts))``, best first."""
+
+
+# -- optional capabilities: declared here, read once, where a leaf is wrapped (pipeline/leaves.py) ---
+
+
+@runtime_checkable
+class DetailedScorer(Protocol):
+    """Scores with details (:class:`ScoreResult`); preferred over ``score`` when a leaf is wrapped
+    (an object with this method and no ``score`` is a scorer too)."""
+
+    def score_details(self, query: str, texts: Sequence[str]) -> ScoreResult: ...
+
+
+@runtime_checkable
+class AsyncScorer(Protocol):
+    """A native async ``ascore`` (otherwise the sync method runs in a worker thread)."""
+
+    async def ascore(self, query: str, texts: Sequence[str]) -> list[float]: ...
+
+
+@runtime_checkable
+class AsyncDetailedScorer(Protocol):
+    """A native async ``ascore_details``; preferred over every other method on the async path."""
+
+    async def ascore_details(self, query: str, texts: Sequence[str]) -> ScoreResult: ...
+
+
+@runtime_checkable
+class DetailedRanker(Protocol):
+    """Ranks with details (:class:`ScoreResult` whose values are the permutation)."""
+
+    def rank_details(self, query: str, texts: Sequence[str]) -> ScoreResult: ...
+
+
+@runtime_checkable
+class AsyncRanker(Protocol):
+    """A native async ``arank``."""
+
+    async def arank(self, query: str, texts: Sequence[str]) -> list[int]: ...
+
+
+@runtime_checkable
+class AsyncDetailedRanker(Protocol):
+    """A native async ``arank_details``."""
+
+    async def arank_details(self, query: str, texts: Sequence[str]) -> ScoreResult: ...
+
+
+@runtime_checkable
+class Purity(Protocol):
+    """Declares whether a score is a pure function of (query, text) and the settings (``pure``;
+    :class:`BaseScorer` says True). A leaf that does not declare it is taken as pure."""
+
+    @property
+    def pure(self) -> bool: ...
+
+
+@runtime_checkable
+class Fallible(Protocol):
+    """Declares what a failure does (``on_error``): ``"raise"`` (the default of a leaf that does not
+    declare it) or ``"keep_order"`` (the leaf passes its input through, marked)."""
+
+    @property
+    def on_error(self) -> str: ...
+
+
+@runtime_checkable
+class Fingerprinted(Protocol):
+    """Every setting that changes a score, for cache keys (see :meth:`BaseScorer.fingerprint`); a
+    leaf without it has no settings of its own."""
+
+    def fingerprint(self) -> Mapping[str, Any]: ...
+
+
+@runtime_checkable
+class DocumentCache(Protocol):
+    """A document-vector cache: where on disk it keeps vectors (None: memory only)."""
+
+    @property
+    def directory(self) -> Path | None: ...
+
+
+@runtime_checkable
+class Indexable(Protocol):
+    """A scorer with a document-vector cache (ColBERT, poly-encoder): ``index(texts)`` encodes and
+    stores ahead of scoring, returning how many texts were encoded."""
+
+    @property
+    def cache(self) -> DocumentCache: ...
+
+    def index(self, texts: Sequence[str]) -> int: ...
 
 
 class _InitArgs:
@@ -138,8 +271,9 @@ class BaseScorer:
         return await asyncio.to_thread(self.score, query, texts)
 
     def __repr__(self) -> str:
-        scale = getattr(self, "scale", None)
-        return f"{type(self).__name__}(name={self.name!r}, scale={getattr(scale, 'value', scale)})"
+        scale = self.scale if isinstance(self, Scaled) else None  # a subclass may declare none
+        shown = scale.value if isinstance(scale, ScoreScale) else scale
+        return f"{type(self).__name__}(name={self.name!r}, scale={shown})"
 
 
 def translate_renamed(cls: type[Any], kwargs: dict[str, Any], *, stacklevel: int = 2) -> dict[str, Any]:
@@ -175,9 +309,3 @@ def _translate(
 
 def _rebuild(cls: type[BaseScorer], args: tuple[Any, ...], kwargs: dict[str, Any]) -> BaseScorer:
     return cls(*args, **kwargs)
-
-
-def scorer_settings(scorer: object) -> Mapping[str, Any]:
-    """A scorer's ``fingerprint()`` (see :meth:`BaseScorer.fingerprint`); empty where it has none."""
-    fingerprint = getattr(scorer, "fingerprint", None)
-    return dict(fingerprint()) if callable(fingerprint) else {}

@@ -338,7 +338,7 @@ def _rows(
     queries = {q: data.queries[q] for q in qids}
     stage = first_stage(negatives, data.corpus, model=negatives_model, depth=max(depth, 100))
     if loss == "margin-mse":
-        from rerankers_plugins.pipeline.ranking import as_strategy, require_scores
+        from rerankers_plugins.pipeline.leaves import as_strategy, require_scores
         from rerankers_plugins.pipeline.rerank import rerank
 
         judge = as_pipeline(teacher)
