@@ -95,20 +95,19 @@ def test_sync_call_inside_a_running_loop(server, kind):
     ids=["trickle", "hang", "retry-after-120"],
 )
 def test_deadline_bounds_the_whole_call(server, kind, fault):
+    # each fault alone would outlast the deadline (a trickle never trips the 1 s read timeout, a hang
+    # outlasts it, Retry-After asks for 120 s): DeadlineExceeded says the deadline ended the call
     server.faults.extend([fault] * 3)
-    scorer = make(kind, server.url, timeout=1.0, deadline=1.0, retry=RetryPolicy(attempts=3, initial=0.2))
+    scorer = make(kind, server.url, timeout=1.0, deadline=0.4, retry=RetryPolicy(attempts=3, initial=0.2))
     cands = [Candidate(d, id=str(i)) for i, d in enumerate(DOCS)]
-    t0 = time.monotonic()
     with pytest.raises(DeadlineExceeded, match="deadline"):
         scorer.score(QUERY, DOCS)
-    sync_s = time.monotonic() - t0
-    fallback = make(kind, server.url, timeout=1.0, deadline=1.0, on_error="keep_order")
+    fallback = make(kind, server.url, timeout=1.0, deadline=0.4, on_error="keep_order")
     server.faults.extend([fault] * 3)
     out = asyncio.run(arerank(QUERY, cands, fallback))
     assert [s.id for s in out] == [c.id for c in cands]  # nothing lost: the fallback keeps every one
     assert all(s.details["fallback"] == "keep_order" for s in out)
-    # the deadline is what ended the call (a trickle or a hang would have taken 5+ s)
-    assert sync_s < 5.0
+    assert "DeadlineExceeded" in out[0].details["error"]
 
 
 def test_deadline_is_validated():
