@@ -377,6 +377,24 @@ def url_secrets(url: str) -> list[Secret]:
     return [Secret(v) for v in found]
 
 
+def shown_url(url: str) -> str:
+    """``url`` as it may be shown: the parts :func:`url_secrets` finds replaced by ``***`` where
+    they stand (the userinfo, the credential query values), so that a short password never masks
+    a piece of the scheme, host or path that happens to contain it."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}:***@{host}" if colon else f"***@{host}"
+    pairs = []
+    for pair in parts.query.split("&") if parts.query else []:
+        name, eq, value = pair.partition("=")
+        secret = value and _SECRET_PARAMS.match(urllib.parse.unquote_plus(name))
+        pairs.append(f"{name}{eq}***" if secret else pair)
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "&".join(pairs), parts.fragment))
+
+
 class _RedactSecrets(logging.Filter):
     """On the ``httpx`` logger (which logs every request URL at INFO): replaces the credentials our
     scorers found in their base URLs by ``***`` before any handler sees the record. Secrets are
@@ -525,7 +543,7 @@ class HTTPScorer(BaseScorer):
         self._url = Secret(base_url) if base_url else None  # may hold credentials: used, never shown
         self._secrets = url_secrets(base_url) if base_url else []
         hide_in_http_logs(self, self._secrets)
-        self.base_url = self._redact(base_url) if base_url else None
+        self.base_url = shown_url(base_url) if base_url else None
         self._key = secret_from(api_key, self.key_env, required=key_required, who=type(self).__name__)
         self._key_from_env = api_key is None
         if self._key is not None:

@@ -28,6 +28,7 @@ from rerankers_plugins.scorers._http import (
     RetryPolicy,
     Send,
     merge_indexed,
+    shown_url,
     split_query,
 )
 from rerankers_plugins.types import ScoreScale
@@ -112,7 +113,7 @@ class RemoteScorer(HTTPScorer):
         self.model = model
         self.truncate = truncate
         self.path = path or ("/rerank" if protocol == "tei" else "/v1/rerank")
-        shown = self._redact(url)
+        shown = shown_url(url)
         self.name = f"{protocol}:{model or shown}"
         self._server = f"rerank server {split_query(shown)[0]}{self.path}"
 

@@ -523,3 +523,19 @@ def test_the_http_log_filter_forgets_a_scorers_credentials_with_it():
     del second
     gc.collect()
     assert "pw-forget-me-42" not in {s.get_secret_value() for s in _HTTPX_FILTER.secrets}
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        # a one-letter password that also stands in the scheme and the host
+        ("http://u:p@127.0.0.1:9/rerank", "http://u:***@127.0.0.1:9/rerank"),
+        ("https://token@tei.example/v1?api_key=t&model=m", "https://***@tei.example/v1?api_key=***&model=m"),
+        ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+    ],
+)
+def test_a_url_is_shown_with_its_credentials_masked_where_they_stand(url, shown):
+    scorer = RemoteScorer(url)
+    assert scorer.base_url == shown
+    assert shown in repr(scorer)
+    assert "p@" not in repr(scorer) and "api_key=t" not in repr(scorer)
