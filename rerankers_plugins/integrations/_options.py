@@ -161,7 +161,7 @@ def positional_model(
     return {positional: args[0], **data}
 
 
-def describe_scorer(scorer: Any) -> dict[str, Any]:
+def describe_scorer(scorer: ScorerLike) -> dict[str, Any]:
     """A registry backend's scorer as JSON-ready settings: ``{"backend": name, "options": {...}}``
     (its constructor arguments; credentials left out), which :func:`rebuild_scorer` turns back
     into an equal scorer. Anything else raises ConfigError naming it."""
@@ -227,7 +227,7 @@ class SettingsSerialized(BaseModel):
         return rebuild_scorer(value)
 
     @field_serializer("scorer", check_fields=False)
-    def _describe(self, scorer: Any) -> Any:
+    def _describe(self, scorer: ScorerLike) -> Any:
         """Serialized as settings: the registry backend's name and options (no keys)."""
         return describe_scorer(scorer)
 

@@ -80,7 +80,8 @@ class LangChainCrossEncoder(BaseScorer):
         return [float(x) for x in self.model.score([(query, t) for t in texts])]
 
 
-def _wrap(scorer: Any) -> Any:
+def _wrap(scorer: ScorerLike | BaseCrossEncoder) -> ScorerLike:
+    """LangChain's own cross-encoder object wrapped as a Scorer; anything else as it is."""
     return LangChainCrossEncoder(scorer) if isinstance(scorer, BaseCrossEncoder) else scorer
 
 
@@ -212,7 +213,7 @@ class _Convenience(RerankCompressor):
                 raise ConfigError(
                     f"{type(self).__name__}(model=<{type(model).__name__}>) loads nothing itself, so {extra} cannot apply"
                 )
-            scorer: Any = LangChainCrossEncoder(model)
+            scorer: ScorerLike = LangChainCrossEncoder(model)
             data["model"] = scorer.name
         else:
             scorer = build_scorer(self.kind, data)
