@@ -125,6 +125,16 @@ def _rng(seed: int, qid: str) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
+def _draw(
+    qid: str, cands: Sequence[Candidate], judged: Mapping[str, int], per_query: int, depth: int, seed: int
+) -> list[Candidate]:
+    """``per_query`` of the top ``depth`` of ``cands`` not judged positive, in their order (seeded)."""
+    positives = {d for d, g in judged.items() if g > 0}
+    pool = [c for c in cands if str(c.id) not in positives][:depth]
+    picked = sorted(_rng(seed, qid).sample(range(len(pool)), min(per_query, len(pool))))
+    return [pool[i] for i in picked]
+
+
 def mine_negatives(
     queries: Mapping[str, str],
     qrels: Mapping[str, Mapping[str, int]],
@@ -151,7 +161,4 @@ def mine_negatives(
             [queries[q] for q in chunk], depth + len(max((qrels.get(q, {}) for q in chunk), key=len))
         )
         for qid, cands in zip(chunk, ranked, strict=True):
-            positives = {d for d, g in qrels.get(qid, {}).items() if g > 0}
-            pool = [c for c in cands if str(c.id) not in positives][:depth]
-            picked = sorted(_rng(seed, qid).sample(range(len(pool)), min(per_query, len(pool))))
-            yield qid, [pool[i] for i in picked]
+            yield qid, _draw(qid, cands, qrels.get(qid, {}), per_query, depth, seed)

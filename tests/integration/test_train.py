@@ -348,7 +348,7 @@ def test_distillation_adds_unlabeled_queries_but_never_a_judged_one(tmp_path, en
     extra.write_text('{"_id": "q-cat", "text": "where do cats sit"}\n')
     with pytest.raises(ConfigError, match="no unlabeled query left"):
         fine_tune(root, str(encoder), tmp_path / "none", unlabeled=extra, **distil)
-    with pytest.raises(ConfigError, match="depth must be an int >= 2"):
+    with pytest.raises(ConfigError, match="depth must be >= 2"):
         fine_tune(root, str(encoder), tmp_path / "shallow", **{**distil, "depth": 1})
 
 
