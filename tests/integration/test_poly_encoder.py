@@ -57,7 +57,7 @@ def trained(beir, encoder, tmp_path_factory):
         out,
         arch="poly-encoder",
         codes=4,
-        max_steps=120,
+        max_steps=60,  # the loss at a third of its start, every known positive first
         save_steps=1000,
         dev_fraction=0.2,
         **FAST,
@@ -67,7 +67,7 @@ def trained(beir, encoder, tmp_path_factory):
 
 def test_training_lowers_the_loss_and_a_known_positive_outranks_its_negatives(beir, trained):
     out, result = trained
-    assert result.steps == 120 and result.settings["arch"] == "poly-encoder"
+    assert result.steps == 60 and result.settings["arch"] == "poly-encoder"
     history = json.loads((out / "training.json").read_text())["loss_history"]
     assert sum(history[-3:]) / 3 < 0.75 * (sum(history[:3]) / 3)
     assert {"poly_encoder.json", "poly_codes.safetensors", "config.json", "README.md"} <= {
