@@ -65,6 +65,8 @@ logger = logging.getLogger(__name__)
 CONFIG_NAME = "poly_encoder.json"
 CODES_NAME = "poly_codes.safetensors"
 FORMAT = "rerankers-plugins poly-encoder 1"
+#: query tokens kept (special tokens included), in training and by default in scoring
+QUERY_LENGTH = 64
 
 
 @functools.cache
@@ -142,8 +144,7 @@ def build_poly_encoder(base: str, *, codes: int = 16, max_length: int = 256, see
     """A new poly-encoder module from a BERT-like encoder ``base`` (directory or Hub id; a
     sentence-transformers or cross-encoder checkpoint gives its encoder weights): ``codes`` code
     vectors drawn small (N(0, 0.02)), so that each starts as mean pooling."""
-    if isinstance(codes, bool) or not isinstance(codes, int) or codes < 1:
-        raise ConfigError(f"codes must be a positive int, got {codes!r}")
+    codes = as_int(codes, "codes", minimum=1) or 1
     torch = require("torch", "cross-encoder")
     transformers = require("transformers", "cross-encoder")
     path = resolve_model(base)
@@ -228,7 +229,7 @@ class PolyEncoderScorer(BaseScorer):
         *,
         device: str | None = None,
         dtype: DTypeName = "auto",
-        query_length: int = 64,
+        query_length: int = QUERY_LENGTH,
         max_length: int | None = None,
         cache_dir: str | Path | None = None,
         cache_bytes: int = 512 * 2**20,

@@ -5,7 +5,17 @@ Needs the ``train`` extra (sentence-transformers' trainer, datasets, accelerate,
 
 from __future__ import annotations
 
-from rerankers_plugins.train.fine_tune import LOSSES, TrainResult, fine_tune
+from rerankers_plugins.train.fine_tune import TrainResult, fine_tune, fine_tune_with
 from rerankers_plugins.train.negatives import as_pipeline, first_stage, mine_negatives
+from rerankers_plugins.train.settings import LOSSES, TrainSettings
 
-__all__ = ["LOSSES", "TrainResult", "as_pipeline", "fine_tune", "first_stage", "mine_negatives"]
+__all__ = [
+    "LOSSES",
+    "TrainResult",
+    "TrainSettings",
+    "as_pipeline",
+    "fine_tune",
+    "fine_tune_with",
+    "first_stage",
+    "mine_negatives",
+]

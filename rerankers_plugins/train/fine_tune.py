@@ -1,48 +1,44 @@
-"""Fine-tune a cross-encoder on BEIR-format data with sentence-transformers' own trainer and losses.
+"""Fine-tune a reranker (a cross-encoder or a poly-encoder) on BEIR-format data.
 
-Flow: read the split's qrels (checked: unknown documents, queries with no positive), carve a dev
-split from the training queries (or read one), mine hard negatives with a first stage of the
+Flow: check the settings (:class:`~rerankers_plugins.train.settings.TrainSettings`), read the
+split's qrels (checked: unknown documents, queries with no positive), carve a dev split from the
+training queries (or read one), check the output directory (:mod:`~rerankers_plugins.train.run_dir`:
+an interrupted run resumes from its last checkpoint), mine hard negatives with a first stage of the
 package, write the training rows to a JSON-lines file (streamed, so memory stays bounded for any
-corpus), train with ``CrossEncoderTrainer`` (checkpoints every ``save_steps``; an interrupted run
-resumes from the last one), save the model where ``CrossEncoderScorer`` loads it, score the dev
-queries with the evaluation harness, and write a model card.
+corpus), train with the architecture's trainer (:mod:`~rerankers_plugins.train.arch`; checkpoints
+every ``save_steps``), save the model where its scorer loads it, score the dev queries with the
+evaluation harness, and write a model card.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import random
-import shutil
 import statistics
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.eval.beir import BeirData, load_beir, read_qrels, read_queries
 from rerankers_plugins.scorers._hf import cpu_has_fast_bf16, load_model, resolve_device, resolve_model
-from rerankers_plugins.train.negatives import _rng, as_pipeline, first_stage, mine_negatives
+from rerankers_plugins.train.arch import ARCHITECTURES, Arch
+from rerankers_plugins.train.negatives import FirstStage, _rng, as_pipeline, first_stage, mine_negatives
+from rerankers_plugins.train.run_dir import RunDir
+from rerankers_plugins.train.settings import ARCHS, LOSSES, TEACHER_DEPTH, PipelineSpec, TrainSettings
 from rerankers_plugins.types import Candidate
 
-__all__ = ["ARCHS", "LOSSES", "TrainResult", "fine_tune"]
+__all__ = ["ARCHS", "LOSSES", "TEACHER_DEPTH", "TrainResult", "fine_tune", "fine_tune_with"]
 
 logger = logging.getLogger(__name__)
 
-LOSSES: tuple[str, ...] = ("bce", "listwise", "margin-mse")
-ARCHS: tuple[str, ...] = ("cross-encoder", "poly-encoder")
-_DONE = "training.json"
-_FORMAT = "rerankers-plugins training 1"
-_WORK = ".training"
 _NOT_ENCODERS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration", "ForSeq2SeqLM")
-#: first-stage candidates a distillation teacher scores per query: what a reranker sees in use
-TEACHER_DEPTH = 100
 
 
 @dataclass(frozen=True)
@@ -124,6 +120,14 @@ def _check_qrels(data: BeirData, root: Path, split: str) -> None:
         )
 
 
+def _is_decoder(config: Any, architectures: Sequence[str]) -> bool:
+    return bool(
+        getattr(config, "is_encoder_decoder", False)
+        or getattr(config, "is_decoder", False)
+        or any(a.endswith(_NOT_ENCODERS) for a in architectures)
+    )
+
+
 def _check_base(base: str, max_length: int) -> tuple[str, int, bool]:
     """The base's directory or id, after checking it is an encoder (or a one-label cross-encoder),
     ``max_length`` capped at the model's position limit (logged when it is), and whether the base
@@ -132,11 +136,7 @@ def _check_base(base: str, max_length: int) -> tuple[str, int, bool]:
     path = resolve_model(base)
     config = load_model("transformers", path, lambda: transformers.AutoConfig.from_pretrained(path))
     architectures = list(getattr(config, "architectures", None) or [])
-    if (
-        getattr(config, "is_encoder_decoder", False)
-        or getattr(config, "is_decoder", False)
-        or any(a.endswith(_NOT_ENCODERS) for a in architectures)
-    ):
+    if _is_decoder(config, architectures):
         raise ConfigError(
             f"base {base!r} is not an encoder (architectures: {', '.join(architectures) or config.model_type}): "
             "a cross-encoder is trained from a BERT-like encoder (e.g. the packaged 'minilm') or from an "
@@ -157,96 +157,55 @@ def _check_base(base: str, max_length: int) -> tuple[str, int, bool]:
     return path, max_length, is_cross_encoder
 
 
-def _manifest(out: Path) -> list[str] | None:
-    """The files a finished run wrote, from its ``training.json``; None if that is not ours."""
-    try:
-        info = json.loads((out / _DONE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(info, dict) or info.get("format") != _FORMAT or not isinstance(info.get("files"), list):
-        return None
-    return [str(f) for f in info["files"]]
-
-
-def _run_identity(out: Path) -> dict[str, Any] | None:
-    try:
-        info = json.loads((out / _WORK / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) and info.get("format") == _FORMAT else None
-
-
-def _fresh_pooler(model: Any, torch: Any) -> None:
-    """Re-initialise the [CLS] pooler of an encoder that was not trained as a classifier.
-
-    An embedding model trained with mean pooling (all-MiniLM-L6-v2) keeps a pooler with tiny weights
-    (std 0.009): its output barely varies between inputs, so the new head's gradient reaches the
-    encoder ~50x attenuated and BCE training sits on the constant predictor (measured on SciFact:
-    a flat loss for a whole epoch at lr 2e-5 and 1e-4). Xavier-uniform weights restore the signal."""
-    hf = getattr(model, "model", None)
-    body = getattr(hf, getattr(hf, "base_model_prefix", ""), None)
-    dense = getattr(getattr(body, "pooler", None), "dense", None)
-    if isinstance(dense, torch.nn.Linear):
-        with torch.no_grad():
-            torch.nn.init.xavier_uniform_(dense.weight)
-            dense.bias.zero_()
-        logger.info("re-initialised the encoder's [CLS] pooler for the new classification head")
-
-
-def _prepare_out(out: Path, overwrite: bool, identity: Mapping[str, Any]) -> str | None:
-    """Decide what an existing output directory means: a finished run of ours (refused unless
-    ``overwrite``, which deletes only the files that run wrote), an interrupted run of ours with
-    the same settings and data (resumed: returns its last checkpoint), or empty. Anything else,
-    including a directory holding files no run of ours wrote, is refused and left untouched."""
-    if not out.exists():
-        return None
-    if not out.is_dir():
-        raise ConfigError(f"output {out} exists and is not a directory")
-    entries = {p.name for p in out.iterdir()}
-    if not entries:
-        return None
-    finished = _manifest(out)
-    interrupted = _run_identity(out)
-    ours = set(finished or []) | {_DONE, _WORK} if finished is not None else {_WORK}
-    foreign = sorted(entries - ours)
-    if foreign or (finished is None and interrupted is None):
-        raise ConfigError(
-            f"output directory {out} holds files no training run wrote ({', '.join(foreign[:5]) or 'unreadable state'}); "
-            "choose a new or empty directory"
-        )
-    if finished is not None:
-        if not overwrite:
-            raise ConfigError(
-                f"output directory {out} already holds a trained model; pass overwrite=True (--overwrite)"
-            )
-        for name in [*finished, _DONE, _WORK]:
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-        return None
-    if overwrite:
-        shutil.rmtree(out / _WORK)
-        return None
-    changed = sorted(
-        k for k in set(identity) | set(interrupted or {}) if identity.get(k) != (interrupted or {}).get(k)
-    )
-    if changed:
-        raise ConfigError(
-            f"{out} holds an interrupted run with other settings or data ({', '.join(changed)} differ): "
-            "rerun with the same settings to resume it, or pass overwrite=True (--overwrite) to start over"
-        )
-    checkpoints = sorted(
-        (p for p in (out / _WORK / "checkpoints").glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-        key=lambda p: int(p.name.split("-")[-1]),
-    )
-    return str(checkpoints[-1]) if checkpoints else None
-
-
 def _normal(text: str) -> str:
     """A query's text for matching: case and runs of whitespace ignored."""
     return " ".join(text.casefold().split())
+
+
+def _query_row(line: str) -> tuple[str, str]:
+    row = json.loads(line)
+    qid, text = row["_id"], row["text"]
+    if not isinstance(qid, (str, int)) or isinstance(qid, bool):
+        raise TypeError(f"'_id' must be a string or an int, got {qid!r}")
+    if not isinstance(text, str) or not text.strip():
+        raise TypeError(f"'text' must be a non-empty string, got {text!r}")
+    return str(qid), text
+
+
+def _read_unlabeled(path: Path) -> dict[str, str]:
+    """The query rows of ``path``, each id and each text (case and spacing ignored) once."""
+    if not path.is_file():
+        raise ConfigError(f"unlabeled queries file {path} not found")
+    queries: dict[str, str] = {}
+    seen: set[str] = set()
+    repeated = n = 0
+    try:
+        with path.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):  # noqa: B007 (n names the line in the error)
+                if not line.strip():
+                    continue
+                qid, text = _query_row(line)
+                if qid in queries or _normal(text) in seen:
+                    repeated += 1
+                    continue
+                queries[qid] = text
+                seen.add(_normal(text))
+    except (ValueError, KeyError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ConfigError(f"{path} line {n} is not a query row ({{'_id': ..., 'text': ...}}): {exc}") from exc
+    if repeated:
+        logger.warning("%s: %d repeated query ids or texts used once", path, repeated)
+    return queries
+
+
+def _judged(queries: Mapping[str, str], root: Path) -> tuple[set[str], set[str]]:
+    """The ids of ``queries`` that a qrels file of ``root`` judges by id, and (the others) by text."""
+    judged = {q for split in _splits(root) for q in read_qrels(root / "qrels" / f"{split}.tsv")}
+    judged_texts = {
+        _normal(str(text)) for qid, text in read_queries(root / "queries.jsonl").items() if qid in judged
+    }
+    by_id = {q for q in queries if q in judged}
+    by_text = {q for q, text in queries.items() if q not in by_id and _normal(text) in judged_texts}
+    return by_id, by_text
 
 
 def _unlabeled(path: Path, root: Path) -> dict[str, str]:
@@ -254,39 +213,8 @@ def _unlabeled(path: Path, root: Path) -> dict[str, str]:
     that a qrels file of ``root`` judges, by id or by text (case and spacing ignored): those are for
     training or evaluation with their labels, and a test query must never be trained on, labelled
     or not. A repeated id or text is used once (warned); a row without text is refused."""
-    if not path.is_file():
-        raise ConfigError(f"unlabeled queries file {path} not found")
-    queries: dict[str, str] = {}
-    seen: set[str] = set()
-    repeated = 0
-    n = 0
-    try:
-        with path.open(encoding="utf-8") as f:
-            for line in f:
-                n += 1
-                if not line.strip():
-                    continue
-                row = json.loads(line)
-                qid, text = row["_id"], row["text"]
-                if not isinstance(qid, (str, int)) or isinstance(qid, bool):
-                    raise TypeError(f"'_id' must be a string or an int, got {qid!r}")
-                if not isinstance(text, str) or not text.strip():
-                    raise TypeError(f"'text' must be a non-empty string, got {text!r}")
-                if str(qid) in queries or _normal(text) in seen:
-                    repeated += 1
-                    continue
-                queries[str(qid)] = text
-                seen.add(_normal(text))
-    except (ValueError, KeyError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
-        raise ConfigError(f"{path} line {n} is not a query row ({{'_id': ..., 'text': ...}}): {exc}") from exc
-    if repeated:
-        logger.warning("%s: %d repeated query ids or texts used once", path, repeated)
-    judged = {q for split in _splits(root) for q in read_qrels(root / "qrels" / f"{split}.tsv")}
-    judged_texts = {
-        _normal(str(text)) for qid, text in read_queries(root / "queries.jsonl").items() if qid in judged
-    }
-    by_id = {q for q in queries if q in judged}
-    by_text = {q for q, text in queries.items() if q not in by_id and _normal(text) in judged_texts}
+    queries = _read_unlabeled(path)
+    by_id, by_text = _judged(queries, root)
     if by_id or by_text:
         left_out = sorted(by_id | by_text)
         logger.warning(
@@ -300,15 +228,13 @@ def _unlabeled(path: Path, root: Path) -> dict[str, str]:
             len(by_text),
             ", ".join(repr(q) for q in left_out[:3]),
         )
-    kept = {q: text for q, text in queries.items() if q not in by_id and q not in by_text}
+    kept = {q: text for q, text in queries.items() if q not in by_id | by_text}
     if not kept:
         raise ConfigError(f"{path} has no unlabeled query left to distil on (rows: {len(queries)})")
     return kept
 
 
 def _carve_dev(qids: Sequence[str], fraction: float, seed: int) -> set[str]:
-    if not 0 <= fraction < 1:
-        raise ConfigError(f"dev_fraction must be in [0, 1), got {fraction!r}")
     shuffled = sorted(qids)
     random.Random(seed).shuffle(shuffled)
     return set(shuffled[: round(len(shuffled) * fraction)])
@@ -325,8 +251,8 @@ def _rows(
     qids: Sequence[str],
     *,
     loss: str,
-    negatives: Any,
-    teacher: Any,
+    negatives: PipelineSpec,
+    teacher: PipelineSpec | None,
     per_query: int,
     depth: int,
     seed: int,
@@ -334,40 +260,87 @@ def _rows(
     unlabeled: Mapping[str, str] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Training rows in the column layout each sentence-transformers loss expects."""
-    texts = {str(c.id): c.text for c in data.corpus}
     queries = {q: data.queries[q] for q in qids}
     stage = first_stage(negatives, data.corpus, model=negatives_model, depth=max(depth, 100))
     if loss == "margin-mse":
-        from rerankers_plugins.pipeline.leaves import as_strategy, require_scores
-        from rerankers_plugins.pipeline.rerank import rerank
-
-        judge = as_pipeline(teacher)
-        require_scores(as_strategy(judge), "a distillation teacher")
-        queries.update(unlabeled or {})
-        every = [*qids, *sorted(unlabeled or {})]
-        for start in range(0, len(every), 64):
-            chunk = every[start : start + 64]
-            # the teacher judges the list it would rerank in use (the first stage's top
-            # TEACHER_DEPTH), so its per-query z-scores and a judged positive below the top
-            # ``depth`` are both there; the negatives still come from the top ``depth``
-            ranked = stage([queries[q] for q in chunk], max(depth, TEACHER_DEPTH))
-            for qid, cands in zip(chunk, ranked, strict=True):
-                scored = {str(s.candidate.id): s.score for s in rerank(queries[qid], cands, judge)}
-                yield from _distill_rows(
-                    qid, queries[qid], cands, scored, data.qrels.get(qid, {}), per_query, depth, seed
-                )
+        if teacher is None:
+            raise ConfigError("loss='margin-mse' distils from a teacher: pass teacher= (--teacher PIPELINE)")
+        yield from _distilled(data, stage, queries, teacher, unlabeled or {}, per_query, depth, seed)
         return
+    yield from _labelled(data, stage, queries, loss, per_query, depth, seed)
+
+
+def _labelled(
+    data: BeirData,
+    stage: FirstStage,
+    queries: Mapping[str, str],
+    loss: str,
+    per_query: int,
+    depth: int,
+    seed: int,
+) -> Iterator[dict[str, Any]]:
+    """BCE rows (one per positive and per mined negative) or listwise rows (one list per query,
+    graded labels)."""
+    texts = {str(c.id): c.text for c in data.corpus}
     for qid, negs in mine_negatives(queries, data.qrels, stage, per_query=per_query, depth=depth, seed=seed):
-        positives = [d for d, g in sorted(data.qrels[qid].items()) if g > 0]
-        if loss == "bce":
-            for d in positives:
-                yield {"query": queries[qid], "document": texts[d], "label": 1.0}
-            for c in negs:
-                yield {"query": queries[qid], "document": c.text, "label": 0.0}
-        else:  # listwise: one list per query, graded labels
-            docs = [texts[d] for d in positives] + [c.text for c in negs]
-            labels = [float(data.qrels[qid][d]) for d in positives] + [0.0] * len(negs)
+        positives = {d: float(g) for d, g in sorted(data.qrels[qid].items()) if g > 0}
+        docs = [texts[d] for d in positives] + [c.text for c in negs]
+        labels = [*positives.values()] + [0.0] * len(negs)
+        if loss == "listwise":
             yield {"query": queries[qid], "docs": docs, "labels": labels}
+            continue
+        for doc, label in zip(docs, labels, strict=True):
+            yield {"query": queries[qid], "document": doc, "label": 1.0 if label > 0 else 0.0}
+
+
+def _distilled(
+    data: BeirData,
+    stage: FirstStage,
+    labelled: Mapping[str, str],
+    teacher: PipelineSpec,
+    unlabeled: Mapping[str, str],
+    per_query: int,
+    depth: int,
+    seed: int,
+) -> Iterator[dict[str, Any]]:
+    """Margin-MSE rows of the labelled queries, then of the unlabeled ones, in chunks of 64."""
+    from rerankers_plugins.pipeline.leaves import as_strategy, require_scores
+    from rerankers_plugins.pipeline.rerank import rerank
+
+    judge = as_pipeline(teacher)
+    require_scores(as_strategy(judge), "a distillation teacher")
+    queries = {**labelled, **unlabeled}
+    every = [*labelled, *sorted(unlabeled)]
+    for start in range(0, len(every), 64):
+        chunk = every[start : start + 64]
+        # the teacher judges the list it would rerank in use (the first stage's top
+        # TEACHER_DEPTH), so its per-query z-scores and a judged positive below the top
+        # ``depth`` are both there; the negatives still come from the top ``depth``
+        ranked = stage([queries[q] for q in chunk], max(depth, TEACHER_DEPTH))
+        for qid, cands in zip(chunk, ranked, strict=True):
+            scored = {str(s.candidate.id): s.score for s in rerank(queries[qid], cands, judge)}
+            yield from _distill_rows(
+                qid, queries[qid], cands, scored, data.qrels.get(qid, {}), per_query, depth, seed
+            )
+
+
+def _distill_group(
+    qid: str,
+    cands: Sequence[Candidate],
+    scores: Mapping[str, float],
+    judged: Mapping[str, int],
+    per_query: int,
+    depth: int,
+    seed: int,
+) -> list[str]:
+    """The anchor's id, then the drawn negatives' (see :func:`_distill_rows`)."""
+    order = sorted(dict.fromkeys(str(c.id) for c in cands if str(c.id) in scores), key=lambda d: -scores[d])
+    positive = [d for d in order if judged.get(d, 0) > 0]
+    anchor = (positive or order)[0]
+    head = {str(c.id) for c in cands[:depth]} - {anchor} - set(positive)
+    rest = [d for d in order if d in head]
+    picked = sorted(_rng(seed, qid).sample(range(len(rest)), min(per_query, len(rest))))
+    return [anchor] + [rest[i] for i in picked]
 
 
 def _distill_rows(
@@ -390,18 +363,11 @@ def _distill_rows(
     by_id = {str(c.id): c for c in cands if str(c.id) in scores}
     if len(by_id) < 2:
         return
-    order = sorted(by_id, key=lambda d: -scores[d])
-    positives = [d for d in order if judged.get(d, 0) > 0]
-    anchor = positives[0] if positives else order[0]
-    head = {str(c.id) for c in cands[:depth]}
-    rest = [d for d in order if d != anchor and d in head and judged.get(d, 0) <= 0]
-    picked = sorted(_rng(seed, qid).sample(range(len(rest)), min(per_query, len(rest))))
-    group = [anchor] + [rest[i] for i in picked]
+    group = _distill_group(qid, cands, scores, judged, per_query, depth, seed)
     if len(group) < 2:
         return
-    z = _zscores([scores[d] for d in by_id])
-    zmap = dict(zip(by_id, z, strict=True))
-    row: dict[str, Any] = {"query": query, "positive": by_id[anchor].text}
+    zmap = dict(zip(by_id, _zscores([scores[d] for d in by_id]), strict=True))
+    row: dict[str, Any] = {"query": query, "positive": by_id[group[0]].text}
     for i, d in enumerate(group[1:], 1):
         row[f"negative_{i}"] = by_id[d].text
     row["label"] = [zmap[d] for d in group]
@@ -412,13 +378,146 @@ def _distill_rows(
     yield row
 
 
+@dataclass(frozen=True)
+class _Queries:
+    """Which queries a run trains on and which it holds out for dev."""
+
+    train: list[str]
+    skipped: int
+    dev: set[str]
+    dev_qrels: Mapping[str, Mapping[str, int]]
+    dev_queries: Mapping[str, str]
+
+
+def _queries(data: BeirData, root: Path, settings: TrainSettings) -> _Queries:
+    labelled = sorted(q for q, judged in data.qrels.items() if any(g > 0 for g in judged.values()))
+    skipped = len(data.qrels) - len(labelled)
+    if skipped:
+        logger.warning(
+            "%d of %d queries in qrels/%s.tsv have no positive judgment: skipped",
+            skipped,
+            len(data.qrels),
+            settings.split,
+        )
+    if settings.dev_split is not None:
+        dev_data = _load(root, settings.dev_split)
+        _check_qrels(dev_data, root, settings.dev_split)
+        dev, dev_qrels, dev_queries = set(dev_data.qrels), dev_data.qrels, dev_data.queries
+    else:
+        dev = _carve_dev(labelled, settings.dev_fraction, settings.seed)
+        dev_qrels, dev_queries = data.qrels, data.queries
+    train = [q for q in labelled if q not in dev]
+    if not train:
+        raise ConfigError(
+            f"no training queries left in {settings.split!r} (with a positive, outside the dev split)"
+        )
+    return _Queries(train, skipped, dev, dev_qrels, dev_queries)
+
+
+def _write_rows(
+    f: IO[str], data: BeirData, qids: Sequence[str], settings: TrainSettings, extra: Mapping[str, str]
+) -> int:
+    n = 0
+    for row in _rows(
+        data,
+        qids,
+        loss=settings.loss,
+        negatives=settings.negatives,
+        teacher=settings.teacher,
+        per_query=settings.per_query,
+        depth=settings.depth,
+        seed=settings.seed,
+        negatives_model=settings.negatives_model,
+        unlabeled=extra,
+    ):
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        n += 1
+    return n
+
+
+def _bf16(device: str) -> bool:
+    torch = require("torch", "cross-encoder")
+    return (device == "cpu" and cpu_has_fast_bf16()) or (
+        device.startswith("cuda") and bool(torch.cuda.is_bf16_supported())
+    )
+
+
+def _training_arguments(arch: Arch, settings: TrainSettings, run: RunDir, device: str, bf16: bool) -> Any:
+    loss, per_query, batch_size = settings.loss, settings.per_query, settings.batch_size
+    # transformers 5 takes the warm-up ratio as a float warmup_steps; 4.x as warmup_ratio
+    warmup: dict[str, Any] = (
+        {"warmup_steps": float(settings.warmup_ratio)}
+        if transformers_major() >= 5
+        else {"warmup_ratio": settings.warmup_ratio}
+    )
+    return arch.training_arguments(
+        output_dir=str(run.work / "checkpoints"),
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps if settings.max_steps is not None else -1,
+        per_device_train_batch_size=batch_size if loss == "bce" else max(1, batch_size // (per_query + 1)),
+        learning_rate=settings.learning_rate,
+        **warmup,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        bf16=bf16,
+        use_cpu=device == "cpu",
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=2,
+        logging_steps=0.05,  # a ratio of the total steps: about 20 loss readings per run
+        report_to="none",
+        disable_tqdm=not settings.progress,
+        dataloader_num_workers=0,
+    )
+
+
+def _dev_metrics(data: BeirData, queries: _Queries, arch: Arch, settings: TrainSettings) -> dict[str, float]:
+    """NDCG@10 and MRR@10 of the saved model (and of BM25) reranking the dev queries' BM25 top
+    ``dev_depth``; empty when no dev query has a positive."""
+    dev_ids = _dev_ids(queries)
+    if not dev_ids:
+        return {}
+    from rerankers_plugins.eval.harness import evaluate
+
+    dev_data = BeirData(
+        corpus=data.corpus,
+        queries={q: queries.dev_queries[q] for q in dev_ids},
+        qrels={q: dict(queries.dev_qrels[q]) for q in dev_ids},
+    )
+    report = evaluate(
+        dev_data,
+        {"fine-tuned": arch.scorer(Path(settings.out))},
+        k=settings.dev_depth,
+        metrics=("ndcg@10", "mrr@10"),
+        progress=settings.progress,
+    )
+    return {
+        f"{'bm25' if r.name == 'BM25' else 'model'}_{m}": round(v, 4)
+        for r in report.results
+        for m, v in r.metrics.items()
+    }
+
+
+def _dev_ids(queries: _Queries) -> list[str]:
+    return sorted(q for q in queries.dev if any(g > 0 for g in queries.dev_qrels.get(q, {}).values()))
+
+
+def _extra_queries(settings: TrainSettings, root: Path) -> tuple[dict[str, str], str | None]:
+    """The unlabeled queries to distil on and their digest (part of the run identity: the file's
+    contents, not only its path); none without ``settings.unlabeled``."""
+    if settings.unlabeled is None:
+        return {}, None
+    extra = _unlabeled(Path(settings.unlabeled), root)
+    return extra, hashlib.sha256(json.dumps(sorted(extra.items())).encode()).hexdigest()
+
+
 def fine_tune(
     data_dir: str | os.PathLike[str],
     base: str,
     out: str | os.PathLike[str],
     *,
     split: str = "train",
-    negatives: Any = "bm25",
+    negatives: PipelineSpec = "bm25",
     negatives_model: str = "minilm",
     per_query: int = 8,
     depth: int = 30,
@@ -426,7 +525,7 @@ def fine_tune(
     max_steps: int | None = None,
     max_length: int = 256,
     loss: str = "bce",
-    teacher: Any = None,
+    teacher: PipelineSpec | None = None,
     dev_split: str | None = None,
     dev_fraction: float = 0.1,
     dev_depth: int = 100,
@@ -459,305 +558,98 @@ def fine_tune(
     The dev queries (``qrels/<dev_split>.tsv``, or ``dev_fraction`` of the training queries, seeded)
     are never trained on; the run ends by reranking their BM25 top ``dev_depth`` with the new model.
     ``out`` must be new or empty; a finished run there is refused unless ``overwrite``; an
-    interrupted run there is resumed from its last checkpoint.
+    interrupted run there with the same settings is resumed from its last checkpoint.
 
     A cross-encoder trains with sentence-transformers' ``CrossEncoderTrainer`` and losses; a
     poly-encoder (:mod:`rerankers_plugins.scorers.poly_encoder`) with transformers' ``Trainer`` on
-    the same rows and the same losses computed on its scores (:mod:`rerankers_plugins.train.poly`).
+    the same rows and the same losses computed on its scores (:mod:`rerankers_plugins.train.arch`).
+    The arguments are the fields of :class:`~rerankers_plugins.train.settings.TrainSettings`
+    (:func:`fine_tune_with` takes one).
     """
-    st = require("sentence_transformers", "cross-encoder")
+    return fine_tune_with(TrainSettings(**locals()))
+
+
+def fine_tune_with(settings: TrainSettings) -> TrainResult:
+    """:func:`fine_tune` with its arguments as one :class:`TrainSettings`."""
+    require("sentence_transformers", "cross-encoder")
     require("datasets", "train")
     torch = require("torch", "cross-encoder")
-    if arch not in ARCHS:
-        raise ConfigError(f"arch must be one of {ARCHS}, got {arch!r}")
-    if isinstance(codes, bool) or not isinstance(codes, int) or codes < 1:
-        raise ConfigError(f"codes must be a positive int, got {codes!r}")
-    if loss not in LOSSES:
-        raise ConfigError(f"loss must be one of {LOSSES}, got {loss!r}")
-    if loss == "margin-mse" and teacher is None:
-        raise ConfigError("loss='margin-mse' distils from a teacher: pass teacher= (--teacher PIPELINE)")
-    if unlabeled is not None and loss != "margin-mse":
-        raise ConfigError(
-            f"unlabeled queries have no labels to learn from with loss={loss!r}: they are used by "
-            "distillation (loss='margin-mse' with a teacher)"
-        )
-    for name, value, low in (
-        ("per_query", per_query, 1),
-        ("batch_size", batch_size, 1),
-        ("max_length", max_length, 8),
-        ("depth", depth, per_query if isinstance(per_query, int) else 1),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
-    root = Path(data_dir)
-    out_dir = Path(out)
+    arch = ARCHITECTURES[settings.arch]
+    root = Path(settings.data_dir)
     t0 = time.perf_counter()
-    data = _load(root, split)
-    _check_qrels(data, root, split)
-    base_path, max_length, base_is_cross_encoder = _check_base(base, max_length)
-    extra = _unlabeled(Path(unlabeled), root) if unlabeled is not None else {}
-    identity = {
-        "format": _FORMAT,
-        "arch": arch,
-        "codes": codes if arch == "poly-encoder" else None,
-        "data": str(root.resolve()),
-        "split": split,
-        "base": base,
-        "loss": loss,
-        "negatives": negatives if isinstance(negatives, str) else repr(negatives),
-        "negatives_model": negatives_model,
-        "teacher": teacher if teacher is None or isinstance(teacher, str) else repr(teacher),
-        "per_query": per_query,
-        "depth": depth,
-        "epochs": epochs,
-        "max_steps": max_steps,
-        "max_length": max_length,
-        "batch_size": batch_size,
-        "learning_rate": learning_rate,
-        "warmup_ratio": warmup_ratio,
-        "save_steps": save_steps,
-        "seed": seed,
-        "dev_split": dev_split,
-        "dev_fraction": dev_fraction,
-        "teacher_depth": max(depth, TEACHER_DEPTH) if loss == "margin-mse" else None,
-        "unlabeled": None if unlabeled is None else str(Path(unlabeled).resolve()),
-        "unlabeled_digest": (
-            hashlib.sha256(json.dumps(sorted(extra.items())).encode()).hexdigest() if extra else None
-        ),
-    }
-    resume = _prepare_out(out_dir, overwrite, identity)
-
-    labelled = sorted(q for q, judged in data.qrels.items() if any(g > 0 for g in judged.values()))
-    skipped = len(data.qrels) - len(labelled)
-    if skipped:
-        logger.warning(
-            "%d of %d queries in qrels/%s.tsv have no positive judgment: skipped",
-            skipped,
-            len(data.qrels),
-            split,
-        )
-    if dev_split is not None:
-        dev_data = _load(root, dev_split)
-        _check_qrels(dev_data, root, dev_split)
-        dev = set(dev_data.qrels)
-        dev_qrels: Mapping[str, Mapping[str, int]] = dev_data.qrels
-        dev_queries = dev_data.queries
-    else:
-        dev = _carve_dev(labelled, dev_fraction, seed)
-        dev_qrels, dev_queries = data.qrels, data.queries
-    train_q = [q for q in labelled if q not in dev]
-    if not train_q:
-        raise ConfigError(f"no training queries left in {split!r} (with a positive, outside the dev split)")
-
-    work = out_dir / _WORK
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "run.json").write_text(json.dumps(identity, indent=2) + "\n", encoding="utf-8")
-    rows_file = work / f"rows-{loss}.jsonl"
-    if not (work / f"rows-{loss}.done").is_file():
-        n_rows = 0
-        with rows_file.open("w", encoding="utf-8") as f:
-            for row in _rows(
-                data,
-                train_q,
-                loss=loss,
-                negatives=negatives,
-                teacher=teacher,
-                per_query=per_query,
-                depth=depth,
-                seed=seed,
-                negatives_model=negatives_model,
-                unlabeled=extra,
-            ):
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                n_rows += 1
-        (work / f"rows-{loss}.done").write_text(str(n_rows))
-    n_rows = int((work / f"rows-{loss}.done").read_text())
-    datasets = require("datasets", "train")
-    train_ds = datasets.load_dataset(
-        "json", data_files=str(rows_file), split="train", cache_dir=str(work / "hf-datasets")
+    data = _load(root, settings.split)
+    _check_qrels(data, root, settings.split)
+    base_path, max_length, base_is_cross_encoder = _check_base(settings.base, settings.max_length)
+    settings = replace(settings, max_length=max_length)
+    extra, digest = _extra_queries(settings, root)
+    run = RunDir.open(
+        settings.out, {**settings.identity(), "unlabeled_digest": digest}, overwrite=settings.overwrite
+    )
+    queries = _queries(data, root, settings)
+    run.start()
+    rows_file, n_rows = run.rows(
+        settings.loss, lambda f: _write_rows(f, data, queries.train, settings, extra)
+    )
+    train_ds = require("datasets", "train").load_dataset(
+        "json", data_files=str(rows_file), split="train", cache_dir=str(run.work / "hf-datasets")
     )
 
-    torch.manual_seed(seed)
-    dev_name = resolve_device(device)
-    bf16 = (dev_name == "cpu" and cpu_has_fast_bf16()) or (
-        dev_name.startswith("cuda") and torch.cuda.is_bf16_supported()
-    )
-    poly = arch == "poly-encoder"
-    per_device = batch_size if loss == "bce" else max(1, batch_size // (per_query + 1))
-    args_type = (
-        require("transformers", "cross-encoder").TrainingArguments
-        if poly
-        else st.cross_encoder.CrossEncoderTrainingArguments
-    )
-    args = args_type(
-        output_dir=str(work / "checkpoints"),
-        num_train_epochs=epochs,
-        max_steps=max_steps if max_steps is not None else -1,
-        per_device_train_batch_size=per_device,
-        learning_rate=learning_rate,
-        # transformers 5 takes the warm-up ratio as a float warmup_steps; 4.x as warmup_ratio
-        **(
-            {"warmup_steps": float(warmup_ratio)}
-            if int(transformers_major()) >= 5
-            else {"warmup_ratio": warmup_ratio}
-        ),
-        seed=seed,
-        data_seed=seed,
-        bf16=bf16,
-        use_cpu=dev_name == "cpu",
-        save_strategy="steps",
-        save_steps=save_steps,
-        save_total_limit=2,
-        logging_steps=0.05,  # a ratio of the total steps: about 20 loss readings per run
-        report_to="none",
-        disable_tqdm=not progress,
-        dataloader_num_workers=0,
-        **({"remove_unused_columns": False} if poly else {}),
-    )
-    if poly:
-        from rerankers_plugins.scorers.poly_encoder import (
-            CONFIG_NAME,
-            build_poly_encoder,
-            load_poly_encoder,
-        )
-        from rerankers_plugins.train.poly import poly_trainer
-
-        model = load_model(
-            "poly-encoder",
-            base_path,
-            lambda: (
-                load_poly_encoder(base_path)
-                if (Path(base_path) / CONFIG_NAME).is_file()
-                else build_poly_encoder(base_path, codes=codes, max_length=max_length, seed=seed)
-            ),
-            cls="PolyEncoderScorer",
-        )
-        model.settings.update({"codes": int(model.codes.shape[0]), "max_length": max_length, "base": base})
-        trainer = poly_trainer(
-            model.to(dev_name),
-            args,
-            train_ds,
-            loss=loss,
-            per_query=per_query,
-            max_length=max_length,
-            callbacks=callbacks,
-        )
-    else:
-        model = load_model(
-            "cross-encoder",
-            base_path,
-            lambda: st.CrossEncoder(base_path, num_labels=1, max_length=max_length, device=dev_name),
-        )
-        if not base_is_cross_encoder:
-            _fresh_pooler(model, torch)
-        losses = st.cross_encoder.losses
-        if loss == "bce":
-            criterion = losses.BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(float(per_query)))
-        elif loss == "listwise":
-            criterion = losses.ListNetLoss(model)
-        else:
-            criterion = losses.MarginMSELoss(model)
-        trainer = st.cross_encoder.CrossEncoderTrainer(
-            model=model, args=args, train_dataset=train_ds, loss=criterion, callbacks=list(callbacks)
-        )
-    if resume:
-        logger.warning("resuming the interrupted run in %s from %s", out_dir, Path(resume).name)
-    trainer.train(resume_from_checkpoint=resume)
+    torch.manual_seed(settings.seed)
+    device = resolve_device(settings.device)
+    bf16 = _bf16(device)
+    args = _training_arguments(arch, settings, run, device, bf16)
+    model = arch.build(settings, base_path, fresh_head=not base_is_cross_encoder, device=device)
+    trainer = arch.trainer(model, args, train_ds, settings)
+    if run.resume:
+        logger.warning("resuming the interrupted run in %s from %s", run.path, Path(run.resume).name)
+    trainer.train(resume_from_checkpoint=run.resume)
     history = [float(h["loss"]) for h in trainer.state.log_history if "loss" in h]
-    steps = int(trainer.state.global_step)
-    model.save_pretrained(str(out_dir))
+    arch.save(model, run.path)
     train_seconds = time.perf_counter() - t0
 
-    dev_metrics: dict[str, float] = {}
-    dev_ids = sorted(q for q in dev if any(g > 0 for g in dev_qrels.get(q, {}).values()))
-    if dev_ids:
-        from rerankers_plugins.eval.harness import evaluate
-        from rerankers_plugins.scorers.cross_encoder import CrossEncoderScorer
-        from rerankers_plugins.scorers.poly_encoder import PolyEncoderScorer
-
-        dev_data = BeirData(
-            corpus=data.corpus,
-            queries={q: dev_queries[q] for q in dev_ids},
-            qrels={q: dict(dev_qrels[q]) for q in dev_ids},
-        )
-        report = evaluate(
-            dev_data,
-            {"fine-tuned": PolyEncoderScorer(str(out_dir)) if poly else CrossEncoderScorer(str(out_dir))},
-            k=dev_depth,
-            metrics=("ndcg@10", "mrr@10"),
-            progress=progress,
-        )
-        for r in report.results:
-            for m, v in r.metrics.items():
-                dev_metrics[f"{'bm25' if r.name == 'BM25' else 'model'}_{m}"] = round(v, 4)
-
+    dev_metrics = _dev_metrics(data, queries, arch, settings)
     first_loss = history[0] if history else None
     last_loss = history[-1] if history else None
     verdict = _verdict(dev_metrics, first_loss, last_loss)
     for message in verdict:
-        logger.warning("%s: %s", out_dir, message)
+        logger.warning("%s: %s", run.path, message)
     result = TrainResult(
-        output_dir=str(out_dir),
-        base=base,
-        loss=loss,
-        steps=steps,
+        output_dir=str(run.path),
+        base=settings.base,
+        loss=settings.loss,
+        steps=int(trainer.state.global_step),
         seconds=round(train_seconds, 1),
-        train_queries=len(train_q),
-        dev_queries=len(dev_ids),
-        skipped_queries=skipped,
+        train_queries=len(queries.train),
+        dev_queries=len(_dev_ids(queries)),
+        skipped_queries=queries.skipped,
         training_rows=n_rows,
         first_loss=first_loss,
         last_loss=last_loss,
         dev_metrics=dev_metrics,
-        resumed_from=Path(resume).name if resume else None,
-        dev_query_ids=tuple(dev_ids),
+        resumed_from=Path(run.resume).name if run.resume else None,
+        dev_query_ids=tuple(_dev_ids(queries)),
         unlabeled_queries=len(extra),
         warnings=verdict,
         settings={
-            **{key: value for key, value in identity.items() if key != "format"},
+            **run.identity,
+            "teacher_depth": settings.teacher_depth,
             "bf16": bf16,
-            "dev": dev_split or f"{dev_fraction:.0%} of {split} (seed {seed})",
+            "dev": settings.dev_split
+            or f"{settings.dev_fraction:.0%} of {settings.split} (seed {settings.seed})",
         },
     )
-    _write_card(out_dir, result, history)
-    with contextlib.suppress(OSError):
-        shutil.rmtree(work)
+    (run.path / "README.md").write_text(_card(arch, run.path, result, history), encoding="utf-8")
+    run.finish({**asdict(result), "loss_history": list(history)})
     return result
 
 
-def _write_card(out: Path, result: TrainResult, history: Sequence[float]) -> None:
+def _card(arch: Arch, out: Path, result: TrainResult, history: Sequence[float]) -> str:
     dev = "\n".join(f"| {k} | {v:.4f} |" for k, v in result.dev_metrics.items()) or "| - | - |"
     if result.warnings:
         dev += "\n\n**Warning.** " + "\n\n**Warning.** ".join(result.warnings)
     settings = "\n".join(f"| {k} | {v} |" for k, v in result.settings.items())
-    if result.settings.get("arch") == "poly-encoder":
-        head = f"""---
-library_name: transformers
-pipeline_tag: text-ranking
-tags: [poly-encoder, reranker, rerankers-plugins]
----
-
-# Poly-encoder fine-tuned with `rerankers-plugins train --arch poly-encoder`
-
-Load it with `PolyEncoderScorer("{out}")` (or `PolyEncoderRerank(model=...)` in either adapter).
-{result.settings.get("codes")} document codes; scores are logits (unbounded dot products).
-
-"""
-    else:
-        head = f"""---
-library_name: sentence-transformers
-pipeline_tag: text-ranking
-tags: [cross-encoder, reranker, rerankers-plugins]
----
-
-# Cross-encoder fine-tuned with `rerankers-plugins train`
-
-Load it with `CrossEncoderScorer("{out}")` (or any adapter's `model=`), or with
-sentence-transformers' `CrossEncoder`. One output label; scores are sigmoid probabilities.
-
-"""
-    card = (
-        head
+    return (
+        arch.card_head(out, result.settings)
         + f"""| | |
 |---|---|
 | base | {result.base} |
@@ -782,7 +674,3 @@ sentence-transformers' `CrossEncoder`. One output label; scores are sigmoid prob
 {dev}
 """
     )
-    (out / "README.md").write_text(card, encoding="utf-8")
-    files = sorted(p.name for p in out.iterdir() if p.name not in (_DONE, _WORK))
-    info = {"format": _FORMAT, **asdict(result), "loss_history": list(history), "files": files}
-    (out / _DONE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")

@@ -13,10 +13,14 @@ import hashlib
 import logging
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rerankers_plugins.errors import ConfigError
+from rerankers_plugins.train.settings import PipelineSpec
 from rerankers_plugins.types import Candidate
+
+if TYPE_CHECKING:
+    from rerankers_plugins.pipeline.leaves import ScorerLike
 
 __all__ = ["FirstStage", "first_stage", "mine_negatives"]
 
@@ -69,7 +73,7 @@ def _dense(corpus: Sequence[Candidate], model: str) -> FirstStage:
     return retrieve
 
 
-def _reranked(corpus: Sequence[Candidate], pipeline: Any, depth: int) -> FirstStage:
+def _reranked(corpus: Sequence[Candidate], pipeline: ScorerLike, depth: int) -> FirstStage:
     """BM25's top ``depth`` reordered by ``pipeline`` (a scorer or strategy)."""
     from rerankers_plugins.pipeline.rerank import rerank
 
@@ -85,7 +89,7 @@ def _reranked(corpus: Sequence[Candidate], pipeline: Any, depth: int) -> FirstSt
 
 
 def first_stage(
-    kind: Any, corpus: Sequence[Candidate], *, model: str = "minilm", depth: int = 100
+    kind: PipelineSpec, corpus: Sequence[Candidate], *, model: str = "minilm", depth: int = 100
 ) -> FirstStage:
     """Build a first stage by name: ``"bm25"``, ``"bi-encoder"`` (``model`` over the whole corpus),
     a pipeline spec in the command-line form ``KIND[:key=value,...]`` (e.g. ``"colbert:model=minilm"``),
@@ -97,7 +101,7 @@ def first_stage(
     return _reranked(corpus, as_pipeline(kind), depth)
 
 
-def as_pipeline(spec: Any) -> Any:
+def as_pipeline(spec: PipelineSpec) -> ScorerLike:
     """A scorer or strategy from a spec: ``"KIND[:key=value,...]"`` (a registry scorer, as on the
     ``eval`` command line), ``"FILE.toml#NAME"`` (a pipeline of a pipeline file), or an object,
     returned as it is."""
@@ -123,6 +127,16 @@ def as_pipeline(spec: Any) -> Any:
 def _rng(seed: int, qid: str) -> random.Random:
     digest = hashlib.sha256(f"{seed}:{qid}".encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def _draw(
+    qid: str, cands: Sequence[Candidate], judged: Mapping[str, int], per_query: int, depth: int, seed: int
+) -> list[Candidate]:
+    """``per_query`` of the top ``depth`` of ``cands`` not judged positive, in their order (seeded)."""
+    positives = {d for d, g in judged.items() if g > 0}
+    pool = [c for c in cands if str(c.id) not in positives][:depth]
+    picked = sorted(_rng(seed, qid).sample(range(len(pool)), min(per_query, len(pool))))
+    return [pool[i] for i in picked]
 
 
 def mine_negatives(
@@ -151,7 +165,4 @@ def mine_negatives(
             [queries[q] for q in chunk], depth + len(max((qrels.get(q, {}) for q in chunk), key=len))
         )
         for qid, cands in zip(chunk, ranked, strict=True):
-            positives = {d for d, g in qrels.get(qid, {}).items() if g > 0}
-            pool = [c for c in cands if str(c.id) not in positives][:depth]
-            picked = sorted(_rng(seed, qid).sample(range(len(pool)), min(per_query, len(pool))))
-            yield qid, [pool[i] for i in picked]
+            yield qid, _draw(qid, cands, qrels.get(qid, {}), per_query, depth, seed)

@@ -1,0 +1,132 @@
+"""The settings of one training run: every option of ``fine_tune``, checked once, frozen.
+
+The run identity (what an interrupted run directory records, and what a rerun must match to resume
+it) is derived from the fields: every field is part of it unless it is declared with
+``identity=False`` (``field(metadata=NOT_IDENTITY)``), which marks settings that do not change the
+trained model (where it is written, progress bars, callbacks, the dev evaluation's depth).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+from rerankers_plugins._checks import as_int, as_real
+from rerankers_plugins.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rerankers_plugins.pipeline.leaves import ScorerLike
+
+__all__ = ["ARCHS", "LOSSES", "NOT_IDENTITY", "TEACHER_DEPTH", "PipelineSpec", "TrainSettings"]
+
+LOSSES: tuple[str, ...] = ("bce", "listwise", "margin-mse")
+ARCHS: tuple[str, ...] = ("cross-encoder", "poly-encoder")
+#: first-stage candidates a distillation teacher scores per query: what a reranker sees in use
+TEACHER_DEPTH = 100
+#: field metadata of a setting that does not change the trained model: left out of the run identity
+NOT_IDENTITY: Mapping[str, bool] = {"identity": False}
+
+#: a first stage or teacher: a name / pipeline spec (``"bm25"``, ``"KIND:key=value"``,
+#: ``"FILE.toml#NAME"``) or a scorer / strategy object
+PipelineSpec = Union[str, "ScorerLike"]
+
+
+def _path(value: str | os.PathLike[str]) -> str:
+    return str(Path(value).resolve())
+
+
+def _identity_value(value: Any) -> Any:
+    """A setting as the identity file holds it: JSON scalars as they are, anything else by repr."""
+    return value if value is None or isinstance(value, (str, int, float, bool)) else repr(value)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Every setting of a training run (see :func:`rerankers_plugins.train.fine_tune`)."""
+
+    #: the BEIR directory (held resolved)
+    data_dir: str | os.PathLike[str]
+    base: str
+    out: str | os.PathLike[str] = field(metadata=NOT_IDENTITY)
+    split: str = "train"
+    negatives: PipelineSpec = "bm25"
+    negatives_model: str = "minilm"
+    per_query: int = 8
+    depth: int = 30
+    epochs: float = 1.0
+    max_steps: int | None = None
+    max_length: int = 256
+    loss: str = "bce"
+    teacher: PipelineSpec | None = None
+    dev_split: str | None = None
+    dev_fraction: float = 0.1
+    dev_depth: int = field(default=100, metadata=NOT_IDENTITY)
+    batch_size: int = 16
+    learning_rate: float = 2e-5
+    warmup_ratio: float = 0.1
+    save_steps: int = 200
+    seed: int = 0
+    device: str | None = field(default=None, metadata=NOT_IDENTITY)
+    overwrite: bool = field(default=False, metadata=NOT_IDENTITY)
+    progress: bool = field(default=True, metadata=NOT_IDENTITY)
+    callbacks: Sequence[Any] = field(default=(), metadata=NOT_IDENTITY)
+    arch: str = "cross-encoder"
+    #: document codes of a poly-encoder; None for a cross-encoder (it has none)
+    codes: int | None = 16
+    #: a ``queries.jsonl``-style file of queries without judgments (distillation only)
+    unlabeled: str | os.PathLike[str] | None = None
+
+    def __post_init__(self) -> None:
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        put("data_dir", _path(self.data_dir))
+        put("out", str(self.out))
+        put("unlabeled", None if self.unlabeled is None else _path(self.unlabeled))
+        put("callbacks", tuple(self.callbacks))
+        self._check_choices()
+        put("codes", as_int(self.codes, "codes", minimum=1) if self.arch == "poly-encoder" else None)
+        put("per_query", as_int(self.per_query, "per_query", minimum=1))
+        put("depth", as_int(self.depth, "depth", minimum=self.per_query))
+        put("batch_size", as_int(self.batch_size, "batch_size", minimum=1))
+        put("max_length", as_int(self.max_length, "max_length", minimum=8))
+        put("max_steps", as_int(self.max_steps, "max_steps", minimum=1, allow_none=True))
+        put("save_steps", as_int(self.save_steps, "save_steps", minimum=1))
+        put("dev_depth", as_int(self.dev_depth, "dev_depth", minimum=1))
+        put("seed", as_int(self.seed, "seed"))
+        put("epochs", as_real(self.epochs, "epochs", positive=True))
+        put("learning_rate", as_real(self.learning_rate, "learning_rate", positive=True))
+        put("warmup_ratio", as_real(self.warmup_ratio, "warmup_ratio"))
+        put("dev_fraction", as_real(self.dev_fraction, "dev_fraction"))
+        if not 0 <= self.dev_fraction < 1:
+            raise ConfigError(f"dev_fraction must be in [0, 1), got {self.dev_fraction!r}")
+
+    def _check_choices(self) -> None:
+        if self.arch not in ARCHS:
+            raise ConfigError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.loss == "margin-mse" and self.teacher is None:
+            raise ConfigError("loss='margin-mse' distils from a teacher: pass teacher= (--teacher PIPELINE)")
+        if self.unlabeled is not None and self.loss != "margin-mse":
+            raise ConfigError(
+                f"unlabeled queries have no labels to learn from with loss={self.loss!r}: they are used by "
+                "distillation (loss='margin-mse' with a teacher)"
+            )
+
+    @property
+    def teacher_depth(self) -> int | None:
+        """First-stage candidates the teacher scores per query (distillation only)."""
+        return max(self.depth, TEACHER_DEPTH) if self.loss == "margin-mse" else None
+
+    def identity(self) -> dict[str, Any]:
+        """The run identity: every field not declared ``NOT_IDENTITY``, JSON-ready."""
+        return {
+            f.name: _identity_value(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.metadata.get("identity", True)
+        }
