@@ -2,7 +2,8 @@
 
 Python blocks run in a fresh namespace each, in a temporary directory; bash blocks run in a shell
 there. A block preceded by ``<!-- not run: REASON -->`` is skipped with that reason (it needs the
-network, a GPU server, or is the test command itself). A python block followed directly by a
+network, a GPU server, or is the test command itself); one preceded by ``<!-- slow: REASON -->``
+runs in the slow set (``-m slow``, which CI runs too), not in the default run. A python block followed directly by a
 ``text`` block must print exactly that text (``...`` stands for any run of characters). Blocks
 without a language are not code.
 """
@@ -23,20 +24,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 _BLOCK = re.compile(
-    r"(?:<!-- not run: (?P<reason>.*?) -->\n)?```(?P<lang>python|bash)\n(?P<code>.*?)```"
+    r"(?:<!-- not run: (?P<reason>.*?) -->\n|<!-- slow: (?P<slow>.*?) -->\n)?```(?P<lang>python|bash)\n(?P<code>.*?)```"
     r"(?:\n\n```text\n(?P<printed>.*?)```)?",
     re.S,
 )
 
 
-def blocks() -> list[tuple[str, Path, str, str | None, str, str | None]]:
+def blocks() -> list[tuple[str, Path, str, str | None, str, str | None, bool]]:
     out = []
     for page in PAGES:
         text = page.read_text(encoding="utf-8")
         for m in _BLOCK.finditer(text):
             line = text[: m.start("code")].count("\n") + 1
             where = f"{page.relative_to(ROOT)}:{line} ({m['lang']})"
-            out.append((where, page, m["lang"], m["reason"], m["code"], m["printed"]))
+            out.append((where, page, m["lang"], m["reason"], m["code"], m["printed"], m["slow"] is not None))
     return out
 
 
@@ -56,7 +57,8 @@ def _matches(expected: str, printed: str) -> bool:
 
 
 @pytest.mark.parametrize(
-    ("page", "lang", "reason", "code", "printed"), [b[1:] for b in BLOCKS], ids=[b[0] for b in BLOCKS]
+    ("page", "lang", "reason", "code", "printed"),
+    [pytest.param(*b[1:6], marks=[pytest.mark.slow] if b[6] else [], id=b[0]) for b in BLOCKS],
 )
 def test_block_runs_as_printed(page, lang, reason, code, printed, tmp_path, monkeypatch):
     if reason:

@@ -19,11 +19,12 @@ import logging
 import statistics
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rerankers_plugins._checks import as_int
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.eval.beir import BeirData, load_beir
@@ -31,6 +32,7 @@ from rerankers_plugins.eval.first_stage import BM25Retriever
 from rerankers_plugins.pipeline.leaves import ScorerLike, as_strategy, backends
 from rerankers_plugins.pipeline.rerank import rerank
 from rerankers_plugins.scorers.base import Indexable
+from rerankers_plugins.types import Candidate
 
 __all__ = ["EvalReport", "PipelineResult", "evaluate"]
 
@@ -167,6 +169,26 @@ def _index(label: str, scorer: ScorerLike, texts: list[str]) -> float:
     return spent
 
 
+def _rerank_all(
+    label: str,
+    scorer: ScorerLike,
+    dataset: BeirData,
+    qids: Sequence[str],
+    first: Mapping[str, list[Candidate]],
+    progress: bool,
+) -> tuple[dict[str, dict[str, float]], list[float]]:
+    """Every query's first-stage candidates reranked by ``scorer``: the run (ranks as scores, so
+    ties cannot reorder) and each call's latency in ms."""
+    run: dict[str, dict[str, float]] = {}
+    lat: list[float] = []
+    for q in _progress(qids, len(qids), label, progress):
+        t0 = time.perf_counter()
+        ranked = rerank(dataset.queries[q], first[q], scorer)
+        lat.append((time.perf_counter() - t0) * 1000)
+        run[q] = {str(s.id): float(len(ranked) - s.rank) for s in ranked}
+    return run, lat
+
+
 def evaluate(
     data: str | Path | BeirData,
     pipelines: Mapping[str, ScorerLike],
@@ -183,8 +205,7 @@ def evaluate(
     Recall@k is always reported.
     """
     ranx = require("ranx", "eval")
-    if not isinstance(k, int) or k < 1:
-        raise ConfigError(f"k must be a positive int, got {k!r}")
+    k = as_int(k, "k", minimum=1) or 1
     dataset = data if isinstance(data, BeirData) else load_beir(data, split)
     name = Path(str(data)).name if not isinstance(data, BeirData) else "dataset"
     qids = sorted(dataset.queries)[:queries]
@@ -204,13 +225,7 @@ def evaluate(
     pool = list({c.id: c.text for q in qids for c in first[q]}.values())
     for label, scorer in pipelines.items():
         index_s = _index(label, scorer, pool)
-        run: dict[str, dict[str, float]] = {}
-        lat: list[float] = []
-        for q in _progress(qids, len(qids), label, progress):
-            t0 = time.perf_counter()
-            ranked = rerank(dataset.queries[q], first[q], scorer)
-            lat.append((time.perf_counter() - t0) * 1000)
-            run[q] = {str(s.id): float(len(ranked) - s.rank) for s in ranked}  # ranks: ties cannot reorder
+        run, lat = _rerank_all(label, scorer, dataset, qids, first, progress)
         results.append(PipelineResult(label, score(run, label), lat, run, index_s))
         logger.info("%s: %s, median %.1f ms", label, results[-1].metrics, results[-1].median_ms)
     return EvalReport(name, len(qids), k, results)

@@ -165,6 +165,22 @@ def describe_scorer(scorer: ScorerLike) -> dict[str, Any]:
     """A registry backend's scorer as JSON-ready settings: ``{"backend": name, "options": {...}}``
     (its constructor arguments; credentials left out), which :func:`rebuild_scorer` turns back
     into an equal scorer. Anything else raises ConfigError naming it."""
+    kind, built = _described_backend(scorer)
+    label = built.name
+    args, options = built.init_args()
+    positional = BACKENDS[kind].positional
+    if args:
+        if len(args) > 1 or positional is None:
+            raise ConfigError(f"{label!r}: built with {len(args)} positional arguments; cannot be described")
+        options = {positional: args[0], **options}
+    options = {k: v for k, v in options.items() if k not in _SECRET_OPTIONS and not isinstance(v, Secret)}
+    _check_settings(label, options)
+    return {"backend": kind, "options": options}
+
+
+def _described_backend(scorer: ScorerLike) -> tuple[str, BaseScorer]:
+    """The registry name of ``scorer``'s class, and the scorer; ConfigError where it has none or
+    is built from an object rather than from settings."""
     target = f"{type(scorer).__module__}:{type(scorer).__qualname__}"
     kind = next((k for k, b in BACKENDS.items() if b.target == target), None)
     label = getattr(scorer, "name", type(scorer).__name__)
@@ -179,13 +195,11 @@ def describe_scorer(scorer: ScorerLike) -> dict[str, Any]:
             f"backend ({', '.join(sorted(BACKENDS))}) can. Serialize an adapter built from one "
             "(e.g. CrossEncoderRerank(model=...)), or pickle it instead."
         )
-    args, options = scorer.init_args()
-    positional = BACKENDS[kind].positional
-    if args:
-        if len(args) > 1 or positional is None:
-            raise ConfigError(f"{label!r}: built with {len(args)} positional arguments; cannot be described")
-        options = {positional: args[0], **options}
-    options = {k: v for k, v in options.items() if k not in _SECRET_OPTIONS and not isinstance(v, Secret)}
+    return kind, scorer
+
+
+def _check_settings(label: str, options: Mapping[str, Any]) -> None:
+    """ConfigError where an option is not a plain setting: a URL holding credentials, an object."""
     from rerankers_plugins.scorers._http import url_secrets
 
     for key, value in options.items():
@@ -194,7 +208,6 @@ def describe_scorer(scorer: ScorerLike) -> dict[str, Any]:
                 f"{label!r} cannot be described as settings: its {key} holds credentials; pass the key "
                 "as api_key= or through the environment instead"
             )
-    for key, value in options.items():
         try:
             json.dumps(value)
         except (TypeError, ValueError):
@@ -202,7 +215,6 @@ def describe_scorer(scorer: ScorerLike) -> dict[str, Any]:
                 f"{label!r} cannot be described as settings: its option {key}={type(value).__name__} "
                 "is an object, not a setting; pickle the adapter instead"
             ) from None
-    return {"backend": kind, "options": options}
 
 
 def rebuild_scorer(value: Any) -> Any:
