@@ -7,7 +7,8 @@
     report.plot("quality_latency.png")  # NDCG@10 against median latency
 
 A BM25 first stage (bm25s) retrieves ``k`` candidates per query; every pipeline reranks the same
-candidates; metrics come from ranx; latency is per query, the pipeline's rerank call only.
+candidates; metrics are ranx's definitions (:mod:`rerankers_plugins.eval.metrics`, ranx itself
+for any other metric name); latency is per query, the pipeline's rerank call only.
 Backends that precompute document vectors (ColBERT) encode the candidate pool first; that time is
 reported apart (``index s``), so no pipeline is charged for another's warm cache.
 """
@@ -27,6 +28,7 @@ from typing import Any
 from rerankers_plugins._checks import as_int
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import ConfigError
+from rerankers_plugins.eval import metrics as metrics_here
 from rerankers_plugins.eval.beir import BeirData, load_beir
 from rerankers_plugins.eval.first_stage import BM25Retriever
 from rerankers_plugins.pipeline.leaves import ScorerLike, as_strategy, backends
@@ -204,7 +206,6 @@ def evaluate(
     The first row is BM25 itself. ``queries`` limits the run to the first N query ids (sorted).
     Recall@k is always reported.
     """
-    ranx = require("ranx", "eval")
     k = as_int(k, "k", minimum=1) or 1
     dataset = data if isinstance(data, BeirData) else load_beir(data, split)
     name = Path(str(data)).name if not isinstance(data, BeirData) else "dataset"
@@ -213,11 +214,14 @@ def evaluate(
         raise ConfigError("no queries with judgments in this split")
     texts = [dataset.queries[q] for q in qids]
     first = dict(zip(qids, BM25Retriever(dataset.corpus).retrieve_many(texts, k=k), strict=True))
-    qrels = ranx.Qrels({q: dataset.qrels[q] for q in qids})
-    wanted = [*metrics, f"recall@{k}"]
+    judged = {q: dict(dataset.qrels[q]) for q in qids}
+    wanted = list(dict.fromkeys([*metrics, f"recall@{k}"]))
 
     def score(run: dict[str, dict[str, float]], label: str) -> dict[str, float]:
-        values = ranx.evaluate(qrels, ranx.Run(run, name=label), wanted, make_comparable=True)
+        if metrics_here.supported(wanted):  # ranx's definitions, without compiling its kernels
+            return metrics_here.evaluate(judged, run, wanted)
+        ranx = require("ranx", "eval")
+        values = ranx.evaluate(ranx.Qrels(judged), ranx.Run(run, name=label), wanted, make_comparable=True)
         return {m: float(values[m]) for m in wanted}
 
     bm25_run = {q: {str(c.id): float(c.retrieval_score or 0.0) for c in first[q]} for q in qids}

@@ -161,3 +161,34 @@ def test_bm25_first_stage_and_bm25_scorer_tokenize_alike(stemming: bool) -> None
     assert got == pytest.approx({i: s for i, s in enumerate(expected) if s > 0})
     # stemming changes what matches: "shoes" meets "Shoe" only through their stem
     assert sorted(got) == ([0, 2] if stemming else [0])
+
+
+@pytest.mark.slow  # ranx compiles its numba kernels on first use: 30 to 50 s in a fresh environment
+def test_metrics_equal_ranx_on_random_runs() -> None:
+    """The harness's metrics (rerankers_plugins.eval.metrics) against ranx.evaluate, the reference
+    they are written from, on random judgments and tie-free runs: graded relevance, unjudged and
+    zero-judged documents, a judged query missing from the run, an unjudged query in it."""
+    import random
+
+    ranx = pytest.importorskip("ranx")
+    from rerankers_plugins.eval import metrics
+
+    rng = random.Random(7)
+    names = [f"{m}@{k}" for m in ("ndcg", "mrr", "map", "recall") for k in (1, 3, 10, 100)]
+    names += ["ndcg", "map"]
+    for trial in range(20):
+        qrels = {
+            f"q{i}": {f"d{j}": rng.choice([0, 1, 1, 2, 3]) for j in rng.sample(range(40), rng.randint(1, 8))}
+            for i in range(12)
+        }
+        qrels = {q: j for q, j in qrels.items() if any(r >= 1 for r in j.values())}
+        run = {}
+        for q in qrels:
+            docs = [f"d{j}" for j in rng.sample(range(40), rng.randint(1, 30))]
+            run[q] = dict(zip(docs, rng.sample(range(1000), len(docs)), strict=True))  # no ties
+        run.pop(next(iter(run)))  # a judged query the run misses
+        run["unjudged"] = {"d1": 1.0}
+        ours = metrics.evaluate(qrels, run, names)
+        ref = ranx.evaluate(ranx.Qrels(qrels), ranx.Run(run), names, make_comparable=True)
+        for name in names:
+            assert ours[name] == pytest.approx(float(ref[name]), abs=1e-12), (trial, name)
