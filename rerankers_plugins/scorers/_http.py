@@ -361,6 +361,17 @@ def split_query(url: str) -> tuple[str, list[tuple[str, str]]]:
     return base, urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
 
 
+def _query_pairs(query: str) -> list[tuple[str, str, str, bool]]:
+    """Each ``name=value`` of a query string as written: the pair, its name, its value, and whether
+    the value is a credential (under a name that says so)."""
+    out = []
+    for pair in query.split("&") if query else []:
+        name, _, value = pair.partition("=")
+        secret = bool(value) and _SECRET_PARAMS.match(urllib.parse.unquote_plus(name)) is not None
+        out.append((pair, name, value, secret))
+    return out
+
+
 def url_secrets(url: str) -> list[Secret]:
     """The secret parts of ``url``: a userinfo password (or a lone user name) and the values of
     query parameters whose names say they are credentials."""
@@ -370,29 +381,26 @@ def url_secrets(url: str) -> list[Secret]:
         found.append(parts.password)
     elif parts.username:
         found.append(parts.username)
-    for pair in parts.query.split("&"):
-        raw_name, _, raw_value = pair.partition("=")
-        if raw_value and _SECRET_PARAMS.match(urllib.parse.unquote_plus(raw_name)):
-            found += [raw_value, urllib.parse.unquote_plus(raw_value)]  # as written, and as decoded
+    for _, _, value, secret in _query_pairs(parts.query):
+        if secret:
+            found += [value, urllib.parse.unquote_plus(value)]  # as written, and as decoded
     return [Secret(v) for v in found]
 
 
 def shown_url(url: str) -> str:
     """``url`` as it may be shown: the parts :func:`url_secrets` finds replaced by ``***`` where
-    they stand (the userinfo, the credential query values), so that a short password never masks
-    a piece of the scheme, host or path that happens to contain it."""
+    they stand (the password, else a lone user name; the credential query values), so that a short
+    password never masks a piece of the scheme, host or path that happens to contain it."""
     parts = urllib.parse.urlsplit(url)
     netloc = parts.netloc
     if "@" in netloc:
-        userinfo, _, host = netloc.rpartition("@")
-        user, colon, _ = userinfo.partition(":")
-        netloc = f"{user}:***@{host}" if colon else f"***@{host}"
-    pairs = []
-    for pair in parts.query.split("&") if parts.query else []:
-        name, eq, value = pair.partition("=")
-        secret = value and _SECRET_PARAMS.match(urllib.parse.unquote_plus(name))
-        pairs.append(f"{name}{eq}***" if secret else pair)
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "&".join(pairs), parts.fragment))
+        host = netloc.rpartition("@")[2]
+        if parts.password:
+            netloc = f"{netloc.partition(':')[0]}:***@{host}"
+        elif parts.username:
+            netloc = f"***@{host}"
+    query = "&".join(f"{name}=***" if secret else pair for pair, name, _, secret in _query_pairs(parts.query))
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 class _RedactSecrets(logging.Filter):

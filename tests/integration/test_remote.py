@@ -532,10 +532,12 @@ def test_the_http_log_filter_forgets_a_scorers_credentials_with_it():
         ("http://u:p@127.0.0.1:9/rerank", "http://u:***@127.0.0.1:9/rerank"),
         ("https://token@tei.example/v1?api_key=t&model=m", "https://***@tei.example/v1?api_key=***&model=m"),
         ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+        # an empty password: the user name is the secret (as url_secrets reads it), not shown
+        ("http://tok-42:@127.0.0.1:9", "http://***@127.0.0.1:9"),
     ],
 )
 def test_a_url_is_shown_with_its_credentials_masked_where_they_stand(url, shown):
     scorer = RemoteScorer(url)
     assert scorer.base_url == shown
     assert shown in repr(scorer)
-    assert "p@" not in repr(scorer) and "api_key=t" not in repr(scorer)
+    assert "p@" not in repr(scorer) and "api_key=t" not in repr(scorer) and "tok-42" not in repr(scorer)
