@@ -1,4 +1,4 @@
-"""Command line: ``rerankers-plugins demo``.
+"""Command line: ``rerankers-plugins demo | eval | tune | train``.
 
 The demo retrieves from a small corpus shipped in the package with BM25, reranks the candidates,
 and prints the ranking before and after with timings. It runs offline: the default reranker is
@@ -12,6 +12,7 @@ import argparse
 import importlib.util
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rerankers_plugins._optional import require
-from rerankers_plugins.errors import RerankError
+from rerankers_plugins.errors import ConfigError, RerankError
 from rerankers_plugins.registry import STRATEGIES, available
 from rerankers_plugins.scorers._hf import cli_syntax, packaged_model_path
 from rerankers_plugins.scorers.base import Scorer
@@ -140,9 +141,9 @@ def _report_caches(pipelines: dict[str, Any]) -> None:
             )
 
 
-def eval_command(args: argparse.Namespace) -> int:
-    from rerankers_plugins.eval.harness import evaluate
-    from rerankers_plugins.eval.pipelines import build_pipelines, load_pipeline_file, parse_pipeline_arg
+def _specs(args: argparse.Namespace) -> dict[str, Any]:
+    """The pipelines (or candidate scorers) of ``--config`` and ``--pipeline`` / ``--scorer``, in order."""
+    from rerankers_plugins.spec import load_pipeline_file, parse_pipeline_arg
 
     specs: dict[str, Any] = {}
     if args.config:
@@ -150,22 +151,48 @@ def eval_command(args: argparse.Namespace) -> int:
     for arg in args.pipeline or []:
         name, spec = parse_pipeline_arg(arg)
         specs[name] = spec
-    if not specs:
-        print(
-            "error: give at least one --pipeline NAME=KIND[:key=value,...] or --config FILE.toml",
-            file=sys.stderr,
-        )
-        return 2
+    return specs
+
+
+def _data_dir(args: argparse.Namespace) -> str | None:
+    """The BEIR directory: the argument, or the packaged collection with ``--demo``; None (after
+    printing why) when neither or both are given."""
     if (args.data_dir is None) == (not args.demo):
         print(
             "error: give a BEIR directory or --demo (the collection shipped with the package)",
             file=sys.stderr,
         )
-        return 2
-    data_dir = demo_data_dir() if args.demo else args.data_dir
+        return None
     require("bm25s", "bm25")
     if not args.verbose:
         logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return demo_data_dir() if args.demo else str(args.data_dir)
+
+
+def _query_ids(path: str | None) -> list[str] | None:
+    if path is None:
+        return None
+    try:
+        return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except OSError as exc:
+        raise ConfigError(f"cannot read --query-ids {path}: {exc}") from exc
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    from rerankers_plugins.eval.harness import evaluate
+    from rerankers_plugins.spec import build_pipelines
+
+    specs = _specs(args)
+    if not specs and not args.run:
+        print(
+            "error: give at least one --pipeline NAME=KIND[:key=value,...] or --config FILE.toml "
+            "(or --run FILE.trec alone, to evaluate that run)",
+            file=sys.stderr,
+        )
+        return 2
+    data_dir = _data_dir(args)
+    if data_dir is None:
+        return 2
     pipelines = build_pipelines(specs)
     if args.only:
         missing = [n for n in args.only if n not in pipelines]
@@ -183,8 +210,13 @@ def eval_command(args: argparse.Namespace) -> int:
         k=args.k,
         queries=args.queries,
         progress=not args.no_progress,
+        first_stage=args.run,
+        query_ids=_query_ids(args.query_ids),
     )
-    print(f"{report.dataset}: {report.queries} queries ({args.split}), BM25 top-{report.k} reranked\n")
+    reranked = ", reranked" if pipelines else ""
+    print(
+        f"{report.dataset}: {report.queries} queries ({args.split}), {report.first_stage} top-{report.k}{reranked}\n"
+    )
     print(report.table())
     _report_caches(pipelines)
     out = Path(args.out)
@@ -194,10 +226,55 @@ def eval_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _budget(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"the budget must be a number of milliseconds > 0, got {text!r}")
+    return value
+
+
+def tune_command(args: argparse.Namespace) -> int:
+    from rerankers_plugins.eval.tune import tune
+
+    data_dir = _data_dir(args)
+    if data_dir is None:
+        return 2
+    specs = _specs(args)
+    report = tune(
+        data_dir,
+        specs or None,
+        budget_ms=args.budget_ms,
+        percentile=args.percentile,
+        concurrency=args.concurrency,
+        seed=args.seed,
+        max_depth=args.max_depth,
+        first_stage=args.run,
+        split=args.split,
+        dev_split=args.dev_split,
+        queries=args.queries,
+        cross_encoders=args.cross_encoder or (),
+        headroom=args.headroom,
+        progress=not args.no_progress,
+    )
+    print(report.summary())
+    if report.choice is not None:
+        print(report.bottleneck())
+    print(f"\nPareto frontier (dev queries; {len(report.configs)} configurations searched)\n")
+    print(report.frontier_table())
+    print(f"\nthe first stage by depth (test queries)\n\n{report.depth_table()}")
+    out = report.write(args.out)
+    written = "pipeline.toml, " if report.choice is not None else ""
+    print(f"\nwritten to {out}: {written}report.md, frontier.png, dev_queries.txt, test_queries.txt")
+    return 0 if report.choice is not None else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rerankers-plugins",
-        description="Second-stage reranking: an offline demo, and evaluation of reranking pipelines on BEIR data.",
+        description="Second-stage reranking: an offline demo, evaluation and tuning of reranking pipelines on BEIR data, training.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -240,6 +317,17 @@ def build_parser() -> argparse.ArgumentParser:
         + ", ".join(sorted(STRATEGIES)),
     )
     e.add_argument("--only", nargs="+", metavar="NAME", help="run only these pipelines of the file")
+    e.add_argument(
+        "--run",
+        metavar="FILE.trec",
+        help="the first stage's candidates from a TREC run (any retriever's) instead of BM25; alone, "
+        "evaluates that run",
+    )
+    e.add_argument(
+        "--query-ids",
+        metavar="FILE",
+        help="only these judged queries, one id a line (tune's test_queries.txt)",
+    )
     e.add_argument("--split", default="test")
     e.add_argument("--k", type=int, default=100, help="BM25 candidates per query (default 100)")
     e.add_argument("--queries", type=int, default=None, help="first N queries only")
@@ -248,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=eval_command)
+    _tune_parser(sub)
     t = sub.add_parser(
         "train",
         help="fine-tune a cross-encoder on a BEIR-format directory (qrels/<split>.tsv, hard negatives)",
@@ -308,6 +397,60 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.set_defaults(func=train_command)
     return parser
+
+
+def _tune_parser(sub: Any) -> None:
+    u = sub.add_parser(
+        "tune",
+        help="choose the reranking pipeline for a latency budget on your data (scored once, simulated, "
+        "proved on held-out queries)",
+    )
+    u.add_argument(
+        "data_dir", nargs="?", help="directory with corpus.jsonl, queries.jsonl, qrels/<split>.tsv"
+    )
+    u.add_argument(
+        "--demo", action="store_true", help="tune on the small collection shipped with the package"
+    )
+    u.add_argument(
+        "--budget-ms",
+        type=_budget,
+        required=True,
+        help="latency budget per query, milliseconds (at --percentile)",
+    )
+    u.add_argument(
+        "--scorer",
+        "--pipeline",
+        dest="pipeline",
+        action="append",
+        metavar="NAME=KIND[:k=v,...]",
+        help="a candidate scorer by registry name (repeatable); default: bm25, the packaged bi-encoder and "
+        "ColBERT MaxSim (minilm)",
+    )
+    u.add_argument("--config", help="TOML file whose [pipelines.<name>] tables are the candidate scorers")
+    u.add_argument(
+        "--cross-encoder",
+        action="append",
+        metavar="DIR",
+        help="a cross-encoder directory or Hub id to add (repeatable)",
+    )
+    u.add_argument(
+        "--percentile", default="95", help="latency percentile the budget applies to (default 95; p50 ...)"
+    )
+    u.add_argument("--concurrency", type=int, default=1, help="requests in flight while timing (default 1)")
+    u.add_argument("--seed", type=int, default=0, help="seed of the dev / test split and the bootstrap")
+    u.add_argument(
+        "--max-depth", type=int, default=200, help="most first-stage candidates to rerank (default 200)"
+    )
+    u.add_argument(
+        "--run", metavar="FILE.trec", help="the first stage's candidates from a TREC run instead of BM25"
+    )
+    u.add_argument("--split", default="test", help="qrels split to tune on (default test)")
+    u.add_argument("--dev-split", default=None, help="choose on this qrels split, report on --split")
+    u.add_argument("--queries", type=int, default=None, help="first N judged queries of each split only")
+    u.add_argument("--headroom", type=float, default=0.1, help="share of the budget kept free (default 0.1)")
+    u.add_argument("--out", default="tune-out", help="report folder (default tune-out)")
+    u.add_argument("--no-progress", action="store_true", help="no progress bars")
+    u.set_defaults(func=tune_command)
 
 
 def train_command(args: argparse.Namespace) -> int:

@@ -117,7 +117,7 @@ BACKENDS: dict[str, Backend] = {
     "fake": Backend("rerankers_plugins.scorers.fake:FakeScorer"),
 }
 
-#: pipeline-file keys (see :mod:`rerankers_plugins.eval.pipelines`) -> the strategy they build
+#: pipeline-file keys (see :mod:`rerankers_plugins.spec`) -> the strategy they build
 STRATEGIES: dict[str, str] = {
     "threshold": "rerankers_plugins.pipeline.threshold:Threshold",
     "selective": "rerankers_plugins.pipeline.selective:Selective",

@@ -21,6 +21,8 @@ class BeirData:
     corpus: list[Candidate]
     queries: dict[str, str]
     qrels: dict[str, dict[str, int]]
+    #: every query id of ``queries.jsonl``, judged in this split or not (a run may name any of them)
+    query_ids: frozenset[str] = frozenset()
 
 
 def load_beir(directory: str | Path, split: str = "test") -> BeirData:
@@ -49,8 +51,9 @@ def load_beir(directory: str | Path, split: str = "test") -> BeirData:
                     )
                 )
     qrels = read_qrels(paths["qrels"])
-    queries = {q: text for q, text in read_queries(paths["queries"]).items() if q in qrels}
-    return BeirData(corpus=corpus, queries=queries, qrels=qrels)
+    every = read_queries(paths["queries"])
+    queries = {q: text for q, text in every.items() if q in qrels}
+    return BeirData(corpus=corpus, queries=queries, qrels=qrels, query_ids=frozenset(every))
 
 
 def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:

@@ -6,8 +6,8 @@
     report.write_runs("runs/")          # TREC run files
     report.plot("quality_latency.png")  # NDCG@10 against median latency
 
-A BM25 first stage (bm25s) retrieves ``k`` candidates per query; every pipeline reranks the same
-candidates; metrics are ranx's definitions (:mod:`rerankers_plugins.eval.metrics`, ranx itself
+A first stage (BM25 over the corpus by default, or a TREC run, or a retriever) gives ``k``
+candidates per query; every pipeline reranks the same candidates; metrics are ranx's definitions (:mod:`rerankers_plugins.eval.metrics`, ranx itself
 for any other metric name); latency is per query, the pipeline's rerank call only.
 Backends that precompute document vectors (ColBERT) encode the candidate pool first; that time is
 reported apart (``index s``), so no pipeline is charged for another's warm cache.
@@ -30,7 +30,7 @@ from rerankers_plugins._optional import require
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.eval import metrics as metrics_here
 from rerankers_plugins.eval.beir import BeirData, load_beir
-from rerankers_plugins.eval.first_stage import BM25Retriever
+from rerankers_plugins.eval.first_stage import FirstStageLike, first_stage_candidates
 from rerankers_plugins.pipeline.leaves import ScorerLike, as_strategy, backends
 from rerankers_plugins.pipeline.rerank import rerank
 from rerankers_plugins.scorers.base import Indexable
@@ -73,6 +73,7 @@ class EvalReport:
     queries: int
     k: int
     results: list[PipelineResult]
+    first_stage: str = "BM25"
 
     @property
     def metric_names(self) -> list[str]:
@@ -131,7 +132,7 @@ class EvalReport:
         ax.set_xlabel("median rerank latency per query (ms, log scale; first stage only at 0.1)")
         ax.set_ylabel(metric.upper())
         ax.set_ylim(0, 1)  # from 0: small gains look as small as they are
-        ax.set_title(f"{self.dataset}: {self.queries} queries, BM25 top-{self.k}")
+        ax.set_title(f"{self.dataset}: {self.queries} queries, {self.first_stage} top-{self.k}")
         ax.grid(True, alpha=0.3)
         fig.tight_layout()
         out = Path(path)
@@ -140,7 +141,8 @@ class EvalReport:
         return out
 
 
-def _progress(iterable: Any, total: int, desc: str, enabled: bool) -> Any:
+def progress_bar(iterable: Any, total: int, desc: str, enabled: bool) -> Any:
+    """``iterable`` with a progress bar on stderr (tqdm) when ``enabled``; without tqdm, one log line."""
     if not enabled:
         return iterable
     if importlib.util.find_spec("tqdm") is None:  # documented fallback: a log line instead of a bar
@@ -151,7 +153,7 @@ def _progress(iterable: Any, total: int, desc: str, enabled: bool) -> Any:
     return tqdm(iterable, total=total, desc=desc, file=sys.stderr, leave=False)
 
 
-def _index(label: str, scorer: ScorerLike, texts: list[str]) -> float:
+def index_pool(label: str, scorer: ScorerLike, texts: list[str]) -> float:
     """Encode the candidate pool once, before timing, for backends that precompute document vectors
     (an ``index(texts)`` method, e.g. ColBERT); returns the seconds spent (0.0: nothing to index)."""
     spent = 0.0
@@ -183,7 +185,7 @@ def _rerank_all(
     ties cannot reorder) and each call's latency in ms."""
     run: dict[str, dict[str, float]] = {}
     lat: list[float] = []
-    for q in _progress(qids, len(qids), label, progress):
+    for q in progress_bar(qids, len(qids), label, progress):
         t0 = time.perf_counter()
         ranked = rerank(dataset.queries[q], first[q], scorer)
         lat.append((time.perf_counter() - t0) * 1000)
@@ -200,36 +202,60 @@ def evaluate(
     queries: int | None = None,
     metrics: tuple[str, ...] = ("ndcg@10", "mrr@10", "map@100"),
     progress: bool = True,
+    first_stage: FirstStageLike = None,
+    query_ids: Sequence[str] | None = None,
 ) -> EvalReport:
-    """Evaluate each pipeline (a scorer or strategy) on the BM25 top-``k`` of a BEIR dataset.
+    """Evaluate each pipeline (a scorer or strategy) on the first stage's top-``k`` of a BEIR dataset.
 
-    The first row is BM25 itself. ``queries`` limits the run to the first N query ids (sorted).
-    Recall@k is always reported.
+    ``first_stage``: None (BM25 over the corpus), a TREC run file, or a retriever
+    (:func:`~rerankers_plugins.eval.first_stage.first_stage_candidates`). The first row is the first
+    stage itself (with no pipelines, the report is that run's evaluation). ``query_ids`` keeps only
+    those judged queries (a tune's ``test_queries.txt``); ``queries`` then limits the run to the
+    first N query ids (sorted). Recall@k is always reported.
     """
     k = as_int(k, "k", minimum=1) or 1
     dataset = data if isinstance(data, BeirData) else load_beir(data, split)
     name = Path(str(data)).name if not isinstance(data, BeirData) else "dataset"
-    qids = sorted(dataset.queries)[:queries]
+    qids = sorted(dataset.queries)
+    if query_ids is not None:
+        unknown = [q for q in query_ids if q not in dataset.queries]
+        if unknown:
+            raise ConfigError(f"query ids not judged in split {split!r}: {unknown[:5]}")
+        wanted = set(query_ids)
+        qids = [q for q in qids if q in wanted]
+    qids = qids[:queries]
     if not qids:
         raise ConfigError("no queries with judgments in this split")
-    texts = [dataset.queries[q] for q in qids]
-    first = dict(zip(qids, BM25Retriever(dataset.corpus).retrieve_many(texts, k=k), strict=True))
+    fs = first_stage_candidates(
+        first_stage, dataset.corpus, dataset.queries, qids, k, known_queries=dataset.query_ids or None
+    )
+    first = {q: list(fs.candidates[q]) for q in qids}
     judged = {q: dict(dataset.qrels[q]) for q in qids}
-    wanted = list(dict.fromkeys([*metrics, f"recall@{k}"]))
+    wanted_metrics = list(dict.fromkeys([*metrics, f"recall@{k}"]))
 
     def score(run: dict[str, dict[str, float]], label: str) -> dict[str, float]:
-        if metrics_here.supported(wanted):  # ranx's definitions, without compiling its kernels
-            return metrics_here.evaluate(judged, run, wanted)
+        if metrics_here.supported(wanted_metrics):  # ranx's definitions, without compiling its kernels
+            return metrics_here.evaluate(judged, run, wanted_metrics)
         ranx = require("ranx", "eval")
-        values = ranx.evaluate(ranx.Qrels(judged), ranx.Run(run, name=label), wanted, make_comparable=True)
-        return {m: float(values[m]) for m in wanted}
+        values = ranx.evaluate(
+            ranx.Qrels(judged), ranx.Run(run, name=label), wanted_metrics, make_comparable=True
+        )
+        return {m: float(values[m]) for m in wanted_metrics}
 
-    bm25_run = {q: {str(c.id): float(c.retrieval_score or 0.0) for c in first[q]} for q in qids}
-    results = [PipelineResult("BM25", score(bm25_run, "BM25"), [], bm25_run)]
+    first_run = {q: _first_stage_scores(first[q]) for q in qids}
+    results = [PipelineResult(fs.name, score(first_run, fs.name), [], first_run)]
     pool = list({c.id: c.text for q in qids for c in first[q]}.values())
     for label, scorer in pipelines.items():
-        index_s = _index(label, scorer, pool)
+        index_s = index_pool(label, scorer, pool)
         run, lat = _rerank_all(label, scorer, dataset, qids, first, progress)
         results.append(PipelineResult(label, score(run, label), lat, run, index_s))
         logger.info("%s: %s, median %.1f ms", label, results[-1].metrics, results[-1].median_ms)
-    return EvalReport(name, len(qids), k, results)
+    return EvalReport(name, len(qids), k, results, fs.name)
+
+
+def _first_stage_scores(candidates: Sequence[Candidate]) -> dict[str, float]:
+    """The first stage's run: its retrieval scores where every candidate has one, else its order
+    as scores (so ties and missing scores cannot reorder it)."""
+    if candidates and all(c.retrieval_score is not None for c in candidates):
+        return {str(c.id): float(c.retrieval_score or 0.0) for c in candidates}
+    return {str(c.id): float(len(candidates) - i) for i, c in enumerate(candidates)}

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-import json
 import logging
 import pickle
 import typing
@@ -22,11 +21,8 @@ from rerankers_plugins._secret import Secret
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.pipeline.leaves import ScorerLike
 from rerankers_plugins.registry import BACKENDS, get_scorer, load
-from rerankers_plugins.scorers.base import BaseScorer, translate_renamed
-
-#: constructor options never written into a description (credentials: read from the environment
-#: again where the backend supports it)
-_SECRET_OPTIONS = frozenset({"api_key"})
+from rerankers_plugins.scorers.base import translate_renamed
+from rerankers_plugins.spec import scorer_options
 
 logger = logging.getLogger(__name__)
 
@@ -164,57 +160,10 @@ def positional_model(
 def describe_scorer(scorer: ScorerLike) -> dict[str, Any]:
     """A registry backend's scorer as JSON-ready settings: ``{"backend": name, "options": {...}}``
     (its constructor arguments; credentials left out), which :func:`rebuild_scorer` turns back
-    into an equal scorer. Anything else raises ConfigError naming it."""
-    kind, built = _described_backend(scorer)
-    label = built.name
-    args, options = built.init_args()
-    positional = BACKENDS[kind].positional
-    if args:
-        if len(args) > 1 or positional is None:
-            raise ConfigError(f"{label!r}: built with {len(args)} positional arguments; cannot be described")
-        options = {positional: args[0], **options}
-    options = {k: v for k, v in options.items() if k not in _SECRET_OPTIONS and not isinstance(v, Secret)}
-    _check_settings(label, options)
+    into an equal scorer. Anything else raises ConfigError naming it
+    (:func:`rerankers_plugins.spec.scorer_options`)."""
+    kind, options = scorer_options(scorer)
     return {"backend": kind, "options": options}
-
-
-def _described_backend(scorer: ScorerLike) -> tuple[str, BaseScorer]:
-    """The registry name of ``scorer``'s class, and the scorer; ConfigError where it has none or
-    is built from an object rather than from settings."""
-    target = f"{type(scorer).__module__}:{type(scorer).__qualname__}"
-    kind = next((k for k, b in BACKENDS.items() if b.target == target), None)
-    label = getattr(scorer, "name", type(scorer).__name__)
-    if kind is not None and not isinstance(scorer, BaseScorer):
-        raise ConfigError(
-            f"{type(scorer).__name__} ({label!r}) cannot be described as settings: it is built from an "
-            f"object ({BACKENDS[kind].positional}=...), not from settings; pickle the adapter instead"
-        )
-    if kind is None or not isinstance(scorer, BaseScorer):
-        raise ConfigError(
-            f"{type(scorer).__name__} ({label!r}) cannot be described as settings: only a registry "
-            f"backend ({', '.join(sorted(BACKENDS))}) can. Serialize an adapter built from one "
-            "(e.g. CrossEncoderRerank(model=...)), or pickle it instead."
-        )
-    return kind, scorer
-
-
-def _check_settings(label: str, options: Mapping[str, Any]) -> None:
-    """ConfigError where an option is not a plain setting: a URL holding credentials, an object."""
-    from rerankers_plugins.scorers._http import url_secrets
-
-    for key, value in options.items():
-        if isinstance(value, str) and "://" in value and url_secrets(value):
-            raise ConfigError(
-                f"{label!r} cannot be described as settings: its {key} holds credentials; pass the key "
-                "as api_key= or through the environment instead"
-            )
-        try:
-            json.dumps(value)
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"{label!r} cannot be described as settings: its option {key}={type(value).__name__} "
-                "is an object, not a setting; pickle the adapter instead"
-            ) from None
 
 
 def rebuild_scorer(value: Any) -> Any:

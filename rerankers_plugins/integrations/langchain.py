@@ -27,7 +27,8 @@ from __future__ import annotations
 import asyncio
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 from rerankers_plugins._optional import require
@@ -37,6 +38,7 @@ require("langchain_core", "langchain")
 from langchain_core.callbacks import Callbacks
 from langchain_core.cross_encoders import BaseCrossEncoder
 from langchain_core.documents import BaseDocumentCompressor, Document
+from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables.config import RunnableConfig, set_config_context
 from pydantic import ConfigDict, Field, PrivateAttr
 
@@ -55,9 +57,14 @@ from rerankers_plugins.pipeline.leaves import ScorerLike
 from rerankers_plugins.pipeline.ranking import Strategy
 from rerankers_plugins.pipeline.rerank import RerankOptions, arerank_with, check_options, rerank_with
 from rerankers_plugins.scorers.base import BaseScorer
+from rerankers_plugins.spec import load_pipeline
 from rerankers_plugins.types import Candidate, Scored, ScoreScale, thaw
 
-__all__ = ["LangChainCrossEncoder", "RerankCompressor"]  # and the registry's conveniences, added below
+__all__ = [
+    "LangChainCrossEncoder",
+    "RerankCompressor",
+    "retriever_candidates",
+]  # and the registry's conveniences, added below
 
 
 class LangChainCrossEncoder(BaseScorer):
@@ -78,6 +85,49 @@ class LangChainCrossEncoder(BaseScorer):
         if not texts:
             return []
         return [float(x) for x in self.model.score([(query, t) for t in texts])]
+
+
+def _retrieval_score(metadata: dict[str, Any], keys: str | tuple[str, ...] | None) -> float | None:
+    """The first of ``keys`` in ``metadata`` that holds a finite real number, as a float."""
+    for key in (keys,) if isinstance(keys, str) else keys or ():
+        value = metadata.get(key)
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    return None
+
+
+def _candidate(document: Document, id: str | None, keys: str | tuple[str, ...] | None) -> Candidate:
+    return Candidate(
+        text=document.page_content,
+        id=id,
+        metadata=document.metadata,
+        retrieval_score=_retrieval_score(document.metadata, keys),
+    )
+
+
+def retriever_candidates(
+    retriever: BaseRetriever,
+    *,
+    id_key: str | None = None,
+    retrieval_score_key: str | tuple[str, ...] | None = RETRIEVAL_SCORE_KEYS,
+) -> Callable[[str], list[Candidate]]:
+    """A LangChain retriever as a first stage for ``tune`` and the evaluation: a function that
+    invokes it once per query and returns its documents as Candidates, in its order. A document's
+    id is ``Document.id`` (or ``metadata[id_key]``); its retrieval score is read as
+    :class:`RerankCompressor` reads it (``retrieval_score_key``)."""
+
+    def retrieve(query: str) -> list[Candidate]:
+        docs = retriever.invoke(query)
+        return [
+            _candidate(d, d.id if id_key is None else _id(d.metadata.get(id_key)), retrieval_score_key)
+            for d in docs
+        ]
+
+    return retrieve
+
+
+def _id(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def _wrap(scorer: ScorerLike | BaseCrossEncoder) -> ScorerLike:
@@ -120,6 +170,18 @@ class RerankCompressor(SettingsSerialized, BaseDocumentCompressor):
         # caller as itself, not wrapped in a ValidationError.
         self._strategy = check_options(self.scorer, self.top_n, self.threshold)
 
+    @classmethod
+    def from_spec(
+        cls, source: str | Path | Mapping[str, Any], name: str | None = None, **fields: Any
+    ) -> RerankCompressor:
+        """A RerankCompressor over the pipeline of a spec file (``rerankers-plugins tune``'s
+        ``pipeline.toml``, an ``eval --config`` file, ``"file.toml#name"``) or a spec dict, exactly
+        as written: depth, cascades, fusion weights and selective heads included
+        (:func:`rerankers_plugins.spec.load_pipeline`). ``fields`` are the adapter's own
+        (``top_n``, ``threshold``, ...)."""
+        target = RerankCompressor if issubclass(cls, _Convenience) else cls
+        return target(scorer=load_pipeline(source, name), **fields)
+
     def __getstate__(self) -> dict[str, Any]:
         return pickle_state(self, super().__getstate__())
 
@@ -133,22 +195,9 @@ class RerankCompressor(SettingsSerialized, BaseDocumentCompressor):
             self._strategy, top_n=self.top_n, threshold=self.threshold, skip_empty=self.skip_empty
         )
 
-    def _retrieval_score(self, metadata: dict[str, Any]) -> float | None:
-        keys = self.retrieval_score_key
-        for key in (keys,) if isinstance(keys, str) else keys or ():
-            value = metadata.get(key)
-            if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
-                return float(value)
-        return None
-
     def _candidates(self, documents: Sequence[Document]) -> list[Candidate]:
         return [
-            Candidate(
-                text=d.page_content,
-                id=d.id if d.id is not None else str(i),
-                metadata=d.metadata,
-                retrieval_score=self._retrieval_score(d.metadata),
-            )
+            _candidate(d, d.id if d.id is not None else str(i), self.retrieval_score_key)
             for i, d in enumerate(documents)
         ]
 

@@ -16,12 +16,15 @@ Emits ``ReRankStartEvent`` / ``ReRankEndEvent`` through LlamaIndex instrumentati
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 from rerankers_plugins._optional import require
 
 require("llama_index.core", "llama-index")
 
+from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.bridge.pydantic import (
     BaseModel,
     ConfigDict,
@@ -47,13 +50,44 @@ from rerankers_plugins.integrations._options import (
 from rerankers_plugins.pipeline.leaves import ScorerLike
 from rerankers_plugins.pipeline.ranking import Strategy
 from rerankers_plugins.pipeline.rerank import RerankOptions, arerank_with, check_options, rerank_with
+from rerankers_plugins.spec import load_pipeline
 from rerankers_plugins.types import Candidate, Scored, thaw
 
-__all__ = ["RerankPostprocessor"]  # and the registry's conveniences, added below
+__all__ = ["RerankPostprocessor", "retriever_candidates"]  # and the registry's conveniences, added below
 
 dispatcher = get_dispatcher(__name__)
 
 _DETAIL_KEYS = ("retrieval_score", "rerank")
+
+
+def _candidate(node: NodeWithScore, id: str | None, metadata_mode: MetadataMode) -> Candidate:
+    return Candidate(
+        text=node.node.get_content(metadata_mode=metadata_mode),
+        id=id,
+        metadata=node.node.metadata,
+        retrieval_score=node.score if node.score is not None and math.isfinite(node.score) else None,
+    )
+
+
+def retriever_candidates(
+    retriever: BaseRetriever, *, id_key: str | None = None, metadata_mode: MetadataMode = MetadataMode.EMBED
+) -> Callable[[str], list[Candidate]]:
+    """A LlamaIndex retriever as a first stage for ``tune`` and the evaluation: a function that
+    calls ``retrieve`` once per query and returns its nodes as Candidates, in its order. A node's
+    id is the id of the document it came from (``ref_doc_id``: ``Document(id_=...)`` of the corpus),
+    else its own ``node_id``, or ``metadata[id_key]``; its retrieval score is ``NodeWithScore.score``;
+    its text is what :class:`RerankPostprocessor` reads (``metadata_mode``)."""
+
+    def node_id(n: NodeWithScore) -> str | None:
+        if id_key is not None:
+            value = n.node.metadata.get(id_key)
+            return None if value is None else str(value)
+        return n.node.ref_doc_id or n.node.node_id
+
+    def retrieve(query: str) -> list[Candidate]:
+        return [_candidate(n, node_id(n), metadata_mode) for n in retriever.retrieve(query)]
+
+    return retrieve
 
 
 class RerankPostprocessor(SettingsSerialized, BaseNodePostprocessor):
@@ -95,6 +129,18 @@ class RerankPostprocessor(SettingsSerialized, BaseNodePostprocessor):
         self._strategy = check_options(self.scorer, self.top_n, self.threshold)
 
     @classmethod
+    def from_spec(
+        cls, source: str | Path | Mapping[str, Any], name: str | None = None, **fields: Any
+    ) -> RerankPostprocessor:
+        """A RerankPostprocessor over the pipeline of a spec file (``rerankers-plugins tune``'s
+        ``pipeline.toml``, an ``eval --config`` file, ``"file.toml#name"``) or a spec dict, exactly
+        as written: depth, cascades, fusion weights and selective heads included
+        (:func:`rerankers_plugins.spec.load_pipeline`). ``fields`` are the adapter's own
+        (``top_n``, ``threshold``, ...)."""
+        target = RerankPostprocessor if issubclass(cls, _Convenience) else cls
+        return target(scorer=load_pipeline(source, name), **fields)
+
+    @classmethod
     def class_name(cls) -> str:
         return cls.__name__
 
@@ -122,15 +168,7 @@ class RerankPostprocessor(SettingsSerialized, BaseNodePostprocessor):
         return query_bundle.query_str
 
     def _candidates(self, nodes: list[NodeWithScore]) -> list[Candidate]:
-        return [
-            Candidate(
-                text=n.node.get_content(metadata_mode=self.metadata_mode),
-                id=n.node.node_id,
-                metadata=n.node.metadata,
-                retrieval_score=n.score if n.score is not None and math.isfinite(n.score) else None,
-            )
-            for n in nodes
-        ]
+        return [_candidate(n, n.node.node_id, self.metadata_mode) for n in nodes]
 
     def _results(self, nodes: list[NodeWithScore], ranked: list[Scored]) -> list[NodeWithScore]:
         out = []

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["minmax", "ranks", "rrf", "weighted_sum", "zscore"]
+__all__ = ["best_first", "minmax", "ranks", "rrf", "weighted_sum", "zscore"]
 
 
 def minmax(values: Sequence[float]) -> list[float]:
@@ -42,13 +42,23 @@ def zscore(values: Sequence[float]) -> list[float]:
     return [(v - mean) / sd for v in values]
 
 
+def best_first(values: Sequence[float]) -> list[int]:
+    """Indices of ``values`` from the largest value to the smallest; equal values keep their
+    order (a stable sort): the one order every scorer's ranking follows.
+
+    >>> best_first([0.2, 0.9, 0.2, 0.5])
+    [1, 3, 0, 2]
+    """
+    return sorted(range(len(values)), key=lambda i: -values[i])
+
+
 def ranks(values: Sequence[float]) -> list[int]:
     """1-based rank of each value, best (largest) first; ties ranked by position (stable).
 
     >>> ranks([0.2, 0.9, 0.2, 0.5])
     [3, 1, 4, 2]
     """
-    order = sorted(range(len(values)), key=lambda i: -values[i])
+    order = best_first(values)
     out = [0] * len(values)
     for r, i in enumerate(order, start=1):
         out[i] = r

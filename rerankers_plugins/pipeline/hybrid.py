@@ -17,7 +17,7 @@ from rerankers_plugins.scorers._http import gather_cancelling
 from rerankers_plugins.scorers.base import Ranks, Scores
 from rerankers_plugins.types import Candidate, ScoreScale
 
-__all__ = ["Hybrid", "Signal"]
+__all__ = ["Hybrid", "Signal", "retrieval_values"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,24 @@ class Signal:
         if isinstance(self.source, str):
             return self.source
         return str(getattr(self.source, "__name__", "metadata"))
+
+
+def retrieval_values(candidates: Sequence[Candidate], positions: Sequence[int]) -> list[float]:
+    """The ``"retrieval"`` signal of ``candidates`` (at ``positions`` of the first stage's list):
+    their ``retrieval_score``; where none has one (FAISS and in-memory vector stores put none in
+    metadata), the first stage's order: the candidate it ranked i-th gets -i. ConfigError when only
+    some have one."""
+    scores = [c.retrieval_score for c in candidates]
+    if all(s is None for s in scores):
+        logger.debug("signal 'retrieval': no candidate has a retrieval_score; using the first-stage rank")
+        return [-float(p) for p in positions]
+    missing = [c.id for c, s in zip(candidates, scores, strict=True) if s is None]
+    if missing:
+        raise ConfigError(
+            f"signal 'retrieval': candidates {missing[:5]!r} have no retrieval_score while others do "
+            "(LangChain: set the adapter's retrieval_score_key to the key your retriever writes)"
+        )
+    return [float(s) for s in scores if s is not None]  # finite: Candidate refuses NaN and inf
 
 
 def _fill(values: list[float | None], normed: list[float], low: float) -> list[float]:
@@ -182,19 +200,7 @@ class Hybrid(Strategy):
         )
 
     def _retrieval(self, entries: Sequence[Entry]) -> list[float | None]:
-        """The first stage's scores; where no candidate carries one (FAISS and in-memory vector
-        stores put none in metadata), its order: the candidate it ranked i-th gets -i."""
-        scores = [e.candidate.retrieval_score for e in entries]
-        if all(s is None for s in scores):
-            logger.debug("signal 'retrieval': no candidate has a retrieval_score; using the first-stage rank")
-            return [-float(e.position) for e in entries]
-        missing = [e.candidate.id for e, s in zip(entries, scores, strict=True) if s is None]
-        if missing:
-            raise ConfigError(
-                f"signal 'retrieval': candidates {missing[:5]!r} have no retrieval_score while others do "
-                "(LangChain: set the adapter's retrieval_score_key to the key your retriever writes)"
-            )
-        return [float(s) for s in scores if s is not None]  # finite: Candidate refuses NaN and inf
+        return list(retrieval_values([e.candidate for e in entries], [e.position for e in entries]))
 
     def _direct(self, signal: Signal, entries: Sequence[Entry]) -> list[float | None]:
         if signal.source == RETRIEVAL:
@@ -219,7 +225,11 @@ class Hybrid(Strategy):
         filled = [[-math.inf if v is None else v for v in vals] for vals in raw]
         return rrf(filled, self.weights, k=self.rrf_k), [[math.nan] * len(v) for v in raw]
 
-    def _normalise(self, raw: list[list[float | None]]) -> tuple[list[float], list[list[float]]]:
+    def fuse_values(self, raw: list[list[float | None]]) -> tuple[list[float], list[list[float]]]:
+        """The fused score of each candidate from every signal's raw values (``raw[signal][i]``,
+        None where the signal did not rerank candidate ``i``), and each signal's normalised values
+        (NaN under RRF). A pure function of ``raw`` and the settings: what :meth:`run` computes,
+        and what ``tune`` replays from cached scores."""
         if self.method == "rrf":
             return self._rrf(raw)
         norm = minmax if self.normalize == "minmax" else zscore
@@ -268,7 +278,7 @@ class Hybrid(Strategy):
         entries, dropped = _survivors(ranking, outs)
         by_pos = [{e.position: e for e in out} if out is not None else None for out in outs]
         raw = self._raw(entries, by_pos)
-        fused, normed = self._normalise(raw)
+        fused, normed = self.fuse_values(raw)
         result = [self._fused(i, e, by_pos, raw, normed, fused[i]) for i, e in enumerate(entries)]
         order = sorted(range(len(result)), key=lambda k: (not result[k].reranked, -result[k].score))
         info: dict[str, Any] = {"fusion": self.method}

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Union, cast
 
 from rerankers_plugins.errors import BackendError, ConfigError
+from rerankers_plugins.ops.fusion import best_first
 from rerankers_plugins.pipeline.checks import check_permutation, check_result, check_values, encodable
 from rerankers_plugins.pipeline.ranking import Ranking, Strategy
 from rerankers_plugins.scorers.base import (
@@ -249,7 +250,7 @@ class ScorerLeaf(_Leaf):
             e.scored(v, per[k] if per is not None else None)
             for k, (e, v) in enumerate(zip(ranking, result.values, strict=True))
         ]
-        order = sorted(range(len(entries)), key=lambda k: -entries[k].score)  # stable: ties keep order
+        order = best_first([e.score for e in entries])  # stable: ties keep order
         return ranking.then([entries[k] for k in order], by=self.name, scale=self.scale, info=result.info)
 
 

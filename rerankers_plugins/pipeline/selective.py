@@ -60,7 +60,9 @@ class Selective(Strategy):
         self.skip_if_top = as_real(skip_if_top, "skip_if_top", allow_none=True)
         self.name = f"selective({self.inner.name}, k={self.k})"
 
-    def _gate(self, ranking: Ranking) -> str | None:
+    def gate(self, ranking: Ranking) -> str | None:
+        """Why reranking is skipped for ``ranking`` (the gate, from its retrieval scores), or None
+        when the head is reranked."""
         if self.skip_if_margin is None and self.skip_if_top is None:
             return None
         top = _retrieval_scores(ranking)
@@ -98,14 +100,14 @@ class Selective(Strategy):
         return (self.inner,)
 
     def run(self, query: str, ranking: Ranking) -> Ranking:
-        reason = self._gate(ranking)
+        reason = self.gate(ranking)
         if reason is not None:
             return self._skipped(ranking, reason)
         head = self.inner.run(query, ranking.sub(ranking.entries[: self.k]))
         return self._merge(ranking, head)
 
     async def arun(self, query: str, ranking: Ranking) -> Ranking:
-        reason = self._gate(ranking)
+        reason = self.gate(ranking)
         if reason is not None:
             return self._skipped(ranking, reason)
         head = await self.inner.arun(query, ranking.sub(ranking.entries[: self.k]))

@@ -57,9 +57,10 @@ class BM25Scorer(BaseScorer):
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
         if not texts:
             return []
-        index = self._bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
-        index.index(self._tokens.ids(texts), show_progress=False)
         q = self._tokens.words(query)
-        if not q:
+        tokens = self._tokens.ids(texts)
+        if not q or not any(tokens.ids):  # nothing to match, or only stopwords: no term scores anything
             return [0.0] * len(texts)
+        index = self._bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
+        index.index(tokens, show_progress=False)
         return [float(s) for s in index.get_scores(q)]

@@ -107,7 +107,7 @@ def as_pipeline(spec: PipelineSpec) -> ScorerLike:
     returned as it is."""
     if not isinstance(spec, str):
         return spec
-    from rerankers_plugins.eval.pipelines import (
+    from rerankers_plugins.spec import (
         build_pipeline,
         build_pipelines,
         load_pipeline_file,

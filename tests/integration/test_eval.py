@@ -13,7 +13,7 @@ pytest.importorskip("bm25s")
 from rerankers_plugins import ConfigError, FakeScorer
 from rerankers_plugins.cli import main
 from rerankers_plugins.eval.harness import evaluate
-from rerankers_plugins.eval.pipelines import build_pipelines, parse_pipeline_arg
+from rerankers_plugins.spec import build_pipelines, parse_pipeline_arg
 
 DOCS = {
     "d1": ("Apples", "red apple orchards grow sweet fruit"),
@@ -192,3 +192,16 @@ def test_metrics_equal_ranx_on_random_runs() -> None:
         ref = ranx.evaluate(ranx.Qrels(qrels), ranx.Run(run), names, make_comparable=True)
         for name in names:
             assert ours[name] == pytest.approx(float(ref[name]), abs=1e-12), (trial, name)
+
+
+def test_bm25_scorer_on_candidates_of_stopwords_only_scores_zero() -> None:
+    # bm25s divides by the mean document length: with only stopwords every length is 0 and its
+    # scores were NaN (a RuntimeWarning, then a BackendError), found by tune's simulation test
+    from rerankers_plugins import rerank
+    from rerankers_plugins.scorers.lexical import BM25Scorer
+
+    assert BM25Scorer().score("red apple", ["the", "a", "of the"]) == [0.0, 0.0, 0.0]
+    assert [s.text for s in rerank("red apple", ["the", "a red apple"], BM25Scorer())] == [
+        "a red apple",
+        "the",
+    ]
