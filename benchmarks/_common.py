@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -13,8 +14,37 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
+#: the CPU flags that choose torch's kernels (printed with every timing table)
+KERNEL_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_bf16",
+    "amx_int8",
+    "amx_tile",
+)
 DATA = Path(os.environ.get("RERANKERS_DATA", ROOT.parent / "shared" / "data" / "scifact"))
 CACHE = Path(os.environ.get("RERANKERS_CACHE", Path.home() / ".cache" / "rerankers-plugins"))
+
+
+def cpu_description() -> str:
+    """The CPU model, its core count and which of :data:`KERNEL_FLAGS` it has."""
+    model = platform.processor() or platform.machine()
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("", platform.machine()):
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    present = [f for f in KERNEL_FLAGS if f in flags]
+    absent = [f for f in KERNEL_FLAGS if f not in flags]
+    return f"CPU: {model}, {os.cpu_count()} cores; flags: {' '.join(present) or '-'} (absent: {' '.join(absent)})"
 
 
 def minilm_dir() -> str:

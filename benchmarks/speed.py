@@ -22,39 +22,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import _common
 
-KERNEL_FLAGS = (
-    "avx2",
-    "fma",
-    "avx512f",
-    "avx512_vnni",
-    "avx_vnni",
-    "avx512_bf16",
-    "amx_bf16",
-    "amx_int8",
-    "amx_tile",
-)
 TOP_N = 10
 DEMO_PASSAGES = 13
-
-
-def cpu_description() -> str:
-    model = platform.processor() or platform.machine()
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("", platform.machine()):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    present = [f for f in KERNEL_FLAGS if f in flags]
-    absent = [f for f in KERNEL_FLAGS if f not in flags]
-    return f"CPU: {model}, {os.cpu_count()} cores; flags: {' '.join(present) or '-'} (absent: {' '.join(absent)})"
 
 
 def top(scores: Sequence[float] | Sequence[str], n: int = TOP_N) -> list[int]:
@@ -271,7 +243,7 @@ def main() -> None:
     import onnxruntime
     import torch
 
-    print(cpu_description())
+    print(_common.cpu_description())
     print(
         f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, python {platform.python_version()}"
     )

@@ -33,6 +33,9 @@ __all__ = ["DEPTHS", "FIRST_STAGE", "Costs", "Replay", "Search"]
 DEPTHS: tuple[int, ...] = (10, 20, 30, 50, 100, 200)
 #: timed calls per scorer and size (fresh queries each), and per configuration kind and depth
 REPEATS = 8
+MIN_REPEATS = 3
+#: the timed leaf calls score at most this share of the pairs the scoring does (above MIN_REPEATS)
+CALIBRATION_SHARE = 0.1
 #: the first stage alone: the configuration every choice is tested against
 FIRST_STAGE = FirstStageOnly(0).name
 
@@ -116,14 +119,22 @@ class Search:
         if len(positions) == len(q.candidates):
             self.timings["baseline_s"] += seconds
 
+    def _repeats(self) -> int:
+        """Timed calls per scorer and size: REPEATS, fewer (at least MIN_REPEATS) where that would
+        score more than CALIBRATION_SHARE of what the scoring itself scores."""
+        scored = sum(min(len(q.candidates), max(self.depths)) for q in self.q.values())
+        fit = int(CALIBRATION_SHARE * scored / max(1, sum(set(self.depths))))
+        return max(MIN_REPEATS, min(REPEATS, fit))
+
     def _calibration_plan(self) -> list[tuple[str, QueryData, int]]:
-        """The timed leaf calls: each scorer at every depth, REPEATS fresh queries each, in a seeded
-        random order (drift in the machine's speed then tilts no scorer and no size)."""
+        """The timed leaf calls: each scorer at every depth, :meth:`_repeats` fresh queries each, in
+        a seeded random order (drift in the machine's speed then tilts no scorer and no size)."""
+        repeats = self._repeats()
         plan = [
             (name, q, size)
             for name in self.leaves
             for size in sorted(set(self.depths))
-            for q in self._fresh(size, REPEATS, name)
+            for q in self._fresh(size, repeats, name)
         ]
         random.Random(f"{self.seed}:calibration").shuffle(plan)
         return plan
