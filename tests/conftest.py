@@ -99,7 +99,8 @@ def passages() -> list[str]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The evaluation notebook runs on the shared SciFact data for minutes: it is a slow test."""
+    """The evaluation notebook runs on the shared SciFact data for minutes, and the tuning notebook
+    loads and times two models for 20 s: they run in the slow set (which CI runs too)."""
     for item in items:
-        if item.path.name == "03_evaluation.ipynb":
+        if item.path.name in ("03_evaluation.ipynb", "04_tuning.ipynb"):
             item.add_marker(pytest.mark.slow)

@@ -169,6 +169,8 @@ class FirstStage:
     candidates: Mapping[str, tuple[Candidate, ...]]
     depth: int
     notes: list[str] = field(default_factory=list)
+    #: the depth it was asked for (``depth`` is the longest list it returned)
+    asked: int = 0
 
     def fewer_than(self, depth: int) -> int:
         """How many queries have fewer than ``depth`` candidates."""
@@ -283,4 +285,4 @@ def first_stage_candidates(
     longest = max((len(c) for c in found.values()), default=0)
     if longest == 0:
         raise ConfigError(f"the first stage ({name}) returned no candidates for any query")
-    return FirstStage(name, found, longest, notes)
+    return FirstStage(name, found, longest, notes, depth)

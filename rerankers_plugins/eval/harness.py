@@ -7,8 +7,9 @@
     report.plot("quality_latency.png")  # NDCG@10 against median latency
 
 A first stage (BM25 over the corpus by default, or a TREC run, or a retriever) gives ``k``
-candidates per query; every pipeline reranks the same candidates; metrics are ranx's definitions (:mod:`rerankers_plugins.eval.metrics`, ranx itself
-for any other metric name); latency is per query, the pipeline's rerank call only.
+candidates per query; every pipeline reranks the same candidates; metrics are ranx's definitions
+(:mod:`rerankers_plugins.eval.metrics`, ranx itself for any other metric name); latency is per
+query, the pipeline's rerank call only.
 Backends that precompute document vectors (ColBERT) encode the candidate pool first; that time is
 reported apart (``index s``), so no pipeline is charged for another's warm cache.
 """

@@ -13,7 +13,8 @@ import logging
 import pickle
 import typing
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model, field_serializer, field_validator
 
@@ -22,9 +23,11 @@ from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.pipeline.leaves import ScorerLike
 from rerankers_plugins.registry import BACKENDS, get_scorer, load
 from rerankers_plugins.scorers.base import translate_renamed
-from rerankers_plugins.spec import scorer_options
+from rerankers_plugins.spec import load_pipeline, scorer_options
 
 logger = logging.getLogger(__name__)
+
+_Adapter = TypeVar("_Adapter", bound="SettingsSerialized")
 
 __all__ = [
     "OPTION_HELP",
@@ -195,6 +198,24 @@ class SettingsSerialized(BaseModel):
     def _check_describable(self) -> None:
         if type(self).model_fields["scorer"].exclude is not True:
             describe_scorer(getattr(self, "scorer"))  # noqa: B009 (declared by the adapter)
+
+    @classmethod
+    def from_spec(
+        cls: type[_Adapter], source: str | Path | Mapping[str, Any], name: str | None = None, **fields: Any
+    ) -> _Adapter:
+        """The adapter over the pipeline of a spec file (``rerankers-plugins tune``'s
+        ``pipeline.toml``, an ``eval --config`` file, ``"file.toml#name"``) or a spec dict, exactly
+        as written: depth, cascades, fusion weights and selective heads included
+        (:func:`rerankers_plugins.spec.load_pipeline`). ``fields`` are the adapter's own
+        (``top_n``, ``threshold``, ...)."""
+        if "scorer" in fields:
+            raise ConfigError(f"{cls.__name__}.from_spec builds the scorer from the spec; pass no scorer=")
+        if isinstance(getattr(cls, "kind", None), str):
+            raise ConfigError(
+                f"{cls.__name__} builds its scorer from its own fields; load a spec with the adapter "
+                "itself (RerankCompressor.from_spec or RerankPostprocessor.from_spec)"
+            )
+        return cls(**{**fields, "scorer": load_pipeline(source, name)})
 
     def model_dump(self, **kwargs: Any) -> dict[str, Any]:
         self._check_describable()

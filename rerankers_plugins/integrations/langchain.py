@@ -27,8 +27,7 @@ from __future__ import annotations
 import asyncio
 import math
 import numbers
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from rerankers_plugins._optional import require
@@ -57,7 +56,6 @@ from rerankers_plugins.pipeline.leaves import ScorerLike
 from rerankers_plugins.pipeline.ranking import Strategy
 from rerankers_plugins.pipeline.rerank import RerankOptions, arerank_with, check_options, rerank_with
 from rerankers_plugins.scorers.base import BaseScorer
-from rerankers_plugins.spec import load_pipeline
 from rerankers_plugins.types import Candidate, Scored, ScoreScale, thaw
 
 __all__ = [
@@ -169,18 +167,6 @@ class RerankCompressor(SettingsSerialized, BaseDocumentCompressor):
         # Checked here rather than in a pydantic validator so that the ConfigError reaches the
         # caller as itself, not wrapped in a ValidationError.
         self._strategy = check_options(self.scorer, self.top_n, self.threshold)
-
-    @classmethod
-    def from_spec(
-        cls, source: str | Path | Mapping[str, Any], name: str | None = None, **fields: Any
-    ) -> RerankCompressor:
-        """A RerankCompressor over the pipeline of a spec file (``rerankers-plugins tune``'s
-        ``pipeline.toml``, an ``eval --config`` file, ``"file.toml#name"``) or a spec dict, exactly
-        as written: depth, cascades, fusion weights and selective heads included
-        (:func:`rerankers_plugins.spec.load_pipeline`). ``fields`` are the adapter's own
-        (``top_n``, ``threshold``, ...)."""
-        target = RerankCompressor if issubclass(cls, _Convenience) else cls
-        return target(scorer=load_pipeline(source, name), **fields)
 
     def __getstate__(self) -> dict[str, Any]:
         return pickle_state(self, super().__getstate__())

@@ -16,8 +16,7 @@ Emits ``ReRankStartEvent`` / ``ReRankEndEvent`` through LlamaIndex instrumentati
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from rerankers_plugins._optional import require
@@ -50,7 +49,6 @@ from rerankers_plugins.integrations._options import (
 from rerankers_plugins.pipeline.leaves import ScorerLike
 from rerankers_plugins.pipeline.ranking import Strategy
 from rerankers_plugins.pipeline.rerank import RerankOptions, arerank_with, check_options, rerank_with
-from rerankers_plugins.spec import load_pipeline
 from rerankers_plugins.types import Candidate, Scored, thaw
 
 __all__ = ["RerankPostprocessor", "retriever_candidates"]  # and the registry's conveniences, added below
@@ -127,18 +125,6 @@ class RerankPostprocessor(SettingsSerialized, BaseNodePostprocessor):
         # Checked here rather than in a pydantic validator so that the ConfigError reaches the
         # caller as itself, not wrapped in a ValidationError.
         self._strategy = check_options(self.scorer, self.top_n, self.threshold)
-
-    @classmethod
-    def from_spec(
-        cls, source: str | Path | Mapping[str, Any], name: str | None = None, **fields: Any
-    ) -> RerankPostprocessor:
-        """A RerankPostprocessor over the pipeline of a spec file (``rerankers-plugins tune``'s
-        ``pipeline.toml``, an ``eval --config`` file, ``"file.toml#name"``) or a spec dict, exactly
-        as written: depth, cascades, fusion weights and selective heads included
-        (:func:`rerankers_plugins.spec.load_pipeline`). ``fields`` are the adapter's own
-        (``top_n``, ``threshold``, ...)."""
-        target = RerankPostprocessor if issubclass(cls, _Convenience) else cls
-        return target(scorer=load_pipeline(source, name), **fields)
 
     @classmethod
     def class_name(cls) -> str:

@@ -96,7 +96,7 @@ def _check(queries: list[QueryData]) -> set[str]:
     return kinds
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(query_sets())
 def test_every_configuration_ranks_as_its_pipeline_runs(queries):
     kinds = _check(queries)
@@ -142,7 +142,7 @@ def test_every_kind_is_searched_and_replays_exactly():
     }
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(query_sets(mixed=True))
 def test_lists_with_some_retrieval_scores_missing_are_never_fused_or_gated(queries):
     space = build_space(_leaves(), DEPTHS, queries, {"fake": 1.0, "parity": 2.0, "bm25": 3.0})

@@ -41,6 +41,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 from rerankers_plugins._checks import as_int
 from rerankers_plugins.eval.first_stage import FirstStageLike, first_stage_candidates
@@ -59,7 +60,21 @@ from rerankers_plugins.eval.tune.space import QueryData
 from rerankers_plugins.pipeline.leaves import ScorerLike
 from rerankers_plugins.spec import Spec
 
-__all__ = ["DEFAULT_SCORERS", "DEPTHS", "TuneReport", "Tuning", "prepare", "tune"]
+__all__ = ["DEFAULT_SCORERS", "DEPTHS", "SearchOptions", "TuneReport", "Tuning", "prepare", "tune"]
+
+
+class SearchOptions(TypedDict, total=False):
+    """:func:`prepare`'s keyword options, which :func:`tune` passes on (the same names and meaning)."""
+
+    concurrency: int
+    seed: int
+    max_depth: int
+    first_stage: FirstStageLike
+    split: str
+    dev_split: str | None
+    queries: int | None
+    cross_encoders: Sequence[str]
+    progress: bool
 
 
 class Tuning:
@@ -102,7 +117,17 @@ def prepare(
     cross_encoders: Sequence[str] = (),
     progress: bool = True,
 ) -> Tuning:
-    """The expensive half of :func:`tune` (scoring, timing, replaying), for any number of budgets."""
+    """The expensive half of :func:`tune` (scoring, timing, replaying), for any number of budgets.
+
+    ``scorers``: name -> a registry spec (``{"scorer": "colbert", "model": "minilm"}``) or a built
+    registry scorer; None: :data:`DEFAULT_SCORERS`. ``cross_encoders``: cross-encoder directories
+    (or Hub ids) added to them. ``first_stage``: None (BM25 over the corpus), a TREC run file, or a
+    retriever (LangChain, LlamaIndex, or a function ``query -> [Candidate]``), called once per
+    query. ``concurrency``: requests in flight while timing. ``seed``: of the dev / test split, the
+    bootstrap and the timed queries. ``max_depth``: the most first-stage candidates reranked.
+    ``split`` / ``dev_split``: the qrels files. ``queries``: the first N judged queries of each
+    split only.
+    """
     t0 = time.perf_counter()
     concurrency = as_int(concurrency, "concurrency", minimum=1) or 1
     max_depth = as_int(max_depth, "max_depth", minimum=1) or 1
@@ -134,41 +159,17 @@ def tune(
     *,
     budget_ms: float,
     percentile: float | str = 95.0,
-    concurrency: int = 1,
-    seed: int = 0,
-    max_depth: int = 200,
-    first_stage: FirstStageLike = None,
-    split: str = "test",
-    dev_split: str | None = None,
-    queries: int | None = None,
-    cross_encoders: Sequence[str] = (),
     headroom: float = 0.1,
-    progress: bool = True,
+    **options: Unpack[SearchOptions],
 ) -> TuneReport:
     """Choose the pipeline for ``budget_ms`` (see the module docstring) and report why.
 
-    ``scorers``: name -> a registry spec (``{"scorer": "colbert", "model": "minilm"}``) or a built
-    registry scorer; None: :data:`DEFAULT_SCORERS`. ``cross_encoders``: cross-encoder directories
-    (or Hub ids) added to them. ``first_stage``: None (BM25 over the corpus), a TREC run file, or a
-    retriever (LangChain, LlamaIndex, or a function ``query -> [Candidate]``), called once per
-    query. ``percentile``: of per-query latency (95, or ``"p50"``). ``concurrency``: requests in
-    flight while timing. ``headroom``: the share of the budget kept free for the noise between this
-    measurement and production. ``queries``: the first N judged queries of each split only.
+    ``percentile``: of per-query latency (95, or ``"p50"``). ``headroom``: the share of the budget
+    kept free for the noise between this measurement and production. ``options`` are
+    :func:`prepare`'s (:class:`SearchOptions`).
     """
     check_budget(budget_ms)  # bad options fail before minutes of scoring
     check_percentile(percentile)
     check_headroom(headroom)
-    tuning = prepare(
-        data,
-        scorers,
-        concurrency=concurrency,
-        seed=seed,
-        max_depth=max_depth,
-        first_stage=first_stage,
-        split=split,
-        dev_split=dev_split,
-        queries=queries,
-        cross_encoders=cross_encoders,
-        progress=progress,
-    )
+    tuning = prepare(data, scorers, **options)
     return tuning.report(budget_ms=budget_ms, percentile=percentile, headroom=headroom)

@@ -171,6 +171,7 @@ class Decision:
         report = TuneReport(
             dataset=self.dataset,
             first_stage=self.fs.name,
+            first_stage_k=self.fs.asked,
             budget_ms=budget,
             percentile=pct,
             concurrency=s.concurrency,

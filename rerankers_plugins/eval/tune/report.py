@@ -91,6 +91,8 @@ class Choice:
 class TuneReport:
     dataset: str
     first_stage: str
+    #: the candidates asked of the first stage per query (``eval --k`` reproduces the lists)
+    first_stage_k: int
     budget_ms: float
     percentile: float
     concurrency: int
@@ -156,7 +158,7 @@ class TuneReport:
             f"The pipeline reranks the first {c.depth} candidates: let the retriever return at least {c.depth}.",
             "Load it: rerankers_plugins.spec.load_pipeline(path), RerankCompressor.from_spec(path),",
             "RerankPostprocessor.from_spec(path); check it: rerankers-plugins eval DATA --config pipeline.toml",
-            f"  --k {max(d.depth for d in self.depths)} --query-ids test_queries.txt",
+            f"  --k {self.first_stage_k} --query-ids test_queries.txt",
         ]
         return dumps_pipeline_file({"tuned": c.spec}, default="tuned", header="\n".join(lines))
 
@@ -188,6 +190,11 @@ class TuneReport:
             + (f" (cross-validated: folds chose {', '.join(ch.folds)})" if ch.folds else "")
         )
         lines.append(f"vs the first stage alone ({self.first_stage_ndcg:.3f}): {ch.vs_first_stage}")
+        if ch.vs_first_stage.low <= 0.0:
+            lines.append(
+                "  (not significantly better than the first stage on the test queries: keeping its order "
+                "costs nothing; a larger budget or another scorer may be worth it)"
+            )
         lines.append(f"vs the best regardless of budget ({ch.best_any}): {ch.vs_best}")
         for m in self.measured:
             lines.append(

@@ -49,6 +49,8 @@ class Costs:
     def predict(
         self, config: Config, q: QueryData, calls: Sequence[tuple[str, tuple[int, ...]]]
     ) -> tuple[float, str | None]:
+        """``config``'s predicted milliseconds on ``q`` (whose leaf calls were ``calls``), and the
+        scorer whose call costs most (its noise is the configuration's)."""
         pairs = sum(len(p) for _, p in calls)
         total = (
             self.overhead[config.kind].predict(len(q.candidates), pairs)
@@ -64,6 +66,7 @@ class Costs:
         return total, heaviest
 
     def ratios(self, config: Config, heaviest: str | None) -> tuple[float, ...]:
+        """The measured / predicted ratios a configuration's latency varies by."""
         if heaviest is not None:
             return self.leaves[heaviest].ratios
         over = self.overhead.get(config.kind)
@@ -217,9 +220,11 @@ class Search:
         self.timings["simulate_s"] = time.perf_counter() - t0 - lazy
 
     def _replays(self) -> dict[str, Replay]:
-        table: dict[tuple[str, str], float] = {}
+        """Each leaf as a :class:`Replay` of its scores (a leaf scored per list answers 0.0: the
+        overhead does not depend on the values)."""
         replays = {}
         for name, leaf in self.leaves.items():
+            table: dict[tuple[str, str], float] = {}
             if self.table.pure(name):
                 for q in self.q.values():
                     values = self.table.full(name, q)
