@@ -57,6 +57,15 @@ def _below(
     return [e for e in entries if e.position not in reasons], [e for e in entries if e.position in reasons]
 
 
+def _stage_by(label: str) -> str:
+    """Who a cascade stage's drops say dropped them."""
+    return f"cascade stage {label!r}"
+
+
+def _dropped_by_a_stage(e: Entry) -> bool:
+    return e.dropped_by is not None and e.dropped_by.startswith("cascade stage ")
+
+
 class Cascade(Strategy):
     """``Cascade([Stage(BiEncoderScorer(...), keep=50), Stage(CrossEncoderScorer(...), keep=10)])``.
 
@@ -91,17 +100,17 @@ class Cascade(Strategy):
         dropped inside the stage) records this stage's score and that it reached this stage."""
         stage, keep, threshold = self.stages[i], self.keeps[i], self.thresholds[i]
         label = stage.label
-        before = {e.position: e.details.get("stage_reached") for e in alive}
 
         def note(e: Entry) -> Entry:
             stages = {**e.details.get("stages", {}), label: e.score if e.reranked else None}
             return e.noted({"stages": stages, "stage_reached": label})
 
         def note_dropped(e: Entry) -> Entry:
-            # dropped by a cascade nested in this stage: the stage it reached there is where it stopped
+            # dropped by a stage of a cascade nested in this stage: that inner stage is where it
+            # stopped (told by who dropped it, not by the label, which an inner cascade may share)
             inner = e.details.get("stage_reached")
             noted = note(e)
-            return noted.noted({"stage_reached": inner}) if inner not in (None, before[e.position]) else noted
+            return noted.noted({"stage_reached": inner}) if _dropped_by_a_stage(e) else noted
 
         entries = [note(e) for e in out]
         cut: list[Entry] = []
@@ -114,7 +123,7 @@ class Cascade(Strategy):
             entries = entries[:keep]
         return alive.then(
             entries,
-            by=f"cascade stage {label!r}",
+            by=_stage_by(label),
             dropped=[note_dropped(e) for e in out.dropped],
             cut=cut,
             reasons=reasons,
