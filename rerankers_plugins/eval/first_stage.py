@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rerankers_plugins._optional import require
 from rerankers_plugins.errors import ConfigError
-from rerankers_plugins.scorers.lexical import BM25Tokens
+from rerankers_plugins.scorers.lexical import BM25Tokens, bm25s
 from rerankers_plugins.types import Candidate
 
 __all__ = [
@@ -62,7 +61,7 @@ class BM25Retriever:
             raise ConfigError("BM25Retriever needs at least one document")
         self._tokens = BM25Tokens(stemming=stemming)
         self.docs = list(docs)
-        self._index = require("bm25s", "bm25").BM25(k1=k1, b=b, method="lucene")
+        self._index = bm25s().BM25(k1=k1, b=b, method="lucene")
         self._index.index(self._tokens.ids([d.text for d in self.docs]), show_progress=False)
 
     def retrieve(self, query: str, k: int = 100) -> list[Candidate]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -10,9 +11,20 @@ from rerankers_plugins._optional import require
 from rerankers_plugins.scorers.base import BaseScorer
 from rerankers_plugins.types import ScoreScale
 
-__all__ = ["BM25Scorer", "BM25Tokens"]
+__all__ = ["BM25Scorer", "BM25Tokens", "bm25s"]
 
 logger = logging.getLogger(__name__)
+
+
+@functools.cache
+def bm25s() -> Any:
+    """The bm25s module (the ``bm25`` extra). Importing it sets its logger to DEBUG, so that a
+    program logging at WARNING saw a DEBUG line per index built: the level it set is taken back
+    (NOTSET: the program's own logging configuration decides), once, after the import."""
+    module = require("bm25s", "bm25")
+    if logging.getLogger("bm25s").level == logging.DEBUG:
+        logging.getLogger("bm25s").setLevel(logging.NOTSET)
+    return module
 
 
 class BM25Tokens:
@@ -21,7 +33,7 @@ class BM25Tokens:
     stemming (PyStemmer, in the ``bm25`` extra) unless ``stemming=False``."""
 
     def __init__(self, *, stemming: bool = True) -> None:
-        self._bm25s = require("bm25s", "bm25")
+        self._bm25s = bm25s()
         self._stemmer: Any = require("Stemmer", "bm25").Stemmer("english") if stemming else None
         self.stemming = stemming
 
@@ -49,7 +61,7 @@ class BM25Scorer(BaseScorer):
     pure = False  # a score depends on the other candidates (document frequencies): never cached
 
     def __init__(self, *, k1: float = 1.2, b: float = 0.75, stemming: bool = True) -> None:
-        self._bm25s = require("bm25s", "bm25")
+        self._bm25s = bm25s()
         self._tokens = BM25Tokens(stemming=stemming)
         self.k1, self.b = k1, b
         self.name = "bm25"

@@ -123,7 +123,7 @@ def test_cli_eval_errors(beir_dir, tmp_path, capsys):
 
 def test_demo_evaluation_reports_indexing_apart_and_labels_recall_truthfully():
     from rerankers_plugins import Cascade, ColBERTScorer, FakeScorer, Stage
-    from rerankers_plugins.cli import demo_data_dir
+    from rerankers_plugins.data import demo_data_dir
 
     maxsim = ColBERTScorer("minilm")  # no disk cache: indexing is real work here
     pipelines = {
@@ -205,3 +205,28 @@ def test_bm25_scorer_on_candidates_of_stopwords_only_scores_zero() -> None:
         "a red apple",
         "the",
     ]
+
+
+def test_bm25s_logs_as_the_program_configures_logging() -> None:
+    # bm25s sets its logger to DEBUG when imported: a program logging at WARNING saw its DEBUG
+    # lines (one per index built) until the level it set was taken back
+    import logging
+
+    from rerankers_plugins.scorers.lexical import BM25Scorer
+
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    root = logging.getLogger()
+    handler, level = Keep(), root.level
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    try:
+        BM25Scorer().score("red apple", ["red apple pie", "a bank"])
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    assert not [r for r in seen if r.name.startswith("bm25s") and r.levelno < logging.WARNING]
