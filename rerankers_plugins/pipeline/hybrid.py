@@ -12,8 +12,8 @@ from rerankers_plugins._checks import as_real
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.ops.fusion import minmax, rrf, weighted_sum, zscore
 from rerankers_plugins.pipeline.leaves import ScorerLike, as_strategy, require_scores
-from rerankers_plugins.pipeline.ranking import Entry, Ranking, Strategy
-from rerankers_plugins.scorers._http import gather_cancelling
+from rerankers_plugins.pipeline.ranking import Entry, Ranking, Strategy, candidate_label
+from rerankers_plugins.scorers._aio import gather_cancelling
 from rerankers_plugins.scorers.base import Ranks, Scores
 from rerankers_plugins.types import Candidate, ScoreScale
 
@@ -62,10 +62,12 @@ def retrieval_values(candidates: Sequence[Candidate], positions: Sequence[int]) 
     if all(s is None for s in scores):
         logger.debug("signal 'retrieval': no candidate has a retrieval_score; using the first-stage rank")
         return [-float(p) for p in positions]
-    missing = [c.id for c, s in zip(candidates, scores, strict=True) if s is None]
+    missing = [
+        candidate_label(c, p) for c, p, s in zip(candidates, positions, scores, strict=True) if s is None
+    ]
     if missing:
         raise ConfigError(
-            f"signal 'retrieval': candidates {missing[:5]!r} have no retrieval_score while others do "
+            f"signal 'retrieval': candidates {', '.join(missing[:5])} have no retrieval_score while others do "
             "(LangChain: set the adapter's retrieval_score_key to the key your retriever writes)"
         )
     return [float(s) for s in scores if s is not None]  # finite: Candidate refuses NaN and inf
@@ -213,10 +215,10 @@ class Hybrid(Strategy):
                 v = float(fn(c))
             except Exception as exc:
                 raise ConfigError(
-                    f"metadata signal {signal.label!r} failed on candidate {c.id!r}: {type(exc).__name__}: {exc}"
+                    f"metadata signal {signal.label!r} failed on candidate {e.label}: {type(exc).__name__}: {exc}"
                 ) from exc
             if not math.isfinite(v):
-                raise ConfigError(f"metadata signal {signal.label!r} gave {v} for candidate {c.id!r}")
+                raise ConfigError(f"metadata signal {signal.label!r} gave {v} for candidate {e.label}")
             values.append(v)
         return values
 

@@ -25,12 +25,22 @@ from typing import Any
 from rerankers_plugins.errors import BackendError
 from rerankers_plugins.types import Candidate, FrozenMap, ScoreScale, freeze
 
-__all__ = ["Entry", "Ranking", "Strategy"]
+__all__ = ["Entry", "Ranking", "Strategy", "candidate_label"]
 
 logger = logging.getLogger(__name__)
 
 
 # -- the values that flow between layers ------------------------------------------------------------
+
+
+def candidate_label(candidate: Candidate, position: int) -> str:
+    """How a message names a candidate: its id, or where it has none its position in the list
+    given to ``rerank``.
+
+    >>> candidate_label(Candidate("x", id="d7"), 3), candidate_label(Candidate("x"), 3)
+    ("'d7'", 'at position 3')
+    """
+    return repr(candidate.id) if candidate.id is not None else f"at position {position}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +70,11 @@ class Entry:
     @property
     def text(self) -> str:
         return self.candidate.text
+
+    @property
+    def label(self) -> str:
+        """How a message names this entry (:func:`candidate_label`)."""
+        return candidate_label(self.candidate, self.position)
 
     def scored(self, score: float, details: Mapping[str, Any] | None = None) -> Entry:
         """This entry with a score on the ranking's scale, and ``details`` added."""
@@ -126,11 +141,20 @@ class Ranking:
         """A ranking of some of this ranking's kept entries (no drops yet), for an inner layer."""
         return Ranking(tuple(entries), (), self.scale)
 
-    def _check_returned(
-        self, by: str, kept: tuple[Entry, ...], dropped: tuple[Entry, ...], cut: tuple[Entry, ...]
+    def check_returned(
+        self,
+        by: str,
+        kept: Sequence[Entry],
+        dropped: Sequence[Entry] = (),
+        cut: Sequence[Entry] = (),
+        *,
+        complete: bool = False,
     ) -> None:
-        """BackendError naming ``by`` for an entry that is not this ranking's or is given twice, a
-        dropped entry that does not say who dropped it, or a cut of an entry already dropped."""
+        """The one check of what a layer returns from this ranking (its :meth:`then`, and
+        ``rerank`` of a whole strategy's result, which may have built a Ranking by hand): a
+        BackendError naming ``by`` for an entry that is not this ranking's or is given twice, a
+        dropped entry that does not say who dropped it, a cut of an entry already dropped, and with
+        ``complete`` an entry neither kept nor dropped."""
         mine = {e.position: e.candidate for e in self.entries}
         seen: set[int] = set()
         for e in (*kept, *dropped, *cut):
@@ -139,10 +163,16 @@ class Ranking:
             if e.position in seen:
                 raise BackendError(f"{by} returned position {e.position} twice")
             seen.add(e.position)
-        if any(e.dropped_by is None for e in dropped):
-            raise BackendError(f"{by} passed on a dropped entry without saying who dropped it")
+        unmarked = [e.position for e in dropped if e.dropped_by is None]
+        if unmarked:
+            raise BackendError(
+                f"{by} passed on dropped entries without saying who dropped them: {unmarked[:10]}"
+            )
         if any(e.dropped_by is not None for e in cut):
             raise BackendError(f"{by} cut an entry that an inner layer had already dropped")
+        lost = sorted(set(mine) - seen) if complete else []
+        if lost:
+            raise BackendError(f"{by} lost candidates: positions {lost[:10]} neither kept nor dropped")
 
     def then(
         self,
@@ -167,7 +197,7 @@ class Ranking:
         Raises BackendError (naming ``by``) for an entry that is not this ranking's, or is given twice.
         """
         kept_t, dropped_t, cut_t = tuple(kept), tuple(dropped), tuple(cut)
-        self._check_returned(by, kept_t, dropped_t, cut_t)
+        self.check_returned(by, kept_t, dropped_t, cut_t)
         reasons = reasons or {}
         new_scale = self.scale if scale is None else scale
         cut_by = {e.position: e for e in cut_t}

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rerankers_plugins._checks import check_threshold, check_top_n
-from rerankers_plugins.errors import BackendError, ConfigError
+from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.pipeline.leaves import ScorerLike, as_strategy
 from rerankers_plugins.pipeline.ranking import Entry, Ranking, Strategy
 from rerankers_plugins.types import Candidate, Scored
@@ -114,31 +114,13 @@ def _plan(query: str, candidates: Sequence[CandidateLike], options: RerankOption
     return _Plan(query, options, todo)
 
 
-def _returned(plan: _Plan, out: Ranking, given: dict[int, Candidate]) -> dict[int, int]:
-    """How many times the strategy returned each position (kept or dropped); BackendError for a
-    candidate it was not given."""
-    seen: dict[int, int] = {}
-    for e in (*out.entries, *out.dropped):
-        if given.get(e.position) is not e.candidate:
-            raise BackendError(f"{plan.strategy.name!r} returned a candidate it was not given")
-        seen[e.position] = seen.get(e.position, 0) + 1
-    return seen
-
-
 def _adopt(plan: _Plan, out: Ranking) -> Ranking:
     """The strategy's result with the plan's own drops (skip_empty) added, after checking that it
     kept or marked dropped every candidate it was given exactly once (a third-party strategy may
-    build a Ranking by hand)."""
-    given = {e.position: e.candidate for e in plan.todo}
-    seen = _returned(plan, out, given)
-    twice = sorted(p for p, k in seen.items() if k > 1)
-    lost = sorted(set(given) - set(seen))
-    unmarked = [e.position for e in out.dropped if e.dropped_by is None]
-    if twice or lost or unmarked:
-        raise BackendError(
-            f"{plan.strategy.name!r} broke the ranking contract: positions {twice[:10]} returned twice, "
-            f"{lost[:10]} neither kept nor dropped, {unmarked[:10]} dropped without saying by whom"
-        )
+    build a Ranking by hand): :meth:`Ranking.check_returned`, as every layer is checked."""
+    plan.todo.sub(plan.todo.entries).check_returned(
+        repr(plan.strategy.name), out.entries, out.dropped, complete=True
+    )
     return Ranking(out.entries, plan.todo.dropped + out.dropped, out.scale, out.info)
 
 

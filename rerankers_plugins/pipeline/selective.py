@@ -18,11 +18,11 @@ logger = logging.getLogger(__name__)
 def _retrieval_scores(ranking: Ranking) -> list[float]:
     """Every candidate's retrieval score, highest first; ConfigError when one has none."""
     retrieval = [e.candidate.retrieval_score for e in ranking]
-    missing = [e.candidate.id for e in ranking if e.candidate.retrieval_score is None]
+    missing = [e.label for e in ranking if e.candidate.retrieval_score is None]
     if missing:
         raise ConfigError(
             "Selective's gate (skip_if_margin / skip_if_top) needs every candidate's retrieval_score; "
-            f"candidates {missing[:5]} have none (LangChain: set the adapter's retrieval_score_key)"
+            f"candidates {', '.join(missing[:5])} have none (LangChain: set the adapter's retrieval_score_key)"
         )
     return sorted((float(r) for r in retrieval if r is not None), reverse=True)
 

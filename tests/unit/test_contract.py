@@ -22,13 +22,16 @@ from rerankers_plugins import (
     Candidate,
     Cascade,
     ConfigError,
+    Entry,
     FakeScorer,
     Hybrid,
+    Ranking,
     Scored,
     ScoreScale,
     Selective,
     Signal,
     Stage,
+    Strategy,
     Threshold,
     explain,
     rerank,
@@ -355,3 +358,58 @@ def test_a_selective_tail_drop_is_unreranked_after_a_scoring_stage():
         assert s.details["dropped_by"].startswith("selective(") and not s.details["reranked"]
         stage = s.details["stage_reached"]
         assert s.details["stages"][stage] is None
+
+
+class _HandBuilt(Strategy):
+    """A third-party strategy that builds its Ranking by hand (no ``then``), breaking the contract
+    the way ``how`` says."""
+
+    name = "hand-built"
+    scale = ScoreScale.LOGIT
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    def run(self, query, ranking):
+        entries = list(ranking.entries)
+        if self.how == "lose":
+            return Ranking(tuple(entries[1:]))
+        if self.how == "twice":
+            return Ranking((*entries, entries[0]))
+        if self.how == "foreign":
+            return Ranking((*entries[1:], Entry(Candidate("stranger"), entries[0].position)))
+        return Ranking(tuple(entries[1:]), (entries[0],))  # dropped, but by nobody
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("lose", r"'hand-built' lost candidates: positions \[0\] neither kept nor dropped"),
+        ("twice", "'hand-built' returned position 0 twice"),
+        ("foreign", "'hand-built' returned a candidate it was not given"),
+        ("unmarked", r"'hand-built' passed on dropped entries without saying who dropped them: \[0\]"),
+    ],
+)
+def test_a_strategy_that_breaks_the_ranking_contract_is_named(how, message):
+    with pytest.raises(BackendError, match=message):
+        rerank("q", ["a", "b", "c"], _HandBuilt(how))
+
+
+def test_a_cascade_nested_in_a_stage_with_the_same_stage_names_reports_the_inner_stage():
+    # found by the random nestings in CI: an inner cascade whose stages share the outer's names
+    # ('a', 'b'); an entry its stage 'a' cut was reported as having reached the outer stage 'b'
+    inner = Cascade(
+        [Stage(Table({"x": 0.9, "y": 0.2, "z": 0.5}), keep=1, name="a"), Stage(FakeScorer(), name="b")]
+    )
+    outer = Cascade(
+        [Stage(Table({"x": 0.9, "y": 0.2, "z": 0.5}, name="t2"), keep=2, name="a"), Stage(inner, name="b")]
+    )
+    ex = explain("q", ["x", "y", "z"], outer)
+    by_text = {s.text: s.details for s in ex.dropped}
+    assert (
+        by_text["y"]["dropped_by"] == "cascade stage 'a'" and by_text["y"]["stage_reached"] == "a"
+    )  # the outer a
+    assert (
+        by_text["z"]["dropped_by"] == "cascade stage 'a'" and by_text["z"]["stage_reached"] == "a"
+    )  # the inner a
+    assert set(by_text["z"]["stages"]) == {"a", "b"}  # it reached the outer b, and was cut by the inner a

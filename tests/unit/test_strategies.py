@@ -404,3 +404,14 @@ async def test_strategy_in_both_adapters(name):
     nodes = [NodeWithScore(node=TextNode(text=d), score=1.0) for d in DOCS]
     assert [n.node.get_content() for n in li.postprocess_nodes(nodes, query_str="red apple")] == core
     assert [n.node.get_content() for n in await li.apostprocess_nodes(nodes, query_str="red apple")] == core
+
+
+def test_a_failing_metadata_signal_names_the_candidate_by_position_when_it_has_no_id():
+    from rerankers_plugins import Candidate, ConfigError, FakeScorer, Hybrid, Signal, rerank
+
+    hybrid = Hybrid([Signal(FakeScorer(), 0.5), Signal(lambda c: c.metadata["trust"], 0.5, name="trust")])
+    candidates = [Candidate("red apple", metadata={"trust": 1.0}), Candidate("green apple")]
+    with pytest.raises(ConfigError, match="failed on candidate at position 1: KeyError"):
+        rerank("red apple", candidates, hybrid)
+    with pytest.raises(ConfigError, match="failed on candidate 'b': KeyError"):
+        rerank("red apple", [Candidate("x", id="a", metadata={"trust": 1}), Candidate("y", id="b")], hybrid)
