@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from local_servers import RerankServer
 
 from rerankers_plugins import Candidate, CohereScorer, RemoteScorer, arerank, rerank
-from rerankers_plugins.scorers._http import RetryPolicy
+from rerankers_plugins.scorers.retry import RetryPolicy
 
 DOCS = [f"document {i} about red apples" if i % 3 == 0 else f"document {i} about pears" for i in range(40)]
 FAULTS = {

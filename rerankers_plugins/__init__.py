@@ -34,7 +34,6 @@ from rerankers_plugins.pipeline import (
 )
 from rerankers_plugins.registry import get_scorer
 from rerankers_plugins.scorers._hf import packaged_model_path
-from rerankers_plugins.scorers._http import RetryPolicy
 from rerankers_plugins.scorers.base import BaseScorer, Ranker, Scorer
 from rerankers_plugins.scorers.bi_encoder import BiEncoderScorer
 from rerankers_plugins.scorers.cohere import CohereScorer
@@ -45,6 +44,7 @@ from rerankers_plugins.scorers.lexical import BM25Scorer
 from rerankers_plugins.scorers.llm import LLMListwiseScorer, LLMPairwiseScorer, LLMPointwiseScorer
 from rerankers_plugins.scorers.poly_encoder import PolyEncoderScorer
 from rerankers_plugins.scorers.remote import RemoteScorer
+from rerankers_plugins.scorers.retry import RetryPolicy
 from rerankers_plugins.scorers.seq2seq import Seq2SeqScorer
 from rerankers_plugins.types import Candidate, Scored, ScoreScale
 

@@ -299,7 +299,7 @@ def scorer_options(scorer: Any) -> tuple[str, dict[str, Any]]:
 
 def _check_settings(label: str, options: Mapping[str, Any]) -> None:
     """ConfigError where an option is not a plain setting: a URL holding credentials, an object."""
-    from rerankers_plugins.scorers._http import url_secrets
+    from rerankers_plugins._secret import url_secrets
 
     for key, value in options.items():
         if isinstance(value, str) and "://" in value and url_secrets(value):

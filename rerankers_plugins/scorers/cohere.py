@@ -25,15 +25,9 @@ from rerankers_plugins._checks import as_int
 from rerankers_plugins._optional import require
 from rerankers_plugins._secret import Secret
 from rerankers_plugins.errors import BackendError, ConfigError
-from rerankers_plugins.scorers._http import (
-    HTTPScorer,
-    OnError,
-    RetryPolicy,
-    Send,
-    in_thread,
-    merge_indexed,
-    wait_until,
-)
+from rerankers_plugins.scorers._aio import in_thread, wait_until
+from rerankers_plugins.scorers._http import HTTPScorer, OnError, Send, merge_indexed
+from rerankers_plugins.scorers.retry import RetryPolicy
 from rerankers_plugins.types import ScoreScale
 
 __all__ = ["CohereScorer"]

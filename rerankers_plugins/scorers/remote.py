@@ -20,17 +20,10 @@ import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal
 
-from rerankers_plugins._secret import Secret
+from rerankers_plugins._secret import Secret, shown_url, split_query
 from rerankers_plugins.errors import BackendError, ConfigError
-from rerankers_plugins.scorers._http import (
-    HTTPScorer,
-    OnError,
-    RetryPolicy,
-    Send,
-    merge_indexed,
-    shown_url,
-    split_query,
-)
+from rerankers_plugins.scorers._http import HTTPScorer, OnError, Send, merge_indexed
+from rerankers_plugins.scorers.retry import RetryPolicy
 from rerankers_plugins.types import ScoreScale
 
 __all__ = ["RemoteScorer"]
@@ -59,7 +52,7 @@ class RemoteScorer(HTTPScorer):
             four attempts, each cut by its timeout; 120 s with the default ``timeout=30``).
         batch_size: documents per request (TEI's default ``--max-client-batch-size`` is 32).
         max_concurrency: requests in flight at once from this scorer, and the connection pool size.
-        retry: a :class:`~rerankers_plugins.scorers._http.RetryPolicy`.
+        retry: a :class:`~rerankers_plugins.scorers.retry.RetryPolicy`.
         on_error: ``"raise"`` (default) or ``"keep_order"``: after the last retry, return every
             candidate in its original order, marked in ``details``, with a warning.
         truncate: ask the server to truncate long inputs (TEI) instead of rejecting them.

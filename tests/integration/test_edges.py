@@ -35,7 +35,8 @@ from rerankers_plugins import (
     arerank,
     rerank,
 )
-from rerankers_plugins.scorers._http import DeadlineExceeded, RetryPolicy, parse_retry_after
+from rerankers_plugins.errors import DeadlineExceeded
+from rerankers_plugins.scorers.retry import RetryPolicy, parse_retry_after
 
 KEY = "sk-edge-DO-NOT-LEAK-9876"
 QUERY = "red apple"

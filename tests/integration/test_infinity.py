@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from rerankers_plugins import BackendError, Candidate, CrossEncoderScorer, RemoteScorer, arerank, rerank
-from rerankers_plugins.scorers._http import RetryPolicy
+from rerankers_plugins.scorers.retry import RetryPolicy
 
 pytestmark = pytest.mark.slow
 httpx = pytest.importorskip("httpx")

@@ -47,7 +47,8 @@ from rerankers_plugins import (
     arerank,
     rerank,
 )
-from rerankers_plugins.scorers._http import LoopLocal, RetryPolicy
+from rerankers_plugins.scorers._aio import LoopLocal
+from rerankers_plugins.scorers.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
 
