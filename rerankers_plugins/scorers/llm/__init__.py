@@ -1,8 +1,9 @@
 """LLM rerankers: listwise (RankGPT, sliding windows), pointwise (yes/no or grade) and pairwise.
 
-* :mod:`.base`: the one LLM interface (:class:`LLM`, :func:`as_llm`), the rerankers' shared base
-  and the prompt helpers; the package imports no framework (the LangChain and LlamaIndex wrappers
-  live in :mod:`rerankers_plugins.integrations._chat`);
+* :mod:`.interface`: the one LLM interface (:class:`LLM`, :class:`Reply`);
+* :mod:`._frameworks`: LangChain and LlamaIndex models recognised by their base classes and wrapped
+  as an :class:`LLM` (the package imports no framework);
+* :mod:`.base`: :func:`as_llm`, the rerankers' shared base and the prompt helpers;
 * :mod:`.listwise`: :class:`LLMListwiseScorer`, one sliding-window loop for sync and async;
 * :mod:`.pointwise`: :class:`LLMPointwiseScorer`;
 * :mod:`.pairwise`: :class:`LLMPairwiseScorer`.

@@ -3,7 +3,7 @@
 The core knows one LLM interface, :class:`LLM`: ``complete(messages) -> Reply`` and its async twin,
 where ``messages`` are ``{"role": "system" | "user" | "assistant", "content": str}`` dicts. :func:`as_llm`
 wraps a LangChain chat model, a LlamaIndex LLM (recognised by their base classes, in
-:mod:`rerankers_plugins.integrations._chat`) or a plain (sync or async) function, and this package
+:mod:`rerankers_plugins.scorers.llm._frameworks`) or a plain (sync or async) function, and this package
 imports no framework.
 
 A reranker whose calls depend on each other's answers writes its loop once, as a generator of
@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Awaitable, Callable, Generator
-from dataclasses import dataclass
+from collections.abc import Generator
 from typing import Any, TypeVar
 
 from rerankers_plugins.errors import BackendError, ConfigError
+from rerankers_plugins.scorers.llm._frameworks import framework_llm
+from rerankers_plugins.scorers.llm.interface import LLM, Message, Reply, text_of
 
 __all__ = [
     "LLM",
@@ -35,48 +36,6 @@ __all__ = [
 ]
 
 _R = TypeVar("_R")
-
-Message = dict[str, str]
-
-
-@dataclass(frozen=True)
-class Reply:
-    """An LLM answer: its text and, where the model returned them, the first token's log-probabilities
-    (``{token: logprob}`` over the top alternatives)."""
-
-    text: str
-    first_token_logprobs: dict[str, float] | None = None
-
-
-class LLM:
-    """The core's LLM interface. Build one with :func:`as_llm`."""
-
-    def __init__(
-        self,
-        complete: Callable[[list[Message]], Reply],
-        acomplete: Callable[[list[Message]], Awaitable[Reply]] | None = None,
-        name: str = "llm",
-    ) -> None:
-        self._complete = complete
-        self._acomplete = acomplete
-        self.name = name
-
-    def complete(self, messages: list[Message]) -> Reply:
-        return self._complete(messages)
-
-    async def acomplete(self, messages: list[Message]) -> Reply:
-        if self._acomplete is not None:
-            return await self._acomplete(messages)
-        return await asyncio.to_thread(self._complete, messages)
-
-
-def text_of(content: Any) -> str:
-    """The text of a model's message content: a string, or content blocks joined."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content blocks
-        return "".join(b.get("text", "") if isinstance(b, dict) else str(b) for b in content)
-    return "" if content is None else str(content)
 
 
 def as_llm(obj: Any, *, name: str | None = None) -> LLM:
@@ -94,8 +53,6 @@ def as_llm(obj: Any, *, name: str | None = None) -> LLM:
     if isinstance(obj, LLM):
         return obj
     label = name or getattr(obj, "model_name", None) or getattr(obj, "model", None) or type(obj).__name__
-    from rerankers_plugins.integrations._chat import framework_llm
-
     framework = framework_llm(obj, str(label))
     if framework is not None:
         return framework

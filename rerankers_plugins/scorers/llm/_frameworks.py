@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from rerankers_plugins.scorers.llm import LLM, Message, Reply, text_of
+from rerankers_plugins.scorers.llm.interface import LLM, Message, Reply, text_of
 
 __all__ = ["framework_llm"]
 
