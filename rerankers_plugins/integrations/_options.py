@@ -1,146 +1,33 @@
-"""What both adapters share: the fields of the named conveniences and how they build a scorer.
+"""The named conveniences of both adapters (``CrossEncoderRerank``, ``CohereRerank``, ...): their
+fields, derived from the scorers' constructors (never copied by hand), and how they build a scorer.
 
 The field mixins are plain pydantic models (both frameworks' bases are pydantic v2 models); each
-adapter combines them with its own base class, so a convenience is declared once for both.
+adapter combines them with its own convenience base, so a convenience is declared once for both.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import inspect
-import logging
-import pickle
 import typing
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model, field_serializer, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model
 
 from rerankers_plugins._secret import Secret
 from rerankers_plugins.errors import ConfigError
+from rerankers_plugins.integrations._base import RerankAdapter, peer_options
 from rerankers_plugins.pipeline.leaves import ScorerLike
-from rerankers_plugins.registry import BACKENDS, get_scorer, load
-from rerankers_plugins.scorers.base import translate_renamed
-from rerankers_plugins.spec import load_pipeline, scorer_options
-
-logger = logging.getLogger(__name__)
-
-_Adapter = TypeVar("_Adapter", bound="SettingsSerialized")
+from rerankers_plugins.registry import BACKENDS, load
 
 __all__ = [
     "OPTION_HELP",
-    "PEER_NAMES",
-    "RETRIEVAL_SCORE_KEYS",
-    "SettingsSerialized",
+    "ConvenienceAdapter",
     "build_scorer",
     "conveniences",
-    "copy_metadata",
-    "describe_scorer",
     "option_fields",
-    "peer_options",
-    "pickle_state",
     "positional_model",
-    "rebuild_scorer",
 ]
-
-#: metadata keys LangChain vector stores and rerankers put a document's score under, tried in order
-RETRIEVAL_SCORE_KEYS: tuple[str, ...] = ("relevance_score", "score", "similarity_score", "_score")
-
-
-def copy_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
-    """A new metadata dict for a returned document: each value deep-copied where it can be, and
-    shared where it cannot (a lock, a client): what we add never touches the caller's objects,
-    and an uncopyable value never makes reranking fail."""
-    out: dict[str, Any] = {}
-    for key, value in metadata.items():
-        try:
-            out[key] = copy.deepcopy(value)
-        except Exception:  # any object may refuse to be copied; sharing it is the documented fallback
-            logger.debug(
-                "metadata %r cannot be deep-copied (%s); the value is shared", key, type(value).__name__
-            )
-            out[key] = value
-    return out
-
-
-def pickle_state(model: Any, state: dict[str, Any]) -> dict[str, Any]:
-    """The pickled state of an adapter: copies of pydantic's dicts (never the live ones), without
-    the strategy (rebuilt from ``scorer`` on load) or an API key, and a clear error for an
-    unpicklable scorer."""
-    state = dict(state)
-    state["__dict__"] = dict(state["__dict__"])
-    if (
-        state["__dict__"].get("api_key") is not None
-    ):  # conveniences: the scorer re-reads it from the environment
-        state["__dict__"]["api_key"] = None
-    state["__pydantic_private__"] = {
-        k: v for k, v in (state.get("__pydantic_private__") or {}).items() if k != "_strategy"
-    }
-    try:
-        pickle.dumps(state["__dict__"].get("scorer"))
-    except Exception as exc:
-        raise TypeError(
-            f"{type(model).__name__} cannot be pickled: its scorer cannot ({type(exc).__name__}: {exc})"
-        ) from exc
-    return state
-
-
-#: options users bring from LangChain's and LlamaIndex's own rerankers, under their names there:
-#: peer name -> (our name, or None where we have no such option; what to do instead)
-PEER_NAMES: dict[str, tuple[str | None, str]] = {
-    "model_name": ("model", "HuggingFaceCrossEncoder(model_name=...) is model=..."),
-    "cohere_api_key": ("api_key", "langchain-cohere's cohere_api_key is api_key=..."),
-    "keep_retrieval_score": (
-        "include_details",
-        "SentenceTransformerRerank's keep_retrieval_score: the retrieval score is kept in "
-        "metadata['retrieval_score'] with include_details=True (the default)",
-    ),
-    "choice_batch_size": ("window", "LLMRerank's choice_batch_size is window=... (passages per LLM call)"),
-    "top_k": ("top_n", "top_k is top_n=..."),
-    "choice_select_prompt": (
-        None,
-        "the LLM rerankers write their own prompts; pass a function as llm= to own it",
-    ),
-    "format_node_batch_fn": (None, "the LLM rerankers format passages themselves (max_words= cuts them)"),
-    "parse_choice_select_answer_fn": (
-        None,
-        "LLM answers are parsed and repaired by the rerankers themselves",
-    ),
-    "user_agent": (None, "pass a configured client to CohereScorer(client=...) instead"),
-}
-
-
-def peer_options(cls: type[Any], data: dict[str, Any]) -> dict[str, Any]:
-    """``data`` with the options of a peer reranker renamed to ours where the meaning is the same
-    (logged), and a ConfigError that says what to do for those we do not take."""
-    fields = getattr(cls, "model_fields", {})
-    out = dict(data)
-    kind = getattr(cls, "kind", None)
-    if kind in BACKENDS:  # a convenience: its scorer's renamed options, under their new names
-        # the warning names the user's line: peer_options < the convenience's __init__ < the caller
-        out = translate_renamed(load(BACKENDS[kind].target), out, stacklevel=3)
-    for peer, (ours, hint) in PEER_NAMES.items():
-        if peer not in out or peer in fields:
-            continue
-        if ours is None or ours not in fields:
-            raise ConfigError(f"{cls.__name__} has no {peer!r} option: {hint}")
-        if ours in out and out[ours] != out[peer]:
-            raise ConfigError(f"{cls.__name__}: pass {ours}= or {peer}=, not both ({hint})")
-        logger.info("%s: %s", cls.__name__, hint)
-        out[ours] = out.pop(peer)
-    kwargs = out.get("model_kwargs")
-    if isinstance(kwargs, Mapping) and "device" in kwargs and "device" in fields:
-        # HuggingFaceCrossEncoder(model_kwargs={"device": ...}): our scorers take device= itself
-        kwargs = dict(kwargs)
-        device = kwargs.pop("device")
-        if out.get("device") not in (None, device):
-            raise ConfigError(
-                f"{cls.__name__}: device={out['device']!r} and model_kwargs['device']={device!r} disagree"
-            )
-        out["device"], out["model_kwargs"] = device, kwargs or None
-    return out
 
 
 def positional_model(
@@ -160,70 +47,30 @@ def positional_model(
     return {positional: args[0], **data}
 
 
-def describe_scorer(scorer: ScorerLike) -> dict[str, Any]:
-    """A registry backend's scorer as JSON-ready settings: ``{"backend": name, "options": {...}}``
-    (its constructor arguments; credentials left out), which :func:`rebuild_scorer` turns back
-    into an equal scorer. Anything else raises ConfigError naming it
-    (:func:`rerankers_plugins.spec.scorer_options`)."""
-    kind, options = scorer_options(scorer)
-    return {"backend": kind, "options": options}
+class ConvenienceAdapter(RerankAdapter):
+    """An adapter whose scorer is built from its own fields: the options of the registry's
+    ``kind`` backend (:func:`option_fields`). Those options built the model, so they are fixed once
+    it is built: assigning one (or ``scorer``) is a ConfigError saying to build a new one."""
 
+    kind: ClassVar[str]
+    scorer: ScorerLike = Field(default=None, description="Built from the fields below.", exclude=True)  # type: ignore[assignment]
 
-def rebuild_scorer(value: Any) -> Any:
-    """A description from :func:`describe_scorer` back to the scorer; anything else unchanged."""
-    if isinstance(value, Mapping) and set(value) == {"backend", "options"}:
-        kind, options = value["backend"], value["options"]
-        if kind not in BACKENDS or not isinstance(options, Mapping):
-            raise ConfigError(f"not a scorer description: {dict(value)!r}")
-        return get_scorer(kind, **options)
-    return value
+    def __init__(self, *args: Any, **data: Any) -> None:
+        data = peer_options(type(self), positional_model(type(self), self.kind, args, data))
+        scorer = self._built(data)  # may record what it built in data (a wrapped object's name)
+        super().__init__(**{**data, "scorer": scorer})
 
+    def _built(self, data: dict[str, Any]) -> ScorerLike:
+        """The scorer the fields (``data``) describe."""
+        return build_scorer(self.kind, data)
 
-class SettingsSerialized(BaseModel):
-    """What both adapters serialize the same way: ``scorer`` written as its settings
-    (:func:`describe_scorer`) and read back from them; a scorer that cannot be described raises a
-    ConfigError naming it (not pydantic's wrapper of it)."""
-
-    @field_validator("scorer", mode="before", check_fields=False)
-    @classmethod
-    def _described(cls, value: Any) -> Any:
-        """A scorer description (what serialization writes) is rebuilt into the scorer."""
-        return rebuild_scorer(value)
-
-    @field_serializer("scorer", check_fields=False)
-    def _describe(self, scorer: ScorerLike) -> Any:
-        """Serialized as settings: the registry backend's name and options (no keys)."""
-        return describe_scorer(scorer)
-
-    def _check_describable(self) -> None:
-        if type(self).model_fields["scorer"].exclude is not True:
-            describe_scorer(getattr(self, "scorer"))  # noqa: B009 (declared by the adapter)
-
-    @classmethod
-    def from_spec(
-        cls: type[_Adapter], source: str | Path | Mapping[str, Any], name: str | None = None, **fields: Any
-    ) -> _Adapter:
-        """The adapter over the pipeline of a spec file (``rerankers-plugins tune``'s
-        ``pipeline.toml``, an ``eval --config`` file, ``"file.toml#name"``) or a spec dict, exactly
-        as written: depth, cascades, fusion weights and selective heads included
-        (:func:`rerankers_plugins.spec.load_pipeline`). ``fields`` are the adapter's own
-        (``top_n``, ``threshold``, ...)."""
-        if "scorer" in fields:
-            raise ConfigError(f"{cls.__name__}.from_spec builds the scorer from the spec; pass no scorer=")
-        if isinstance(getattr(cls, "kind", None), str):
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "scorer" or name in option_fields(self.kind).model_fields:
             raise ConfigError(
-                f"{cls.__name__} builds its scorer from its own fields; load a spec with the adapter "
-                "itself (RerankCompressor.from_spec or RerankPostprocessor.from_spec)"
+                f"{type(self).__name__}.{name} is fixed once the model is built from it: build a new "
+                f"{type(self).__name__}(...) (or give the adapter itself a scorer= and assign that)"
             )
-        return cls(**{**fields, "scorer": load_pipeline(source, name)})
-
-    def model_dump(self, **kwargs: Any) -> dict[str, Any]:
-        self._check_describable()
-        return super().model_dump(**kwargs)
-
-    def model_dump_json(self, **kwargs: Any) -> str:
-        self._check_describable()
-        return super().model_dump_json(**kwargs)
+        super().__setattr__(name, value)
 
 
 def conveniences(base: type[Any], module: str) -> dict[str, type[Any]]:
@@ -233,8 +80,11 @@ def conveniences(base: type[Any], module: str) -> dict[str, type[Any]]:
     for kind, b in BACKENDS.items():
         if b.convenience is None:
             continue
+        adapter = next(
+            c for c in base.__mro__ if RerankAdapter in c.__bases__ and c is not ConvenienceAdapter
+        )
         doc = (
-            f"``{base.__mro__[1].__name__}`` over {b.summary}.\n\n"
+            f"``{adapter.__name__}`` over {b.summary}.\n\n"
             f"Built from the registry's ``{kind!r}`` backend: the fields below are its options; "
             "``top_n``, ``threshold`` and the rest are the base class's."
         )

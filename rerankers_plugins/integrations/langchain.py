@@ -28,7 +28,7 @@ import asyncio
 import math
 import numbers
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 from rerankers_plugins._optional import require
 
@@ -39,22 +39,13 @@ from langchain_core.cross_encoders import BaseCrossEncoder
 from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables.config import RunnableConfig, set_config_context
-from pydantic import ConfigDict, Field, PrivateAttr
+from pydantic import ConfigDict, Field
 
 from rerankers_plugins.errors import ConfigError
-from rerankers_plugins.integrations._options import (
-    RETRIEVAL_SCORE_KEYS,
-    SettingsSerialized,
-    build_scorer,
-    conveniences,
-    copy_metadata,
-    peer_options,
-    pickle_state,
-    positional_model,
-)
+from rerankers_plugins.integrations._base import RETRIEVAL_SCORE_KEYS, RerankAdapter, copy_metadata
+from rerankers_plugins.integrations._options import ConvenienceAdapter, conveniences
 from rerankers_plugins.pipeline.leaves import ScorerLike
-from rerankers_plugins.pipeline.ranking import Strategy
-from rerankers_plugins.pipeline.rerank import RerankOptions, arerank_with, check_options, rerank_with
+from rerankers_plugins.pipeline.rerank import arerank_with, rerank_with
 from rerankers_plugins.scorers.base import BaseScorer
 from rerankers_plugins.types import Candidate, Scored, ScoreScale, thaw
 
@@ -133,53 +124,34 @@ def _wrap(scorer: ScorerLike | BaseCrossEncoder) -> ScorerLike:
     return LangChainCrossEncoder(scorer) if isinstance(scorer, BaseCrossEncoder) else scorer
 
 
-class RerankCompressor(SettingsSerialized, BaseDocumentCompressor):
+class RerankCompressor(RerankAdapter, BaseDocumentCompressor):
     """Rerank retrieved documents with ``scorer`` and keep the best ``top_n`` (default 3, as
     LangChain's ``CrossEncoderReranker``; None keeps all).
 
     The model reads ``Document.page_content``. Sorting, ``top_n`` and ``threshold`` follow
     :func:`rerankers_plugins.rerank` exactly; a threshold off the scorer's scale is refused here,
-    at construction, not at query time.
+    at construction (or assignment), not at query time. LangChain's own cross-encoder objects
+    (``HuggingFaceCrossEncoder``, ...) are taken as the scorer too.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
-    scorer: ScorerLike = Field(description="A Scorer, a Ranker, or a strategy built from them.")
-    top_n: int | None = Field(default=3, description="Keep at most this many documents; None keeps all.")
-    threshold: float | None = Field(
-        default=None, description="Keep documents scoring >= this, on the scorer's declared scale."
-    )
-    skip_empty: bool = Field(
-        default=False, description="Leave documents with empty page_content out instead of scoring them."
-    )
     retrieval_score_key: str | tuple[str, ...] | None = Field(
         default=RETRIEVAL_SCORE_KEYS,
         description="Metadata key(s) holding the first stage's score, tried in order (the first real "
         "number wins); None: documents carry no retrieval score.",
     )
-    _strategy: Strategy = PrivateAttr()
 
-    def __init__(self, **data: Any) -> None:
-        data = peer_options(type(self), data)
-        if "scorer" in data:
-            data["scorer"] = _wrap(data["scorer"])
-        super().__init__(**data)
-        # Checked here rather than in a pydantic validator so that the ConfigError reaches the
-        # caller as itself, not wrapped in a ValidationError.
-        self._strategy = check_options(self.scorer, self.top_n, self.threshold)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return pickle_state(self, super().__getstate__())
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        self._strategy = check_options(self.scorer, self.top_n, self.threshold)
-
-    def _rerank_options(self) -> RerankOptions:
-        """What rerank is asked for, from the fields as they are at this call."""
-        return RerankOptions(
-            self._strategy, top_n=self.top_n, threshold=self.threshold, skip_empty=self.skip_empty
-        )
+    @classmethod
+    def _accept(cls, scorer: Any) -> ScorerLike:
+        if isinstance(scorer, BaseCrossEncoder):
+            return LangChainCrossEncoder(scorer)
+        if isinstance(scorer, BaseDocumentCompressor):
+            raise ConfigError(
+                f"{cls.__name__} wraps a scorer, not another compressor ({type(scorer).__name__}): pass its "
+                "model instead, e.g. CrossEncoderRerank(model=...) or RerankCompressor(scorer=HuggingFaceCrossEncoder(...))"
+            )
+        return super()._accept(scorer)
 
     def _candidates(self, documents: Sequence[Document]) -> list[Candidate]:
         return [
@@ -225,34 +197,30 @@ class RerankCompressor(SettingsSerialized, BaseDocumentCompressor):
         return self._documents(documents, ranked)
 
 
-class _Convenience(RerankCompressor):
+class _Convenience(ConvenienceAdapter, RerankCompressor):
     """A RerankCompressor whose scorer is built from the convenience's own fields."""
 
-    kind: ClassVar[str]
-    scorer: ScorerLike = Field(default=None, description="Built from the fields below.", exclude=True)  # type: ignore[assignment]
-
-    def __init__(self, *args: Any, **data: Any) -> None:
-        data = peer_options(type(self), positional_model(type(self), self.kind, args, data))
+    def _built(self, data: dict[str, Any]) -> ScorerLike:
         model = data.get("model")
-        if isinstance(model, BaseCrossEncoder):  # LangChain's own cross-encoder object
-            if self.kind != "cross-encoder":
-                raise ConfigError(
-                    f"{type(self).__name__} builds its model from a name; pass the object as RerankCompressor(scorer=...)"
-                )
-            extra = sorted(
-                k
-                for k in data
-                if k in type(self).model_fields and k not in RerankCompressor.model_fields and k != "model"
+        if not isinstance(model, BaseCrossEncoder):
+            return super()._built(data)
+        # LangChain's own cross-encoder object: wrapped, nothing loaded
+        if self.kind != "cross-encoder":
+            raise ConfigError(
+                f"{type(self).__name__} builds its model from a name; pass the object as RerankCompressor(scorer=...)"
             )
-            if extra:
-                raise ConfigError(
-                    f"{type(self).__name__}(model=<{type(model).__name__}>) loads nothing itself, so {extra} cannot apply"
-                )
-            scorer: ScorerLike = LangChainCrossEncoder(model)
-            data["model"] = scorer.name
-        else:
-            scorer = build_scorer(self.kind, data)
-        super().__init__(**{**data, "scorer": scorer})
+        extra = sorted(
+            k
+            for k in data
+            if k in type(self).model_fields and k not in RerankCompressor.model_fields and k != "model"
+        )
+        if extra:
+            raise ConfigError(
+                f"{type(self).__name__}(model=<{type(model).__name__}>) loads nothing itself, so {extra} cannot apply"
+            )
+        scorer = LangChainCrossEncoder(model)
+        data["model"] = scorer.name
+        return scorer
 
 
 _generated = conveniences(_Convenience, __name__)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 from rerankers_plugins._optional import require
 
@@ -25,10 +25,8 @@ require("llama_index.core", "llama-index")
 
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.bridge.pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
 )
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]
@@ -37,18 +35,10 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from rerankers_plugins.errors import ConfigError
-from rerankers_plugins.integrations._options import (
-    SettingsSerialized,
-    build_scorer,
-    conveniences,
-    copy_metadata,
-    peer_options,
-    pickle_state,
-    positional_model,
-)
+from rerankers_plugins.integrations._base import RerankAdapter, copy_metadata
+from rerankers_plugins.integrations._options import ConvenienceAdapter, conveniences
 from rerankers_plugins.pipeline.leaves import ScorerLike
-from rerankers_plugins.pipeline.ranking import Strategy
-from rerankers_plugins.pipeline.rerank import RerankOptions, arerank_with, check_options, rerank_with
+from rerankers_plugins.pipeline.rerank import arerank_with, rerank_with
 from rerankers_plugins.types import Candidate, Scored, thaw
 
 __all__ = ["RerankPostprocessor", "retriever_candidates"]  # and the registry's conveniences, added below
@@ -88,7 +78,7 @@ def retriever_candidates(
     return retrieve
 
 
-class RerankPostprocessor(SettingsSerialized, BaseNodePostprocessor):
+class RerankPostprocessor(RerankAdapter, BaseNodePostprocessor):
     """Rerank retrieved nodes with ``scorer`` and keep the best ``top_n`` (default 2, as
     LlamaIndex's ``SentenceTransformerRerank``; None keeps all).
 
@@ -102,14 +92,7 @@ class RerankPostprocessor(SettingsSerialized, BaseNodePostprocessor):
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
-    scorer: ScorerLike = Field(description="A Scorer, a Ranker, or a strategy built from them.")
     top_n: int | None = Field(default=2, description="Keep at most this many nodes; None keeps all.")
-    threshold: float | None = Field(
-        default=None, description="Keep nodes scoring >= this, on the scorer's declared scale."
-    )
-    skip_empty: bool = Field(
-        default=False, description="Leave nodes with empty text out instead of scoring them."
-    )
     metadata_mode: MetadataMode = Field(
         default=MetadataMode.EMBED, description="Which metadata the model reads along with the node text."
     )
@@ -118,32 +101,19 @@ class RerankPostprocessor(SettingsSerialized, BaseNodePostprocessor):
         description="Node copies whose metadata also holds retrieval_score and rerank details "
         "(hidden from the LLM and embedder); False: node copies without them. Never the caller's nodes.",
     )
-    _strategy: Strategy = PrivateAttr()
 
-    def __init__(self, **data: Any) -> None:
-        super().__init__(**peer_options(type(self), data))
-        # Checked here rather than in a pydantic validator so that the ConfigError reaches the
-        # caller as itself, not wrapped in a ValidationError.
-        self._strategy = check_options(self.scorer, self.top_n, self.threshold)
+    @classmethod
+    def _accept(cls, scorer: Any) -> ScorerLike:
+        if isinstance(scorer, BaseNodePostprocessor):
+            raise ConfigError(
+                f"{cls.__name__} wraps a scorer, not another postprocessor ({type(scorer).__name__}): pass its "
+                "model instead, e.g. CrossEncoderRerank(model=...) for a SentenceTransformerRerank's model"
+            )
+        return super()._accept(scorer)
 
     @classmethod
     def class_name(cls) -> str:
         return cls.__name__
-
-    def __getstate__(self) -> dict[str, Any]:
-        # LlamaIndex's own __getstate__ deletes unpicklable fields from the live object's dict:
-        # pydantic's state, copied, instead.
-        return pickle_state(self, BaseModel.__getstate__(self))
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        BaseModel.__setstate__(self, state)
-        self._strategy = check_options(self.scorer, self.top_n, self.threshold)
-
-    def _rerank_options(self) -> RerankOptions:
-        """What rerank is asked for, from the fields as they are at this call."""
-        return RerankOptions(
-            self._strategy, top_n=self.top_n, threshold=self.threshold, skip_empty=self.skip_empty
-        )
 
     def _query(self, query_bundle: QueryBundle | None) -> str:
         if query_bundle is None:
@@ -183,20 +153,15 @@ class RerankPostprocessor(SettingsSerialized, BaseNodePostprocessor):
         """What both event systems report as top_n: at most this many nodes come back."""
         return self.top_n if self.top_n is not None else len(nodes)
 
-    def _start(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None) -> None:
+    def _start(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None, model: str) -> None:
         dispatcher.event(
-            ReRankStartEvent(
-                query=query_bundle,
-                nodes=nodes,
-                top_n=self._top_n(nodes),
-                model_name=self._strategy.name,
-            )
+            ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=self._top_n(nodes), model_name=model)
         )
 
-    def _payload(self, nodes: list[NodeWithScore], query: str) -> dict[str, Any]:
+    def _payload(self, nodes: list[NodeWithScore], query: str, model: str) -> dict[str, Any]:
         return {
             EventPayload.NODES: nodes,
-            EventPayload.MODEL_NAME: self._strategy.name,
+            EventPayload.MODEL_NAME: model,
             EventPayload.QUERY_STR: query,
             EventPayload.TOP_K: self._top_n(nodes),
         }
@@ -205,9 +170,11 @@ class RerankPostprocessor(SettingsSerialized, BaseNodePostprocessor):
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
         query = self._query(query_bundle)
-        self._start(nodes, query_bundle)
-        with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query)) as event:
-            ranked = rerank_with(query, self._candidates(nodes), self._rerank_options())
+        options = self._rerank_options()
+        self._start(nodes, query_bundle, options.strategy.name)
+        payload = self._payload(nodes, query, options.strategy.name)
+        with self.callback_manager.event(CBEventType.RERANKING, payload=payload) as event:
+            ranked = rerank_with(query, self._candidates(nodes), options)
             result = self._results(nodes, ranked)
             event.on_end(payload={EventPayload.NODES: result})
         dispatcher.event(ReRankEndEvent(nodes=result))
@@ -218,24 +185,19 @@ class RerankPostprocessor(SettingsSerialized, BaseNodePostprocessor):
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
         query = self._query(query_bundle)
-        self._start(nodes, query_bundle)
-        with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query)) as event:
-            ranked = await arerank_with(query, self._candidates(nodes), self._rerank_options())
+        options = self._rerank_options()
+        self._start(nodes, query_bundle, options.strategy.name)
+        payload = self._payload(nodes, query, options.strategy.name)
+        with self.callback_manager.event(CBEventType.RERANKING, payload=payload) as event:
+            ranked = await arerank_with(query, self._candidates(nodes), options)
             result = self._results(nodes, ranked)
             event.on_end(payload={EventPayload.NODES: result})
         dispatcher.event(ReRankEndEvent(nodes=result))
         return result
 
 
-class _Convenience(RerankPostprocessor):
+class _Convenience(ConvenienceAdapter, RerankPostprocessor):
     """A RerankPostprocessor whose scorer is built from the convenience's own fields."""
-
-    kind: ClassVar[str]
-    scorer: ScorerLike = Field(default=None, description="Built from the fields below.", exclude=True)  # type: ignore[assignment]
-
-    def __init__(self, *args: Any, **data: Any) -> None:
-        data = peer_options(type(self), positional_model(type(self), self.kind, args, data))
-        super().__init__(**{**data, "scorer": build_scorer(self.kind, data)})
 
 
 _generated = conveniences(_Convenience, __name__)
