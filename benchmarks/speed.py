@@ -186,7 +186,8 @@ def first_call(warm: bool) -> None:
     import sentence_transformers  # noqa: F401  (the constructor's heaviest import, timed apart)
 
     from rerankers_plugins import CrossEncoderScorer, rerank
-    from rerankers_plugins.cli import DEFAULT_QUERY, load_demo_corpus
+    from rerankers_plugins.cli.demo import DEFAULT_QUERY
+    from rerankers_plugins.data import load_demo_corpus
 
     t_import = time.perf_counter() - t0
     demo = load_demo_corpus()[:DEMO_PASSAGES]

@@ -246,7 +246,7 @@ async def test_adapters_async(colbert_dir, colbert):
 
 @pytest.mark.slow
 def test_minilm_token_embeddings_rank_the_demo_answers(minilm_dir):
-    from rerankers_plugins.cli import load_demo_corpus
+    from rerankers_plugins.data import load_demo_corpus
 
     scorer = ColBERTScorer(str(minilm_dir), dtype="float32")
     assert scorer.layout == "plain" and scorer.dim == 384

@@ -19,7 +19,8 @@ from rerankers_plugins import (
     packaged_model_path,
     rerank,
 )
-from rerankers_plugins.cli import demo_data_dir, load_demo_corpus, main
+from rerankers_plugins.cli import main
+from rerankers_plugins.data import demo_data_dir, load_demo_corpus
 from rerankers_plugins.eval.beir import load_beir
 
 

@@ -7,7 +7,8 @@ import copy
 import pytest
 
 from rerankers_plugins import BiEncoderScorer, CrossEncoderScorer, rerank
-from rerankers_plugins.cli import load_demo_corpus, main
+from rerankers_plugins.cli import main
+from rerankers_plugins.data import load_demo_corpus
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,8 @@ import pytest
 pytest.importorskip("bm25s")
 
 from rerankers_plugins import Candidate, ConfigError, rerank
-from rerankers_plugins.cli import demo_data_dir, main
+from rerankers_plugins.cli import main
+from rerankers_plugins.data import demo_data_dir
 from rerankers_plugins.eval.beir import load_beir
 from rerankers_plugins.eval.harness import evaluate
 from rerankers_plugins.eval.tune import prepare, tune
