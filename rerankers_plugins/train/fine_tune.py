@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import random
-import statistics
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -27,6 +26,7 @@ from typing import IO, Any
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.eval.beir import BeirData, load_beir, read_qrels, read_queries
+from rerankers_plugins.ops.fusion import zscore
 from rerankers_plugins.scorers._hf import cpu_has_fast_bf16, load_model, resolve_device, resolve_model
 from rerankers_plugins.train.arch import ARCHITECTURES, Arch
 from rerankers_plugins.train.negatives import FirstStage, _rng, as_pipeline, first_stage, mine_negatives
@@ -240,12 +240,6 @@ def _carve_dev(qids: Sequence[str], fraction: float, seed: int) -> set[str]:
     return set(shuffled[: round(len(shuffled) * fraction)])
 
 
-def _zscores(values: Sequence[float]) -> list[float]:
-    mean = statistics.fmean(values)
-    std = statistics.pstdev(values) or 1.0
-    return [(v - mean) / std for v in values]
-
-
 def _rows(
     data: BeirData,
     qids: Sequence[str],
@@ -366,7 +360,7 @@ def _distill_rows(
     group = _distill_group(qid, cands, scores, judged, per_query, depth, seed)
     if len(group) < 2:
         return
-    zmap = dict(zip(by_id, _zscores([scores[d] for d in by_id]), strict=True))
+    zmap = dict(zip(by_id, zscore([scores[d] for d in by_id]), strict=True))
     row: dict[str, Any] = {"query": query, "positive": by_id[group[0]].text}
     for i, d in enumerate(group[1:], 1):
         row[f"negative_{i}"] = by_id[d].text
@@ -539,7 +533,7 @@ def fine_tune(
     progress: bool = True,
     callbacks: Sequence[Any] = (),
     arch: str = "cross-encoder",
-    codes: int = 16,
+    codes: int | None = 16,
     unlabeled: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
     """Fine-tune a one-label cross-encoder (or, with ``arch="poly-encoder"``, a poly-encoder with

@@ -35,6 +35,12 @@ NOT_IDENTITY: Mapping[str, bool] = {"identity": False}
 PipelineSpec = Union[str, "ScorerLike"]
 
 
+def _help(text: str, **cli: Any) -> dict[str, Any]:
+    """A setting's help text, written once for ``fine_tune``'s docs and the ``train`` command, and
+    how the command shows it (``metavar``, ``choices``, ``aliases``; ``cli=False``: Python only)."""
+    return {"help": text, **cli}
+
+
 def _path(value: str | os.PathLike[str]) -> str:
     return str(Path(value).resolve())
 
@@ -48,37 +54,74 @@ def _identity_value(value: Any) -> Any:
 class TrainSettings:
     """Every setting of a training run (see :func:`rerankers_plugins.train.fine_tune`)."""
 
-    #: the BEIR directory (held resolved)
-    data_dir: str | os.PathLike[str]
-    base: str
-    out: str | os.PathLike[str] = field(metadata=NOT_IDENTITY)
-    split: str = "train"
-    negatives: PipelineSpec = "bm25"
-    negatives_model: str = "minilm"
-    per_query: int = 8
-    depth: int = 30
-    epochs: float = 1.0
-    max_steps: int | None = None
-    max_length: int = 256
-    loss: str = "bce"
-    teacher: PipelineSpec | None = None
-    dev_split: str | None = None
-    dev_fraction: float = 0.1
-    dev_depth: int = field(default=100, metadata=NOT_IDENTITY)
-    batch_size: int = 16
-    learning_rate: float = 2e-5
-    warmup_ratio: float = 0.1
-    save_steps: int = 200
-    seed: int = 0
-    device: str | None = field(default=None, metadata=NOT_IDENTITY)
-    overwrite: bool = field(default=False, metadata=NOT_IDENTITY)
-    progress: bool = field(default=True, metadata=NOT_IDENTITY)
-    callbacks: Sequence[Any] = field(default=(), metadata=NOT_IDENTITY)
-    arch: str = "cross-encoder"
+    data_dir: str | os.PathLike[str] = field(
+        metadata=_help("directory with corpus.jsonl, queries.jsonl, qrels/<split>.tsv (held resolved)")
+    )
+    base: str = field(metadata=_help("encoder or one-label cross-encoder: Hub id, directory or 'minilm'"))
+    out: str | os.PathLike[str] = field(
+        metadata={**NOT_IDENTITY, **_help("new (or empty) directory for the trained model")}
+    )
+    split: str = field(default="train", metadata=_help("qrels split to train on"))
+    negatives: PipelineSpec = field(
+        default="bm25",
+        metadata=_help(
+            "first stage for hard negatives: bm25, bi-encoder (negatives_model over the corpus), or a "
+            "pipeline KIND[:k=v,...] / FILE.toml#NAME reranking BM25's top 100",
+            metavar="bm25|bi-encoder|PIPELINE",
+        ),
+    )
+    negatives_model: str = field(default="minilm", metadata=_help("bi-encoder for negatives='bi-encoder'"))
+    per_query: int = field(default=8, metadata=_help("hard negatives per query"))
+    depth: int = field(default=30, metadata=_help("negatives are drawn from this many top candidates"))
+    epochs: float = field(default=1.0, metadata=_help("passes over the training rows"))
+    max_steps: int | None = field(default=None, metadata=_help("stop after this many steps"))
+    max_length: int = field(default=256, metadata=_help("token window of (query, document) pairs"))
+    loss: str = field(default="bce", metadata=_help("what the model learns from", choices=LOSSES))
+    teacher: PipelineSpec | None = field(
+        default=None, metadata=_help("teacher pipeline for loss='margin-mse'", metavar="PIPELINE")
+    )
+    dev_split: str | None = field(
+        default=None, metadata=_help("qrels split for dev metrics (default: carved from train)")
+    )
+    dev_fraction: float = field(default=0.1, metadata=_help("share of train queries held out as dev"))
+    dev_depth: int = field(
+        default=100, metadata={**NOT_IDENTITY, **_help("BM25 candidates reranked per dev query")}
+    )
+    batch_size: int = field(default=16, metadata=_help("pairs per training step"))
+    learning_rate: float = field(default=2e-5, metadata=_help("learning rate", aliases=("--lr",)))
+    warmup_ratio: float = field(
+        default=0.1, metadata=_help("share of the steps the learning rate warms up over")
+    )
+    save_steps: int = field(default=200, metadata=_help("checkpoint every N steps (the resume point)"))
+    seed: int = field(default=0, metadata=_help("seed of the dev split, negatives and training"))
+    device: str | None = field(
+        default=None, metadata={**NOT_IDENTITY, **_help("cpu, cuda, ...; None: the best there is")}
+    )
+    overwrite: bool = field(
+        default=False, metadata={**NOT_IDENTITY, **_help("replace a finished model in out")}
+    )
+    progress: bool = field(default=True, metadata={**NOT_IDENTITY, **_help("progress bars")})
+    callbacks: Sequence[Any] = field(
+        default=(),
+        metadata={**NOT_IDENTITY, **_help("transformers TrainerCallbacks (Python only)", cli=False)},
+    )
+    arch: str = field(
+        default="cross-encoder",
+        metadata=_help(
+            "what to train: a cross-encoder or a poly-encoder (cached document codes)", choices=ARCHS
+        ),
+    )
     #: document codes of a poly-encoder; None for a cross-encoder (it has none)
-    codes: int | None = 16
+    codes: int | None = field(default=16, metadata=_help("document codes of a poly-encoder"))
     #: a ``queries.jsonl``-style file of queries without judgments (distillation only)
-    unlabeled: str | os.PathLike[str] | None = None
+    unlabeled: str | os.PathLike[str] | None = field(
+        default=None,
+        metadata=_help(
+            "with loss='margin-mse': more queries to distil on, without judgments (queries any qrels file "
+            "judges are left out)",
+            metavar="QUERIES.jsonl",
+        ),
+    )
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:

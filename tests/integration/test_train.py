@@ -21,8 +21,9 @@ from transformers import TrainerCallback
 
 from rerankers_plugins import BaseScorer, ConfigError, CrossEncoderScorer, ScoreScale, rerank
 from rerankers_plugins.eval.beir import load_beir
+from rerankers_plugins.ops.fusion import zscore
 from rerankers_plugins.train import fine_tune, first_stage, mine_negatives
-from rerankers_plugins.train.fine_tune import _distill_rows, _rows, _zscores
+from rerankers_plugins.train.fine_tune import _distill_rows, _rows
 from rerankers_plugins.types import Candidate
 
 TOPICS = {
@@ -457,7 +458,7 @@ def test_distillation_teaches_the_student_the_teachers_order(beir, encoder, tmp_
     agree = total = 0
     for query, cands in zip(data.queries.values(), lists, strict=True):
         judged = {str(s.candidate.id): s.score for s in rerank(query, cands, teacher)}
-        z = dict(zip(judged, _zscores(list(judged.values())), strict=True))
+        z = dict(zip(judged, zscore(list(judged.values())), strict=True))
         mine = dict(
             zip([str(c.id) for c in cands], student.score(query, [c.text for c in cands]), strict=True)
         )

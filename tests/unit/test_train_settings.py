@@ -20,6 +20,61 @@ def test_fine_tune_takes_exactly_the_settings_with_their_defaults():
     for name, param in params.items():
         default = fields[name].default
         assert param.default == (inspect.Parameter.empty if default is dataclasses.MISSING else default), name
+        assert param.annotation == fields[name].type, name  # codes: int where the settings say int | None
+
+
+def test_the_train_command_sets_every_setting_and_its_defaults_are_the_settings():
+    from rerankers_plugins.cli import build_parser
+    from rerankers_plugins.cli.train import _settings_fields
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--demo", "--base", "b", "--out", "o"])
+    walked = _settings_fields()
+    assert {f.name for f in walked} == {f.name for f in dataclasses.fields(TrainSettings)} - {
+        "data_dir",
+        "callbacks",
+    }
+    for f in walked:
+        if f.default is not dataclasses.MISSING:
+            assert getattr(args, f.name) == f.default, f.name
+    # each setting reaches the settings under its own name (warmup_ratio could not be set before)
+    changed = parser.parse_args(
+        [
+            "train",
+            "x",
+            "--base",
+            "b",
+            "--out",
+            "o",
+            "--warmup-ratio",
+            "0.3",
+            "--lr",
+            "1e-4",
+            "--no-progress",
+            "--overwrite",
+            "--codes",
+            "4",
+            "--arch",
+            "poly-encoder",
+            "--max-steps",
+            "7",
+            "--dev-split",
+            "dev",
+        ]
+    )
+    settings = TrainSettings(changed.data_dir, **{f.name: getattr(changed, f.name) for f in walked})
+    assert (settings.warmup_ratio, settings.learning_rate, settings.progress, settings.overwrite) == (
+        0.3,
+        1e-4,
+        False,
+        True,
+    )
+    assert (settings.codes, settings.arch, settings.max_steps, settings.dev_split) == (
+        4,
+        "poly-encoder",
+        7,
+        "dev",
+    )
 
 
 def test_the_identity_is_the_fields_less_those_that_do_not_change_the_model(tmp_path):
