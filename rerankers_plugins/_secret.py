@@ -11,10 +11,27 @@ import threading
 import urllib.parse
 import weakref
 from collections.abc import Sequence
+from typing import Annotated
 
 from rerankers_plugins.errors import ConfigError
 
-__all__ = ["Secret", "hide_in_http_logs", "redact", "secret_from", "shown_url", "split_query", "url_secrets"]
+__all__ = [
+    "MAY_HOLD_CREDENTIALS",
+    "CredentialURL",
+    "Secret",
+    "hide_in_http_logs",
+    "redact",
+    "secret_from",
+    "shown_url",
+    "split_query",
+    "url_secrets",
+]
+
+#: marks a parameter type whose values may carry credentials (``Annotated[str, MAY_HOLD_CREDENTIALS]``):
+#: such options are used, never shown, never serialized, like :class:`Secret` ones
+MAY_HOLD_CREDENTIALS = "may hold credentials"
+#: a URL that may carry credentials (``http://user:KEY@host``, ``?api_key=KEY``)
+CredentialURL = Annotated[str, MAY_HOLD_CREDENTIALS]
 
 
 class Secret:

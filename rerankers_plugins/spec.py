@@ -48,10 +48,6 @@ __all__ = [
 #: a pipeline spec: plain data (str, numbers, bools, lists, dicts), as TOML and JSON hold it
 Spec = dict[str, Any]
 
-#: constructor options never written into a spec or a description (credentials: read from the
-#: environment again where the backend supports it)
-SECRET_OPTIONS = frozenset({"api_key"})
-
 
 def _value(text: str) -> Any:
     low = text.lower()
@@ -269,6 +265,7 @@ def scorer_options(scorer: Any) -> tuple[str, dict[str, Any]]:
     out, the positional argument under its name), which :func:`~rerankers_plugins.registry.get_scorer`
     turns back into an equal scorer. ConfigError naming anything that cannot be: a scorer outside
     the registry, one built from an object, an option that is an object or a URL with credentials."""
+    from rerankers_plugins._params import parameters
     from rerankers_plugins._secret import Secret
     from rerankers_plugins.scorers.base import BaseScorer
 
@@ -292,7 +289,14 @@ def scorer_options(scorer: Any) -> tuple[str, dict[str, Any]]:
         if len(args) > 1 or positional is None:
             raise ConfigError(f"{label!r}: built with {len(args)} positional arguments; cannot be described")
         options = {positional: args[0], **options}
-    options = {k: v for k, v in options.items() if k not in SECRET_OPTIONS and not isinstance(v, Secret)}
+    # credentials are never written (read from the environment again where the backend can):
+    # the options typed as secrets, and any value that is one
+    params = parameters(type(scorer))
+    options = {
+        k: v
+        for k, v in options.items()
+        if not (k in params and params[k].secret) and not isinstance(v, Secret)
+    }
     _check_settings(label, options)
     return kind, options
 

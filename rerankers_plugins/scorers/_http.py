@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 from rerankers_plugins._checks import as_int, as_real
 from rerankers_plugins._optional import require
 from rerankers_plugins._secret import (
+    CredentialURL,
     Secret,
     hide_in_http_logs,
     redact,
@@ -130,7 +131,7 @@ class HTTPScorer(BaseScorer):
 
     def __init__(
         self,
-        base_url: str | None,
+        base_url: CredentialURL | None,
         *,
         api_key: str | Secret | None,
         key_required: bool,

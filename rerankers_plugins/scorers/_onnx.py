@@ -46,21 +46,10 @@ _RECIPE = 1
 
 def onnx_cache_dir() -> Path:
     """Where exported graphs live: ``$RERANKERS_CACHE/onnx`` (default ``~/.cache/rerankers-plugins/onnx``).
-    An entry is keyed by the weights' digest, the config, the inputs, int8 or not, and the ONNX
+    An entry is keyed by the checkpoint's :func:`~rerankers_plugins.scorers._hf.checkpoint_digest`, the config, the inputs, int8 or not, and the ONNX
     Runtime and transformers versions."""
     root = os.environ.get("RERANKERS_CACHE") or os.path.join(Path.home(), ".cache", "rerankers-plugins")
     return Path(root).expanduser() / "onnx"
-
-
-def _weights_digest(hf_model: Any) -> str:
-    """sha256 over every tensor's name, shape and bytes: the cache key follows the weights
-    themselves, whether they came from a Hub id, a directory, or were changed in memory (about a
-    second for a 100M-parameter model, paid at load by the ONNX backends only)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(hf_model.state_dict().items()):
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _export(hf_model: Any, inputs: tuple[str, ...], path: Path) -> None:
@@ -169,6 +158,7 @@ class OnnxCrossEncoder:
         hf_model: Any,
         *,
         source: str,
+        digest: str,
         inputs: tuple[str, ...],
         quantize: bool,
         threads: int,
@@ -184,7 +174,9 @@ class OnnxCrossEncoder:
         transformers = require("transformers", "cross-encoder")
         identity = {
             "recipe": _RECIPE,
-            "weights": _weights_digest(hf_model),
+            # the files' names, sizes and times: a copy (which keeps them) reuses the export, new
+            # weights written in place do not
+            "checkpoint": digest,
             "config": {
                 k: v for k, v in config.to_dict().items() if k not in ("_name_or_path", "name_or_path")
             },

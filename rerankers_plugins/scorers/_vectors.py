@@ -19,34 +19,18 @@ from typing import Any, Literal
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import ConfigError
 
-__all__ = ["CacheDType", "DocumentEmbeddingCache", "model_key", "weights_digest"]
+__all__ = ["CacheDType", "DocumentEmbeddingCache", "model_key"]
 
 logger = logging.getLogger(__name__)
 
 CacheDType = Literal["float16", "float32"]
 
 
-def weights_digest(root: Path) -> str:
-    """A short digest of every file of the checkpoint in ``root``, module folders included
-    (relative path, size and modification time of each; hidden entries skipped): new weights
-    written under the same file names, in the root or in a ``1_Dense/`` folder, change it."""
-    digest = hashlib.sha256()
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(f for f in files if not f.startswith(".")):
-            path = Path(folder) / name
-            try:
-                stat = path.stat()
-            except OSError:  # a dangling link: nothing a loader reads
-                continue
-            digest.update(f"{path.relative_to(root).as_posix()}:{stat.st_size}:{stat.st_mtime_ns};".encode())
-    return digest.hexdigest()[:16]
-
-
-def model_key(root: Path, *settings: Any, prefix: str = "") -> str:
-    """The :class:`DocumentEmbeddingCache` key of a checkpoint: its resolved path, its
-    :func:`weights_digest` and the (JSON-serialisable) settings that change the stored vectors."""
-    identity = json.dumps([str(root.resolve()), weights_digest(root), *settings])
+def model_key(root: Path, digest: str, *settings: Any, prefix: str = "") -> str:
+    """The :class:`DocumentEmbeddingCache` key of a checkpoint: its resolved path, its digest
+    (:func:`~rerankers_plugins.scorers._hf.checkpoint_digest`) and the (JSON-serialisable)
+    settings that change the stored vectors."""
+    identity = json.dumps([str(root.resolve()), digest, *settings])
     return prefix + hashlib.sha256(identity.encode()).hexdigest()[:16]
 
 

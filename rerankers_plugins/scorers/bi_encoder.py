@@ -14,21 +14,13 @@ leaves the prompt out of the mean.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 from rerankers_plugins._checks import as_int
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import ConfigError
-from rerankers_plugins.scorers._hf import (
-    DTypeName,
-    TruncationReport,
-    load_model,
-    resolve_device,
-    resolve_dtype,
-    resolve_model,
-)
+from rerankers_plugins.scorers._hf import Checkpoint, DTypeName, LoadKwargs, TruncationReport, load_options
 from rerankers_plugins.scorers.base import BaseScorer
 from rerankers_plugins.types import ScoreScale
 
@@ -63,7 +55,8 @@ class BiEncoderScorer(BaseScorer):
             model card asks for prompts that its files do not save (the published e5 and bge
             checkpoints: ``"query: "`` / ``"passage: "``, and bge's
             ``"Represent this sentence for searching relevant passages: "`` / ``""``).
-        trust_remote_code, local_files_only, model_kwargs: passed to sentence-transformers.
+        **load: how the checkpoint is fetched and built (``revision``, ``trust_remote_code``, ...),
+            as for :class:`CrossEncoderScorer`.
     """
 
     rebuild_on_copy = True  # a copy reloads the model from its files
@@ -80,9 +73,7 @@ class BiEncoderScorer(BaseScorer):
         dtype: DTypeName = "auto",
         query_prompt: str | None = None,
         document_prompt: str | None = None,
-        trust_remote_code: bool = False,
-        local_files_only: bool = False,
-        model_kwargs: dict[str, Any] | None = None,
+        **load: Unpack[LoadKwargs],
     ) -> None:
         as_int(batch_size, "batch_size", minimum=1)
         for what, value in (("query_prompt", query_prompt), ("document_prompt", document_prompt)):
@@ -90,22 +81,21 @@ class BiEncoderScorer(BaseScorer):
                 raise ConfigError(f"{what} must be a string or None, got {value!r}")
         self._torch = require("torch", "cross-encoder")
         st = require("sentence_transformers", "cross-encoder")
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        ckpt = self.checkpoint = Checkpoint.open(
+            model,
+            device=device,
+            dtype=dtype,
+            max_batch_tokens=None,
+            options=load_options(type(self).__name__, load),
+        )
+        self.device, self.dtype = ckpt.device, ckpt.dtype
         self.batch_size = batch_size
         self.name = model
         self.model_id = model
-        model = resolve_model(model)
-        self._model = load_model(
+        options = ckpt.options.sentence_transformers(st.SentenceTransformer)
+        self._model = ckpt.load(
             "sentence-transformers",
-            model,
-            lambda: st.SentenceTransformer(
-                model,
-                device=self.device,
-                trust_remote_code=trust_remote_code,
-                local_files_only=local_files_only,
-                model_kwargs=model_kwargs,
-            ),
+            lambda: st.SentenceTransformer(ckpt.path, device=self.device, **options),
             cls="BiEncoderScorer",
         )
         if max_length is not None:
@@ -115,11 +105,8 @@ class BiEncoderScorer(BaseScorer):
         self._model.eval()
         self.max_length = int(self._model.max_seq_length or 512)
         self._tokenizer = self._model.tokenizer
-        # a fast tokenizer's truncation / padding settings are one mutable object that each call
-        # with other settings rewrites: concurrent calls are cut at another call's length (or
-        # raise "Already borrowed"), so tokenizer calls hold this lock
-        # (sentence-transformers tokenizes inside encode, so the encode calls hold it too)
-        self._tokenizer_lock = threading.RLock()
+        # sentence-transformers tokenizes inside encode, so the encode calls hold the lock too
+        self._tokenizer_lock = ckpt.tokenizer_lock
         prompts = dict(getattr(self._model, "prompts", None) or {})
         self.query_prompt = query_prompt if query_prompt is not None else str(prompts.get("query") or "")
         self.document_prompt = document_prompt if document_prompt is not None else _document_prompt(prompts)
@@ -171,6 +158,8 @@ class BiEncoderScorer(BaseScorer):
             "dtype": str(self.dtype),
             "query_prompt": self.query_prompt,
             "document_prompt": self.document_prompt,
+            # the checkpoint's files (a retrained 1_Dense/ included) and revision
+            **self.checkpoint.fingerprint(),
         }
 
     def score(self, query: str, texts: Sequence[str]) -> list[float]:

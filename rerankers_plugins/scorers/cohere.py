@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 from rerankers_plugins._checks import as_int
 from rerankers_plugins._optional import require
-from rerankers_plugins._secret import Secret
+from rerankers_plugins._secret import CredentialURL, Secret
 from rerankers_plugins.errors import BackendError, ConfigError
 from rerankers_plugins.scorers._aio import in_thread, wait_until
 from rerankers_plugins.scorers._http import HTTPScorer, OnError, Send, merge_indexed
@@ -91,7 +91,7 @@ class CohereScorer(HTTPScorer):
         api_key: str | Secret | None = None,
         client: Any | None = None,
         async_client: Any | None = None,
-        base_url: str | None = None,
+        base_url: CredentialURL | None = None,
         timeout: float = 30.0,
         deadline: float | None = None,
         max_length: int | None = None,

@@ -46,10 +46,9 @@ nothing: 32 and 300, the settings of the README benchmark).
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Unpack
 
 from rerankers_plugins._checks import as_int
 from rerankers_plugins._optional import require
@@ -58,16 +57,14 @@ from rerankers_plugins.ops.batching import length_sorted_batches
 from rerankers_plugins.ops.maxsim import maxsim, pad_vectors
 from rerankers_plugins.scorers._colbert_layouts import Layout, detect_layout, load_spec
 from rerankers_plugins.scorers._hf import (
+    Checkpoint,
     DTypeName,
+    LoadKwargs,
     TruncationReport,
-    load_model,
+    load_options,
     pad_right,
-    resolve_device,
-    resolve_dtype,
-    resolve_max_batch_tokens,
-    resolve_model,
 )
-from rerankers_plugins.scorers._vectors import CacheDType, DocumentEmbeddingCache, model_key, weights_digest
+from rerankers_plugins.scorers._vectors import CacheDType, DocumentEmbeddingCache, model_key
 from rerankers_plugins.scorers.base import BaseScorer
 from rerankers_plugins.types import ScoreScale
 
@@ -110,6 +107,8 @@ class ColBERTScorer(BaseScorer):
             colbert-ai and PyLate return.
         batch_size, max_batch_tokens: document encoding batches (length-sorted).
         layout: force ``"colbert"``, ``"pylate"`` or ``"plain"`` instead of detecting it.
+        **load: how the checkpoint is fetched and built (``revision``, ``local_files_only``, ...),
+            as for :class:`~rerankers_plugins.CrossEncoderScorer`.
     """
 
     rebuild_on_copy = True  # a copy reloads the model from its files
@@ -130,27 +129,29 @@ class ColBERTScorer(BaseScorer):
         batch_size: int = 32,
         max_batch_tokens: int | Literal["auto"] | None = "auto",
         layout: Layout | None = None,
-        local_files_only: bool = False,
+        **load: Unpack[LoadKwargs],
     ) -> None:
         _check_options(query_length, max_length, batch_size, layout, cache_dtype)
         self._torch = require("torch", "colbert")
         transformers = require("transformers", "colbert")
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
-        self.max_batch_tokens = resolve_max_batch_tokens(max_batch_tokens, self.device)
+        ckpt = self.checkpoint = Checkpoint.open(
+            model,
+            device=device,
+            dtype=dtype,
+            max_batch_tokens=max_batch_tokens,
+            options=load_options(type(self).__name__, load),
+            extra="colbert",
+        )
+        self.device, self.dtype, self.max_batch_tokens = ckpt.device, ckpt.dtype, ckpt.max_batch_tokens
         self.batch_size = batch_size
         self.normalize = normalize
         self.scale = ScoreScale.SIMILARITY if normalize else ScoreScale.LOGIT
         self.name = model
         self.model_id = model
-        model = resolve_model(model)
 
-        def load() -> tuple[Path, Any, Any]:
-            root = Path(model).expanduser()
-            if not root.is_dir():
-                hub = require("huggingface_hub", "colbert")
-                root = Path(hub.snapshot_download(model, local_files_only=local_files_only))
-            tok = transformers.AutoTokenizer.from_pretrained(str(root))
+        def load_files() -> tuple[Path, Any, Any]:
+            root = ckpt.root()
+            tok = transformers.AutoTokenizer.from_pretrained(str(root), **ckpt.options.tokenizer())
             hf_logging = transformers.utils.logging
             verbosity = hf_logging.get_verbosity()
             if (root / "artifact.metadata").is_file() or (layout or detect_layout(root)) == "colbert":
@@ -158,21 +159,18 @@ class ColBERTScorer(BaseScorer):
                 # unexpected key; the projection is loaded separately, so the report is noise.
                 hf_logging.set_verbosity_error()
             try:
-                enc = transformers.AutoModel.from_pretrained(str(root))
+                config = transformers.AutoConfig.from_pretrained(str(root), **ckpt.options.config())
+                enc = transformers.AutoModel.from_pretrained(str(root), config=config, **ckpt.options.model())
             finally:
                 hf_logging.set_verbosity(verbosity)
             return root, tok, enc
 
-        root, self._tokenizer, encoder = load_model("ColBERT", model, load, cls="ColBERTScorer")
-        self._weights = weights_digest(root)
-        # a fast tokenizer's truncation / padding settings are one mutable object that each call
-        # with other settings rewrites: concurrent calls are cut at another call's length (or
-        # raise "Already borrowed"), so tokenizer calls hold this lock
-        self._tokenizer_lock = threading.RLock()
+        root, self._tokenizer, encoder = ckpt.load("ColBERT", load_files, cls="ColBERTScorer")
+        self._tokenizer_lock = ckpt.tokenizer_lock
         self.layout: Layout = layout or detect_layout(root)
         spec = load_spec(root, self._tokenizer, self.layout)
         self._spec = spec
-        limit = int(getattr(encoder.config, "max_position_embeddings", 512) or 512)
+        limit = Checkpoint.position_limit(encoder.config)
         default_doc = PLAIN_DOC_LENGTH if self.layout == "plain" else DEFAULT_DOC_LENGTH
         self.query_length = min(_first(query_length, spec.query_length, DEFAULT_QUERY_LENGTH), limit)
         self.max_length = min(_first(max_length, spec.doc_length, default_doc), limit)
@@ -189,7 +187,9 @@ class ColBERTScorer(BaseScorer):
         self._query_truncation = TruncationReport(
             f"ColBERTScorer({self.model_id!r}) queries", hint="Raise query_length to read longer queries."
         )
-        key = model_key(root, self.layout, self.max_length, self.dim, str(self.dtype), self.cache_dtype)
+        key = model_key(
+            root, ckpt.digest, self.layout, self.max_length, self.dim, str(self.dtype), self.cache_dtype
+        )
         self.cache = DocumentEmbeddingCache(
             key, max_bytes=cache_bytes, directory=cache_dir, dtype=self.cache_dtype
         )
@@ -303,8 +303,8 @@ class ColBERTScorer(BaseScorer):
             "max_length": self.max_length,
             "dtype": str(self.dtype),
             "cache_dtype": self.cache_dtype,
-            # the checkpoint's files: a score cache never serves a model retrained in place
-            "files": self._weights,
+            # the checkpoint's files and revision: a score cache never serves a model retrained in place
+            **self.checkpoint.fingerprint(),
         }
 
     def score(self, query: str, texts: Sequence[str]) -> list[float]:

@@ -29,11 +29,9 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import os
-import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 
 from rerankers_plugins._checks import as_int
 from rerankers_plugins._optional import require
@@ -46,14 +44,12 @@ from rerankers_plugins.scorers._causal import (
     PromptFormat,
 )
 from rerankers_plugins.scorers._hf import (
+    Checkpoint,
     DTypeName,
+    LoadKwargs,
     TruncationReport,
-    files_digest,
-    load_model,
-    resolve_device,
+    load_options,
     resolve_dtype,
-    resolve_max_batch_tokens,
-    resolve_model,
 )
 from rerankers_plugins.scorers._onnx import BACKENDS, BackendName, OnnxCrossEncoder
 from rerankers_plugins.scorers.base import BaseScorer
@@ -199,8 +195,9 @@ class CrossEncoderScorer(BaseScorer):
             default (its ``default_prompt_name`` prompt, or the model card's instruction).
         reuse_prefix: in causal rerankers, run the tokens every prompt of a call starts with once
             and share their key/value cache across the candidates (same scores, less compute).
-        trust_remote_code, local_files_only, model_kwargs: passed to sentence-transformers /
-            transformers.
+        **load: how the checkpoint is fetched and built, as sentence-transformers takes it
+            (``revision``, ``trust_remote_code``, ``local_files_only``, ``hub_cache_dir``,
+            ``model_kwargs``, ``tokenizer_kwargs``, ``config_kwargs``: :class:`~rerankers_plugins.scorers._hf.LoadOptions`).
     """
 
     rebuild_on_copy = True  # a copy reloads the model from its files
@@ -220,49 +217,39 @@ class CrossEncoderScorer(BaseScorer):
         prompt_format: str | None = None,
         instruction: str | None = None,
         reuse_prefix: bool = True,
-        trust_remote_code: bool = False,
-        local_files_only: bool = False,
-        model_kwargs: dict[str, Any] | None = None,
+        **load: Unpack[LoadKwargs],
     ) -> None:
         _check_options(activation, batch_size, max_length, backend, prompt_format, instruction)
         self._torch = require("torch", "cross-encoder")
-        self.device = resolve_device(device)
         self.backend = backend
-        self.dtype = self._resolve_precision(dtype)
-        self.batch_size = batch_size
-        self.max_batch_tokens = resolve_max_batch_tokens(
-            max_batch_tokens,
-            self.device,
-            threads=self._torch.get_num_threads(),
+        self.checkpoint = Checkpoint.open(
+            model,
+            device=device,
+            dtype=dtype,
+            max_batch_tokens=max_batch_tokens,
+            options=load_options(type(self).__name__, load),
+            precision=self._resolve_precision,
         )
+        self.device, self.dtype = self.checkpoint.device, self.checkpoint.dtype
+        self.max_batch_tokens = self.checkpoint.max_batch_tokens
+        self.batch_size = batch_size
         self.activation = activation
         self.name = model
         self.model_id = model
         self.instruction = instruction
         self.reuse_prefix = bool(reuse_prefix)
-        path = resolve_model(model)
-        self._files = files_digest(path)
-        local = os.path.expanduser(path) if os.path.isdir(os.path.expanduser(path)) else None
         self.prompt_format = prompt_format or KNOWN_CAUSAL_RERANKERS.get(model)
-        loading = {
-            "trust_remote_code": trust_remote_code,
-            "local_files_only": local_files_only,
-            "model_kwargs": model_kwargs,
-        }
         self._format: PromptFormat | None = None
         self._causal: CausalLogits | None = None
         self._onnx: OnnxCrossEncoder | None = None
-        # A fast tokenizer keeps its truncation / padding settings in one mutable Rust object that
-        # each call with other settings rewrites: calls from several threads at once tokenize with
-        # another call's settings (or raise "Already borrowed"). Tokenizer calls hold this lock;
-        # the forward passes do not.
-        self._tokenizer_lock = threading.RLock()
+        self._tokenizer_lock = self.checkpoint.tokenizer_lock
+        local = self.checkpoint.local
         if self.prompt_format is not None:
-            self._load_prompted_causal(path, local, max_length, loading)
+            self._load_prompted_causal(max_length)
         else:
             if local is not None and not _st_logit_score(local):
                 _require_reranker_head(local, self.model_id)
-            self._load_sentence_transformers(path, max_length, loading)
+            self._load_sentence_transformers(max_length)
         self.scale = ScoreScale.PROBABILITY if activation == "sigmoid" else ScoreScale.LOGIT
         self._truncation = TruncationReport(f"CrossEncoderScorer({model!r})")
         logger.debug(
@@ -280,21 +267,19 @@ class CrossEncoderScorer(BaseScorer):
             # one-off costs (kernel selection, thread pool start-up, the tokenizer's first call).
             self.score("warm up", ["warm up"])
 
-    def _resolve_precision(self, dtype: DTypeName) -> Any:
+    def _resolve_precision(self, dtype: str, device: str) -> Any:
         if self.backend == "torch":
-            return resolve_dtype(dtype, self.device)
+            return resolve_dtype(dtype, device)
         require("onnxruntime", "onnx")
-        if self.device != "cpu":
-            raise ConfigError(f"backend={self.backend!r} runs on CPU; use backend='torch' on {self.device!r}")
+        if device != "cpu":
+            raise ConfigError(f"backend={self.backend!r} runs on CPU; use backend='torch' on {device!r}")
         if dtype not in ("auto", "float32"):
             raise ConfigError(
                 f"backend={self.backend!r} sets its own precision; leave dtype='auto', got {dtype!r}"
             )
         return self._torch.float32
 
-    def _load_prompted_causal(
-        self, path: str, local: str | None, max_length: int | None, loading: dict[str, Any]
-    ) -> None:
+    def _load_prompted_causal(self, max_length: int | None) -> None:
         """A plain ``*ForCausalLM`` scored with its authors' prompt (``mode == "causal"``)."""
         transformers = require("transformers", "cross-encoder")
         fmt = PROMPT_FORMATS.get(str(self.prompt_format))
@@ -306,26 +291,24 @@ class CrossEncoderScorer(BaseScorer):
             raise ConfigError(
                 f"backend={self.backend!r} runs sequence-classification models; use backend='torch'"
             )
-        if local is not None:
-            archs = _architectures(local)
+        ckpt = self.checkpoint
+        if ckpt.local is not None:
+            archs = _architectures(ckpt.local)
             if archs and not any(a.endswith("ForCausalLM") for a in archs):
                 raise ConfigError(
                     f"prompt_format={fmt.name!r} is for causal-LM rerankers, but {self.model_id!r} is "
                     f"{', '.join(archs)}; leave prompt_format unset for a cross-encoder"
                 )
-        options = {
-            "trust_remote_code": loading["trust_remote_code"],
-            "local_files_only": loading["local_files_only"],
-        }
 
         def load() -> tuple[Any, Any]:
-            tok = transformers.AutoTokenizer.from_pretrained(path, **options)
+            config = transformers.AutoConfig.from_pretrained(ckpt.path, **ckpt.options.config())
+            tok = transformers.AutoTokenizer.from_pretrained(ckpt.path, **ckpt.options.tokenizer())
             net = transformers.AutoModelForCausalLM.from_pretrained(
-                path, **options, **(loading["model_kwargs"] or {})
+                ckpt.path, config=config, **ckpt.options.model()
             )
             return tok, net
 
-        self._tokenizer, net = load_model("causal-LM reranker", path, load)
+        self._tokenizer, net = ckpt.load("causal-LM reranker", load, cls="CrossEncoderScorer")
         net = net.to(self.device)
         if self.dtype != self._torch.float32:
             net = net.to(self.dtype)
@@ -356,13 +339,15 @@ class CrossEncoderScorer(BaseScorer):
             reuse_prefix=self.reuse_prefix,
         )
 
-    def _load_sentence_transformers(self, path: str, max_length: int | None, loading: dict[str, Any]) -> None:
+    def _load_sentence_transformers(self, max_length: int | None) -> None:
         """Anything sentence-transformers loads as a CrossEncoder (modes pairs / preprocess / st-causal)."""
         st = require("sentence_transformers", "cross-encoder")
-        self._model = load_model(
+        ckpt = self.checkpoint
+        options = ckpt.options.sentence_transformers(st.CrossEncoder)
+        self._model = ckpt.load(
             "cross-encoder",
-            path,
-            lambda: st.CrossEncoder(path, device=self.device, max_length=max_length, **loading),
+            lambda: st.CrossEncoder(ckpt.path, device=self.device, max_length=max_length, **options),
+            cls="CrossEncoderScorer",
         )
         logit_score = _logit_score_module(self._model)
         if logit_score is None:
@@ -424,7 +409,8 @@ class CrossEncoderScorer(BaseScorer):
                 )
             self._onnx = OnnxCrossEncoder(
                 self._model.model,
-                source=resolve_model(self.model_id),
+                source=self.checkpoint.path,
+                digest=self.checkpoint.digest,
                 inputs=self._inputs,
                 quantize=self.backend == "onnx-int8",
                 threads=self._torch.get_num_threads(),
@@ -481,8 +467,9 @@ class CrossEncoderScorer(BaseScorer):
             "max_length": self.max_length,
             "dtype": str(self.dtype),
         }
-        if self._files is not None:  # a local directory: a model retrained there is another model
-            settings["files"] = self._files
+        # the checkpoint's files (module folders included) and revision: a model retrained in
+        # place is another model
+        settings.update(self.checkpoint.fingerprint())
         if self.backend != "torch":  # int8 scores differ from float32: never share cache entries
             settings["backend"] = self.backend
         if self.prompt_format is not None:

@@ -28,6 +28,9 @@ class FakeScorer(BaseScorer):
 
     ``calls`` counts :meth:`score` invocations, so tests can assert that a cache or an empty
     input made no model call.
+
+    Args:
+        name: the model name shown in details.
     """
 
     scale = ScoreScale.PROBABILITY

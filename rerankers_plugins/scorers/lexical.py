@@ -55,6 +55,11 @@ class BM25Scorer(BaseScorer):
     Statistics (document frequencies, average length) come from the candidates, so the score says
     how strongly a candidate matches the query's terms relative to the other candidates. English
     stopwords; Snowball stemming (:class:`BM25Tokens`). Scale LOGIT (any non-negative number).
+
+    Args:
+        k1: term-frequency saturation.
+        b: length normalisation (0: none, 1: full).
+        stemming: Snowball stemming of query and texts; False: exact words.
     """
 
     scale = ScoreScale.LOGIT

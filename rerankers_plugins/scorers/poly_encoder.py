@@ -27,24 +27,23 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Unpack
 
 from rerankers_plugins._checks import as_int
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import BackendError, ConfigError
 from rerankers_plugins.ops.batching import length_sorted_batches
 from rerankers_plugins.scorers._hf import (
+    Checkpoint,
     DTypeName,
+    LoadKwargs,
+    LoadOptions,
     TruncationReport,
-    files_digest,
     load_model,
+    load_options,
     pad_right,
-    resolve_device,
-    resolve_dtype,
-    resolve_max_batch_tokens,
     resolve_model,
 )
 from rerankers_plugins.scorers._vectors import DocumentEmbeddingCache, model_key
@@ -163,8 +162,10 @@ def build_poly_encoder(base: str, *, codes: int = 16, max_length: int = 256, see
     return _module()(encoder, tok, init, settings)
 
 
-def load_poly_encoder(directory: str | Path) -> Any:
-    """The poly-encoder module saved in ``directory`` (as written by ``save_pretrained``)."""
+def load_poly_encoder(directory: str | Path, options: LoadOptions | None = None) -> Any:
+    """The poly-encoder module saved in ``directory`` (as written by ``save_pretrained``);
+    ``options`` give the tokenizer's, config's and encoder's ``from_pretrained`` their keywords."""
+    options = options or LoadOptions()
     root = Path(directory)
     cfg_path = root / CONFIG_NAME
     if not cfg_path.is_file():
@@ -181,8 +182,9 @@ def load_poly_encoder(directory: str | Path) -> Any:
         raise BackendError(f"poly-encoder {root}: the codes file {root / CODES_NAME} is missing")
     tensors = safetensors.load_file(str(root / CODES_NAME))
     codes = tensors["codes"]
-    tok = transformers.AutoTokenizer.from_pretrained(str(root))
-    encoder = transformers.AutoModel.from_pretrained(str(root)).float()
+    tok = transformers.AutoTokenizer.from_pretrained(str(root), **options.tokenizer())
+    config = transformers.AutoConfig.from_pretrained(str(root), **options.config())
+    encoder = transformers.AutoModel.from_pretrained(str(root), config=config, **options.model()).float()
     if int(codes.shape[1]) != int(encoder.config.hidden_size):
         raise BackendError(
             f"poly-encoder {root}: codes have width {int(codes.shape[1])}, the encoder {encoder.config.hidden_size}"
@@ -214,6 +216,8 @@ class PolyEncoderScorer(BaseScorer):
         cache_dir: optional directory for document codes shared across processes.
         cache_bytes: memory bound of the in-process code cache.
         batch_size, max_batch_tokens: document encoding batches (length-sorted).
+        **load: how the checkpoint is fetched and built (``revision``, ``local_files_only``, ...),
+            as for :class:`~rerankers_plugins.CrossEncoderScorer`.
 
     Scale LOGIT: the score is an unbounded dot product, trained as a logit.
     """
@@ -235,48 +239,44 @@ class PolyEncoderScorer(BaseScorer):
         cache_bytes: int = 512 * 2**20,
         batch_size: int = 32,
         max_batch_tokens: int | Literal["auto"] | None = "auto",
-        local_files_only: bool = False,
+        **load: Unpack[LoadKwargs],
     ) -> None:
         as_int(query_length, "query_length", minimum=4)
         as_int(max_length, "max_length", minimum=4, allow_none=True)
         as_int(batch_size, "batch_size", minimum=1)
         self._torch = require("torch", "cross-encoder")
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
-        self.batch_size = batch_size
-        self.max_batch_tokens = resolve_max_batch_tokens(
-            max_batch_tokens, self.device, threads=self._torch.get_num_threads()
+        ckpt = self.checkpoint = Checkpoint.open(
+            model,
+            device=device,
+            dtype=dtype,
+            max_batch_tokens=max_batch_tokens,
+            options=load_options(type(self).__name__, load),
         )
+        self.device, self.dtype, self.max_batch_tokens = ckpt.device, ckpt.dtype, ckpt.max_batch_tokens
+        self.batch_size = batch_size
         self.name = model
         self.model_id = model
 
-        def load() -> tuple[Path, Any]:
-            root = Path(model).expanduser()
-            if not root.is_dir():
-                hub = require("huggingface_hub", "cross-encoder")
-                root = Path(hub.snapshot_download(model, local_files_only=local_files_only))
+        def load_files() -> tuple[Path, Any]:
+            root = ckpt.root()
             if not (root / CONFIG_NAME).is_file():
                 return root, None
-            return root, load_poly_encoder(root)
+            return root, load_poly_encoder(root, ckpt.options)
 
-        root, module = load_model("poly-encoder", model, load, cls="PolyEncoderScorer")
+        root, module = ckpt.load("poly-encoder", load_files, cls="PolyEncoderScorer")
         if module is None:
             load_poly_encoder(root)  # raises the ConfigError that says what the directory lacks
         self._module = module.to(self.device, dtype=self.dtype).eval()
         self._tokenizer = module.tokenizer
-        # a fast tokenizer's truncation / padding settings are one mutable object that each call
-        # with other settings rewrites: concurrent calls are cut at another call's length (or
-        # raise "Already borrowed"), so tokenizer calls hold this lock
-        self._tokenizer_lock = threading.Lock()
+        self._tokenizer_lock = ckpt.tokenizer_lock
         self.codes = int(module.codes.shape[0])
-        limit = int(getattr(module.encoder.config, "max_position_embeddings", 512) or 512)
+        limit = Checkpoint.position_limit(module.encoder.config)
         self.query_length = min(query_length, limit)
         self.max_length = min(max_length or int(module.settings.get("max_length", 256)), limit)
         self._pad = int(self._tokenizer.pad_token_id or 0)
         self._doc_truncation = TruncationReport(f"PolyEncoderScorer({self.model_id!r}) documents")
-        self._files = files_digest(str(root))
         self.cache = DocumentEmbeddingCache(
-            model_key(root, self.max_length, str(self.dtype), prefix="poly-"),
+            model_key(root, ckpt.digest, self.max_length, str(self.dtype), prefix="poly-"),
             max_bytes=cache_bytes,
             directory=cache_dir,
         )
@@ -293,7 +293,7 @@ class PolyEncoderScorer(BaseScorer):
             "query_length": self.query_length,
             "max_length": self.max_length,
             "dtype": str(self.dtype),
-            "files": self._files,
+            **self.checkpoint.fingerprint(),
         }
 
     def encode_query(self, query: str) -> Any:

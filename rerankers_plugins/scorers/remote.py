@@ -20,7 +20,7 @@ import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal
 
-from rerankers_plugins._secret import Secret, shown_url, split_query
+from rerankers_plugins._secret import CredentialURL, Secret, shown_url, split_query
 from rerankers_plugins.errors import BackendError, ConfigError
 from rerankers_plugins.scorers._http import HTTPScorer, OnError, Send, merge_indexed
 from rerankers_plugins.scorers.retry import RetryPolicy
@@ -70,7 +70,7 @@ class RemoteScorer(HTTPScorer):
 
     def __init__(
         self,
-        base_url: str,
+        base_url: CredentialURL,
         *,
         protocol: Protocol = "tei",
         path: str | None = None,

@@ -26,24 +26,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Unpack
 
 from rerankers_plugins._checks import as_int
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.ops.batching import length_sorted_batches, restore_order
 from rerankers_plugins.scorers._hf import (
+    Checkpoint,
     DTypeName,
+    LoadKwargs,
     TruncationReport,
-    files_digest,
-    load_model,
+    load_options,
     pad_right,
-    resolve_device,
     resolve_dtype,
-    resolve_max_batch_tokens,
-    resolve_model,
 )
 from rerankers_plugins.scorers.base import BaseScorer
 from rerankers_plugins.types import ScoreScale
@@ -121,7 +118,8 @@ class Seq2SeqScorer(BaseScorer):
         query_length: at most this many query tokens are kept (the rest of the window is the
             document's).
         batch_size, max_batch_tokens: as for :class:`~rerankers_plugins.CrossEncoderScorer`.
-        trust_remote_code, local_files_only: passed to transformers.
+        **load: how the checkpoint is fetched and built (``revision``, ``trust_remote_code``, ...),
+            as for :class:`~rerankers_plugins.CrossEncoderScorer`.
     """
 
     rebuild_on_copy = True  # a copy reloads the model from its files
@@ -142,8 +140,7 @@ class Seq2SeqScorer(BaseScorer):
         query_length: int = 64,
         batch_size: int = 16,
         max_batch_tokens: int | Literal["auto"] | None = "auto",
-        trust_remote_code: bool = False,
-        local_files_only: bool = False,
+        **load: Unpack[LoadKwargs],
     ) -> None:
         if variant not in TEMPLATES:
             raise ConfigError(f"variant must be 'monot5' or 'rankt5', got {variant!r}")
@@ -152,45 +149,46 @@ class Seq2SeqScorer(BaseScorer):
         as_int(batch_size, "batch_size", minimum=1)
         self._torch = require("torch", "seq2seq")
         transformers = require("transformers", "seq2seq")
-        self.device = resolve_device(device)
         if dtype == "float16":
             raise ConfigError(
                 'dtype="float16" is not supported for T5 models (their activations overflow it); '
                 'use "bfloat16" or "float32"'
             )
-        self.dtype = resolve_dtype(dtype, self.device)
-        if self.dtype == self._torch.float16:  # "auto" on a CUDA device without bf16
-            self.dtype = self._torch.float32
+        ckpt = self.checkpoint = Checkpoint.open(
+            model,
+            device=device,
+            dtype=dtype,
+            max_batch_tokens=max_batch_tokens,
+            options=load_options(type(self).__name__, load),
+            extra="seq2seq",
+            precision=self._precision,
+        )
+        self.device, self.dtype, self.max_batch_tokens = ckpt.device, ckpt.dtype, ckpt.max_batch_tokens
         self.variant: Variant = variant
         self.scale = ScoreScale.PROBABILITY if variant == "monot5" else ScoreScale.LOGIT
         self.template = template if template is not None else TEMPLATES[variant]
         self._before, self._between, self._after, self._query_first = _template_parts(self.template)
         self.batch_size = batch_size
-        self.max_batch_tokens = resolve_max_batch_tokens(
-            max_batch_tokens, self.device, threads=self._torch.get_num_threads()
-        )
         self.name = model
         self.model_id = model
-        path = resolve_model(model)
-        self._files = files_digest(path)
-
-        kw = {"trust_remote_code": trust_remote_code, "local_files_only": local_files_only}
-        config = load_model(
-            "seq2seq", path, lambda: transformers.AutoConfig.from_pretrained(path, **kw), cls="Seq2SeqScorer"
+        path = ckpt.path
+        config = ckpt.load(
+            "seq2seq",
+            lambda: transformers.AutoConfig.from_pretrained(path, **ckpt.options.config()),
+            cls="Seq2SeqScorer",
         )
         _check_checkpoint(model, path, config)
-        self._tokenizer, (net, info) = load_model(
+        self._tokenizer, (net, info) = ckpt.load(
             "seq2seq",
-            path,
             lambda: (
-                transformers.AutoTokenizer.from_pretrained(path, **kw),
+                transformers.AutoTokenizer.from_pretrained(path, **ckpt.options.tokenizer()),
                 transformers.AutoModelForSeq2SeqLM.from_pretrained(
-                    path, config=config, output_loading_info=True, **kw
+                    path, config=config, output_loading_info=True, **ckpt.options.model()
                 ),
             ),
             cls="Seq2SeqScorer",
         )
-        self._tokenizer_lock = threading.RLock()  # see _encode
+        self._tokenizer_lock = ckpt.tokenizer_lock  # see _encode
         _check_loaded(model, info)
         self._model = net.to(self.device, dtype=self.dtype).eval()
         limit = int(getattr(self._tokenizer, "model_max_length", 0) or 0)
@@ -208,6 +206,12 @@ class Seq2SeqScorer(BaseScorer):
         self._ids: tuple[int, ...] = self._answer_ids(true_token, false_token, score_token)
         self._truncation = TruncationReport(f"Seq2SeqScorer({self.model_id!r})")
         logger.debug("loaded %s model %s on %s as %s", variant, model, self.device, self.dtype)
+
+    def _precision(self, dtype: str, device: str) -> Any:
+        """:func:`resolve_dtype`, but float32 where it would pick float16 ("auto" on a CUDA device
+        without bfloat16): T5's activations overflow float16."""
+        resolved = resolve_dtype(dtype, device)
+        return self._torch.float32 if resolved == self._torch.float16 else resolved
 
     def _answer_ids(
         self, true_token: str | int, false_token: str | int, score_token: str | int
@@ -297,7 +301,7 @@ class Seq2SeqScorer(BaseScorer):
             "max_length": self.max_length,
             "query_length": self.query_length,
             "dtype": str(self.dtype),
-            "files": self._files,
+            **self.checkpoint.fingerprint(),
         }
 
     def _forward(self, rows: list[list[int]]) -> list[float]:

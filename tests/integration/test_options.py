@@ -3,6 +3,7 @@ and what a user passes arrives at the scorer as given."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import typing
 from pathlib import Path
@@ -10,22 +11,33 @@ from pathlib import Path
 import pytest
 
 from rerankers_plugins import ConfigError
+from rerankers_plugins._params import docstring_args
 from rerankers_plugins.integrations import langchain as lc
 from rerankers_plugins.integrations import llama_index as li
-from rerankers_plugins.integrations._options import OPTION_HELP
 from rerankers_plugins.registry import BACKENDS, load
+from rerankers_plugins.scorers._hf import LoadOptions
 from rerankers_plugins.scorers.base import BaseScorer
 
 KINDS = sorted(k for k, b in BACKENDS.items() if b.convenience)
 ADAPTERS = {"langchain": (lc, lc.RerankCompressor), "llama_index": (li, li.RerankPostprocessor)}
+#: the scorers that load a local checkpoint take LoadOptions' fields as keywords (``**load``)
+LOCAL = {"cross-encoder", "bi-encoder", "colbert", "poly-encoder", "seq2seq"}
 
 
-def constructor(kind: str) -> dict[str, inspect.Parameter]:
+def constructor(kind: str) -> dict[str, object]:
+    """What a user can pass to the scorer, read from its signature: the named parameters and
+    their defaults, plus LoadOptions' fields for the local scorers."""
     cls = load(BACKENDS[kind].target)
     params = inspect.signature(cls.__init__).parameters
-    return {
-        n: p for n, p in params.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    out: dict[str, object] = {
+        n: p.default
+        for n, p in params.items()
+        if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     }
+    if kind in LOCAL:
+        assert "load" in params and params["load"].kind is inspect.Parameter.VAR_KEYWORD
+        out.update({f.name: f.default for f in dataclasses.fields(LoadOptions)})
+    return out
 
 
 @pytest.mark.parametrize("adapter", sorted(ADAPTERS))
@@ -36,12 +48,12 @@ def test_every_option_is_a_field_with_the_scorers_default(kind: str, adapter: st
     fields = {n: f for n, f in convenience.model_fields.items() if n not in base.model_fields}
     params = constructor(kind)
     assert set(fields) == set(params), f"{convenience.__name__}: {set(fields) ^ set(params)}"
-    for name, param in params.items():
+    for name, default in params.items():
         field = fields[name]
-        if param.default is inspect.Parameter.empty:
+        if default is inspect.Parameter.empty:
             assert field.is_required(), f"{convenience.__name__}.{name} should be required"
         else:
-            assert field.default == param.default, f"{convenience.__name__}.{name}"
+            assert field.default == default, f"{convenience.__name__}.{name}"
         assert field.description, f"{convenience.__name__}.{name} has no description"
 
 
@@ -55,10 +67,38 @@ def test_the_defaults_that_had_drifted_now_agree() -> None:
     assert lc.CrossEncoderRerank.model_fields["max_batch_tokens"].default == "auto"
 
 
-def test_help_text_is_written_once_per_option_name() -> None:
-    # an option's help is the same for every backend unless a (backend, option) entry says otherwise
-    names = {n for kind in KINDS for n in constructor(kind)}
-    assert names <= {k for k in OPTION_HELP if isinstance(k, str)}
+@pytest.mark.parametrize("kind", sorted(BACKENDS))
+def test_every_option_is_documented_in_its_scorers_docstring(kind: str) -> None:
+    # the help users see (adapter field descriptions) is the scorer's own Args: entry, so an
+    # undocumented parameter shows up here, not as an adapter that fails to import
+    cls = load(BACKENDS[kind].target)
+    documented = set(docstring_args(cls)) | (set(docstring_args(LoadOptions)) if kind in LOCAL else set())
+    missing = set(constructor(kind)) - documented
+    assert not missing, f"{cls.__name__}: no Args: entry for {sorted(missing)}"
+
+
+def test_help_reads_the_docstring_and_follows_as_for() -> None:
+    from rerankers_plugins.integrations.langchain import ColBERTRerank, PolyEncoderRerank
+
+    # ColBERT documents its own max_length; the poly-encoder's device is "as for CrossEncoderScorer"
+    assert "ColBERT" not in ColBERTRerank.model_fields["max_length"].description
+    assert "[CLS]" in ColBERTRerank.model_fields["max_length"].description
+    assert PolyEncoderRerank.model_fields["device"].description.startswith("None picks CUDA")
+    assert "Hub branch" in PolyEncoderRerank.model_fields["revision"].description
+
+
+def test_secrets_and_objects_are_decided_by_their_types() -> None:
+    from rerankers_plugins.integrations.langchain import CohereRerank, RemoteRerank
+
+    fields = CohereRerank.model_fields
+    # typed Secret / a URL that may carry credentials: excluded from dumps and never shown
+    assert fields["api_key"].exclude and not fields["api_key"].repr
+    assert RemoteRerank.model_fields["base_url"].exclude and not RemoteRerank.model_fields["base_url"].repr
+    # typed as objects (a client, a RetryPolicy): passed through, never dumped, still shown
+    for name in ("client", "async_client", "retry"):
+        assert fields[name].exclude and fields[name].repr, name
+    # plain settings are dumped
+    assert not fields["timeout"].exclude
 
 
 def _given(convenience: type, options: dict[str, object], *args: object) -> dict[str, object]:

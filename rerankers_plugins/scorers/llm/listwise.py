@@ -33,6 +33,14 @@ class LLMListwiseScorer(LLMBase):
     ``window`` passages move from the back of the list to the front by ``step``, so the best
     candidates bubble up. Each passage is cut to ``max_words`` words. Every answer is repaired into
     a valid permutation; ``details`` report the number of LLM calls and of repaired answers.
+
+    Args:
+        llm: a LangChain chat model, a LlamaIndex LLM, or a function(messages) -> str.
+        window: passages per LLM call.
+        step: how far the window moves up the list each call.
+        max_words: each passage is cut to this many words in the prompt.
+        system_prompt: the system message of every ranking call.
+        name: model name shown in details; None: the LLM's own.
     """
 
     scale = ScoreScale.RANK_ONLY

@@ -30,6 +30,13 @@ class LLMPairwiseScorer(LLMBase):
     disagree the passage that came first in the input wins (a tie keeps the input order). The
     candidates outside the top k follow in their input order. ``details["llm_calls"]`` reports the
     cost.
+
+    Args:
+        llm: a LangChain chat model, a LlamaIndex LLM, or a function(messages) -> str.
+        top_k: how many of the best candidates to order by comparisons.
+        both_orders: ask each comparison in both orders (position bias).
+        max_words: each passage is cut to this many words in the prompt.
+        name: model name shown in details; None: the LLM's own.
     """
 
     scale = ScoreScale.RANK_ONLY

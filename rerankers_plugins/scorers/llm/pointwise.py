@@ -38,6 +38,14 @@ class LLMPointwiseScorer(LLMBase):
     model returns them (``P = e^yes / (e^yes + e^no)``), else 1.0 for a yes answer and 0.0 for no.
     ``mode="grade"`` (scale RELEVANCE): a 0-10 grade, divided by 10. An answer that parses as
     neither gets ``unparsable_score`` (default 0.0), ``details["parsed"] = False`` and a warning.
+
+    Args:
+        llm: a LangChain chat model, a LlamaIndex LLM, or a function(messages) -> str.
+        mode: ``"yes_no"``: P(yes); ``"grade"``: a 0-10 grade / 10.
+        max_words: each passage is cut to this many words in the prompt.
+        max_concurrency: LLM calls in flight at once.
+        unparsable_score: score of an answer that parses as neither.
+        name: model name shown in details; None: the LLM's own.
     """
 
     def __init__(
