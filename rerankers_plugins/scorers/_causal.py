@@ -71,6 +71,12 @@ class PromptFormat:
     #: how the reference finds the answer tokens: ``"vocab"`` (``convert_tokens_to_ids(word)``) or
     #: ``"text"`` (the first id of ``tokenizer(word, add_special_tokens=False)``)
     lookup: str = "vocab"
+    #: for a sequence-classification conversion of the family (its yes/no head folded into one
+    #: label): the model card's ``(query text, document text)`` pair, ``pair(query, document,
+    #: instruction)``, tokenized as a plain pair; None where no conversion publishes one
+    pair: Callable[[str, str, str], tuple[str, str]] | None = None
+    #: the architectures such a conversion declares
+    pair_architectures: tuple[str, ...] = ()
 
     def answer_ids(self, tokenizer: Any) -> tuple[int, int | None]:
         owner = f"prompt_format={self.name!r}"
@@ -109,6 +115,15 @@ def _qwen3(
     middles = [f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}" for doc in docs]
     enc = tokenizer(middles, truncation="longest_first", max_length=room, return_attention_mask=False)
     return [prefix + list(ids) + suffix for ids in enc["input_ids"]]
+
+
+def _qwen3_pair(query: str, document: str, instruction: str) -> tuple[str, str]:
+    # tomaarsen/Qwen3-Reranker-0.6B-seq-cls model card: format_queries / format_document, the pair
+    # then scored by CrossEncoder.predict (the tokenizer's plain pair, truncated longest-first)
+    return (
+        f"{_QWEN3_PREFIX}<Instruct>: {instruction}\n<Query>: {query}\n",
+        f"<Document>: {document}{_QWEN3_SUFFIX}",
+    )
 
 
 # -- mxbai-rerank-v2 -----------------------------------------------------------------------------
@@ -176,6 +191,8 @@ PROMPT_FORMATS: dict[str, PromptFormat] = {
             8192,
             _qwen3,
             "Qwen/Qwen3-Reranker model card",
+            pair=_qwen3_pair,
+            pair_architectures=("Qwen3ForSequenceClassification",),
         ),
         PromptFormat(
             "mxbai-v2", "1", "0", None, 8192, _mxbai_v2, "mixedbread-ai/mxbai-rerank (MxbaiRerankV2)"
@@ -186,9 +203,11 @@ PROMPT_FORMATS: dict[str, PromptFormat] = {
     )
 }
 
-#: Hub ids published as a plain causal LM, with the prompt their authors use (exact ids, never a
-#: substring guess); any other causal-LM checkpoint names its format with ``prompt_format=``
+#: Hub ids whose prompt their authors publish (exact ids, never a substring guess): plain causal LMs,
+#: and sequence-classification conversions whose model card formats the pair (scored through the
+#: classification head); any other such checkpoint names its format with ``prompt_format=``
 KNOWN_CAUSAL_RERANKERS: dict[str, str] = {
+    "tomaarsen/Qwen3-Reranker-0.6B-seq-cls": "qwen3",
     "Qwen/Qwen3-Reranker-0.6B": "qwen3",
     "Qwen/Qwen3-Reranker-4B": "qwen3",
     "Qwen/Qwen3-Reranker-8B": "qwen3",

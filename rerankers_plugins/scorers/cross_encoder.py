@@ -1,6 +1,6 @@
 """Cross-encoder reranking: sequence-classification cross-encoders and causal-LM (yes/no) rerankers.
 
-Four ways a checkpoint is read, chosen from its files (never from its name):
+Five ways a checkpoint is read, chosen from its files (never from its name):
 
 ``pairs``       a plain sentence-transformers / transformers cross-encoder (BERT, XLM-R, ModernBERT,
                 Qwen3 seq-cls without a template): loaded by sentence-transformers and run by us; each
@@ -11,6 +11,11 @@ Four ways a checkpoint is read, chosen from its files (never from its name):
                 document roles), prompts or a default prompt, or processing options: every batch goes
                 through sentence-transformers' own ``preprocess`` with the prompt ``predict()`` would
                 use, so the template's instruction and roles are applied exactly.
+``formatted``   a sequence-classification conversion of a causal reranker (tomaarsen/Qwen3-Reranker-
+                0.6B-seq-cls) with ``prompt_format=`` (known from the exact Hub id): the model card's
+                formatted (query, document) pair, tokenized as a plain pair and run as ``pairs``; the
+                base model's chat template it kept is not what the card uses. Such a checkpoint
+                without a format is refused at load, saying what to pass.
 ``st-causal``   a causal LM saved by sentence-transformers >= 5.4 with a ``LogitScore`` module
                 (Qwen3-Reranker-STv54, zerank-2): tokenized by sentence-transformers, scored as
                 ``logit[true] - logit[false]`` at the last position, as that module does.
@@ -26,32 +31,31 @@ before the activation so scores on a declared scale come out.
 
 from __future__ import annotations
 
-import inspect
-import json
 import logging
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, Literal, Unpack
 
-from rerankers_plugins._checks import as_int
 from rerankers_plugins._optional import require
-from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.ops.batching import length_sorted_batches, restore_order
 from rerankers_plugins.scorers._causal import (
     KNOWN_CAUSAL_RERANKERS,
-    PROMPT_FORMATS,
     CausalLogits,
     PromptFormat,
 )
+from rerankers_plugins.scorers._ce_layouts import (
+    check_options,
+    require_reranker_head,
+    st_logit_score,
+)
+from rerankers_plugins.scorers._ce_loading import CrossEncoderLoading
 from rerankers_plugins.scorers._hf import (
     Checkpoint,
     DTypeName,
     LoadKwargs,
     TruncationReport,
     load_options,
-    resolve_dtype,
 )
-from rerankers_plugins.scorers._onnx import BACKENDS, BackendName, OnnxCrossEncoder
+from rerankers_plugins.scorers._onnx import BackendName, OnnxCrossEncoder
 from rerankers_plugins.scorers.base import BaseScorer
 from rerankers_plugins.types import ScoreScale
 
@@ -59,106 +63,8 @@ __all__ = ["CrossEncoderScorer"]
 
 logger = logging.getLogger(__name__)
 
-_ACTIVATIONS = ("sigmoid", None)
 
-
-def _architectures(model: Any) -> list[str]:
-    """``architectures`` of a local directory's config.json (``model`` a path) or of a loaded
-    CrossEncoder; empty when unknown."""
-    if isinstance(model, str):
-        try:
-            config_json = json.loads((Path(model) / "config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return []  # no readable config: the loader reports what is wrong
-        return [str(a) for a in config_json.get("architectures") or []]
-    config = getattr(getattr(model, "model", None), "config", None)
-    return [str(a) for a in getattr(config, "architectures", None) or []]
-
-
-def _st_logit_score(directory: str) -> bool:
-    """Whether a local directory is a sentence-transformers causal reranker (a LogitScore module)."""
-    try:
-        entries = json.loads((Path(directory) / "modules.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return any(str(e.get("type", "")).endswith("LogitScore") for e in entries)
-
-
-_FORMATS_HINT = ", ".join(f"{name!r} ({f.source})" for name, f in PROMPT_FORMATS.items())
-
-
-def _refusal(model_id: str, architectures: Sequence[str]) -> str | None:
-    """Why a checkpoint with these architectures cannot be scored as a cross-encoder, naming what can;
-    None when it can (a sequence-classification head)."""
-    if not architectures or any(a.endswith("ForSequenceClassification") for a in architectures):
-        return None
-    archs = ", ".join(architectures)
-    if any(a.endswith("ForCausalLM") for a in architectures):
-        return (
-            f"{model_id!r} is a causal language model ({archs}) without sentence-transformers' LogitScore "
-            "module, so how its prompt is written is not in its files. If it is a yes/no reranker, name "
-            f"its published prompt: CrossEncoderScorer({model_id!r}, prompt_format=...), one of {_FORMATS_HINT}. "
-            "A general chat model reranks through LLMPointwiseScorer or LLMListwiseScorer."
-        )
-    if any(a.endswith("ForConditionalGeneration") for a in architectures):
-        return (
-            f"{model_id!r} is an encoder-decoder model ({archs}): score MonoT5 / RankT5 rerankers with "
-            f"Seq2SeqScorer({model_id!r})."
-        )
-    if any(a.endswith(("Model", "ForMaskedLM", "ForPreTraining")) or "ColBERT" in a for a in architectures):
-        return (
-            f"{model_id!r} has no classification head (its architectures: {archs}): it is an encoder or "
-            "embedding model, so a cross-encoder on it would score with random weights. "
-            f"Use BiEncoderScorer({model_id!r}) or ColBERTScorer({model_id!r}) for an embedding model, "
-            "or fine-tune a cross-encoder from it (`rerankers-plugins train`)."
-        )
-    return (
-        f"{model_id!r} ({archs}) is neither a sequence-classification cross-encoder nor a causal-LM "
-        "reranker, so CrossEncoderScorer cannot score it as its authors do. A listwise or remote-code "
-        "reranker can be wrapped as a Ranker (a `rank(query, texts) -> list[int]` object) or called from "
-        "a function given to LLMListwiseScorer."
-    )
-
-
-def _check_options(
-    activation: str | None,
-    batch_size: int,
-    max_length: int | None,
-    backend: str,
-    prompt_format: str | None,
-    instruction: str | None,
-) -> None:
-    if activation not in _ACTIVATIONS:
-        raise ConfigError(f"activation must be 'sigmoid' or None, got {activation!r}")
-    as_int(batch_size, "batch_size", minimum=1)
-    as_int(max_length, "max_length", minimum=8, allow_none=True)
-    if backend not in BACKENDS:
-        raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if prompt_format is not None and prompt_format not in PROMPT_FORMATS:
-        raise ConfigError(
-            f"prompt_format must be one of {sorted(PROMPT_FORMATS)} or None, got {prompt_format!r}"
-        )
-    if instruction is not None and not isinstance(instruction, str):
-        raise ConfigError(f"instruction must be a string or None, got {instruction!r}")
-
-
-def _logit_score_module(model: Any) -> Any | None:
-    """The LogitScore module of a sentence-transformers causal reranker, or None."""
-    for module in model:
-        if type(module).__name__ == "LogitScore":
-            return module
-    return None
-
-
-def _require_reranker_head(model: Any, model_id: str) -> None:
-    """Refuse a checkpoint without a trained relevance head (an embedding model loaded as a
-    cross-encoder gets a randomly initialised head: every score about the same, silently)."""
-    why = _refusal(model_id, _architectures(model))
-    if why is not None:
-        raise ConfigError(why)
-
-
-class CrossEncoderScorer(BaseScorer):
+class CrossEncoderScorer(CrossEncoderLoading, BaseScorer):
     """Score (query, text) pairs jointly with a cross-encoder or a causal-LM reranker.
 
     Args:
@@ -219,7 +125,7 @@ class CrossEncoderScorer(BaseScorer):
         reuse_prefix: bool = True,
         **load: Unpack[LoadKwargs],
     ) -> None:
-        _check_options(activation, batch_size, max_length, backend, prompt_format, instruction)
+        check_options(activation, batch_size, max_length, backend, prompt_format, instruction)
         self._torch = require("torch", "cross-encoder")
         self.backend = backend
         self.checkpoint = Checkpoint.open(
@@ -243,12 +149,13 @@ class CrossEncoderScorer(BaseScorer):
         self._causal: CausalLogits | None = None
         self._onnx: OnnxCrossEncoder | None = None
         self._tokenizer_lock = self.checkpoint.tokenizer_lock
+        self._pair_format: PromptFormat | None = None  # a seq-cls conversion scored with its card's pair
         local = self.checkpoint.local
-        if self.prompt_format is not None:
+        if self.prompt_format is not None and not self._classification_head():
             self._load_prompted_causal(max_length)
         else:
-            if local is not None and not _st_logit_score(local):
-                _require_reranker_head(local, self.model_id)
+            if local is not None and not st_logit_score(local):
+                require_reranker_head(local, self.model_id)
             self._load_sentence_transformers(max_length)
         self.scale = ScoreScale.PROBABILITY if activation == "sigmoid" else ScoreScale.LOGIT
         self._truncation = TruncationReport(f"CrossEncoderScorer({model!r})")
@@ -266,155 +173,6 @@ class CrossEncoderScorer(BaseScorer):
             # One short pair through the whole path: the first user call then pays none of the
             # one-off costs (kernel selection, thread pool start-up, the tokenizer's first call).
             self.score("warm up", ["warm up"])
-
-    def _resolve_precision(self, dtype: str, device: str) -> Any:
-        if self.backend == "torch":
-            return resolve_dtype(dtype, device)
-        require("onnxruntime", "onnx")
-        if device != "cpu":
-            raise ConfigError(f"backend={self.backend!r} runs on CPU; use backend='torch' on {device!r}")
-        if dtype not in ("auto", "float32"):
-            raise ConfigError(
-                f"backend={self.backend!r} sets its own precision; leave dtype='auto', got {dtype!r}"
-            )
-        return self._torch.float32
-
-    def _load_prompted_causal(self, max_length: int | None) -> None:
-        """A plain ``*ForCausalLM`` scored with its authors' prompt (``mode == "causal"``)."""
-        transformers = require("transformers", "cross-encoder")
-        fmt = PROMPT_FORMATS.get(str(self.prompt_format))
-        if fmt is None:
-            raise ConfigError(
-                f"prompt_format must be one of {sorted(PROMPT_FORMATS)}, got {self.prompt_format!r}"
-            )
-        if self.backend != "torch":
-            raise ConfigError(
-                f"backend={self.backend!r} runs sequence-classification models; use backend='torch'"
-            )
-        ckpt = self.checkpoint
-        if ckpt.local is not None:
-            archs = _architectures(ckpt.local)
-            if archs and not any(a.endswith("ForCausalLM") for a in archs):
-                raise ConfigError(
-                    f"prompt_format={fmt.name!r} is for causal-LM rerankers, but {self.model_id!r} is "
-                    f"{', '.join(archs)}; leave prompt_format unset for a cross-encoder"
-                )
-
-        def load() -> tuple[Any, Any]:
-            config = transformers.AutoConfig.from_pretrained(ckpt.path, **ckpt.options.config())
-            tok = transformers.AutoTokenizer.from_pretrained(ckpt.path, **ckpt.options.tokenizer())
-            net = transformers.AutoModelForCausalLM.from_pretrained(
-                ckpt.path, config=config, **ckpt.options.model()
-            )
-            return tok, net
-
-        self._tokenizer, net = ckpt.load("causal-LM reranker", load, cls="CrossEncoderScorer")
-        net = net.to(self.device)
-        if self.dtype != self._torch.float32:
-            net = net.to(self.dtype)
-        net.eval()
-        self._format = fmt
-        self.mode = "causal"
-        self.max_length = int(max_length or fmt.default_max_length)
-        if self.instruction is None:
-            self.instruction = fmt.default_instruction
-        true_id, false_id = fmt.answer_ids(self._tokenizer)
-        self._causal = self._logits(net, true_id, false_id, self._tokenizer)
-        self.num_labels = 1
-        self._model: Any = None
-        self._prompt: str | None = None
-
-    def _logits(self, net: Any, true_id: int, false_id: int | None, tokenizer: Any) -> CausalLogits:
-        pad = tokenizer.pad_token_id
-        if pad is None:
-            pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-        return CausalLogits(
-            net,
-            true_id=int(true_id),
-            false_id=None if false_id is None else int(false_id),
-            pad_id=int(pad),
-            device=self.device,
-            batch_size=self.batch_size,
-            max_batch_tokens=self.max_batch_tokens,
-            reuse_prefix=self.reuse_prefix,
-        )
-
-    def _load_sentence_transformers(self, max_length: int | None) -> None:
-        """Anything sentence-transformers loads as a CrossEncoder (modes pairs / preprocess / st-causal)."""
-        st = require("sentence_transformers", "cross-encoder")
-        ckpt = self.checkpoint
-        options = ckpt.options.sentence_transformers(st.CrossEncoder)
-        self._model = ckpt.load(
-            "cross-encoder",
-            lambda: st.CrossEncoder(ckpt.path, device=self.device, max_length=max_length, **options),
-            cls="CrossEncoderScorer",
-        )
-        logit_score = _logit_score_module(self._model)
-        if logit_score is None:
-            _require_reranker_head(self._model, self.model_id)
-        self.num_labels = int(self._model.num_labels)
-        if self.num_labels not in (1, 2):
-            raise ConfigError(
-                f"{self.model_id!r} has {self.num_labels} output labels; a relevance cross-encoder has 1 "
-                "(a score) or 2 (not relevant / relevant). A 3-label head is an NLI or classification "
-                "model: fine-tune a relevance cross-encoder from it (`rerankers-plugins train`)."
-            )
-        if self.dtype != self._torch.float32:
-            self._model.to(self.dtype)
-        self._model.eval()
-        self.max_length = int(self._model.max_seq_length or 512)
-        self._tokenizer = self._model.tokenizer
-        first = self._model[0] if len(self._model) else None
-        # the prompt predict() applies when it is given none (the default prompt), or the instruction
-        self._prompt = (
-            self.instruction if self.instruction is not None else self._model._resolve_prompt(None, None)
-        )
-        modalities = getattr(first, "modality_config", None) or {}
-        if logit_score is not None:
-            self.mode = "st-causal"
-            self._causal = self._logits(
-                self._model.model, logit_score.true_token_id, logit_score.false_token_id, self._tokenizer
-            )
-        elif (
-            self._prompt
-            or "message" in modalities
-            or getattr(first, "processing_kwargs", None)
-            or len(self._model) > 1
-        ):
-            # a chat template (query / document roles), a prompt or processing options:
-            # sentence-transformers' own preprocess per batch, as predict() runs it
-            self.mode = "preprocess"
-        else:
-            self.mode = "pairs"
-        self._setup_pairs()
-
-    def _setup_pairs(self) -> None:
-        self._n_special = int(self._tokenizer.num_special_tokens_to_add(pair=True))
-        names = tuple(getattr(self._tokenizer, "model_input_names", ()) or ())
-        hf = self._model.model
-        accepted = set(inspect.signature(hf.forward).parameters) if hf is not None else set(names)
-        # what the tokenizer makes *and* the model takes (a DistilBERT behind a BERT tokenizer has
-        # no token_type_ids), as sentence-transformers filters them
-        self._inputs = tuple(
-            n for n in ("input_ids", "token_type_ids", "attention_mask") if n in names and n in accepted
-        ) or ("input_ids", "attention_mask")
-        self._pad_id = int(self._tokenizer.pad_token_id or 0)
-        self._pad_left = getattr(self._tokenizer, "padding_side", "right") == "left"
-        if self.backend != "torch":
-            if self.mode != "pairs" or self._model.model is None:
-                raise ConfigError(
-                    f"backend={self.backend!r} needs a checkpoint whose relevance head is part of its "
-                    f"transformers model; {self.model_id!r} has extra sentence-transformers modules, "
-                    "a chat template, prompts or processing options: use backend='torch'"
-                )
-            self._onnx = OnnxCrossEncoder(
-                self._model.model,
-                source=self.checkpoint.path,
-                digest=self.checkpoint.digest,
-                inputs=self._inputs,
-                quantize=self.backend == "onnx-int8",
-                threads=self._torch.get_num_threads(),
-            )
 
     def __repr__(self) -> str:
         backend = "" if self.backend == "torch" else f", backend={self.backend!r}"
@@ -456,6 +214,7 @@ class CrossEncoderScorer(BaseScorer):
             return []
         if self._format is not None:
             return [len(r) for r in self._prompt_rows(query, texts)]
+        query, texts = self._formatted(query, texts)
         rows, over = self._encode(query, texts)
         self._truncation.check(over, len(rows), self.max_length)
         return [len(r["input_ids"]) for r in rows]
@@ -474,7 +233,8 @@ class CrossEncoderScorer(BaseScorer):
             settings["backend"] = self.backend
         if self.prompt_format is not None:
             settings["prompt_format"] = self.prompt_format
-        instruction = self.instruction if self._format is not None else self._prompt
+        formatted = self._format is not None or self._pair_format is not None
+        instruction = self.instruction if formatted else self._prompt
         if instruction is not None:
             settings["instruction"] = instruction
         return settings
@@ -567,6 +327,7 @@ class CrossEncoderScorer(BaseScorer):
             return [float(x) for x in scores.tolist()]
         if self.mode == "preprocess":
             return self._score_with_preprocess(query, texts)
+        query, texts = self._formatted(query, texts)
         rows, over = self._encode(query, texts)
         self._truncation.check(over, len(rows), self.max_length)
         batches = length_sorted_batches(
@@ -576,6 +337,15 @@ class CrossEncoderScorer(BaseScorer):
         for batch in batches:
             out.extend(self._forward(rows, batch))
         return restore_order(batches, out)
+
+    def _formatted(self, query: str, texts: Sequence[str]) -> tuple[str, Sequence[str]]:
+        """The pair as the model card writes it (mode ``formatted``); unchanged otherwise."""
+        fmt = self._pair_format
+        if fmt is None or fmt.pair is None:
+            return query, texts
+        instruction = str(self.instruction)
+        pairs = [fmt.pair(query, t, instruction) for t in texts]
+        return fmt.pair(query, "", instruction)[0], [d for _, d in pairs]
 
     def _activate(self, logits: Any) -> Any:
         torch = self._torch

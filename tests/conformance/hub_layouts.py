@@ -129,14 +129,43 @@ def _qwen3_config(tokenizer: Any, **kw: Any) -> Any:
     )
 
 
+#: the shape of Qwen3's own chat template (system / user / assistant / tool turns, a generation
+#: prompt with an empty think block): what a conversion of a Qwen3 reranker keeps from its base
+#: model. Any other role (sentence-transformers' "query" / "document") renders nothing.
+QWEN3_CHAT_TEMPLATE = """\
+{%- for message in messages -%}
+{%- if message.role in ["system", "user", "assistant"] and message.content is string -%}
+{{- "<|im_start|>" + message.role + "\n" + message.content + "<|im_end|>\n" -}}
+{%- elif message.role == "tool" -%}
+{{- "<|im_start|>user\n<tool_response>\n" + message.content + "\n</tool_response><|im_end|>\n" -}}
+{%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+{{- "<|im_start|>assistant\n<think>\n\n</think>\n\n" -}}
+{%- endif -%}"""
+
+
 def build_qwen3_causal(directory: Path, *, seed: int = 0) -> Path:
     """Qwen/Qwen3-Reranker-0.6B as published: a plain ``Qwen3ForCausalLM`` (tied embeddings), its
-    tokenizer with left padding; no sentence-transformers files."""
+    tokenizer with left padding and Qwen3's own chat template (inline in tokenizer_config.json);
+    no sentence-transformers files."""
     from transformers import Qwen3ForCausalLM
 
     tok = qwen_tokenizer("left")
     _seed(seed)
-    return _save(Qwen3ForCausalLM(_qwen3_config(tok)), tok, directory)
+    _save(Qwen3ForCausalLM(_qwen3_config(tok)), tok, directory)
+    _inline_chat_template(directory, QWEN3_CHAT_TEMPLATE)
+    return directory
+
+
+def _inline_chat_template(directory: Path, template: str) -> None:
+    """Put ``template`` into tokenizer_config.json, where checkpoints saved before chat_template.jinja
+    existed keep it."""
+    config_path = directory / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["chat_template"] = template
+    write_json(config_path, config)
+    (directory / "chat_template.jinja").unlink(missing_ok=True)
 
 
 def build_qwen2_causal(directory: Path, *, seed: int = 0) -> Path:
@@ -239,16 +268,20 @@ def build_qwen3_seq_cls(
     default_prompt_name: str | None = None,
 ) -> Path:
     """``Qwen3ForSequenceClassification`` with one label: the converted Qwen3-Reranker layout
-    (tomaarsen/Qwen3-Reranker-0.6B-seq-cls: config and tokenizer only), or with ``chat_template=True``
-    the sentence-transformers 6 layout (Qwen3-Reranker-0.6B-seq-cls-STv6: ``chat_template.jinja`` with
-    query / document roles, ``modules.json``, ``config_sentence_transformers.json``)."""
+    (tomaarsen/Qwen3-Reranker-0.6B-seq-cls: config, weights and tokenizer files, its
+    tokenizer_config.json carrying Qwen3's own chat template as the conversion kept it), or with
+    ``chat_template=True`` the sentence-transformers 6 layout (Qwen3-Reranker-0.6B-seq-cls-STv6:
+    ``chat_template.jinja`` with query / document roles, ``modules.json``,
+    ``config_sentence_transformers.json``)."""
     from transformers import Qwen3ForSequenceClassification
 
     tok = qwen_tokenizer("right")
     _seed(seed)
     model = Qwen3ForSequenceClassification(_qwen3_config(tok, num_labels=1))
     if not chat_template and prompts is None:
-        return _save(model, tok, directory)
+        _save(model, tok, directory)
+        _inline_chat_template(directory, QWEN3_CHAT_TEMPLATE)  # as in the converted repository
+        return directory
     raw = _save(model, tok, directory.with_name(directory.name + "-raw"))
     if chat_template:
         (raw / "chat_template.jinja").write_text(QWEN3_RERANK_TEMPLATE, encoding="utf-8")

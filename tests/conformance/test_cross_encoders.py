@@ -78,7 +78,7 @@ def _predict(directory: Path, activation: Any, **kw: Any) -> np.ndarray:
 
 @pytest.mark.parametrize(
     "family",
-    ["bert", "xlmr", "modernbert", "qwen3-seq-cls", "qwen3-seq-cls-st6", "prompts", "st-logit-score"],
+    ["bert", "xlmr", "modernbert", "qwen3-seq-cls-st6", "prompts", "st-logit-score"],
 )
 def test_sentence_transformers_layouts_score_as_predict(layouts: dict[str, Path], family: str) -> None:
     directory = layouts[family]
@@ -119,6 +119,86 @@ def test_instruction_replaces_the_default_prompt(layouts: dict[str, Path]) -> No
     ref = _predict(directory, torch.nn.Identity(), prompt=task)
     np.testing.assert_allclose(ours.score(QUERY, DOCS), ref, atol=TOL, rtol=0)
     assert np.abs(ref - _predict(directory, torch.nn.Identity())).max() > 1e-3
+
+
+# -- a sequence-classification conversion of a causal reranker ---------------------------------------
+
+QWEN3_PREFIX = (
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
+    'Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
+)
+QWEN3_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+
+
+def qwen3_seq_cls_reference(
+    directory: Path, query: str, docs: list[str], instruction: str = WEB
+) -> np.ndarray:
+    """tomaarsen/Qwen3-Reranker-0.6B-seq-cls model card: ``format_queries(query, instruction)`` and
+    ``format_document(doc)`` make the pair, which ``CrossEncoder.predict`` scores as the tokenizer's
+    plain pair through the one-label head; here in plain transformers (logits, no activation)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model = AutoModelForSequenceClassification.from_pretrained(directory).eval()
+    queries = [f"{QWEN3_PREFIX}<Instruct>: {instruction}\n<Query>: {query}\n"] * len(docs)
+    documents = [f"<Document>: {doc}{QWEN3_SUFFIX}" for doc in docs]
+    inputs = tokenizer(queries, documents, padding=True, truncation=True, return_tensors="pt")
+    with torch.inference_mode():
+        return model(**inputs).logits[:, 0].float().numpy()
+
+
+def test_converted_qwen3_seq_cls_scores_as_its_model_card(layouts: dict[str, Path]) -> None:
+    # the conversion keeps Qwen3's own chat template, which sentence-transformers 6 applies to every
+    # pair and cannot (its roles are system / user / assistant): scored instead as the card does
+    directory = layouts["qwen3-seq-cls"]
+    assert "chat_template" in json.loads((directory / "tokenizer_config.json").read_text())
+    raw = CrossEncoderScorer(str(directory), prompt_format="qwen3", dtype="float32", activation=None)
+    ref = qwen3_seq_cls_reference(directory, QUERY, DOCS)
+    assert np.ptp(ref) > 0.05
+    assert raw.mode == "formatted"
+    np.testing.assert_allclose(raw.score(QUERY, DOCS), ref, atol=TOL, rtol=0)
+    ours = CrossEncoderScorer(str(directory), prompt_format="qwen3", dtype="float32")
+    np.testing.assert_allclose(ours.score(QUERY, DOCS), 1 / (1 + np.exp(-ref)), atol=TOL, rtol=0)
+    task = "Given a claim, retrieve passages that support it"
+    custom = CrossEncoderScorer(
+        str(directory), prompt_format="qwen3", dtype="float32", activation=None, instruction=task
+    )
+    np.testing.assert_allclose(
+        custom.score(QUERY, DOCS), qwen3_seq_cls_reference(directory, QUERY, DOCS, task), atol=TOL, rtol=0
+    )
+
+
+def test_a_chat_template_that_cannot_carry_a_pair_is_refused_with_what_to_pass(
+    layouts: dict[str, Path],
+) -> None:
+    with pytest.raises(ConfigError, match=r"prompt_format.*\['qwen3'\].*chat_template"):
+        CrossEncoderScorer(str(layouts["qwen3-seq-cls"]), dtype="float32")
+    with pytest.raises(ConfigError, match="prompt_format='mxbai-v2' is for causal-LM rerankers"):
+        CrossEncoderScorer(str(layouts["qwen3-seq-cls"]), prompt_format="mxbai-v2", dtype="float32")
+
+
+def test_the_converted_hub_id_is_scored_with_its_card_format(
+    layouts: dict[str, Path], tmp_path: Path
+) -> None:
+    # the exact Hub id names its format (as the causal Qwen3-Reranker ids do); a local Hub cache
+    # holds the checkpoint, as `hf download` leaves it
+    import shutil
+
+    commit = "c" * 40
+    folder = tmp_path / "hub" / "models--tomaarsen--Qwen3-Reranker-0.6B-seq-cls"
+    shutil.copytree(layouts["qwen3-seq-cls"], folder / "snapshots" / commit)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(commit)
+    hub = CrossEncoderScorer(
+        "tomaarsen/Qwen3-Reranker-0.6B-seq-cls",
+        hub_cache_dir=str(tmp_path / "hub"),
+        local_files_only=True,
+        dtype="float32",
+        activation=None,
+    )
+    assert hub.prompt_format == "qwen3" and hub.mode == "formatted"
+    ref = qwen3_seq_cls_reference(layouts["qwen3-seq-cls"], QUERY, DOCS)
+    np.testing.assert_allclose(hub.score(QUERY, DOCS), ref, atol=TOL, rtol=0)
 
 
 # -- causal LMs published as plain *ForCausalLM: references from each model card ------------------

@@ -1,0 +1,262 @@
+"""How :class:`~rerankers_plugins.scorers.cross_encoder.CrossEncoderScorer` loads each layout
+(the modes its module docstring lists): the precision rule of each backend, the prompted causal LM,
+everything sentence-transformers loads as a CrossEncoder, the model card's formatted pair of a
+sequence-classification conversion, and the pair-tokenization settings of the ``pairs`` modes
+(ONNX included). Scoring stays in the scorer's module.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from rerankers_plugins._optional import require
+from rerankers_plugins.errors import ConfigError
+from rerankers_plugins.scorers._causal import PROMPT_FORMATS, CausalLogits, PromptFormat
+from rerankers_plugins.scorers._ce_layouts import architectures, logit_score_module, require_reranker_head
+from rerankers_plugins.scorers._hf import Checkpoint, resolve_dtype
+from rerankers_plugins.scorers._onnx import OnnxCrossEncoder
+
+__all__ = ["CrossEncoderLoading"]
+
+
+class CrossEncoderLoading:
+    """The load paths of the cross-encoder scorer (a base class of it, holding no state of its own:
+    what each path sets is declared here and read by the scoring methods)."""
+
+    _torch: Any
+    checkpoint: Checkpoint
+    backend: str
+    model_id: str
+    device: str
+    dtype: Any
+    batch_size: int
+    max_batch_tokens: int | None
+    max_length: int
+    activation: str | None
+    instruction: str | None
+    prompt_format: str | None
+    reuse_prefix: bool
+    mode: str
+    num_labels: int
+    _model: Any
+    _tokenizer: Any
+    _tokenizer_lock: Any
+    _prompt: str | None
+    _format: PromptFormat | None
+    _pair_format: PromptFormat | None
+    _causal: CausalLogits | None
+    _onnx: OnnxCrossEncoder | None
+    _n_special: int
+    _inputs: tuple[str, ...]
+    _pad_id: int
+    _pad_left: bool
+
+    def _resolve_precision(self, dtype: str, device: str) -> Any:
+        if self.backend == "torch":
+            return resolve_dtype(dtype, device)
+        require("onnxruntime", "onnx")
+        if device != "cpu":
+            raise ConfigError(f"backend={self.backend!r} runs on CPU; use backend='torch' on {device!r}")
+        if dtype not in ("auto", "float32"):
+            raise ConfigError(
+                f"backend={self.backend!r} sets its own precision; leave dtype='auto', got {dtype!r}"
+            )
+        return self._torch.float32
+
+    def _classification_head(self) -> bool:
+        """Whether the checkpoint declares a sequence-classification architecture (its config,
+        fetched alone for a Hub id)."""
+        ckpt = self.checkpoint
+        if ckpt.local is not None:
+            archs = architectures(ckpt.local)
+        else:
+            transformers = require("transformers", "cross-encoder")
+            config = ckpt.load(
+                "cross-encoder",
+                lambda: transformers.AutoConfig.from_pretrained(ckpt.path, **ckpt.options.config()),
+                cls="CrossEncoderScorer",
+            )
+            archs = [str(a) for a in getattr(config, "architectures", None) or []]
+        return any(a.endswith("ForSequenceClassification") for a in archs)
+
+    def _load_prompted_causal(self, max_length: int | None) -> None:
+        """A plain ``*ForCausalLM`` scored with its authors' prompt (``mode == "causal"``)."""
+        transformers = require("transformers", "cross-encoder")
+        fmt = PROMPT_FORMATS.get(str(self.prompt_format))
+        if fmt is None:
+            raise ConfigError(
+                f"prompt_format must be one of {sorted(PROMPT_FORMATS)}, got {self.prompt_format!r}"
+            )
+        if self.backend != "torch":
+            raise ConfigError(
+                f"backend={self.backend!r} runs sequence-classification models; use backend='torch'"
+            )
+        ckpt = self.checkpoint
+        if ckpt.local is not None:
+            archs = architectures(ckpt.local)
+            if archs and not any(a.endswith("ForCausalLM") for a in archs):
+                raise ConfigError(
+                    f"prompt_format={fmt.name!r} is for causal-LM rerankers, but {self.model_id!r} is "
+                    f"{', '.join(archs)}; leave prompt_format unset for a cross-encoder"
+                )
+
+        def load() -> tuple[Any, Any]:
+            config = transformers.AutoConfig.from_pretrained(ckpt.path, **ckpt.options.config())
+            tok = transformers.AutoTokenizer.from_pretrained(ckpt.path, **ckpt.options.tokenizer())
+            net = transformers.AutoModelForCausalLM.from_pretrained(
+                ckpt.path, config=config, **ckpt.options.model()
+            )
+            return tok, net
+
+        self._tokenizer, net = ckpt.load("causal-LM reranker", load, cls="CrossEncoderScorer")
+        net = net.to(self.device)
+        if self.dtype != self._torch.float32:
+            net = net.to(self.dtype)
+        net.eval()
+        self._format = fmt
+        self.mode = "causal"
+        self.max_length = int(max_length or fmt.default_max_length)
+        if self.instruction is None:
+            self.instruction = fmt.default_instruction
+        true_id, false_id = fmt.answer_ids(self._tokenizer)
+        self._causal = self._logits(net, true_id, false_id, self._tokenizer)
+        self.num_labels = 1
+        self._model: Any = None
+        self._prompt: str | None = None
+
+    def _logits(self, net: Any, true_id: int, false_id: int | None, tokenizer: Any) -> CausalLogits:
+        pad = tokenizer.pad_token_id
+        if pad is None:
+            pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+        return CausalLogits(
+            net,
+            true_id=int(true_id),
+            false_id=None if false_id is None else int(false_id),
+            pad_id=int(pad),
+            device=self.device,
+            batch_size=self.batch_size,
+            max_batch_tokens=self.max_batch_tokens,
+            reuse_prefix=self.reuse_prefix,
+        )
+
+    def _load_sentence_transformers(self, max_length: int | None) -> None:
+        """Anything sentence-transformers loads as a CrossEncoder (modes pairs / preprocess / st-causal)."""
+        st = require("sentence_transformers", "cross-encoder")
+        ckpt = self.checkpoint
+        options = ckpt.options.sentence_transformers(st.CrossEncoder)
+        self._model = ckpt.load(
+            "cross-encoder",
+            lambda: st.CrossEncoder(ckpt.path, device=self.device, max_length=max_length, **options),
+            cls="CrossEncoderScorer",
+        )
+        logit_score = logit_score_module(self._model)
+        if logit_score is None:
+            require_reranker_head(self._model, self.model_id)
+        self.num_labels = int(self._model.num_labels)
+        if self.num_labels not in (1, 2):
+            raise ConfigError(
+                f"{self.model_id!r} has {self.num_labels} output labels; a relevance cross-encoder has 1 "
+                "(a score) or 2 (not relevant / relevant). A 3-label head is an NLI or classification "
+                "model: fine-tune a relevance cross-encoder from it (`rerankers-plugins train`)."
+            )
+        if self.dtype != self._torch.float32:
+            self._model.to(self.dtype)
+        self._model.eval()
+        self.max_length = int(self._model.max_seq_length or 512)
+        self._tokenizer = self._model.tokenizer
+        first = self._model[0] if len(self._model) else None
+        # the prompt predict() applies when it is given none (the default prompt), or the instruction
+        self._prompt = (
+            self.instruction if self.instruction is not None else self._model._resolve_prompt(None, None)
+        )
+        modalities = getattr(first, "modality_config", None) or {}
+        if self.prompt_format is not None:
+            self._use_pair_format()
+        elif logit_score is not None:
+            self.mode = "st-causal"
+            self._causal = self._logits(
+                self._model.model, logit_score.true_token_id, logit_score.false_token_id, self._tokenizer
+            )
+        elif (
+            self._prompt
+            or "message" in modalities
+            or getattr(first, "processing_kwargs", None)
+            or len(self._model) > 1
+        ):
+            # a chat template (query / document roles), a prompt or processing options:
+            # sentence-transformers' own preprocess per batch, as predict() runs it
+            self.mode = "preprocess"
+            if "message" in modalities:
+                self._check_chat_template()
+        else:
+            self.mode = "pairs"
+        self._setup_pairs()
+
+    def _use_pair_format(self) -> None:
+        """A sequence-classification conversion of a causal reranker (its yes/no head folded into
+        one label), with ``prompt_format``: the model card's formatted (query, document) pair,
+        tokenized as a plain pair (its chat template, if any, is not what the card uses)."""
+        fmt = PROMPT_FORMATS.get(str(self.prompt_format))
+        if fmt is None:
+            raise ConfigError(
+                f"prompt_format must be one of {sorted(PROMPT_FORMATS)}, got {self.prompt_format!r}"
+            )
+        archs = architectures(self._model)
+        if fmt.pair is None or not set(archs) & set(fmt.pair_architectures):
+            usable = {n: f.pair_architectures for n, f in PROMPT_FORMATS.items() if f.pair is not None}
+            raise ConfigError(
+                f"prompt_format={fmt.name!r} is for causal-LM rerankers (and the sequence-classification "
+                f"conversions named here: {usable}), but {self.model_id!r} is {', '.join(archs)}; leave "
+                "prompt_format unset for a cross-encoder"
+            )
+        self._pair_format = fmt
+        self.mode = "formatted"
+        self._prompt = None
+        if self.instruction is None:
+            self.instruction = fmt.default_instruction
+
+    def _check_chat_template(self) -> None:
+        """Refuse, at load, a chat template that sentence-transformers cannot render a pair with
+        (a converted reranker that kept its base model's system / user / assistant template)."""
+        try:
+            with self._tokenizer_lock:
+                self._model.preprocess([("query", "document")], prompt=self._prompt)
+        except Exception as exc:
+            formats = sorted(n for n, f in PROMPT_FORMATS.items() if f.pair is not None)
+            raise ConfigError(
+                f"{self.model_id!r} cannot be scored as it is: its chat template does not render a "
+                f"(query, document) pair ({type(exc).__name__}: {str(exc).splitlines()[0]}). If it is a "
+                "sequence-classification conversion of a causal reranker (e.g. "
+                "tomaarsen/Qwen3-Reranker-0.6B-seq-cls), pass its family's prompt_format (one of "
+                f"{formats}) to score the formatted pair its model card uses; otherwise give it a chat "
+                "template with 'query' and 'document' roles: tokenizer_kwargs={'chat_template': ...}."
+            ) from exc
+
+    def _setup_pairs(self) -> None:
+        self._n_special = int(self._tokenizer.num_special_tokens_to_add(pair=True))
+        names = tuple(getattr(self._tokenizer, "model_input_names", ()) or ())
+        hf = self._model.model
+        accepted = set(inspect.signature(hf.forward).parameters) if hf is not None else set(names)
+        # what the tokenizer makes *and* the model takes (a DistilBERT behind a BERT tokenizer has
+        # no token_type_ids), as sentence-transformers filters them
+        self._inputs = tuple(
+            n for n in ("input_ids", "token_type_ids", "attention_mask") if n in names and n in accepted
+        ) or ("input_ids", "attention_mask")
+        self._pad_id = int(self._tokenizer.pad_token_id or 0)
+        self._pad_left = getattr(self._tokenizer, "padding_side", "right") == "left"
+        if self.backend != "torch":
+            if self.mode not in ("pairs", "formatted") or self._model.model is None:
+                raise ConfigError(
+                    f"backend={self.backend!r} needs a checkpoint whose relevance head is part of its "
+                    f"transformers model; {self.model_id!r} has extra sentence-transformers modules, "
+                    "a chat template, prompts or processing options: use backend='torch'"
+                )
+            self._onnx = OnnxCrossEncoder(
+                self._model.model,
+                source=self.checkpoint.path,
+                digest=self.checkpoint.digest,
+                inputs=self._inputs,
+                quantize=self.backend == "onnx-int8",
+                threads=self._torch.get_num_threads(),
+            )
