@@ -23,7 +23,8 @@ from rerankers_plugins import BaseScorer, ConfigError, CrossEncoderScorer, Score
 from rerankers_plugins.eval.beir import load_beir
 from rerankers_plugins.ops.fusion import zscore
 from rerankers_plugins.train import fine_tune, first_stage, mine_negatives
-from rerankers_plugins.train.fine_tune import _distill_rows, _rows
+from rerankers_plugins.train.rows import _distill_rows
+from rerankers_plugins.train.rows import training_rows as _rows
 from rerankers_plugins.types import Candidate
 
 TOPICS = {
