@@ -26,7 +26,7 @@ from _common import DATA
 
 
 def cpu_line() -> str:
-    from rerankers_plugins.scorers._hf import cpu_flags
+    from rerankers_plugins.scorers._device import cpu_flags
 
     model = "unknown CPU"
     try:

@@ -81,37 +81,38 @@ def _first_sentence(text: str) -> str:
     return text
 
 
+def _args_section(doc: str) -> list[str]:
+    """The non-blank lines of a docstring's ``Args:`` section, up to the next section."""
+    lines = doc.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == "Args:"), None)
+    if start is None:
+        return []
+    body = [line for line in lines[start + 1 :] if line.strip()]
+    indent = len(body[0]) - len(body[0].lstrip()) if body else 0
+    out: list[str] = []
+    for line in body:
+        if len(line) - len(line.lstrip()) < indent:
+            break  # the next section
+        out.append(line[indent:])
+    return out
+
+
 @functools.cache
 def docstring_args(owner: type) -> dict[str, str]:
     """The ``Args:`` entries of ``owner``'s docstring, one plain-text paragraph per parameter name
-    (an entry naming several, ``device, dtype: ...``, gives each the text)."""
-    doc = inspect.getdoc(owner) or ""
-    lines = doc.splitlines()
-    try:
-        start = next(i for i, line in enumerate(lines) if line.strip() == "Args:")
-    except StopIteration:
-        return {}
+    (an entry naming several, ``device, dtype: ...``, gives each the text; ``**load`` none)."""
     out: dict[str, str] = {}
     names: list[str] = []
-    indent: int | None = None
-    for line in lines[start + 1 :]:
-        if not line.strip():
-            continue
-        depth = len(line) - len(line.lstrip())
-        if indent is None:
-            indent = depth
-        if depth < indent:
-            break  # the next section
-        if depth == indent:
-            match = _ENTRY.match(line.strip())
-            if match is None:
-                break
-            names = [] if match.group(1) else [n.strip() for n in match.group(2).split(",")]
-            for name in names:
-                out[name] = match.group(3)
-        else:
+    for line in _args_section(inspect.getdoc(owner) or ""):
+        if line[0].isspace():  # a continuation of the entry above
             for name in names:
                 out[name] += " " + line.strip()
+            continue
+        match = _ENTRY.match(line)
+        if match is None:
+            break
+        names = [] if match.group(1) else [n.strip() for n in match.group(2).split(",")]
+        out.update((name, match.group(3)) for name in names)
     return {name: _plain(text) for name, text in out.items()}
 
 

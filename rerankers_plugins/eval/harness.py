@@ -217,16 +217,7 @@ def evaluate(
     k = as_int(k, "k", minimum=1) or 1
     dataset = data if isinstance(data, BeirData) else load_beir(data, split)
     name = Path(str(data)).name if not isinstance(data, BeirData) else "dataset"
-    qids = sorted(dataset.queries)
-    if query_ids is not None:
-        unknown = [q for q in query_ids if q not in dataset.queries]
-        if unknown:
-            raise ConfigError(f"query ids not judged in split {split!r}: {unknown[:5]}")
-        wanted = set(query_ids)
-        qids = [q for q in qids if q in wanted]
-    qids = qids[:queries]
-    if not qids:
-        raise ConfigError("no queries with judgments in this split")
+    qids = _query_ids(dataset, split, queries, query_ids)
     fs = first_stage_candidates(
         first_stage, dataset.corpus, dataset.queries, qids, k, known_queries=dataset.query_ids or None
     )
@@ -235,13 +226,7 @@ def evaluate(
     wanted_metrics = list(dict.fromkeys([*metrics, f"recall@{k}"]))
 
     def score(run: dict[str, dict[str, float]], label: str) -> dict[str, float]:
-        if metrics_here.supported(wanted_metrics):  # ranx's definitions, without compiling its kernels
-            return metrics_here.evaluate(judged, run, wanted_metrics)
-        ranx = require("ranx", "eval")
-        values = ranx.evaluate(
-            ranx.Qrels(judged), ranx.Run(run, name=label), wanted_metrics, make_comparable=True
-        )
-        return {m: float(values[m]) for m in wanted_metrics}
+        return _metrics(judged, run, wanted_metrics, label)
 
     first_run = {q: _first_stage_scores(first[q]) for q in qids}
     results = [PipelineResult(fs.name, score(first_run, fs.name), [], first_run)]
@@ -252,6 +237,44 @@ def evaluate(
         results.append(PipelineResult(label, score(run, label), lat, run, index_s))
         logger.info("%s: %s, median %.1f ms", label, results[-1].metrics, results[-1].median_ms)
     return EvalReport(name, len(qids), k, results, fs.name)
+
+
+def _query_ids(
+    dataset: BeirData, split: str, queries: int | None, query_ids: Sequence[str] | None
+) -> list[str]:
+    """The judged queries evaluated: ``query_ids`` (each must be judged) or all, sorted, the first
+    ``queries`` of them."""
+    qids = sorted(dataset.queries)
+    if query_ids is not None:
+        unknown = [q for q in query_ids if q not in dataset.queries]
+        if unknown:
+            raise ConfigError(f"query ids not judged in split {split!r}: {unknown[:5]}")
+        wanted = set(query_ids)
+        qids = [q for q in qids if q in wanted]
+    qids = qids[:queries]
+    if not qids:
+        raise ConfigError("no queries with judgments in this split")
+    return qids
+
+
+def _metrics(
+    judged: Mapping[str, Mapping[str, int]],
+    run: Mapping[str, Mapping[str, float]],
+    names: Sequence[str],
+    label: str,
+) -> dict[str, float]:
+    """The mean of each metric: computed here where it can be (ranx's definitions, without
+    compiling its kernels), else by ranx."""
+    if metrics_here.supported(names):
+        return metrics_here.evaluate(judged, run, names)
+    ranx = require("ranx", "eval")
+    values = ranx.evaluate(
+        ranx.Qrels({q: dict(j) for q, j in judged.items()}),
+        ranx.Run({q: dict(r) for q, r in run.items()}, name=label),
+        list(names),
+        make_comparable=True,
+    )
+    return {m: float(values[m]) for m in names}
 
 
 def _first_stage_scores(candidates: Sequence[Candidate]) -> dict[str, float]:

@@ -23,11 +23,9 @@ Without ``@k`` a metric reads the whole run. Documents with equal scores keep th
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 __all__ = ["evaluate", "ranked", "score_query", "supported"]
-
-_METRICS = ("ndcg", "mrr", "map", "recall")
 
 
 def _parse(name: str) -> tuple[str, int] | None:
@@ -80,23 +78,40 @@ def score_query(name: str, judged: Mapping[str, int], ids: Sequence[str]) -> flo
     relevant = {d: r for d, r in judged.items() if r >= 1}
     if not relevant:
         return 0.0
-    top = list(ids[:k] if k else ids)
-    if metric == "mrr":
-        return next((1.0 / i for i, d in enumerate(top, start=1) if d in relevant), 0.0)
-    hits = [d in relevant for d in top]
-    if metric == "recall":
-        return sum(hits) / len(relevant)
-    if metric == "map":
-        found, total = 0, 0.0
-        for i, hit in enumerate(hits, start=1):
-            if hit:
-                found += 1
-                total += found / i
-        return total / len(relevant)
+    return _METRICS[metric](relevant, list(ids[:k] if k else ids), k)
+
+
+def _mrr(relevant: Mapping[str, int], top: Sequence[str], k: int | None) -> float:
+    return next((1.0 / i for i, d in enumerate(top, start=1) if d in relevant), 0.0)
+
+
+def _recall(relevant: Mapping[str, int], top: Sequence[str], k: int | None) -> float:
+    return sum(d in relevant for d in top) / len(relevant)
+
+
+def _map(relevant: Mapping[str, int], top: Sequence[str], k: int | None) -> float:
+    found, total = 0, 0.0
+    for i, d in enumerate(top, start=1):
+        if d in relevant:
+            found += 1
+            total += found / i
+    return total / len(relevant)
+
+
+def _ndcg(relevant: Mapping[str, int], top: Sequence[str], k: int | None) -> float:
     dcg = sum(relevant.get(d, 0) / math.log2(i + 1) for i, d in enumerate(top, start=1))
     ideal_gains = sorted(relevant.values(), reverse=True)[: k or None]
     idcg = sum(r / math.log2(i + 1) for i, r in enumerate(ideal_gains, start=1))
     return dcg / idcg
+
+
+#: each metric of one query: (judged relevant documents and grades, the ranked top, k)
+_METRICS: dict[str, Callable[[Mapping[str, int], Sequence[str], int | None], float]] = {
+    "mrr": _mrr,
+    "recall": _recall,
+    "map": _map,
+    "ndcg": _ndcg,
+}
 
 
 def evaluate(

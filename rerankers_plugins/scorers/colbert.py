@@ -56,14 +56,9 @@ from rerankers_plugins.errors import BackendError, ConfigError
 from rerankers_plugins.ops.batching import length_sorted_batches
 from rerankers_plugins.ops.maxsim import maxsim, pad_vectors
 from rerankers_plugins.scorers._colbert_layouts import Layout, detect_layout, load_spec
-from rerankers_plugins.scorers._hf import (
-    Checkpoint,
-    DTypeName,
-    LoadKwargs,
-    TruncationReport,
-    load_options,
-    pad_right,
-)
+from rerankers_plugins.scorers._device import DTypeName
+from rerankers_plugins.scorers._hf import Checkpoint, LoadKwargs, load_options
+from rerankers_plugins.scorers._tokens import TruncationReport, pad_right
 from rerankers_plugins.scorers._vectors import CacheDType, DocumentEmbeddingCache, model_key
 from rerankers_plugins.scorers.base import BaseScorer
 from rerankers_plugins.types import ScoreScale

@@ -48,14 +48,10 @@ from rerankers_plugins.scorers._ce_layouts import (
     st_logit_score,
 )
 from rerankers_plugins.scorers._ce_loading import CrossEncoderLoading
-from rerankers_plugins.scorers._hf import (
-    Checkpoint,
-    DTypeName,
-    LoadKwargs,
-    TruncationReport,
-    load_options,
-)
+from rerankers_plugins.scorers._device import DTypeName
+from rerankers_plugins.scorers._hf import Checkpoint, LoadKwargs, load_options
 from rerankers_plugins.scorers._onnx import BackendName, OnnxCrossEncoder
+from rerankers_plugins.scorers._tokens import TruncationReport
 from rerankers_plugins.scorers.base import BaseScorer
 from rerankers_plugins.types import ScoreScale
 

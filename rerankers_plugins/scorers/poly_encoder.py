@@ -35,17 +35,16 @@ from rerankers_plugins._checks import as_int
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import BackendError, ConfigError
 from rerankers_plugins.ops.batching import length_sorted_batches
+from rerankers_plugins.scorers._device import DTypeName
 from rerankers_plugins.scorers._hf import (
     Checkpoint,
-    DTypeName,
     LoadKwargs,
     LoadOptions,
-    TruncationReport,
     load_model,
     load_options,
-    pad_right,
     resolve_model,
 )
+from rerankers_plugins.scorers._tokens import TruncationReport, pad_right
 from rerankers_plugins.scorers._vectors import DocumentEmbeddingCache, model_key
 from rerankers_plugins.scorers.base import BaseScorer
 from rerankers_plugins.types import ScoreScale

@@ -33,15 +33,9 @@ from rerankers_plugins._checks import as_int
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.ops.batching import length_sorted_batches, restore_order
-from rerankers_plugins.scorers._hf import (
-    Checkpoint,
-    DTypeName,
-    LoadKwargs,
-    TruncationReport,
-    load_options,
-    pad_right,
-    resolve_dtype,
-)
+from rerankers_plugins.scorers._device import DTypeName, resolve_dtype
+from rerankers_plugins.scorers._hf import Checkpoint, LoadKwargs, load_options
+from rerankers_plugins.scorers._tokens import TruncationReport, pad_right
 from rerankers_plugins.scorers.base import BaseScorer
 from rerankers_plugins.types import ScoreScale
 

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import ConfigError
-from rerankers_plugins.scorers._hf import load_model, pad_right
+from rerankers_plugins.scorers._hf import load_model
+from rerankers_plugins.scorers._tokens import pad_right
 from rerankers_plugins.scorers.poly_encoder import QUERY_LENGTH, tokenize
 from rerankers_plugins.train.settings import TrainSettings
 

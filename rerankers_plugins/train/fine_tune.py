@@ -24,7 +24,8 @@ from typing import Any
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.eval.beir import BeirData
-from rerankers_plugins.scorers._hf import cpu_has_fast_bf16, load_model, resolve_device, resolve_model
+from rerankers_plugins.scorers._device import cpu_has_fast_bf16, resolve_device
+from rerankers_plugins.scorers._hf import load_model, resolve_model
 from rerankers_plugins.train.arch import ARCHITECTURES, Arch
 from rerankers_plugins.train.data import (
     Queries,

@@ -42,9 +42,9 @@ class TrainResult:
 def verdict(dev_metrics: Mapping[str, float], first: float | None, last: float | None) -> tuple[str, ...]:
     """Warnings a run's own figures call for.
 
-    >>> _verdict({"model_ndcg@10": 0.43, "bm25_ndcg@10": 1.0}, 1.2, 1.5)[0][:52]
+    >>> verdict({"model_ndcg@10": 0.43, "bm25_ndcg@10": 1.0}, 1.2, 1.5)[0][:52]
     'the fine-tuned model is below its first stage on dev'
-    >>> _verdict({"model_ndcg@10": 0.8, "bm25_ndcg@10": 0.7}, 1.2, 0.3)
+    >>> verdict({"model_ndcg@10": 0.8, "bm25_ndcg@10": 0.7}, 1.2, 0.3)
     ()
     """
     out = []

@@ -31,7 +31,7 @@ from rerankers_plugins import (
     arerank,
     rerank,
 )
-from rerankers_plugins.scorers._hf import pad_right
+from rerankers_plugins.scorers._tokens import pad_right
 from rerankers_plugins.scorers.poly_encoder import build_poly_encoder, tokenize
 from rerankers_plugins.train import fine_tune
 

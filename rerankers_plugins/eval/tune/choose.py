@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from rerankers_plugins.eval import stats
@@ -88,6 +88,21 @@ class Decision:
         if not fits:
             return Selection([], None, None, best_any, cheapest)
         best = min(fits, key=lambda n: (-quality[n], cost[n], n))
+        chosen = self._cheapest_near(best, fits, dev, quality, cost)
+        return Selection(fits, chosen, best, best_any, cheapest)
+
+    def _cheapest_near(
+        self,
+        best: str,
+        fits: Sequence[str],
+        dev: Sequence[str],
+        quality: Mapping[str, float],
+        cost: Mapping[str, float],
+    ) -> str:
+        """Of the configurations that fit, those whose paired interval of the difference to
+        ``best`` holds 0 and that are no worse than the first stage: the cheapest (costs within
+        ``COST_TIE`` tie: the better, then the simpler)."""
+        s = self.search
         intervals = stats.paired_intervals(
             [s.ndcg[best][q] for q in dev], {n: [s.ndcg[n][q] for q in dev] for n in fits}, seed=s.seed
         )
@@ -95,8 +110,7 @@ class Decision:
         near = [n for n in fits if intervals[n][0] <= 0.0 and (quality[n] >= first_stage or n == best)]
         floor = min(cost[n] for n in near)
         tied = [n for n in near if cost[n] <= floor * (1.0 + COST_TIE)]
-        chosen = min(tied, key=lambda n: (-quality[n], *self._simpler(n)))
-        return Selection(fits, chosen, best, best_any, cheapest)
+        return min(tied, key=lambda n: (-quality[n], *self._simpler(n)))
 
     def _simpler(self, name: str) -> tuple[int, int, str]:
         """Between equally good configurations that cost alike: the shallower, then the simpler

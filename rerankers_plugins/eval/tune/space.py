@@ -372,20 +372,27 @@ def build_space(
     margins = gate_margins(queries)
     space: list[Config] = []
     for name in names:
-        leaf = leaves[name]
         for d in depths:
-            space.append(Single(d, name))
-            for w in FUSION_WEIGHTS if fusable else ():
-                if w is not None and leaf.scale is ScoreScale.RANK_ONLY:
-                    continue
-                space.append(Fused.of(leaf, name, d, w))
-            space += [Gated.of(leaf, name, d, m) for m in margins]
+            space += _one_scorer(leaves[name], name, d, fusable, margins)
     by_cost = sorted(names, key=lambda n: (per_pair_ms[n], n))
     for i, first in enumerate(by_cost):
         for second in by_cost[i + 1 :]:
             for d in depths:
                 space += [Cascaded(d, first, second, m) for m in depths if m < d]
     return space
+
+
+def _one_scorer(
+    leaf: Strategy, name: str, depth: int, fusable: bool, margins: Sequence[float]
+) -> list[Config]:
+    """One scorer at one depth: alone, fused with the retrieval score (where every candidate has
+    one or none does; weighted fusion only for a scorer with scores), and gated at each margin."""
+    out: list[Config] = [Single(depth, name)]
+    for w in FUSION_WEIGHTS if fusable else ():
+        if w is None or leaf.scale is not ScoreScale.RANK_ONLY:
+            out.append(Fused.of(leaf, name, depth, w))
+    out += [Gated.of(leaf, name, depth, m) for m in margins]
+    return out
 
 
 def describe(config: Config) -> dict[str, Any]:
