@@ -59,8 +59,8 @@ def child(threads: int, repeats: int, late: bool) -> None:
     ours = CrossEncoderScorer(path)
     ours32 = CrossEncoderScorer(path, dtype="float32")
     t0 = time.perf_counter()
-    onnx32 = CrossEncoderScorer(path, backend="onnx")
-    onnx8 = CrossEncoderScorer(path, backend="onnx-int8")
+    onnx32 = CrossEncoderScorer(path, runtime="onnx")
+    onnx8 = CrossEncoderScorer(path, runtime="onnx-int8")
     t_onnx = time.perf_counter() - t0
     lc_ours = RerankCompressor(scorer=ours, top_n=TOP_N)
     li_ours = RerankPostprocessor(scorer=ours, top_n=TOP_N)
@@ -91,8 +91,8 @@ def child(threads: int, repeats: int, late: bool) -> None:
         ("LlamaIndex SentenceTransformerRerank", li(li_peer)),
         (f"ours, default: CrossEncoderScorer (dtype=auto -> {dt})", core(ours)),
         ("ours, dtype=float32", core(ours32)),
-        ("ours, backend='onnx' (ONNX Runtime float32)", core(onnx32)),
-        ("ours, backend='onnx-int8' (ONNX Runtime int8)", core(onnx8)),
+        ("ours, runtime='onnx' (ONNX Runtime float32)", core(onnx32)),
+        ("ours, runtime='onnx-int8' (ONNX Runtime int8)", core(onnx8)),
         ("ours, default, through LangChain RerankCompressor", lc(lc_ours)),
         ("ours, default, through LlamaIndex RerankPostprocessor", li(li_ours)),
     ]

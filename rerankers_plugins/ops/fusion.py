@@ -35,11 +35,19 @@ def zscore(values: Sequence[float]) -> list[float]:
     """
     if not values:
         return []
-    mean = sum(values) / len(values)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+    # z-scores do not change when every value is scaled: scaled by a power of two (exact) to at
+    # most 1 in magnitude first, tiny differences (1e-200 apart) neither underflow to a "constant"
+    # signal nor do huge ones overflow
+    top = max(abs(v) for v in values)
+    if top == 0:
+        return [0.0] * len(values)
+    factor = math.ldexp(1.0, -math.frexp(top)[1])
+    unit = [v * factor for v in values]
+    mean = math.fsum(unit) / len(unit)
+    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in unit) / len(unit))
     if sd == 0:
         return [0.0] * len(values)
-    return [(v - mean) / sd for v in values]
+    return [(v - mean) / sd for v in unit]
 
 
 def best_first(values: Sequence[float]) -> list[int]:

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rerankers_plugins._checks import as_int
+from rerankers_plugins._validate import as_int
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.pipeline.leaves import ScorerLeaf, as_scorer_leaf
 from rerankers_plugins.scorers.base import BaseScorer, Scorer

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from rerankers_plugins._checks import as_int, check_threshold
+from rerankers_plugins._validate import as_int, check_threshold
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.pipeline.leaves import ScorerLike, as_strategy
 from rerankers_plugins.pipeline.ranking import Entry, Ranking, Strategy

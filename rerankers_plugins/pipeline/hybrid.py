@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from rerankers_plugins._checks import as_real
+from rerankers_plugins._validate import as_real
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.ops.fusion import minmax, rrf, weighted_sum, zscore
 from rerankers_plugins.pipeline.leaves import ScorerLike, as_strategy, require_scores

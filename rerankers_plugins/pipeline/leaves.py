@@ -3,7 +3,7 @@
 :func:`as_strategy` wraps a Scorer as :class:`ScorerLeaf` and a Ranker as :class:`RankerLeaf`, at
 construction; the leaf chooses the backend's methods then (the richest it has: ``*_details``
 returns a :class:`~rerankers_plugins.scorers.base.ScoreResult`), checks whatever they return
-(:mod:`rerankers_plugins.pipeline.checks`), and with ``on_error="keep_order"`` passes its input
+(:mod:`rerankers_plugins.pipeline.returned`), and with ``on_error="keep_order"`` passes its input
 through, marked, when the backend fails. Nothing probes objects for methods after that.
 """
 
@@ -18,8 +18,8 @@ from typing import Any, Union, cast
 
 from rerankers_plugins.errors import BackendError, ConfigError
 from rerankers_plugins.ops.fusion import best_first
-from rerankers_plugins.pipeline.checks import check_permutation, check_result, check_values, encodable
 from rerankers_plugins.pipeline.ranking import Ranking, Strategy
+from rerankers_plugins.pipeline.returned import check_permutation, check_result, check_values, encodable
 from rerankers_plugins.scorers.base import (
     AsyncDetailedRanker,
     AsyncDetailedScorer,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from rerankers_plugins._checks import as_int
+from rerankers_plugins._validate import as_int
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.pipeline.leaves import as_scorer_leaf
 from rerankers_plugins.scorers.base import BaseScorer, Scorer, ScoreResult

@@ -229,7 +229,18 @@ class Strategy(ABC):
     """
 
     name: str = "strategy"
-    scale: ScoreScale = ScoreScale.LOGIT
+    #: declared by every subclass (a class attribute, or set in ``__init__``): what a threshold on
+    #: this strategy's scores means depends on it, so it never defaults
+    scale: ScoreScale
+
+    def __getattr__(self, name: str) -> Any:
+        # reached only when the attribute is missing: a strategy that declares no scale says so
+        if name == "scale":
+            raise AttributeError(
+                f"{type(self).__name__} declares no scale: set self.scale (a ScoreScale: the scale of "
+                "the scores it returns) in __init__ or as a class attribute"
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @abstractmethod
     def run(self, query: str, ranking: Ranking) -> Ranking: ...

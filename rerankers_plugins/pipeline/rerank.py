@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rerankers_plugins._checks import check_threshold, check_top_n
+from rerankers_plugins._validate import check_threshold, check_top_n
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.pipeline.leaves import ScorerLike, as_strategy
 from rerankers_plugins.pipeline.ranking import Entry, Ranking, Strategy

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
-from rerankers_plugins._checks import as_int, as_real
+from rerankers_plugins._validate import as_int, as_real
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.pipeline.leaves import ScorerLike, as_strategy
 from rerankers_plugins.pipeline.ranking import Ranking, Strategy

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rerankers_plugins._checks import as_int, as_real, check_threshold
+from rerankers_plugins._validate import as_int, as_real, check_threshold
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.pipeline.leaves import ScorerLike, as_strategy, require_scores
 from rerankers_plugins.pipeline.ranking import Entry, Ranking, Strategy

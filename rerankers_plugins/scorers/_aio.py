@@ -21,7 +21,7 @@ import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Generic, TypeVar
 
-from rerankers_plugins._checks import as_real
+from rerankers_plugins._validate import as_real
 from rerankers_plugins.errors import DeadlineExceeded
 
 __all__ = [

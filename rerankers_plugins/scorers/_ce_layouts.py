@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rerankers_plugins._checks import as_int
+from rerankers_plugins._validate import as_int
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.scorers._causal import PROMPT_FORMATS
-from rerankers_plugins.scorers._onnx import BACKENDS
+from rerankers_plugins.scorers._onnx import RUNTIMES
 
 __all__ = [
     "architectures",
@@ -63,7 +63,7 @@ def refusal(model_id: str, architectures: Sequence[str]) -> str | None:
             f"{model_id!r} is a causal language model ({archs}) without sentence-transformers' LogitScore "
             "module, so how its prompt is written is not in its files. If it is a yes/no reranker, name "
             f"its published prompt: CrossEncoderScorer({model_id!r}, prompt_format=...), one of {_FORMATS_HINT}. "
-            "A general chat model reranks through LLMPointwiseScorer or LLMListwiseScorer."
+            "A general chat model reranks through LLMPointwiseScorer or LLMListwiseRanker."
         )
     if any(a.endswith("ForConditionalGeneration") for a in architectures):
         return (
@@ -81,7 +81,7 @@ def refusal(model_id: str, architectures: Sequence[str]) -> str | None:
         f"{model_id!r} ({archs}) is neither a sequence-classification cross-encoder nor a causal-LM "
         "reranker, so CrossEncoderScorer cannot score it as its authors do. A listwise or remote-code "
         "reranker can be wrapped as a Ranker (a `rank(query, texts) -> list[int]` object) or called from "
-        "a function given to LLMListwiseScorer."
+        "a function given to LLMListwiseRanker."
     )
 
 
@@ -89,7 +89,7 @@ def check_options(
     activation: str | None,
     batch_size: int,
     max_length: int | None,
-    backend: str,
+    runtime: str,
     prompt_format: str | None,
     instruction: str | None,
 ) -> None:
@@ -97,8 +97,8 @@ def check_options(
         raise ConfigError(f"activation must be 'sigmoid' or None, got {activation!r}")
     as_int(batch_size, "batch_size", minimum=1)
     as_int(max_length, "max_length", minimum=8, allow_none=True)
-    if backend not in BACKENDS:
-        raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
     if prompt_format is not None and prompt_format not in PROMPT_FORMATS:
         raise ConfigError(
             f"prompt_format must be one of {sorted(PROMPT_FORMATS)} or None, got {prompt_format!r}"

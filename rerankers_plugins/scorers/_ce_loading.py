@@ -1,5 +1,5 @@
 """How :class:`~rerankers_plugins.scorers.cross_encoder.CrossEncoderScorer` loads each layout
-(the modes its module docstring lists): the precision rule of each backend, the prompted causal LM,
+(the modes its module docstring lists): the precision rule of each runtime, the prompted causal LM,
 everything sentence-transformers loads as a CrossEncoder, the model card's formatted pair of a
 sequence-classification conversion, and the pair-tokenization settings of the ``pairs`` modes
 (ONNX included). Scoring stays in the scorer's module.
@@ -27,8 +27,8 @@ class CrossEncoderLoading:
 
     _torch: Any
     checkpoint: Checkpoint
-    backend: str
-    model_id: str
+    runtime: str
+    model: str
     device: str
     dtype: Any
     batch_size: int
@@ -54,14 +54,14 @@ class CrossEncoderLoading:
     _pad_left: bool
 
     def _resolve_precision(self, dtype: str, device: str) -> Any:
-        if self.backend == "torch":
+        if self.runtime == "torch":
             return resolve_dtype(dtype, device)
         require("onnxruntime", "onnx")
         if device != "cpu":
-            raise ConfigError(f"backend={self.backend!r} runs on CPU; use backend='torch' on {device!r}")
+            raise ConfigError(f"runtime={self.runtime!r} runs on CPU; use runtime='torch' on {device!r}")
         if dtype not in ("auto", "float32"):
             raise ConfigError(
-                f"backend={self.backend!r} sets its own precision; leave dtype='auto', got {dtype!r}"
+                f"runtime={self.runtime!r} sets its own precision; leave dtype='auto', got {dtype!r}"
             )
         return self._torch.float32
 
@@ -89,16 +89,16 @@ class CrossEncoderLoading:
             raise ConfigError(
                 f"prompt_format must be one of {sorted(PROMPT_FORMATS)}, got {self.prompt_format!r}"
             )
-        if self.backend != "torch":
+        if self.runtime != "torch":
             raise ConfigError(
-                f"backend={self.backend!r} runs sequence-classification models; use backend='torch'"
+                f"runtime={self.runtime!r} runs sequence-classification models; use runtime='torch'"
             )
         ckpt = self.checkpoint
         if ckpt.local is not None:
             archs = architectures(ckpt.local)
             if archs and not any(a.endswith("ForCausalLM") for a in archs):
                 raise ConfigError(
-                    f"prompt_format={fmt.name!r} is for causal-LM rerankers, but {self.model_id!r} is "
+                    f"prompt_format={fmt.name!r} is for causal-LM rerankers, but {self.model!r} is "
                     f"{', '.join(archs)}; leave prompt_format unset for a cross-encoder"
                 )
 
@@ -153,11 +153,11 @@ class CrossEncoderLoading:
         )
         logit_score = logit_score_module(self._model)
         if logit_score is None:
-            require_reranker_head(self._model, self.model_id)
+            require_reranker_head(self._model, self.model)
         self.num_labels = int(self._model.num_labels)
         if self.num_labels not in (1, 2):
             raise ConfigError(
-                f"{self.model_id!r} has {self.num_labels} output labels; a relevance cross-encoder has 1 "
+                f"{self.model!r} has {self.num_labels} output labels; a relevance cross-encoder has 1 "
                 "(a score) or 2 (not relevant / relevant). A 3-label head is an NLI or classification "
                 "model: fine-tune a relevance cross-encoder from it (`rerankers-plugins train`)."
             )
@@ -208,7 +208,7 @@ class CrossEncoderLoading:
             usable = {n: f.pair_architectures for n, f in PROMPT_FORMATS.items() if f.pair is not None}
             raise ConfigError(
                 f"prompt_format={fmt.name!r} is for causal-LM rerankers (and the sequence-classification "
-                f"conversions named here: {usable}), but {self.model_id!r} is {', '.join(archs)}; leave "
+                f"conversions named here: {usable}), but {self.model!r} is {', '.join(archs)}; leave "
                 "prompt_format unset for a cross-encoder"
             )
         self._pair_format = fmt
@@ -226,7 +226,7 @@ class CrossEncoderLoading:
         except Exception as exc:
             formats = sorted(n for n, f in PROMPT_FORMATS.items() if f.pair is not None)
             raise ConfigError(
-                f"{self.model_id!r} cannot be scored as it is: its chat template does not render a "
+                f"{self.model!r} cannot be scored as it is: its chat template does not render a "
                 f"(query, document) pair ({type(exc).__name__}: {str(exc).splitlines()[0]}). If it is a "
                 "sequence-classification conversion of a causal reranker (e.g. "
                 "tomaarsen/Qwen3-Reranker-0.6B-seq-cls), pass its family's prompt_format (one of "
@@ -246,18 +246,18 @@ class CrossEncoderLoading:
         ) or ("input_ids", "attention_mask")
         self._pad_id = int(self._tokenizer.pad_token_id or 0)
         self._pad_left = getattr(self._tokenizer, "padding_side", "right") == "left"
-        if self.backend != "torch":
+        if self.runtime != "torch":
             if self.mode not in ("pairs", "formatted") or self._model.model is None:
                 raise ConfigError(
-                    f"backend={self.backend!r} needs a checkpoint whose relevance head is part of its "
-                    f"transformers model; {self.model_id!r} has extra sentence-transformers modules, "
-                    "a chat template, prompts or processing options: use backend='torch'"
+                    f"runtime={self.runtime!r} needs a checkpoint whose relevance head is part of its "
+                    f"transformers model; {self.model!r} has extra sentence-transformers modules, "
+                    "a chat template, prompts or processing options: use runtime='torch'"
                 )
             self._onnx = OnnxCrossEncoder(
                 self._model.model,
                 source=self.checkpoint.path,
                 digest=self.checkpoint.digest,
                 inputs=self._inputs,
-                quantize=self.backend == "onnx-int8",
+                quantize=self.runtime == "onnx-int8",
                 threads=self._torch.get_num_threads(),
             )

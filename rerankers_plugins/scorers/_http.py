@@ -30,7 +30,6 @@ import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar, Literal, TypeVar
 
-from rerankers_plugins._checks import as_int, as_real
 from rerankers_plugins._optional import require
 from rerankers_plugins._secret import (
     CredentialURL,
@@ -42,6 +41,7 @@ from rerankers_plugins._secret import (
     split_query,
     url_secrets,
 )
+from rerankers_plugins._validate import as_int, as_real
 from rerankers_plugins.errors import BackendError, ConfigError
 from rerankers_plugins.scorers._aio import LoopLocal, bounded, gather_cancelling, resolve_deadline, run_sync
 from rerankers_plugins.scorers.base import BaseScorer, _rebuild

@@ -33,12 +33,12 @@ from typing import Any, Literal
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import BackendError, ConfigError
 
-__all__ = ["BACKENDS", "BackendName", "OnnxCrossEncoder", "onnx_cache_dir"]
+__all__ = ["RUNTIMES", "OnnxCrossEncoder", "RuntimeName", "onnx_cache_dir"]
 
 logger = logging.getLogger(__name__)
 
-BackendName = Literal["torch", "onnx", "onnx-int8"]
-BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
+RuntimeName = Literal["torch", "onnx", "onnx-int8"]
+RUNTIMES: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
 
 #: bumped whenever the export recipe changes, so stale cached graphs are never reused
 _RECIPE = 1
@@ -75,7 +75,7 @@ def _export(hf_model: Any, inputs: tuple[str, ...], path: Path) -> None:
     axes["logits"] = {0: "batch"}
     # The TorchScript exporter (deprecated since torch 2.9, still shipped) is used on purpose: the
     # torch.export-based one emits attention that ONNX Runtime's optimizer does not fuse, which
-    # loses most of the speed this backend exists for. Its deprecation and tracer warnings are
+    # loses most of the speed this runtime exists for. Its deprecation and tracer warnings are
     # about that choice, not about the user's model.
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -141,7 +141,7 @@ def _check_against_torch(path: Path, hf_model: Any, inputs: tuple[str, ...]) -> 
     if not diff <= 1e-3 * max(1.0, float(abs(expected).max())):
         raise BackendError(
             f"the ONNX export of this model disagrees with torch (max logit difference {diff:.3g}); "
-            "its architecture is not supported by backend='onnx': use backend='torch'"
+            "its architecture is not supported by runtime='onnx': use runtime='torch'"
         )
 
 
@@ -168,7 +168,7 @@ class OnnxCrossEncoder:
         config = hf_model.config
         if not type(hf_model).__name__.endswith("ForSequenceClassification"):
             raise ConfigError(
-                f"backend='onnx' needs a transformers *ForSequenceClassification model; {source!r} is a "
+                f"runtime='onnx' needs a transformers *ForSequenceClassification model; {source!r} is a "
                 f"{type(hf_model).__name__}"
             )
         transformers = require("transformers", "cross-encoder")

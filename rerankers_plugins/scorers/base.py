@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from rerankers_plugins._deprecation import renamed_attribute, warn_renamed
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.types import ScoreScale
 
@@ -39,6 +39,7 @@ __all__ = [
     "ScoreResult",
     "Scorer",
     "Scores",
+    "accept_renamed",
     "translate_renamed",
 ]
 
@@ -229,17 +230,12 @@ class BaseScorer:
     #: old keyword -> new keyword: an option that was renamed is still accepted under its old name,
     #: with a FutureWarning naming the new one (one name per idea across the scorers)
     renamed: ClassVar[Mapping[str, str]] = {}
+    #: the local scorers' old name of ``model`` (the Hub id or directory), as the API scorers say it
+    model_id = renamed_attribute("model_id", "model")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        init = cls.__dict__.get("__init__")
-        if init is not None and cls.renamed:
-
-            @functools.wraps(init)
-            def translated(self: Any, *args: Any, **kw: Any) -> None:
-                init(self, *args, **_translate(type(self), kw, warn=True))
-
-            cls.__init__ = translated  # type: ignore[method-assign]
+        accept_renamed(cls)
 
     def __new__(cls, *args: Any, **kwargs: Any) -> BaseScorer:
         self = super().__new__(cls)
@@ -276,17 +272,29 @@ class BaseScorer:
         return f"{type(self).__name__}(name={self.name!r}, scale={shown})"
 
 
+def accept_renamed(cls: type[Any]) -> None:
+    """Make ``cls``'s own ``__init__`` take the old names of its ``renamed`` options (each with a
+    FutureWarning); for scorers and rankers that declare ``renamed``."""
+    init = cls.__dict__.get("__init__")
+    if init is None or not getattr(cls, "renamed", None):
+        return
+
+    @functools.wraps(init)
+    def translated(self: Any, *args: Any, **kw: Any) -> None:
+        init(self, *args, **_translate(type(self), kw, warn=True))
+
+    cls.__init__ = translated
+
+
 def translate_renamed(cls: type[Any], kwargs: dict[str, Any], *, stacklevel: int = 2) -> dict[str, Any]:
     """``kwargs`` for ``cls`` with its renamed options under their new names, each with a
     FutureWarning attributed ``stacklevel`` frames above the caller."""
-    if not (isinstance(cls, type) and issubclass(cls, BaseScorer)):
+    if not isinstance(cls, type) or not getattr(cls, "renamed", None):
         return kwargs
     return _translate(cls, kwargs, warn=True, stacklevel=stacklevel + 2)
 
 
-def _translate(
-    cls: type[BaseScorer], kwargs: dict[str, Any], *, warn: bool, stacklevel: int = 3
-) -> dict[str, Any]:
+def _translate(cls: type[Any], kwargs: dict[str, Any], *, warn: bool, stacklevel: int = 3) -> dict[str, Any]:
     """``kwargs`` with every old option name of ``cls.renamed`` replaced by its new one."""
     if not any(old in kwargs for old in cls.renamed):
         return kwargs
@@ -298,11 +306,7 @@ def _translate(
             raise ConfigError(f"{cls.__name__}: pass {new}= only ({old}= is its old name)")
         if warn:
             # stacklevel 3: the user's line (this function < the __init__ wrapper < the caller)
-            warnings.warn(
-                f"{cls.__name__}({old}=...) is now {new}=; the old name will be removed in a later release",
-                FutureWarning,
-                stacklevel=stacklevel,
-            )
+            warn_renamed(f"{cls.__name__}({old}=...)", f"{new}=", stacklevel=stacklevel)
         out[new] = out.pop(old)
     return out
 

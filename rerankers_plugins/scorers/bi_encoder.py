@@ -17,8 +17,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Unpack
 
-from rerankers_plugins._checks import as_int
 from rerankers_plugins._optional import require
+from rerankers_plugins._validate import as_int
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.scorers._device import DTypeName
 from rerankers_plugins.scorers._hf import Checkpoint, LoadKwargs, load_options
@@ -93,7 +93,7 @@ class BiEncoderScorer(BaseScorer):
         self.device, self.dtype = ckpt.device, ckpt.dtype
         self.batch_size = batch_size
         self.name = model
-        self.model_id = model
+        self.model = model
         options = ckpt.options.sentence_transformers(st.SentenceTransformer)
         self._model = ckpt.load(
             "sentence-transformers",
@@ -112,11 +112,11 @@ class BiEncoderScorer(BaseScorer):
         prompts = dict(getattr(self._model, "prompts", None) or {})
         self.query_prompt = query_prompt if query_prompt is not None else str(prompts.get("query") or "")
         self.document_prompt = document_prompt if document_prompt is not None else _document_prompt(prompts)
-        self._truncation = TruncationReport(f"BiEncoderScorer({self.model_id!r})")
+        self._truncation = TruncationReport(f"BiEncoderScorer({self.model!r})")
 
     def __repr__(self) -> str:
         return (
-            f"BiEncoderScorer({self.model_id!r}, device={self.device!r}, "
+            f"BiEncoderScorer({self.model!r}, device={self.device!r}, "
             f"dtype={str(self.dtype).removeprefix('torch.')!r}, query_prompt={self.query_prompt!r}, "
             f"document_prompt={self.document_prompt!r})"
         )

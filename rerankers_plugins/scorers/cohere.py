@@ -21,9 +21,9 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
-from rerankers_plugins._checks import as_int
 from rerankers_plugins._optional import require
 from rerankers_plugins._secret import CredentialURL, Secret
+from rerankers_plugins._validate import as_int
 from rerankers_plugins.errors import BackendError, ConfigError
 from rerankers_plugins.scorers._aio import in_thread, wait_until
 from rerankers_plugins.scorers._http import HTTPScorer, OnError, Send, merge_indexed

@@ -50,8 +50,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Unpack
 
-from rerankers_plugins._checks import as_int
 from rerankers_plugins._optional import require
+from rerankers_plugins._validate import as_int
 from rerankers_plugins.errors import BackendError, ConfigError
 from rerankers_plugins.ops.batching import length_sorted_batches
 from rerankers_plugins.ops.maxsim import maxsim, pad_vectors
@@ -142,7 +142,7 @@ class ColBERTScorer(BaseScorer):
         self.normalize = normalize
         self.scale = ScoreScale.SIMILARITY if normalize else ScoreScale.LOGIT
         self.name = model
-        self.model_id = model
+        self.model = model
 
         def load_files() -> tuple[Path, Any, Any]:
             root = ckpt.root()
@@ -178,9 +178,9 @@ class ColBERTScorer(BaseScorer):
             cache_dtype = "float32" if self.dtype == self._torch.float32 else "float16"
         self.cache_dtype: CacheDType = cache_dtype
         self._special_ids = frozenset(int(i) for i in self._tokenizer.all_special_ids)
-        self._doc_truncation = TruncationReport(f"ColBERTScorer({self.model_id!r}) documents")
+        self._doc_truncation = TruncationReport(f"ColBERTScorer({self.model!r}) documents")
         self._query_truncation = TruncationReport(
-            f"ColBERTScorer({self.model_id!r}) queries", hint="Raise query_length to read longer queries."
+            f"ColBERTScorer({self.model!r}) queries", hint="Raise query_length to read longer queries."
         )
         key = model_key(
             root, ckpt.digest, self.layout, self.max_length, self.dim, str(self.dtype), self.cache_dtype
@@ -201,7 +201,7 @@ class ColBERTScorer(BaseScorer):
 
     def __repr__(self) -> str:
         return (
-            f"ColBERTScorer({self.model_id!r}, layout={self.layout!r}, dim={self.dim}, "
+            f"ColBERTScorer({self.model!r}, layout={self.layout!r}, dim={self.dim}, "
             f"query_length={self.query_length}, max_length={self.max_length}, device={self.device!r}, "
             f"dtype={str(self.dtype).removeprefix('torch.')!r})"
         )
@@ -254,7 +254,7 @@ class ColBERTScorer(BaseScorer):
             expansion_id = tok.mask_token_id if tok.mask_token_id is not None else tok.eos_token_id
             if expansion_id is None:
                 raise BackendError(
-                    f"{self.model_id!r}: query expansion needs a [MASK] (or EOS) token, the tokenizer has none"
+                    f"{self.model!r}: query expansion needs a [MASK] (or EOS) token, the tokenizer has none"
                 )
             ids = ids + [expansion_id] * extra
             attend = attend + [1 if spec.attend_expansion else 0] * extra

@@ -5,7 +5,7 @@ Five ways a checkpoint is read, chosen from its files (never from its name):
 ``pairs``       a plain sentence-transformers / transformers cross-encoder (BERT, XLM-R, ModernBERT,
                 Qwen3 seq-cls without a template): loaded by sentence-transformers and run by us; each
                 call tokenizes its pairs once, sorts them by *token* length before batching, runs the
-                weights in the chosen dtype or through ONNX Runtime (``backend="onnx"`` /
+                weights in the chosen dtype or through ONNX Runtime (``runtime="onnx"`` /
                 ``"onnx-int8"``).
 ``preprocess``  a cross-encoder whose sentence-transformers config gives it a chat template (query /
                 document roles), prompts or a default prompt, or processing options: every batch goes
@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, Unpack
+from typing import Any, ClassVar, Literal, Unpack
 
+from rerankers_plugins._deprecation import renamed_attribute
 from rerankers_plugins._optional import require
 from rerankers_plugins.ops.batching import length_sorted_batches, restore_order
 from rerankers_plugins.scorers._causal import (
@@ -50,7 +51,7 @@ from rerankers_plugins.scorers._ce_layouts import (
 from rerankers_plugins.scorers._ce_loading import CrossEncoderLoading
 from rerankers_plugins.scorers._device import DTypeName
 from rerankers_plugins.scorers._hf import Checkpoint, LoadKwargs, load_options
-from rerankers_plugins.scorers._onnx import BackendName, OnnxCrossEncoder
+from rerankers_plugins.scorers._onnx import OnnxCrossEncoder, RuntimeName
 from rerankers_plugins.scorers._tokens import TruncationReport
 from rerankers_plugins.scorers.base import BaseScorer
 from rerankers_plugins.types import ScoreScale
@@ -81,7 +82,7 @@ class CrossEncoderScorer(CrossEncoderLoading, BaseScorer):
             chooses by device and thread count (:func:`resolve_max_batch_tokens`): on CPU 1024
             tokens per thread (at most 8192), no cap on accelerators. ``None``: only ``batch_size``
             applies.
-        backend: ``"torch"`` (default), or ONNX Runtime on CPU: ``"onnx"`` (float32) or
+        runtime: ``"torch"`` (default), or ONNX Runtime on CPU: ``"onnx"`` (float32) or
             ``"onnx-int8"`` (weights int8 per channel, activations quantised per call; faster on
             CPUs with integer dot-product instructions, scores within about 0.01 of float32 but not
             equal: measure agreement on your data). The graph is exported once and cached under
@@ -103,6 +104,9 @@ class CrossEncoderScorer(CrossEncoderLoading, BaseScorer):
     """
 
     rebuild_on_copy = True  # a copy reloads the model from its files
+    #: "backend" names a registry entry everywhere else; the ONNX switch is the runtime
+    renamed: ClassVar[Mapping[str, str]] = {"backend": "runtime"}
+    backend = renamed_attribute("backend", "runtime")
 
     def __init__(
         self,
@@ -114,16 +118,16 @@ class CrossEncoderScorer(CrossEncoderLoading, BaseScorer):
         dtype: DTypeName = "auto",
         activation: str | None = "sigmoid",
         max_batch_tokens: int | Literal["auto"] | None = "auto",
-        backend: BackendName = "torch",
+        runtime: RuntimeName = "torch",
         warmup: bool = True,
         prompt_format: str | None = None,
         instruction: str | None = None,
         reuse_prefix: bool = True,
         **load: Unpack[LoadKwargs],
     ) -> None:
-        check_options(activation, batch_size, max_length, backend, prompt_format, instruction)
+        check_options(activation, batch_size, max_length, runtime, prompt_format, instruction)
         self._torch = require("torch", "cross-encoder")
-        self.backend = backend
+        self.runtime = runtime
         self.checkpoint = Checkpoint.open(
             model,
             device=device,
@@ -137,7 +141,7 @@ class CrossEncoderScorer(CrossEncoderLoading, BaseScorer):
         self.batch_size = batch_size
         self.activation = activation
         self.name = model
-        self.model_id = model
+        self.model = model
         self.instruction = instruction
         self.reuse_prefix = bool(reuse_prefix)
         self.prompt_format = prompt_format or KNOWN_CAUSAL_RERANKERS.get(model)
@@ -151,17 +155,17 @@ class CrossEncoderScorer(CrossEncoderLoading, BaseScorer):
             self._load_prompted_causal(max_length)
         else:
             if local is not None and not st_logit_score(local):
-                require_reranker_head(local, self.model_id)
+                require_reranker_head(local, self.model)
             self._load_sentence_transformers(max_length)
         self.scale = ScoreScale.PROBABILITY if activation == "sigmoid" else ScoreScale.LOGIT
         self._truncation = TruncationReport(f"CrossEncoderScorer({model!r})")
         logger.debug(
-            "loaded cross-encoder %s (%s) on %s as %s, backend %s (max_length=%d, max_batch_tokens=%s)",
+            "loaded cross-encoder %s (%s) on %s as %s, runtime %s (max_length=%d, max_batch_tokens=%s)",
             model,
             self.mode,
             self.device,
             self.dtype,
-            backend,
+            runtime,
             self.max_length,
             self.max_batch_tokens,
         )
@@ -171,10 +175,10 @@ class CrossEncoderScorer(CrossEncoderLoading, BaseScorer):
             self.score("warm up", ["warm up"])
 
     def __repr__(self) -> str:
-        backend = "" if self.backend == "torch" else f", backend={self.backend!r}"
+        runtime = "" if self.runtime == "torch" else f", runtime={self.runtime!r}"
         return (
-            f"CrossEncoderScorer({self.model_id!r}, device={self.device!r}, "
-            f"dtype={str(self.dtype).removeprefix('torch.')!r}{backend}, scale={self.scale.value})"
+            f"CrossEncoderScorer({self.model!r}, device={self.device!r}, "
+            f"dtype={str(self.dtype).removeprefix('torch.')!r}{runtime}, scale={self.scale.value})"
         )
 
     def _encode(self, query: str, texts: Sequence[str]) -> tuple[list[dict[str, list[int]]], int]:
@@ -225,8 +229,8 @@ class CrossEncoderScorer(CrossEncoderLoading, BaseScorer):
         # the checkpoint's files (module folders included) and revision: a model retrained in
         # place is another model
         settings.update(self.checkpoint.fingerprint())
-        if self.backend != "torch":  # int8 scores differ from float32: never share cache entries
-            settings["backend"] = self.backend
+        if self.runtime != "torch":  # int8 scores differ from float32: never share cache entries
+            settings["runtime"] = self.runtime
         if self.prompt_format is not None:
             settings["prompt_format"] = self.prompt_format
         formatted = self._format is not None or self._pair_format is not None

@@ -31,8 +31,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Unpack
 
-from rerankers_plugins._checks import as_int
 from rerankers_plugins._optional import require
+from rerankers_plugins._validate import as_int
 from rerankers_plugins.errors import BackendError, ConfigError
 from rerankers_plugins.ops.batching import length_sorted_batches
 from rerankers_plugins.scorers._device import DTypeName
@@ -254,7 +254,7 @@ class PolyEncoderScorer(BaseScorer):
         self.device, self.dtype, self.max_batch_tokens = ckpt.device, ckpt.dtype, ckpt.max_batch_tokens
         self.batch_size = batch_size
         self.name = model
-        self.model_id = model
+        self.model = model
 
         def load_files() -> tuple[Path, Any]:
             root = ckpt.root()
@@ -273,7 +273,7 @@ class PolyEncoderScorer(BaseScorer):
         self.query_length = min(query_length, limit)
         self.max_length = min(max_length or int(module.settings.get("max_length", 256)), limit)
         self._pad = int(self._tokenizer.pad_token_id or 0)
-        self._doc_truncation = TruncationReport(f"PolyEncoderScorer({self.model_id!r}) documents")
+        self._doc_truncation = TruncationReport(f"PolyEncoderScorer({self.model!r}) documents")
         self.cache = DocumentEmbeddingCache(
             model_key(root, ckpt.digest, self.max_length, str(self.dtype), prefix="poly-"),
             max_bytes=cache_bytes,
@@ -282,7 +282,7 @@ class PolyEncoderScorer(BaseScorer):
 
     def __repr__(self) -> str:
         return (
-            f"PolyEncoderScorer({self.model_id!r}, codes={self.codes}, device={self.device!r}, "
+            f"PolyEncoderScorer({self.model!r}, codes={self.codes}, device={self.device!r}, "
             f"dtype={str(self.dtype).removeprefix('torch.')!r})"
         )
 

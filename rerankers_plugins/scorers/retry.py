@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from rerankers_plugins._checks import as_int
+from rerankers_plugins._validate import as_int
 from rerankers_plugins.errors import BackendError, ConfigError, DeadlineExceeded
 
 __all__ = ["RetryPolicy", "TransientError", "parse_retry_after"]

@@ -29,8 +29,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal, Unpack
 
-from rerankers_plugins._checks import as_int
 from rerankers_plugins._optional import require
+from rerankers_plugins._validate import as_int
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.ops.batching import length_sorted_batches, restore_order
 from rerankers_plugins.scorers._device import DTypeName, resolve_dtype
@@ -164,7 +164,7 @@ class Seq2SeqScorer(BaseScorer):
         self._before, self._between, self._after, self._query_first = _template_parts(self.template)
         self.batch_size = batch_size
         self.name = model
-        self.model_id = model
+        self.model = model
         path = ckpt.path
         config = ckpt.load(
             "seq2seq",
@@ -198,7 +198,7 @@ class Seq2SeqScorer(BaseScorer):
         self._head, self._tail = self._special_frame()
         self._fixed = [self._words(part) for part in (self._before, self._between, self._after)]
         self._ids: tuple[int, ...] = self._answer_ids(true_token, false_token, score_token)
-        self._truncation = TruncationReport(f"Seq2SeqScorer({self.model_id!r})")
+        self._truncation = TruncationReport(f"Seq2SeqScorer({self.model!r})")
         logger.debug("loaded %s model %s on %s as %s", variant, model, self.device, self.dtype)
 
     def _precision(self, dtype: str, device: str) -> Any:
@@ -222,7 +222,7 @@ class Seq2SeqScorer(BaseScorer):
 
     def __repr__(self) -> str:
         return (
-            f"Seq2SeqScorer({self.model_id!r}, variant={self.variant!r}, device={self.device!r}, "
+            f"Seq2SeqScorer({self.model!r}, variant={self.variant!r}, device={self.device!r}, "
             f"dtype={str(self.dtype).removeprefix('torch.')!r}, scale={self.scale.value})"
         )
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from rerankers_plugins._checks import as_int, as_real
+from rerankers_plugins._validate import as_int, as_real
 from rerankers_plugins.errors import ConfigError
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tiny import WORDS
+from tiny import TINY, WORDS
 
 #: what the tokenizers are trained on: the test vocabulary, the answer words and the prompts' words
 EXTRA = (
@@ -77,10 +77,7 @@ def unigram_tokenizer(
 
 def _tiny(cfg_cls: Any, **kw: Any) -> Any:
     base = {
-        "hidden_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "intermediate_size": 64,
+        **TINY,
         "max_position_embeddings": 512,
         # wide random weights: scores spread over the candidates, so a wrong token moves them visibly
         "initializer_range": 0.3,

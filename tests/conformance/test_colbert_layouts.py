@@ -24,13 +24,10 @@ import string
 from pathlib import Path
 
 import pytest
+import torch
+from tiny import TINY, WORDS, build_colbert, build_pylate, write_dense_modules
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("sentence_transformers.multi_vector_encoder")
-
-from tiny import WORDS, build_colbert, build_pylate, write_dense_modules  # noqa: E402
-
-from rerankers_plugins import BackendError, ColBERTScorer  # noqa: E402
+from rerankers_plugins import BackendError, ColBERTScorer
 
 TOL = 1e-4
 QUERIES = ["where do cats sit", "what is the capital of france, and who lives in paris?"]
@@ -232,10 +229,7 @@ def build_modernbert_pylate(directory: Path) -> Path:
     tok.add_tokens(["[Q] ", "[D] "])
     config = ModernBertConfig(
         vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
+        **TINY,
         max_position_embeddings=128,
         local_attention=16,
         global_attn_every_n_layers=2,

@@ -35,11 +35,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("sentencepiece")
-
 import torch
 from tiny import WORDS, _config, _tokenizer, t5_config
 

@@ -5,10 +5,6 @@ ConfigErrors, never pydantic's wrapper and never a silent coercion."""
 from __future__ import annotations
 
 import pytest
-
-pytest.importorskip("langchain_core")
-pytest.importorskip("llama_index.core")
-
 from langchain_core.documents import Document
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 

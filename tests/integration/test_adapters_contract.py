@@ -9,10 +9,6 @@ import re
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("langchain_core")
-pytest.importorskip("llama_index.core")
-
 from langchain_core.documents import Document
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sentence_transformers import SentenceTransformer
 
 from rerankers_plugins import BackendError, BiEncoderScorer, ScoreScale, rerank
-
-pytest.importorskip("sentence_transformers")
-from sentence_transformers import SentenceTransformer
 
 
 def test_cosine_matches_sentence_transformers(tiny_bi_dir, tiny_bi, passages):

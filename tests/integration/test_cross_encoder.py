@@ -6,11 +6,9 @@ import logging
 
 import numpy as np
 import pytest
+from sentence_transformers import CrossEncoder
 
 from rerankers_plugins import BackendError, ConfigError, CrossEncoderScorer, ScoreScale, rerank
-
-pytest.importorskip("sentence_transformers")
-from sentence_transformers import CrossEncoder
 
 QUERY = "where do cats sit"
 

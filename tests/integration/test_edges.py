@@ -13,10 +13,6 @@ import time
 from collections.abc import Sequence
 
 import pytest
-
-pytest.importorskip("httpx")
-pytest.importorskip("cohere")
-
 from local_servers import RerankServer, overlap
 
 from rerankers_plugins import (

@@ -17,13 +17,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from rerankers_plugins import BackendError, Candidate, CrossEncoderScorer, RemoteScorer, arerank, rerank
 from rerankers_plugins.scorers.retry import RetryPolicy
 
 pytestmark = pytest.mark.slow
-httpx = pytest.importorskip("httpx")
 
 DOCS = [
     "The cat sat on the mat.",

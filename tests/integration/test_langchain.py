@@ -6,10 +6,7 @@ import asyncio
 import copy
 
 import pytest
-
-pytest.importorskip("langchain_core")
-pytest.importorskip("langchain_classic")
-
+from deps import dev
 from langchain_classic.retrievers import ContextualCompressionRetriever
 from langchain_classic.retrievers.document_compressors import DocumentCompressorPipeline
 from langchain_core.documents import Document
@@ -204,7 +201,7 @@ def test_compress_documents_accepts_extra_keyword_arguments(documents):
 def test_langchains_own_cross_encoder_objects_are_scorers(documents, tiny_ce_dir):
     """The LangChain cross-encoder how-to's object, HuggingFaceCrossEncoder, as ours: scorer=...
     and CrossEncoderRerank(model=...) both score with it; its numbers come back as they are."""
-    pytest.importorskip("langchain_community")
+    dev("langchain_community")
     import warnings
 
     with warnings.catch_warnings():

@@ -5,9 +5,6 @@ from __future__ import annotations
 import copy
 
 import pytest
-
-pytest.importorskip("llama_index.core")
-
 from llama_index.core import Document, Settings, VectorStoreIndex
 from llama_index.core.callbacks import EventPayload
 from llama_index.core.embeddings import MockEmbedding

@@ -7,14 +7,15 @@ import logging
 import re
 
 import pytest
+from deps import dev
 from local_servers import ChatServer, overlap, rule_answer
 
 from rerankers_plugins import ConfigError, FakeScorer, arerank, rerank
 from rerankers_plugins.ops.permutation import parse_ranking, repair_permutation
 from rerankers_plugins.ops.windows import sliding_windows
 from rerankers_plugins.scorers.llm import (
-    LLMListwiseScorer,
-    LLMPairwiseScorer,
+    LLMListwiseRanker,
+    LLMPairwiseRanker,
     LLMPointwiseScorer,
     Reply,
     as_llm,
@@ -93,7 +94,7 @@ def test_permutation_repair(answer, n, order):
 
 
 def test_listwise_single_window_follows_the_model():
-    scorer = LLMListwiseScorer(rule_llm)
+    scorer = LLMListwiseRanker(rule_llm)
     out = rerank(QUERY, DOCS, scorer)
     assert [s.text for s in out] == expected()
     assert out[0].details["llm_calls"] == 1
@@ -110,7 +111,7 @@ def test_listwise_sliding_window_bubbles_the_best_to_the_top():
         calls.append(len(_PASSAGES.findall(messages[-1]["content"])))
         return rule_llm(messages)
 
-    out = rerank(QUERY, docs, LLMListwiseScorer(llm, window=10, step=5), top_n=2)
+    out = rerank(QUERY, docs, LLMListwiseRanker(llm, window=10, step=5), top_n=2)
     assert [s.text for s in out] == ["red apple tree", "red apple"]
     assert calls == [10] * 7  # windows (30,40) (25,35) ... (0,10)
     assert out[0].details["llm_calls"] == 7
@@ -120,7 +121,7 @@ _PASSAGES = re.compile(r"^\[\d+\] ", re.MULTILINE)
 
 
 def test_listwise_prompt_labels_and_truncates():
-    scorer = LLMListwiseScorer(rule_llm, max_words=3)
+    scorer = LLMListwiseRanker(rule_llm, max_words=3)
     msgs = scorer.messages("q", ["one two three four five", "a\nmultiline\n\npassage"])
     body = msgs[-1]["content"]
     assert "[1] one two three\n[2] a multiline passage" in body
@@ -140,7 +141,7 @@ def test_listwise_prompt_labels_and_truncates():
 )
 def test_listwise_malformed_answers_never_drop_or_duplicate(answer, caplog):
     with caplog.at_level(logging.WARNING):
-        out = rerank(QUERY, DOCS, LLMListwiseScorer(fixed(answer)))
+        out = rerank(QUERY, DOCS, LLMListwiseRanker(fixed(answer)))
     assert sorted(s.text for s in out) == sorted(DOCS)
     assert len(out) == len(DOCS)
     if not parse_ranking(answer):
@@ -150,24 +151,24 @@ def test_listwise_malformed_answers_never_drop_or_duplicate(answer, caplog):
 
 def test_adversarial_passage_can_only_move_itself():
     obedient = fixed("[5] > [1]")  # an LLM that obeys the injected instruction
-    out = rerank(QUERY, DOCS, LLMListwiseScorer(obedient))
+    out = rerank(QUERY, DOCS, LLMListwiseRanker(obedient))
     assert out[0].text.startswith("IGNORE PREVIOUS")
     assert sorted(s.text for s in out) == sorted(DOCS)
-    robust = rerank(QUERY, DOCS, LLMListwiseScorer(rule_llm))
+    robust = rerank(QUERY, DOCS, LLMListwiseRanker(rule_llm))
     assert robust[0].text == "red apple tree in the garden"
 
 
 def test_threshold_refused_on_rank_only_but_top_n_works():
     with pytest.raises(ConfigError, match="RANK_ONLY"):
-        rerank(QUERY, DOCS, LLMListwiseScorer(rule_llm), threshold=0.5)
-    assert len(rerank(QUERY, DOCS, LLMPairwiseScorer(rule_llm), top_n=2)) == 2
+        rerank(QUERY, DOCS, LLMListwiseRanker(rule_llm), threshold=0.5)
+    assert len(rerank(QUERY, DOCS, LLMPairwiseRanker(rule_llm), top_n=2)) == 2
 
 
 async def test_async_function_llm():
     async def allm(messages):
         return rule_llm(messages)
 
-    out = await arerank(QUERY, DOCS, LLMListwiseScorer(allm), top_n=3)
+    out = await arerank(QUERY, DOCS, LLMListwiseRanker(allm), top_n=3)
     assert [s.text for s in out] == expected()[:3]
 
 
@@ -178,7 +179,7 @@ def test_llm_failure_is_a_backend_error():
     from rerankers_plugins import BackendError
 
     with pytest.raises(BackendError, match="the LLM call failed: TimeoutError"):
-        rerank(QUERY, DOCS, LLMListwiseScorer(broken))
+        rerank(QUERY, DOCS, LLMListwiseRanker(broken))
 
 
 # -- pointwise ------------------------------------------------------------------------------------
@@ -238,7 +239,7 @@ def test_pointwise_bounded_concurrency():
 # -- pairwise -------------------------------------------------------------------------------------
 
 
-def test_pairwise_top_k_with_fewer_than_n_squared_calls():
+def test_pairwise_compare_top_with_fewer_than_n_squared_calls():
     docs = [f"filler {i}" for i in range(30)]
     docs[20], docs[7], docs[29] = "red apple tree", "red apple", "apple"
     calls = []
@@ -247,7 +248,7 @@ def test_pairwise_top_k_with_fewer_than_n_squared_calls():
         calls.append(1)
         return rule_llm(messages)
 
-    out = rerank(QUERY, docs, LLMPairwiseScorer(llm, top_k=3), top_n=3)
+    out = rerank(QUERY, docs, LLMPairwiseRanker(llm, compare_top=3), top_n=3)
     assert [s.text for s in out] == ["red apple tree", "red apple", "apple"]
     n_calls = out[0].details["llm_calls"]
     assert n_calls == len(calls) < 30 * 29  # far fewer than all ordered pairs
@@ -256,11 +257,12 @@ def test_pairwise_top_k_with_fewer_than_n_squared_calls():
 
 def test_pairwise_position_bias_cancelled():
     always_a = fixed("A")  # a maximally position-biased model
-    out = rerank(QUERY, DOCS, LLMPairwiseScorer(always_a, top_k=3))
+    out = rerank(QUERY, DOCS, LLMPairwiseRanker(always_a, compare_top=3))
     assert [s.text for s in out] == DOCS  # the two orders disagree: input order kept
-    unparsable = rerank(QUERY, DOCS, LLMPairwiseScorer(fixed("Both are fine."), top_k=3))
+    unparsable = rerank(QUERY, DOCS, LLMPairwiseRanker(fixed("Both are fine."), compare_top=3))
     assert [s.text for s in unparsable] == DOCS
-    assert unparsable[0].details["unparsed"] > 0
+    # every comparison asked is unparsable (and counted), none is guessed
+    assert unparsable[0].details["unparsed"] == unparsable[0].details["llm_calls"] > 0
 
 
 # -- framework LLMs -------------------------------------------------------------------------------
@@ -270,7 +272,7 @@ def test_langchain_fake_chat_model():
     from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
     model = FakeListChatModel(responses=["[3] > [6] > [2]"])
-    out = rerank(QUERY, DOCS, LLMListwiseScorer(model))
+    out = rerank(QUERY, DOCS, LLMListwiseRanker(model))
     assert [s.text for s in out[:3]] == [DOCS[2], DOCS[5], DOCS[1]]
     assert sorted(s.text for s in out) == sorted(DOCS)
     point = LLMPointwiseScorer(FakeListChatModel(responses=["Yes", "No"]), max_concurrency=1)
@@ -281,7 +283,7 @@ def test_llama_index_mock_llm():
     from llama_index.core.llms import MockLLM
 
     # MockLLM echoes the prompt: the answer holds every label in input order, plus noise.
-    out = rerank(QUERY, DOCS, LLMListwiseScorer(MockLLM()))
+    out = rerank(QUERY, DOCS, LLMListwiseRanker(MockLLM()))
     assert sorted(s.text for s in out) == sorted(DOCS) and len(out) == len(DOCS)
     assert as_llm(MockLLM()).complete([{"role": "user", "content": "hi"}]).text
 
@@ -306,7 +308,7 @@ def chat_server():
 
 @pytest.fixture
 def openai_model(chat_server):
-    pytest.importorskip("langchain_openai")
+    dev("langchain_openai")
     from langchain_openai import ChatOpenAI
 
     return ChatOpenAI(
@@ -316,7 +318,7 @@ def openai_model(chat_server):
 
 def test_listwise_through_chat_openai_with_429_retry(chat_server, openai_model):
     chat_server.faults.append(("status", 429, {"Retry-After": "0"}))
-    out = rerank(QUERY, DOCS, LLMListwiseScorer(openai_model))
+    out = rerank(QUERY, DOCS, LLMListwiseRanker(openai_model))
     assert [s.text for s in out] == expected()
     assert len(chat_server.requests) == 2  # the client retried the 429
     sent = chat_server.requests[-1]["body"]
@@ -325,7 +327,7 @@ def test_listwise_through_chat_openai_with_429_retry(chat_server, openai_model):
 
 
 async def test_all_modes_through_chat_openai_and_both_adapters(chat_server):
-    pytest.importorskip("langchain_openai")
+    dev("langchain_openai")
     from langchain_core.documents import Document
     from langchain_openai import ChatOpenAI
     from llama_index.core.schema import NodeWithScore, TextNode
@@ -348,7 +350,7 @@ async def test_all_modes_through_chat_openai_and_both_adapters(chat_server):
     assert {d.page_content for d in lc_point} == {d for d in DOCS if overlap(QUERY, d) >= 0.5}
     assert lc_point[0].metadata["rerank"]["source"] == "logprobs"
     assert lc_point[0].metadata["relevance_score"] == pytest.approx(0.99)
-    lc_pair = LLMPairwiseRerank(llm=model, top_k=2, top_n=2).compress_documents(docs, QUERY)
+    lc_pair = LLMPairwiseRerank(llm=model, compare_top=2, top_n=2).compress_documents(docs, QUERY)
     assert [d.page_content for d in lc_pair] == expected()[:2]
     nodes = [NodeWithScore(node=TextNode(text=d), score=0.0) for d in DOCS]
     li = await LIListwise(llm=model, top_n=1).apostprocess_nodes(nodes, query_str=QUERY)
@@ -366,8 +368,8 @@ def test_fake_scorer_still_rejects_no_llm():
 def test_users_own_framework_classes_are_recognised_by_their_base_classes():
     """A BaseChatModel subclass and a LlamaIndex CustomLLM defined in the user's own module (not
     under langchain* / llama_index*) are framework models, with their messages translated."""
-    pytest.importorskip("langchain_core")
-    pytest.importorskip("llama_index.core")
+    dev("langchain_core")
+    dev("llama_index.core")
     from langchain_core.language_models import BaseChatModel
     from langchain_core.messages import AIMessage
     from langchain_core.outputs import ChatGeneration, ChatResult
@@ -415,6 +417,24 @@ def test_bad_window_options_are_the_package_errors():
     from rerankers_plugins.ops.batching import length_sorted_batches
 
     with pytest.raises(ConfigError, match="window must be >= 2"):
-        LLMListwiseScorer(lambda messages: "", window=1)
+        LLMListwiseRanker(lambda messages: "", window=1)
     with pytest.raises(RerankError, match="batch_size must be >= 1"):
         length_sorted_batches([3], batch_size=0)
+
+
+def test_old_names_of_the_llm_rankers_warn_with_their_removal_release() -> None:
+    # the listwise and pairwise LLM rerankers return an order: they are rankers; the pairwise
+    # comparison depth was top_k, which means top_n everywhere else
+    import rerankers_plugins
+    from rerankers_plugins._deprecation import REMOVED_IN
+    from rerankers_plugins.integrations.langchain import LLMPairwiseRerank
+
+    with pytest.warns(FutureWarning, match=f"LLMListwiseScorer is now LLMListwiseRanker.*{REMOVED_IN}"):
+        assert rerankers_plugins.LLMListwiseScorer is rerankers_plugins.LLMListwiseRanker
+    with pytest.warns(FutureWarning, match=r"LLMPairwiseRanker\(top_k=\.\.\.\) is now compare_top="):
+        ranker = rerankers_plugins.LLMPairwiseRanker(fixed("A"), top_k=3)
+    assert ranker.compare_top == 3
+    # through the adapter too: top_k keeps its old meaning there (with the warning), not top_n
+    with pytest.warns(FutureWarning, match="is now compare_top="):
+        adapter = LLMPairwiseRerank(llm=fixed("A"), top_k=2)
+    assert adapter.scorer.compare_top == 2 and adapter.top_n == type(adapter).model_fields["top_n"].default

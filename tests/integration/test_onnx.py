@@ -1,4 +1,4 @@
-"""CrossEncoderScorer(backend="onnx" | "onnx-int8"): ONNX Runtime over the same tiny checkpoint."""
+"""CrossEncoderScorer(runtime="onnx" | "onnx-int8"): ONNX Runtime over the same tiny checkpoint."""
 
 from __future__ import annotations
 
@@ -9,9 +9,6 @@ import pytest
 
 from rerankers_plugins import ConfigError, CrossEncoderScorer, ScoreScale, rerank
 from rerankers_plugins.integrations.langchain import CrossEncoderRerank
-
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnx")
 
 QUERY = "where do cats sit"
 
@@ -33,8 +30,8 @@ def texts(passages):
 
 
 def test_onnx_float32_matches_torch(onnx_cache, tiny_ce_dir, tiny_ce, passages):
-    scorer = CrossEncoderScorer(str(tiny_ce_dir), backend="onnx", batch_size=3)
-    assert scorer.backend == "onnx" and "backend='onnx'" in repr(scorer)
+    scorer = CrossEncoderScorer(str(tiny_ce_dir), runtime="onnx", batch_size=3)
+    assert scorer.runtime == "onnx" and "runtime='onnx'" in repr(scorer)
     assert scorer._onnx is not None and scorer._onnx.path.is_relative_to(onnx_cache)
     np.testing.assert_allclose(
         scorer.score(QUERY, texts(passages)), tiny_ce.score(QUERY, texts(passages)), atol=1e-5
@@ -43,7 +40,7 @@ def test_onnx_float32_matches_torch(onnx_cache, tiny_ce_dir, tiny_ce, passages):
 
 def test_onnx_int8_is_close_and_keeps_the_order(onnx_cache, tiny_ce_dir, passages):
     raw32 = CrossEncoderScorer(str(tiny_ce_dir), dtype="float32", activation=None)
-    raw8 = CrossEncoderScorer(str(tiny_ce_dir), backend="onnx-int8", activation=None)
+    raw8 = CrossEncoderScorer(str(tiny_ce_dir), runtime="onnx-int8", activation=None)
     assert raw8.scale is ScoreScale.LOGIT
     a, b = np.array(raw32.score(QUERY, texts(passages))), np.array(raw8.score(QUERY, texts(passages)))
     spread = a.max() - a.min()
@@ -53,31 +50,31 @@ def test_onnx_int8_is_close_and_keeps_the_order(onnx_cache, tiny_ce_dir, passage
     # still, the quantised graph must be this model, not something else
     assert np.abs(a - b).max() < 0.3 * spread
     assert np.corrcoef(a, b)[0, 1] > 0.9
-    probs = CrossEncoderScorer(str(tiny_ce_dir), backend="onnx-int8").score(QUERY, texts(passages))
+    probs = CrossEncoderScorer(str(tiny_ce_dir), runtime="onnx-int8").score(QUERY, texts(passages))
     np.testing.assert_allclose(probs, 1 / (1 + np.exp(-b)), atol=1e-6)
 
 
 def test_export_is_cached_on_disk(onnx_cache, tiny_ce_dir, passages):
-    first = CrossEncoderScorer(str(tiny_ce_dir), backend="onnx-int8")
+    first = CrossEncoderScorer(str(tiny_ce_dir), runtime="onnx-int8")
     path = first._onnx.path
     stamp = path.stat().st_mtime_ns
-    again = CrossEncoderScorer(str(tiny_ce_dir), backend="onnx-int8")
+    again = CrossEncoderScorer(str(tiny_ce_dir), runtime="onnx-int8")
     assert again._onnx.path == path and path.stat().st_mtime_ns == stamp
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no half-built leftovers
     assert first.score(QUERY, passages) == again.score(QUERY, passages)
     # float32 and int8 never share a cache entry, here or in CachedScorer keys
-    assert CrossEncoderScorer(str(tiny_ce_dir), backend="onnx")._onnx.path != path
-    assert first.fingerprint()["backend"] == "onnx-int8"
-    assert "backend" not in CrossEncoderScorer(str(tiny_ce_dir), dtype="float32").fingerprint()
+    assert CrossEncoderScorer(str(tiny_ce_dir), runtime="onnx")._onnx.path != path
+    assert first.fingerprint()["runtime"] == "onnx-int8"
+    assert "runtime" not in CrossEncoderScorer(str(tiny_ce_dir), dtype="float32").fingerprint()
 
 
 def test_onnx_backend_in_rerank_and_the_langchain_convenience(onnx_cache, tiny_ce_dir, passages):
     from langchain_core.documents import Document
 
-    scorer = CrossEncoderScorer(str(tiny_ce_dir), backend="onnx")
+    scorer = CrossEncoderScorer(str(tiny_ce_dir), runtime="onnx")
     out = rerank(QUERY, passages, scorer, top_n=3)
     assert len(out) == 3 and out[0].score >= out[1].score >= out[2].score
-    compressor = CrossEncoderRerank(model=str(tiny_ce_dir), backend="onnx", top_n=3)
+    compressor = CrossEncoderRerank(model=str(tiny_ce_dir), runtime="onnx", top_n=3)
     docs = compressor.compress_documents([Document(page_content=p) for p in passages], QUERY)
     assert [d.page_content for d in docs] == [s.candidate.text for s in out]
 
@@ -88,15 +85,15 @@ def test_cache_key_follows_the_weights_not_the_path(onnx_cache, tiny_ce_dir, tmp
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    original = CrossEncoderScorer(str(tiny_ce_dir), backend="onnx")
+    original = CrossEncoderScorer(str(tiny_ce_dir), runtime="onnx")
     copy = tmp_path / "copy"
     shutil.copytree(tiny_ce_dir, copy)
-    assert CrossEncoderScorer(str(copy), backend="onnx")._onnx.path == original._onnx.path
+    assert CrossEncoderScorer(str(copy), runtime="onnx")._onnx.path == original._onnx.path
     model = AutoModelForSequenceClassification.from_pretrained(str(copy))
     with torch.no_grad():
         model.classifier.weight.mul_(-1.0)  # same files, same config, different weights
     model.save_pretrained(str(copy))
-    changed = CrossEncoderScorer(str(copy), backend="onnx")
+    changed = CrossEncoderScorer(str(copy), runtime="onnx")
     assert changed._onnx.path != original._onnx.path
     torch_scores = CrossEncoderScorer(str(copy), dtype="float32").score(QUERY, passages)
     np.testing.assert_allclose(changed.score(QUERY, passages), torch_scores, atol=1e-5)
@@ -105,10 +102,21 @@ def test_cache_key_follows_the_weights_not_the_path(onnx_cache, tiny_ce_dir, tmp
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"backend": "tensorrt"}, "backend must be one of"),
-        ({"backend": "onnx", "dtype": "bfloat16"}, "sets its own precision"),
+        ({"runtime": "tensorrt"}, "runtime must be one of"),
+        ({"runtime": "onnx", "dtype": "bfloat16"}, "sets its own precision"),
     ],
 )
 def test_bad_backend_options(tiny_ce_dir, kwargs, match):
     with pytest.raises(ConfigError, match=match):
         CrossEncoderScorer(str(tiny_ce_dir), **kwargs)
+
+
+def test_the_old_option_name_backend_still_works_with_a_warning(onnx_cache, tiny_ce_dir):
+    # "backend" names a registry entry; the ONNX switch is runtime= (removed in the release named)
+    with pytest.warns(
+        FutureWarning, match=r"CrossEncoderScorer\(backend=\.\.\.\) is now runtime=.*removed in"
+    ):
+        scorer = CrossEncoderScorer(str(tiny_ce_dir), backend="onnx")
+    assert scorer.runtime == "onnx"
+    with pytest.warns(FutureWarning, match="CrossEncoderScorer.backend is now CrossEncoderScorer.runtime"):
+        assert scorer.backend == "onnx"

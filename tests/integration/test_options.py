@@ -136,7 +136,7 @@ LLM = {
         "unparsable_score": 0.5,
         "name": "y",
     },
-    "llm-pairwise": {"top_k": 4, "both_orders": False, "max_words": 30, "name": "z"},
+    "llm-pairwise": {"compare_top": 4, "both_orders": False, "max_words": 30, "name": "z"},
 }
 
 

@@ -6,11 +6,6 @@ import json
 import logging
 
 import pytest
-
-pytest.importorskip("torch")
-pytest.importorskip("datasets")
-pytest.importorskip("bm25s")
-
 import torch
 from test_train import FAST, TOPICS, Interrupt, positive_first, write_beir
 from tiny import build_encoder

@@ -9,13 +9,10 @@ import pickle
 import socket
 import threading
 
-import pytest
-
-pytest.importorskip("httpx")
-pytest.importorskip("cohere")
-
 import cohere
 import httpx
+import pytest
+from deps import dev
 from local_servers import RerankServer, overlap
 
 from rerankers_plugins import (
@@ -577,7 +574,7 @@ def test_sync_calls_inside_a_nest_asyncio_loop_close_their_loops_and_connections
     import sys
     from pathlib import Path
 
-    pytest.importorskip("nest_asyncio")
+    dev("nest_asyncio")
     script = tmp_path / "nested.py"
     script.write_text(NESTED.format(tests=str(Path(__file__).resolve().parents[1])))
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)

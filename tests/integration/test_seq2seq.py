@@ -6,10 +6,6 @@ import copy
 import logging
 
 import pytest
-
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
-
 import torch
 from tiny import build_t5
 

@@ -7,9 +7,7 @@ import json
 import pickle
 
 import pytest
-
-pytest.importorskip("langchain_core")
-pytest.importorskip("llama_index.core")
+from deps import dev
 
 from rerankers_plugins import (
     BiEncoderScorer,
@@ -84,7 +82,7 @@ def test_langchain_model_dump_json_round_trips(tiny_ce_dir):
 
 
 def test_keys_never_reach_the_json(monkeypatch):
-    pytest.importorskip("cohere")
+    dev("cohere")
     monkeypatch.delenv("COHERE_API_KEY", raising=False)
     post = li.CohereRerank(model="rerank-v3.5", api_key="sk-secret-123")
     assert "sk-secret" not in post.to_json() and "api_key" not in post.to_dict()

@@ -25,13 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
-
-pytest.importorskip("httpx")
-pytest.importorskip("cohere")
-
 import cohere
 import httpx
+import pytest
 from local_servers import RerankServer, overlap
 from tiny import build_colbert
 

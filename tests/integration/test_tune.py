@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("bm25s")
-
 from rerankers_plugins import Candidate, ConfigError, rerank
 from rerankers_plugins.cli import main
 from rerankers_plugins.data import demo_data_dir

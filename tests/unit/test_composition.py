@@ -17,7 +17,7 @@ import re
 import zlib
 from collections.abc import Iterator, Sequence
 
-import pytest
+from deps import dev
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -266,8 +266,8 @@ def test_ties_keep_input_order_at_any_depth(data, cands):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), cands=candidate_lists)
 def test_random_nestings_in_both_adapters(data, cands):
-    pytest.importorskip("langchain_core")
-    pytest.importorskip("llama_index.core")
+    dev("langchain_core")
+    dev("llama_index.core")
     from langchain_core.documents import Document
     from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
@@ -382,3 +382,150 @@ def test_every_drop_shows_the_score_it_was_dropped_for(data, cands):
     assert [
         (s.id, s.score, dict(s.details["stages"]) if "stages" in s.details else None) for s in aex.dropped
     ] == [(s.id, s.score, dict(s.details["stages"]) if "stages" in s.details else None) for s in ex.dropped]
+
+
+# -- the guarantees again, where the inputs are at their least tidy, and through both adapters -----
+
+#: candidates as users hand them over: ids missing or repeated, texts repeated, empty text; the
+#: retrieval scores all there or all absent (a mix is a ConfigError, tested elsewhere)
+messy_lists = st.tuples(
+    st.lists(
+        st.tuples(
+            st.lists(st.sampled_from(WORDS), min_size=0, max_size=4).map(" ".join),
+            st.none() | st.sampled_from(["a", "b", "c"]),
+            st.floats(-5, 5, allow_nan=False),
+        ),
+        max_size=10,
+    ),
+    st.booleans(),
+).map(
+    lambda drawn: [
+        Candidate(
+            text,
+            id=cid,
+            metadata={"trust": i / 10, "tags": [i], "nested": {"at": i}},
+            retrieval_score=r if drawn[1] else None,
+        )
+        for i, (text, cid, r) in enumerate(drawn[0])
+    ]
+)
+
+
+@PROPS
+@given(data=st.data(), cands=messy_lists)
+def test_nothing_lost_or_duplicated_when_ids_repeat_or_are_missing(data, cands):
+    # entries are told apart by position, not by id: two candidates with one id (or none) are two
+    log: list = []
+    pipeline = data.draw(pipelines(3, log))
+    top_n = data.draw(st.none() | st.integers(1, 6))
+    snapshot = copy.deepcopy(cands)
+    ex = explain(QUERY, cands, pipeline, top_n=top_n)
+    positions = [s.details["original_rank"] for s in (*ex.kept, *ex.dropped)]
+    assert sorted(positions) == list(range(len(cands))), "a candidate was lost or duplicated"
+    for s in (*ex.kept, *ex.dropped):  # each result is the candidate at its position, unchanged
+        assert s.candidate == cands[s.details["original_rank"]]
+    assert all(s.details["dropped_by"] for s in ex.dropped)
+    assert cands == snapshot and [c.metadata for c in cands] == [c.metadata for c in snapshot]
+
+
+def _mutable(i: int) -> dict:
+    """A framework document's metadata as users build it: plain, mutable, nested."""
+    return {"trust": i / 10, "tags": [i], "nested": {"at": i}}
+
+
+def _lc_docs(cands):
+    from langchain_core.documents import Document
+
+    return [
+        Document(c.text, id=c.id, metadata={**_mutable(i), "score": c.retrieval_score})
+        for i, c in enumerate(cands)
+    ]
+
+
+def _li_nodes(cands):
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    return [
+        NodeWithScore(node=TextNode(text=c.text, metadata=_mutable(i)), score=c.retrieval_score)
+        for i, c in enumerate(cands)
+    ]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), cands=messy_lists)
+def test_adapters_keep_ties_in_input_order_and_share_nothing_mutable(data, cands):
+    dev("langchain_core")
+    dev("llama_index.core")
+    from llama_index.core.schema import QueryBundle
+
+    from rerankers_plugins.integrations.langchain import RerankCompressor
+    from rerankers_plugins.integrations.llama_index import RerankPostprocessor
+
+    pipeline = data.draw(pipelines(3, [], leaves=("constant",), direct=False))
+    top_n = data.draw(st.none() | st.integers(1, 6))
+
+    docs = _lc_docs(cands)
+    before = copy.deepcopy(docs)
+    lc = RerankCompressor(scorer=pipeline, top_n=top_n)
+    out = lc.compress_documents(docs, QUERY)
+    ranks = [d.metadata["rerank"]["original_rank"] for d in out]
+    assert ranks == sorted(ranks), "ties reordered"
+    assert [d.page_content for d in out] == [docs[r].page_content for r in ranks]
+    for d in out:  # what is returned is the caller's to change: neither the input nor a rerun moves
+        d.metadata["tags"].append("changed")
+        d.metadata["nested"]["at"] = "changed"
+        d.metadata["rerank"]["original_rank"] = -1
+    assert docs == before
+    again = lc.compress_documents(docs, QUERY)
+    assert [d.metadata["rerank"]["original_rank"] for d in again] == ranks
+    assert all("changed" not in d.metadata["tags"] for d in again)
+
+    nodes = _li_nodes(cands)
+    nodes_before = [n.model_dump() for n in nodes]
+    li = RerankPostprocessor(scorer=pipeline, top_n=top_n, metadata_mode="none")
+    got = li.postprocess_nodes(nodes, query_bundle=QueryBundle(QUERY))
+    li_ranks = [n.node.metadata["rerank"]["original_rank"] for n in got]
+    assert li_ranks == ranks
+    for n in got:
+        n.node.metadata["tags"].append("changed")
+        n.node.metadata["nested"]["at"] = "changed"
+    assert [n.model_dump() for n in nodes] == nodes_before
+    again_li = li.postprocess_nodes(nodes, query_bundle=QueryBundle(QUERY))
+    assert all("changed" not in n.node.metadata["tags"] for n in again_li)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cands=candidate_lists,
+    k=st.integers(1, 6),
+    threshold=st.sampled_from([0.2, 0.5, 0.9]),
+    nested=st.booleans(),
+)
+def test_unreranked_tails_are_exempt_from_thresholds_in_both_adapters(cands, k, threshold, nested):
+    # Selective reranks the head only: its kept tail is not on the scale, so no threshold, given to
+    # rerank or to an adapter, at any depth, may cut it
+    dev("langchain_core")
+    dev("llama_index.core")
+    from llama_index.core.schema import QueryBundle
+
+    from rerankers_plugins.integrations.langchain import RerankCompressor
+    from rerankers_plugins.integrations.llama_index import RerankPostprocessor
+
+    inner = Selective(Table("t"), k=k, rest="keep")
+    pipeline = Cascade([Stage(inner, name="outer")]) if nested else inner
+    tail = set(range(min(k, len(cands)), len(cands)))
+    core = explain(QUERY, cands, pipeline, threshold=threshold)
+    assert tail <= {s.details["original_rank"] for s in core.kept}
+    assert all(s.score >= threshold for s in core.kept if s.details["reranked"])
+
+    # top_n=None: only the threshold may cut (the adapters keep 3 by default, as their peers do)
+    out = RerankCompressor(scorer=pipeline, threshold=threshold, top_n=None).compress_documents(
+        _lc_docs(cands), QUERY
+    )
+    assert tail <= {d.metadata["rerank"]["original_rank"] for d in out}
+    got = RerankPostprocessor(
+        scorer=pipeline, threshold=threshold, top_n=None, metadata_mode="none"
+    ).postprocess_nodes(_li_nodes(cands), query_bundle=QueryBundle(QUERY))
+    assert [n.node.metadata["rerank"]["original_rank"] for n in got] == [
+        d.metadata["rerank"]["original_rank"] for d in out
+    ]

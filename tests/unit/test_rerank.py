@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
+from deps import dev
 
 from rerankers_plugins import (
     BackendError,
@@ -405,7 +406,7 @@ async def test_sequences_of_numbers_of_the_right_length_are_scores(answer):
 
 
 async def test_torch_tensors_and_numpy_permutations_are_accepted():
-    torch = pytest.importorskip("torch")
+    torch = dev("torch")
     out = rerank("q", list("abc"), Odd(lambda: torch.tensor([0.5, 0.7, 0.1])))
     assert texts(out) == ["b", "a", "c"] and out[0].score == pytest.approx(0.7)
     out = await arerank("q", list("abc"), Odd(lambda: torch.tensor([0.5, 0.7, 0.1], dtype=torch.bfloat16)))

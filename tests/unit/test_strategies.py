@@ -415,3 +415,15 @@ def test_a_failing_metadata_signal_names_the_candidate_by_position_when_it_has_n
         rerank("red apple", candidates, hybrid)
     with pytest.raises(ConfigError, match="failed on candidate 'b': KeyError"):
         rerank("red apple", [Candidate("x", id="a", metadata={"trust": 1}), Candidate("y", id="b")], hybrid)
+
+
+def test_a_strategy_that_declares_no_scale_says_so() -> None:
+    # a strategy's scale decides what thresholds on it mean: it never silently defaults to LOGIT
+    from rerankers_plugins import Strategy
+
+    class NoScale(Strategy):
+        def run(self, query, ranking):
+            return ranking
+
+    with pytest.raises(AttributeError, match=r"NoScale declares no scale: set self\.scale"):
+        _ = NoScale().scale

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,8 +24,6 @@ from rerankers_plugins.eval.tune.space import (
     build_space,
 )
 from rerankers_plugins.spec import build_pipeline, inline, load_pipeline
-
-pytest.importorskip("bm25s")
 
 WORDS = ["red", "apple", "bank", "river", "rate", "fruit", "tree", "money", "the", "a"]
 DEPTHS = (2, 3, 5, 8)

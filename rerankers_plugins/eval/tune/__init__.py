@@ -43,7 +43,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TypedDict, Unpack
 
-from rerankers_plugins._checks import as_int
+from rerankers_plugins._validate import as_int
 from rerankers_plugins.eval.first_stage import FirstStageLike, first_stage_candidates
 from rerankers_plugins.eval.tune.choose import Decision
 from rerankers_plugins.eval.tune.inputs import (

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rerankers_plugins._checks import as_real
+from rerankers_plugins._validate import as_real
 from rerankers_plugins.errors import ConfigError, RerankError
 from rerankers_plugins.eval import stats
 from rerankers_plugins.eval.beir import BeirData, load_beir, read_qrels, read_queries

@@ -4,9 +4,9 @@
 * :mod:`._frameworks`: LangChain and LlamaIndex models recognised by their base classes and wrapped
   as an :class:`LLM` (the package imports no framework);
 * :mod:`.base`: :func:`as_llm`, the rerankers' shared base and the prompt helpers;
-* :mod:`.listwise`: :class:`LLMListwiseScorer`, one sliding-window loop for sync and async;
+* :mod:`.listwise`: :class:`LLMListwiseRanker`, one sliding-window loop for sync and async;
 * :mod:`.pointwise`: :class:`LLMPointwiseScorer`;
-* :mod:`.pairwise`: :class:`LLMPairwiseScorer`.
+* :mod:`.pairwise`: :class:`LLMPairwiseRanker`.
 
 LLM output is untrusted: rankings go through :mod:`rerankers_plugins.ops.permutation`, grades and
 yes/no answers through parsers with a defined fallback, and no answer can drop or duplicate a
@@ -16,16 +16,17 @@ itself, never remove another.
 
 from __future__ import annotations
 
+from rerankers_plugins._deprecation import renamed_module_attributes
 from rerankers_plugins.scorers.llm.base import LLM, Message, Reply, as_llm, text_of, truncate_words
 from rerankers_plugins.scorers.llm.listwise import LISTWISE_SYSTEM as LISTWISE_SYSTEM
-from rerankers_plugins.scorers.llm.listwise import LLMListwiseScorer
-from rerankers_plugins.scorers.llm.pairwise import LLMPairwiseScorer
+from rerankers_plugins.scorers.llm.listwise import LLMListwiseRanker
+from rerankers_plugins.scorers.llm.pairwise import LLMPairwiseRanker
 from rerankers_plugins.scorers.llm.pointwise import LLMPointwiseScorer
 
 __all__ = [
     "LLM",
-    "LLMListwiseScorer",
-    "LLMPairwiseScorer",
+    "LLMListwiseRanker",
+    "LLMPairwiseRanker",
     "LLMPointwiseScorer",
     "Message",
     "Reply",
@@ -33,3 +34,13 @@ __all__ = [
     "text_of",
     "truncate_words",
 ]
+
+#: names of the last release, answered with a FutureWarning: the listwise and pairwise LLM rerankers
+#: return an order (``rank()``, scale RANK_ONLY), so they are rankers, not scorers
+__getattr__ = renamed_module_attributes(
+    "rerankers_plugins.scorers.llm",
+    {
+        "LLMListwiseScorer": ("LLMListwiseRanker", lambda: LLMListwiseRanker),
+        "LLMPairwiseScorer": ("LLMPairwiseRanker", lambda: LLMPairwiseRanker),
+    },
+)

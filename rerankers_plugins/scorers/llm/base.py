@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Generator
-from typing import Any, TypeVar
+from collections.abc import Generator, Mapping
+from typing import Any, ClassVar, TypeVar
 
 from rerankers_plugins.errors import BackendError, ConfigError
+from rerankers_plugins.scorers.base import accept_renamed
 from rerankers_plugins.scorers.llm._frameworks import framework_llm
 from rerankers_plugins.scorers.llm.interface import LLM, Message, Reply, text_of
 
@@ -109,6 +110,13 @@ of each call, is sent back the :class:`Reply`, and returns its result."""
 
 
 class LLMBase:
+    #: old keyword -> new keyword, accepted with a FutureWarning (as for the scorers)
+    renamed: ClassVar[Mapping[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        accept_renamed(cls)
+
     """What the LLM rerankers share: the wrapped LLM, the per-passage word budget, the concurrency
     bound, and the calls, whose failures become :class:`BackendError` (a :class:`ConfigError`
     passes through)."""

@@ -17,7 +17,7 @@ from rerankers_plugins.scorers.base import ScoreResult
 from rerankers_plugins.scorers.llm.base import Dialogue, LLMBase, Message, Reply, clean, truncate_words
 from rerankers_plugins.types import ScoreScale
 
-__all__ = ["LISTWISE_SYSTEM", "LLMListwiseScorer"]
+__all__ = ["LISTWISE_SYSTEM", "LLMListwiseRanker"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ LISTWISE_SYSTEM = (
 )
 
 
-class LLMListwiseScorer(LLMBase):
+class LLMListwiseRanker(LLMBase):
     """RankGPT-style listwise reranking with a sliding window (scale RANK_ONLY: an order, no scores).
 
     Passages are labelled ``[1]..[k]`` and the model answers ``[3] > [1] > [2]``. Windows of

@@ -6,23 +6,23 @@ import asyncio
 import functools
 import logging
 import re
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.scorers.base import ScoreResult
 from rerankers_plugins.scorers.llm.base import LLMBase, Message, clean, truncate_words
 from rerankers_plugins.types import ScoreScale
 
-__all__ = ["LLMPairwiseScorer"]
+__all__ = ["LLMPairwiseRanker"]
 
 logger = logging.getLogger(__name__)
 
 _CHOICE = re.compile(r"\b(?:passage\s*)?([AB])\b")
 
 
-class LLMPairwiseScorer(LLMBase):
-    """Pairwise comparisons for the top ``top_k`` (scale RANK_ONLY).
+class LLMPairwiseRanker(LLMBase):
+    """Pairwise comparisons for the top ``compare_top`` (scale RANK_ONLY).
 
     Finding the best k of n by comparisons needs O(n log k) of them with a heap (``heapq.nsmallest``
     over a comparison key), not the n² of all pairs. With ``both_orders`` each comparison is asked
@@ -33,27 +33,30 @@ class LLMPairwiseScorer(LLMBase):
 
     Args:
         llm: a LangChain chat model, a LlamaIndex LLM, or a function(messages) -> str.
-        top_k: how many of the best candidates to order by comparisons.
+        compare_top: how many of the best candidates to order by comparisons (the rest follow in
+            their input order; ``top_n`` of rerank still says how many are kept). Was ``top_k``.
         both_orders: ask each comparison in both orders (position bias).
         max_words: each passage is cut to this many words in the prompt.
         name: model name shown in details; None: the LLM's own.
     """
 
+    #: top_k means top_n everywhere else (LangChain, LlamaIndex, the adapters' peer options)
+    renamed: ClassVar[Mapping[str, str]] = {"top_k": "compare_top"}
     scale = ScoreScale.RANK_ONLY
 
     def __init__(
         self,
         llm: Any,
         *,
-        top_k: int = 10,
+        compare_top: int = 10,
         both_orders: bool = True,
         max_words: int = 300,
         name: str | None = None,
     ) -> None:
         super().__init__(llm, max_words=max_words, max_concurrency=1, name=name)
-        if top_k < 1:
-            raise ConfigError(f"top_k must be >= 1, got {top_k}")
-        self.top_k = top_k
+        if compare_top < 1:
+            raise ConfigError(f"compare_top must be >= 1, got {compare_top}")
+        self.compare_top = compare_top
         self.both_orders = both_orders
 
     def messages(self, query: str, a: str, b: str) -> list[Message]:
@@ -110,12 +113,12 @@ class LLMPairwiseScorer(LLMBase):
         def cmp(a: int, b: int) -> int:
             return -1 if better(a, b) else 1
 
-        k = min(self.top_k, len(texts))
+        k = min(self.compare_top, len(texts))
         top = heapq.nsmallest(k, range(len(texts)), key=functools.cmp_to_key(cmp))
         chosen = set(top)
         order = top + [i for i in range(len(texts)) if i not in chosen]
         logger.info("%s: %d LLM calls for top %d of %d", self.name, calls, k, len(texts))
-        return ScoreResult(values=order, info={"llm_calls": calls, "unparsed": unparsed, "top_k": k})
+        return ScoreResult(values=order, info={"llm_calls": calls, "unparsed": unparsed, "compare_top": k})
 
     async def arank_details(self, query: str, texts: Sequence[str]) -> ScoreResult:
         return await asyncio.to_thread(self.rank_details, query, texts)
