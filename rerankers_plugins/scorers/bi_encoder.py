@@ -114,6 +114,11 @@ class BiEncoderScorer(BaseScorer):
         self.document_prompt = document_prompt if document_prompt is not None else _document_prompt(prompts)
         self._truncation = TruncationReport(f"BiEncoderScorer({self.model!r})")
 
+    @property
+    def tokenizer(self) -> Any:
+        """The checkpoint's tokenizer (to count tokens as the model sees them)."""
+        return self._tokenizer
+
     def __repr__(self) -> str:
         return (
             f"BiEncoderScorer({self.model!r}, device={self.device!r}, "

@@ -199,6 +199,11 @@ class ColBERTScorer(BaseScorer):
             self.dtype,
         )
 
+    @property
+    def tokenizer(self) -> Any:
+        """The checkpoint's tokenizer (to count tokens as the model sees them)."""
+        return self._tokenizer
+
     def __repr__(self) -> str:
         return (
             f"ColBERTScorer({self.model!r}, layout={self.layout!r}, dim={self.dim}, "

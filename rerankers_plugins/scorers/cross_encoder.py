@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar, Literal, Unpack
 
 from rerankers_plugins._deprecation import renamed_attribute
@@ -173,6 +174,18 @@ class CrossEncoderScorer(CrossEncoderLoading, BaseScorer):
             # One short pair through the whole path: the first user call then pays none of the
             # one-off costs (kernel selection, thread pool start-up, the tokenizer's first call).
             self.score("warm up", ["warm up"])
+
+    @property
+    def tokenizer(self) -> Any:
+        """The checkpoint's tokenizer (count tokens with it; calls from several threads should
+        hold no settings of their own, see :class:`~rerankers_plugins.scorers._hf.Checkpoint`)."""
+        return self._tokenizer
+
+    @property
+    def onnx_path(self) -> Path | None:
+        """Where the exported ONNX graph this scorer runs is cached (``runtime="onnx"`` /
+        ``"onnx-int8"``); None under torch."""
+        return None if self._onnx is None else self._onnx.path
 
     def __repr__(self) -> str:
         runtime = "" if self.runtime == "torch" else f", runtime={self.runtime!r}"

@@ -280,6 +280,11 @@ class PolyEncoderScorer(BaseScorer):
             directory=cache_dir,
         )
 
+    @property
+    def tokenizer(self) -> Any:
+        """The checkpoint's tokenizer (to count tokens as the model sees them)."""
+        return self._tokenizer
+
     def __repr__(self) -> str:
         return (
             f"PolyEncoderScorer({self.model!r}, codes={self.codes}, device={self.device!r}, "

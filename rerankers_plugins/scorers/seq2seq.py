@@ -220,6 +220,11 @@ class Seq2SeqScorer(BaseScorer):
         self.score_id = self._token_id(score_token, "score_token")
         return (self.score_id,)
 
+    @property
+    def tokenizer(self) -> Any:
+        """The checkpoint's tokenizer (to count tokens as the model sees them)."""
+        return self._tokenizer
+
     def __repr__(self) -> str:
         return (
             f"Seq2SeqScorer({self.model!r}, variant={self.variant!r}, device={self.device!r}, "

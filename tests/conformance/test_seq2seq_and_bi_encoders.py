@@ -182,7 +182,7 @@ def test_monot5_matches_pygaggle(monot5_dir):
 
 def test_rankt5_matches_its_rule(rankt5_dir):
     scorer = Seq2SeqScorer(str(rankt5_dir), variant="rankt5", dtype="float32", batch_size=2)
-    assert scorer.score_id == len(scorer._tokenizer) - 11  # <extra_id_10>: sentinels count down
+    assert scorer.score_id == len(scorer.tokenizer) - 11  # <extra_id_10>: sentinels count down
     ours, ref = scorer.score(QUERY, DOCS), rankt5_reference(rankt5_dir, QUERY, DOCS)
     diff = max(abs(o - r) for o, r in zip(ours, ref, strict=True))
     assert diff < TOL, f"RankT5 vs its rule: max abs difference {diff:.2e}"

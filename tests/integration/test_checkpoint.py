@@ -139,3 +139,29 @@ def test_load_options_are_checked_and_reach_the_adapters(tiny_ce_dir: Path) -> N
     assert rerank.scorer.checkpoint.options == LoadOptions(
         revision="main", config_kwargs={"classifier_dropout": 0.0}
     )
+
+
+def test_every_load_option_is_reachable_from_a_pipeline_file(built: tuple[str, Path], tmp_path: Path) -> None:
+    # the command line takes scorers as pipeline files (eval --config, tune, batch): the load
+    # options, dicts included, reach the scorer from TOML as from Python
+    from rerankers_plugins.spec import load_pipeline, parse_pipeline_arg
+
+    kind, source = built
+    toml = tmp_path / "pipeline.toml"
+    toml.write_text(
+        f'[pipelines.p]\nscorer = "{kind}"\nmodel = "{source}"\ndevice = "cpu"\ndtype = "float32"\n'
+        'revision = "main"\nlocal_files_only = true\ntrust_remote_code = false\n'
+        f'hub_cache_dir = "{tmp_path / "hub"}"\n'
+        "config_kwargs = { output_hidden_states = false }\ntokenizer_kwargs = { use_fast = true }\n",
+        encoding="utf-8",
+    )
+    scorer = load_pipeline(str(toml))
+    assert scorer.checkpoint.options == LoadOptions(
+        revision="main",
+        local_files_only=True,
+        hub_cache_dir=str(tmp_path / "hub"),
+        config_kwargs={"output_hidden_states": False},
+        tokenizer_kwargs={"use_fast": True},
+    )
+    _, spec = parse_pipeline_arg(f"p={kind}:model={source},revision=v1,local_files_only=true")
+    assert spec["revision"] == "v1" and spec["local_files_only"] is True

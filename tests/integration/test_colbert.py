@@ -60,7 +60,7 @@ def test_layouts_detected_with_their_dimensions(colbert_dir, pylate_dir, tiny_bi
 
 
 def test_colbert_markers_augmentation_and_punctuation(colbert):
-    tok = colbert._tokenizer
+    tok = colbert.tokenizer
     q_ids = colbert._ids(["cat"], colbert._spec.query_marker, 32, colbert._query_truncation)[0]
     assert tok.convert_ids_to_tokens(q_ids[:2]) == ["[CLS]", "[unused0]"]
     assert colbert.encode_query("cat").shape[0] == 32  # padded with [MASK] to query_length

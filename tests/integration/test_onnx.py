@@ -32,7 +32,7 @@ def texts(passages):
 def test_onnx_float32_matches_torch(onnx_cache, tiny_ce_dir, tiny_ce, passages):
     scorer = CrossEncoderScorer(str(tiny_ce_dir), runtime="onnx", batch_size=3)
     assert scorer.runtime == "onnx" and "runtime='onnx'" in repr(scorer)
-    assert scorer._onnx is not None and scorer._onnx.path.is_relative_to(onnx_cache)
+    assert scorer.onnx_path is not None and scorer.onnx_path.is_relative_to(onnx_cache)
     np.testing.assert_allclose(
         scorer.score(QUERY, texts(passages)), tiny_ce.score(QUERY, texts(passages)), atol=1e-5
     )
@@ -56,14 +56,14 @@ def test_onnx_int8_is_close_and_keeps_the_order(onnx_cache, tiny_ce_dir, passage
 
 def test_export_is_cached_on_disk(onnx_cache, tiny_ce_dir, passages):
     first = CrossEncoderScorer(str(tiny_ce_dir), runtime="onnx-int8")
-    path = first._onnx.path
+    path = first.onnx_path
     stamp = path.stat().st_mtime_ns
     again = CrossEncoderScorer(str(tiny_ce_dir), runtime="onnx-int8")
-    assert again._onnx.path == path and path.stat().st_mtime_ns == stamp
+    assert again.onnx_path == path and path.stat().st_mtime_ns == stamp
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no half-built leftovers
     assert first.score(QUERY, passages) == again.score(QUERY, passages)
     # float32 and int8 never share a cache entry, here or in CachedScorer keys
-    assert CrossEncoderScorer(str(tiny_ce_dir), runtime="onnx")._onnx.path != path
+    assert CrossEncoderScorer(str(tiny_ce_dir), runtime="onnx").onnx_path != path
     assert first.fingerprint()["runtime"] == "onnx-int8"
     assert "runtime" not in CrossEncoderScorer(str(tiny_ce_dir), dtype="float32").fingerprint()
 
@@ -88,13 +88,13 @@ def test_cache_key_follows_the_weights_not_the_path(onnx_cache, tiny_ce_dir, tmp
     original = CrossEncoderScorer(str(tiny_ce_dir), runtime="onnx")
     copy = tmp_path / "copy"
     shutil.copytree(tiny_ce_dir, copy)
-    assert CrossEncoderScorer(str(copy), runtime="onnx")._onnx.path == original._onnx.path
+    assert CrossEncoderScorer(str(copy), runtime="onnx").onnx_path == original.onnx_path
     model = AutoModelForSequenceClassification.from_pretrained(str(copy))
     with torch.no_grad():
         model.classifier.weight.mul_(-1.0)  # same files, same config, different weights
     model.save_pretrained(str(copy))
     changed = CrossEncoderScorer(str(copy), runtime="onnx")
-    assert changed._onnx.path != original._onnx.path
+    assert changed.onnx_path != original.onnx_path
     torch_scores = CrossEncoderScorer(str(copy), dtype="float32").score(QUERY, passages)
     np.testing.assert_allclose(changed.score(QUERY, passages), torch_scores, atol=1e-5)
 

@@ -109,12 +109,12 @@ def test_long_documents_are_cut_but_the_prompt_is_kept(t5_dir, caplog):
     long_doc = " ".join(["the cat sat on the mat"] * 20)
     rows, cut = scorer._encode(QUERY, [long_doc, "the cat"])
     assert cut == 1 and len(rows[0]) == 24 and len(rows[1]) < 24
-    tail = scorer._tokenizer.convert_ids_to_tokens(rows[0][-3:])
+    tail = scorer.tokenizer.convert_ids_to_tokens(rows[0][-3:])
     assert tail == ["▁Relevant", ":", "</s>"], "the answer prompt survives truncation"
     long_query = " ".join(["what is the capital city of france"] * 6)
     rows, _ = scorer._encode(long_query, [long_doc, ""])
     assert all(len(r) <= 24 for r in rows), "a long query never pushes a prompt past max_length"
-    assert scorer._tokenizer.convert_ids_to_tokens(rows[0][-3:]) == ["▁Relevant", ":", "</s>"]
+    assert scorer.tokenizer.convert_ids_to_tokens(rows[0][-3:]) == ["▁Relevant", ":", "</s>"]
     with caplog.at_level(logging.WARNING):
         scorer.score(QUERY, [long_doc])
         scorer.score(QUERY, [long_doc])
