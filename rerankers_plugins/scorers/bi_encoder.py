@@ -21,9 +21,8 @@ from rerankers_plugins._optional import require
 from rerankers_plugins._validate import as_int
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.scorers._device import DTypeName
-from rerankers_plugins.scorers._hf import Checkpoint, LoadKwargs, load_options
+from rerankers_plugins.scorers._hf import LoadKwargs, LocalScorer
 from rerankers_plugins.scorers._tokens import TruncationReport
-from rerankers_plugins.scorers.base import BaseScorer
 from rerankers_plugins.types import ScoreScale
 
 __all__ = ["DOCUMENT_PROMPT_NAMES", "BiEncoderScorer"]
@@ -45,7 +44,7 @@ def _document_prompt(prompts: Mapping[str, str | None]) -> str:
     return ""
 
 
-class BiEncoderScorer(BaseScorer):
+class BiEncoderScorer(LocalScorer):
     """Cosine similarity between the query embedding and each text embedding.
 
     Args:
@@ -60,8 +59,6 @@ class BiEncoderScorer(BaseScorer):
         **load: how the checkpoint is fetched and built (``revision``, ``trust_remote_code``, ...),
             as for :class:`CrossEncoderScorer`.
     """
-
-    rebuild_on_copy = True  # a copy reloads the model from its files
 
     scale = ScoreScale.SIMILARITY
 
@@ -83,17 +80,8 @@ class BiEncoderScorer(BaseScorer):
                 raise ConfigError(f"{what} must be a string or None, got {value!r}")
         self._torch = require("torch", "cross-encoder")
         st = require("sentence_transformers", "cross-encoder")
-        ckpt = self.checkpoint = Checkpoint.open(
-            model,
-            device=device,
-            dtype=dtype,
-            max_batch_tokens=None,
-            options=load_options(type(self).__name__, load),
-        )
-        self.device, self.dtype = ckpt.device, ckpt.dtype
+        ckpt = self._open(model, device, dtype, None, load)
         self.batch_size = batch_size
-        self.name = model
-        self.model = model
         options = ckpt.options.sentence_transformers(st.SentenceTransformer)
         self._model = ckpt.load(
             "sentence-transformers",
@@ -113,11 +101,6 @@ class BiEncoderScorer(BaseScorer):
         self.query_prompt = query_prompt if query_prompt is not None else str(prompts.get("query") or "")
         self.document_prompt = document_prompt if document_prompt is not None else _document_prompt(prompts)
         self._truncation = TruncationReport(f"BiEncoderScorer({self.model!r})")
-
-    @property
-    def tokenizer(self) -> Any:
-        """The checkpoint's tokenizer (to count tokens as the model sees them)."""
-        return self._tokenizer
 
     def __repr__(self) -> str:
         return (

@@ -57,10 +57,9 @@ from rerankers_plugins.ops.batching import length_sorted_batches
 from rerankers_plugins.ops.maxsim import maxsim, pad_vectors
 from rerankers_plugins.scorers._colbert_layouts import Layout, detect_layout, load_spec
 from rerankers_plugins.scorers._device import DTypeName
-from rerankers_plugins.scorers._hf import Checkpoint, LoadKwargs, load_options
+from rerankers_plugins.scorers._hf import Checkpoint, LoadKwargs, LocalScorer
 from rerankers_plugins.scorers._tokens import TruncationReport, pad_right
 from rerankers_plugins.scorers._vectors import CacheDType, DocumentEmbeddingCache, model_key
-from rerankers_plugins.scorers.base import BaseScorer
 from rerankers_plugins.types import ScoreScale
 
 __all__ = ["ColBERTScorer", "DocumentEmbeddingCache", "Layout", "detect_layout"]
@@ -74,7 +73,7 @@ DEFAULT_DOC_LENGTH = 180
 PLAIN_DOC_LENGTH = 300
 
 
-class ColBERTScorer(BaseScorer):
+class ColBERTScorer(LocalScorer):
     """Late-interaction (MaxSim) reranking over ColBERT, PyLate or plain encoder checkpoints.
 
     Args:
@@ -106,7 +105,6 @@ class ColBERTScorer(BaseScorer):
             as for :class:`~rerankers_plugins.CrossEncoderScorer`.
     """
 
-    rebuild_on_copy = True  # a copy reloads the model from its files
     renamed: ClassVar[Mapping[str, str]] = {"doc_length": "max_length"}
 
     def __init__(
@@ -129,20 +127,10 @@ class ColBERTScorer(BaseScorer):
         _check_options(query_length, max_length, batch_size, layout, cache_dtype)
         self._torch = require("torch", "colbert")
         transformers = require("transformers", "colbert")
-        ckpt = self.checkpoint = Checkpoint.open(
-            model,
-            device=device,
-            dtype=dtype,
-            max_batch_tokens=max_batch_tokens,
-            options=load_options(type(self).__name__, load),
-            extra="colbert",
-        )
-        self.device, self.dtype, self.max_batch_tokens = ckpt.device, ckpt.dtype, ckpt.max_batch_tokens
+        ckpt = self._open(model, device, dtype, max_batch_tokens, load, extra="colbert")
         self.batch_size = batch_size
         self.normalize = normalize
         self.scale = ScoreScale.SIMILARITY if normalize else ScoreScale.LOGIT
-        self.name = model
-        self.model = model
 
         def load_files() -> tuple[Path, Any, Any]:
             root = ckpt.root()
@@ -198,11 +186,6 @@ class ColBERTScorer(BaseScorer):
             self.device,
             self.dtype,
         )
-
-    @property
-    def tokenizer(self) -> Any:
-        """The checkpoint's tokenizer (to count tokens as the model sees them)."""
-        return self._tokenizer
 
     def __repr__(self) -> str:
         return (

@@ -51,10 +51,9 @@ from rerankers_plugins.scorers._ce_layouts import (
 )
 from rerankers_plugins.scorers._ce_loading import CrossEncoderLoading
 from rerankers_plugins.scorers._device import DTypeName
-from rerankers_plugins.scorers._hf import Checkpoint, LoadKwargs, load_options
+from rerankers_plugins.scorers._hf import LoadKwargs, LocalScorer
 from rerankers_plugins.scorers._onnx import OnnxCrossEncoder, RuntimeName
 from rerankers_plugins.scorers._tokens import TruncationReport
-from rerankers_plugins.scorers.base import BaseScorer
 from rerankers_plugins.types import ScoreScale
 
 __all__ = ["CrossEncoderScorer"]
@@ -62,7 +61,7 @@ __all__ = ["CrossEncoderScorer"]
 logger = logging.getLogger(__name__)
 
 
-class CrossEncoderScorer(CrossEncoderLoading, BaseScorer):
+class CrossEncoderScorer(CrossEncoderLoading, LocalScorer):
     """Score (query, text) pairs jointly with a cross-encoder or a causal-LM reranker.
 
     Args:
@@ -104,7 +103,6 @@ class CrossEncoderScorer(CrossEncoderLoading, BaseScorer):
             ``model_kwargs``, ``tokenizer_kwargs``, ``config_kwargs``: :class:`~rerankers_plugins.scorers._hf.LoadOptions`).
     """
 
-    rebuild_on_copy = True  # a copy reloads the model from its files
     #: "backend" names a registry entry everywhere else; the ONNX switch is the runtime
     renamed: ClassVar[Mapping[str, str]] = {"backend": "runtime"}
     backend = renamed_attribute("backend", "runtime")
@@ -129,20 +127,9 @@ class CrossEncoderScorer(CrossEncoderLoading, BaseScorer):
         check_options(activation, batch_size, max_length, runtime, prompt_format, instruction)
         self._torch = require("torch", "cross-encoder")
         self.runtime = runtime
-        self.checkpoint = Checkpoint.open(
-            model,
-            device=device,
-            dtype=dtype,
-            max_batch_tokens=max_batch_tokens,
-            options=load_options(type(self).__name__, load),
-            precision=self._resolve_precision,
-        )
-        self.device, self.dtype = self.checkpoint.device, self.checkpoint.dtype
-        self.max_batch_tokens = self.checkpoint.max_batch_tokens
+        self._open(model, device, dtype, max_batch_tokens, load, precision=self._resolve_precision)
         self.batch_size = batch_size
         self.activation = activation
-        self.name = model
-        self.model = model
         self.instruction = instruction
         self.reuse_prefix = bool(reuse_prefix)
         self.prompt_format = prompt_format or KNOWN_CAUSAL_RERANKERS.get(model)
@@ -174,12 +161,6 @@ class CrossEncoderScorer(CrossEncoderLoading, BaseScorer):
             # One short pair through the whole path: the first user call then pays none of the
             # one-off costs (kernel selection, thread pool start-up, the tokenizer's first call).
             self.score("warm up", ["warm up"])
-
-    @property
-    def tokenizer(self) -> Any:
-        """The checkpoint's tokenizer (count tokens with it; calls from several threads should
-        hold no settings of their own, see :class:`~rerankers_plugins.scorers._hf.Checkpoint`)."""
-        return self._tokenizer
 
     @property
     def onnx_path(self) -> Path | None:

@@ -40,13 +40,12 @@ from rerankers_plugins.scorers._hf import (
     Checkpoint,
     LoadKwargs,
     LoadOptions,
+    LocalScorer,
     load_model,
-    load_options,
     resolve_model,
 )
 from rerankers_plugins.scorers._tokens import TruncationReport, pad_right
 from rerankers_plugins.scorers._vectors import DocumentEmbeddingCache, model_key
-from rerankers_plugins.scorers.base import BaseScorer
 from rerankers_plugins.types import ScoreScale
 
 __all__ = [
@@ -202,7 +201,7 @@ def tokenize(tokenizer: Any, texts: Sequence[str], limit: int) -> list[list[int]
     return [list(ids) for ids in enc["input_ids"]]
 
 
-class PolyEncoderScorer(BaseScorer):
+class PolyEncoderScorer(LocalScorer):
     """Rerank with a poly-encoder (see the module docstring); document codes are cached.
 
     Args:
@@ -221,7 +220,6 @@ class PolyEncoderScorer(BaseScorer):
     Scale LOGIT: the score is an unbounded dot product, trained as a logit.
     """
 
-    rebuild_on_copy = True  # a copy reloads the model from its files
     renamed: ClassVar[Mapping[str, str]] = {"doc_length": "max_length"}
 
     scale = ScoreScale.LOGIT
@@ -244,17 +242,8 @@ class PolyEncoderScorer(BaseScorer):
         as_int(max_length, "max_length", minimum=4, allow_none=True)
         as_int(batch_size, "batch_size", minimum=1)
         self._torch = require("torch", "cross-encoder")
-        ckpt = self.checkpoint = Checkpoint.open(
-            model,
-            device=device,
-            dtype=dtype,
-            max_batch_tokens=max_batch_tokens,
-            options=load_options(type(self).__name__, load),
-        )
-        self.device, self.dtype, self.max_batch_tokens = ckpt.device, ckpt.dtype, ckpt.max_batch_tokens
+        ckpt = self._open(model, device, dtype, max_batch_tokens, load)
         self.batch_size = batch_size
-        self.name = model
-        self.model = model
 
         def load_files() -> tuple[Path, Any]:
             root = ckpt.root()
@@ -279,11 +268,6 @@ class PolyEncoderScorer(BaseScorer):
             max_bytes=cache_bytes,
             directory=cache_dir,
         )
-
-    @property
-    def tokenizer(self) -> Any:
-        """The checkpoint's tokenizer (to count tokens as the model sees them)."""
-        return self._tokenizer
 
     def __repr__(self) -> str:
         return (

@@ -34,9 +34,8 @@ from rerankers_plugins._validate import as_int
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.ops.batching import length_sorted_batches, restore_order
 from rerankers_plugins.scorers._device import DTypeName, resolve_dtype
-from rerankers_plugins.scorers._hf import Checkpoint, LoadKwargs, load_options
+from rerankers_plugins.scorers._hf import LoadKwargs, LocalScorer
 from rerankers_plugins.scorers._tokens import TruncationReport, pad_right
-from rerankers_plugins.scorers.base import BaseScorer
 from rerankers_plugins.types import ScoreScale
 
 __all__ = ["TEMPLATES", "Seq2SeqScorer", "Variant"]
@@ -92,7 +91,7 @@ def _template_parts(template: str) -> tuple[str, str, str, bool]:
     return before, between, after, query_first
 
 
-class Seq2SeqScorer(BaseScorer):
+class Seq2SeqScorer(LocalScorer):
     """Score (query, text) pairs with a MonoT5 or RankT5 model.
 
     Args:
@@ -116,7 +115,6 @@ class Seq2SeqScorer(BaseScorer):
             as for :class:`~rerankers_plugins.CrossEncoderScorer`.
     """
 
-    rebuild_on_copy = True  # a copy reloads the model from its files
     renamed: ClassVar[Mapping[str, str]] = {"max_query_length": "query_length"}
 
     def __init__(
@@ -148,23 +146,14 @@ class Seq2SeqScorer(BaseScorer):
                 'dtype="float16" is not supported for T5 models (their activations overflow it); '
                 'use "bfloat16" or "float32"'
             )
-        ckpt = self.checkpoint = Checkpoint.open(
-            model,
-            device=device,
-            dtype=dtype,
-            max_batch_tokens=max_batch_tokens,
-            options=load_options(type(self).__name__, load),
-            extra="seq2seq",
-            precision=self._precision,
+        ckpt = self._open(
+            model, device, dtype, max_batch_tokens, load, extra="seq2seq", precision=self._precision
         )
-        self.device, self.dtype, self.max_batch_tokens = ckpt.device, ckpt.dtype, ckpt.max_batch_tokens
         self.variant: Variant = variant
         self.scale = ScoreScale.PROBABILITY if variant == "monot5" else ScoreScale.LOGIT
         self.template = template if template is not None else TEMPLATES[variant]
         self._before, self._between, self._after, self._query_first = _template_parts(self.template)
         self.batch_size = batch_size
-        self.name = model
-        self.model = model
         path = ckpt.path
         config = ckpt.load(
             "seq2seq",
@@ -219,11 +208,6 @@ class Seq2SeqScorer(BaseScorer):
             return (self.true_id, self.false_id)
         self.score_id = self._token_id(score_token, "score_token")
         return (self.score_id,)
-
-    @property
-    def tokenizer(self) -> Any:
-        """The checkpoint's tokenizer (to count tokens as the model sees them)."""
-        return self._tokenizer
 
     def __repr__(self) -> str:
         return (
