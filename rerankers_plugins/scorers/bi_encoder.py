@@ -21,7 +21,8 @@ from rerankers_plugins._optional import require
 from rerankers_plugins._validate import as_int
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.scorers._device import DTypeName
-from rerankers_plugins.scorers._hf import LoadKwargs, LocalScorer
+from rerankers_plugins.scorers._hf import LoadKwargs
+from rerankers_plugins.scorers._local import LocalScorer
 from rerankers_plugins.scorers._tokens import TruncationReport
 from rerankers_plugins.types import ScoreScale
 

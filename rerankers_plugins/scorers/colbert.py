@@ -57,7 +57,8 @@ from rerankers_plugins.ops.batching import length_sorted_batches
 from rerankers_plugins.ops.maxsim import maxsim, pad_vectors
 from rerankers_plugins.scorers._colbert_layouts import Layout, detect_layout, load_spec
 from rerankers_plugins.scorers._device import DTypeName
-from rerankers_plugins.scorers._hf import Checkpoint, LoadKwargs, LocalScorer
+from rerankers_plugins.scorers._hf import Checkpoint, LoadKwargs
+from rerankers_plugins.scorers._local import LocalScorer
 from rerankers_plugins.scorers._tokens import TruncationReport, pad_right
 from rerankers_plugins.scorers._vectors import CacheDType, DocumentEmbeddingCache, model_key
 from rerankers_plugins.types import ScoreScale

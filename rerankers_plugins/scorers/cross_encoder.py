@@ -51,7 +51,8 @@ from rerankers_plugins.scorers._ce_layouts import (
 )
 from rerankers_plugins.scorers._ce_loading import CrossEncoderLoading
 from rerankers_plugins.scorers._device import DTypeName
-from rerankers_plugins.scorers._hf import LoadKwargs, LocalScorer
+from rerankers_plugins.scorers._hf import LoadKwargs
+from rerankers_plugins.scorers._local import LocalScorer
 from rerankers_plugins.scorers._onnx import OnnxCrossEncoder, RuntimeName
 from rerankers_plugins.scorers._tokens import TruncationReport
 from rerankers_plugins.types import ScoreScale

@@ -40,10 +40,10 @@ from rerankers_plugins.scorers._hf import (
     Checkpoint,
     LoadKwargs,
     LoadOptions,
-    LocalScorer,
     load_model,
     resolve_model,
 )
+from rerankers_plugins.scorers._local import LocalScorer
 from rerankers_plugins.scorers._tokens import TruncationReport, pad_right
 from rerankers_plugins.scorers._vectors import DocumentEmbeddingCache, model_key
 from rerankers_plugins.types import ScoreScale

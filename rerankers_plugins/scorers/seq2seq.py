@@ -34,7 +34,8 @@ from rerankers_plugins._validate import as_int
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.ops.batching import length_sorted_batches, restore_order
 from rerankers_plugins.scorers._device import DTypeName, resolve_dtype
-from rerankers_plugins.scorers._hf import LoadKwargs, LocalScorer
+from rerankers_plugins.scorers._hf import LoadKwargs
+from rerankers_plugins.scorers._local import LocalScorer
 from rerankers_plugins.scorers._tokens import TruncationReport, pad_right
 from rerankers_plugins.types import ScoreScale
 
