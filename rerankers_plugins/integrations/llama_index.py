@@ -15,8 +15,9 @@ Emits ``ReRankStartEvent`` / ``ReRankEndEvent`` through LlamaIndex instrumentati
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from rerankers_plugins._optional import require
@@ -38,7 +39,7 @@ from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.integrations._base import RerankAdapter, copy_metadata
 from rerankers_plugins.integrations._options import ConvenienceAdapter, conveniences
 from rerankers_plugins.pipeline.leaves import ScorerLike
-from rerankers_plugins.pipeline.rerank import arerank_with, rerank_with
+from rerankers_plugins.pipeline.rerank import RerankOptions, arerank_with, rerank_with
 from rerankers_plugins.types import Candidate, Scored, thaw
 
 __all__ = ["RerankPostprocessor", "retriever_candidates"]  # and the registry's conveniences, added below
@@ -169,31 +170,38 @@ class RerankPostprocessor(RerankAdapter, BaseNodePostprocessor):
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
-        query = self._query(query_bundle)
-        options = self._rerank_options()
-        self._start(nodes, query_bundle, options.strategy.name)
-        payload = self._payload(nodes, query, options.strategy.name)
-        with self.callback_manager.event(CBEventType.RERANKING, payload=payload) as event:
-            ranked = rerank_with(query, self._candidates(nodes), options)
-            result = self._results(nodes, ranked)
-            event.on_end(payload={EventPayload.NODES: result})
-        dispatcher.event(ReRankEndEvent(nodes=result))
-        return result
+        with self._reranking(nodes, query_bundle) as (query, options, done):
+            return done(rerank_with(query, self._candidates(nodes), options))
 
     @dispatcher.span
     async def _apostprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
+        with self._reranking(nodes, query_bundle) as (query, options, done):
+            return done(await arerank_with(query, self._candidates(nodes), options))
+
+    @contextlib.contextmanager
+    def _reranking(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None
+    ) -> Iterator[tuple[str, RerankOptions, Callable[[list[Scored]], list[NodeWithScore]]]]:
+        """The events around one call, sync or async: ReRankStartEvent and the callback manager's
+        RERANKING event open; ``done(ranked)`` turns the ranking into nodes and closes the
+        callback event; ReRankEndEvent follows it, as LlamaIndex's own rerankers emit them."""
         query = self._query(query_bundle)
         options = self._rerank_options()
         self._start(nodes, query_bundle, options.strategy.name)
         payload = self._payload(nodes, query, options.strategy.name)
+        results: list[list[NodeWithScore]] = []
         with self.callback_manager.event(CBEventType.RERANKING, payload=payload) as event:
-            ranked = await arerank_with(query, self._candidates(nodes), options)
-            result = self._results(nodes, ranked)
-            event.on_end(payload={EventPayload.NODES: result})
-        dispatcher.event(ReRankEndEvent(nodes=result))
-        return result
+
+            def done(ranked: list[Scored]) -> list[NodeWithScore]:
+                results.append(self._results(nodes, ranked))
+                event.on_end(payload={EventPayload.NODES: results[-1]})
+                return results[-1]
+
+            yield query, options, done
+        if results:
+            dispatcher.event(ReRankEndEvent(nodes=results[-1]))
 
 
 class _Convenience(ConvenienceAdapter, RerankPostprocessor):

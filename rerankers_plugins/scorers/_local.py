@@ -23,6 +23,7 @@ class LocalScorer(BaseScorer):
     device: str
     dtype: Any
     max_batch_tokens: int | None
+    max_length: int
     model: str
     _tokenizer: Any
 
@@ -45,6 +46,22 @@ class LocalScorer(BaseScorer):
         self.checkpoint, self.device, self.dtype = ckpt, ckpt.device, ckpt.dtype
         self.max_batch_tokens, self.model, self.name = ckpt.max_batch_tokens, model, model
         return ckpt
+
+    def fingerprint(self) -> Mapping[str, Any]:
+        """What the scores depend on: the model, its token window and dtype, the scorer's own
+        settings (:meth:`settings`), and the checkpoint's files digest and revision (a model
+        retrained in place, even only a ``1_Dense/`` module, is another model)."""
+        return {
+            "model": self.name,
+            "max_length": self.max_length,
+            "dtype": str(self.dtype),
+            **self.score_settings(),
+            **self.checkpoint.fingerprint(),
+        }
+
+    def score_settings(self) -> Mapping[str, Any]:
+        """The settings besides model, window and dtype that change this scorer's scores."""
+        return {}
 
     @property
     def tokenizer(self) -> Any:

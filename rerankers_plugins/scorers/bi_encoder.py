@@ -142,16 +142,8 @@ class BiEncoderScorer(LocalScorer):
             )
         return emb.float()[0]
 
-    def fingerprint(self) -> Mapping[str, Any]:
-        return {
-            "model": self.name,
-            "max_length": self.max_length,
-            "dtype": str(self.dtype),
-            "query_prompt": self.query_prompt,
-            "document_prompt": self.document_prompt,
-            # the checkpoint's files (a retrained 1_Dense/ included) and revision
-            **self.checkpoint.fingerprint(),
-        }
+    def score_settings(self) -> Mapping[str, Any]:
+        return {"query_prompt": self.query_prompt, "document_prompt": self.document_prompt}
 
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
         if not texts:

@@ -280,16 +280,8 @@ class ColBERTScorer(LocalScorer):
 
     # -- scoring ----------------------------------------------------------------------------------
 
-    def fingerprint(self) -> Mapping[str, Any]:
-        return {
-            "model": self.name,
-            "query_length": self.query_length,
-            "max_length": self.max_length,
-            "dtype": str(self.dtype),
-            "cache_dtype": self.cache_dtype,
-            # the checkpoint's files and revision: a score cache never serves a model retrained in place
-            **self.checkpoint.fingerprint(),
-        }
+    def score_settings(self) -> Mapping[str, Any]:
+        return {"query_length": self.query_length, "cache_dtype": self.cache_dtype}
 
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
         if not texts:

@@ -214,16 +214,8 @@ class CrossEncoderScorer(CrossEncoderLoading, LocalScorer):
         self._truncation.check(over, len(rows), self.max_length)
         return [len(r["input_ids"]) for r in rows]
 
-    def fingerprint(self) -> Mapping[str, Any]:
-        settings = {
-            "model": self.name,
-            "activation": self.activation,
-            "max_length": self.max_length,
-            "dtype": str(self.dtype),
-        }
-        # the checkpoint's files (module folders included) and revision: a model retrained in
-        # place is another model
-        settings.update(self.checkpoint.fingerprint())
+    def score_settings(self) -> Mapping[str, Any]:
+        settings: dict[str, Any] = {"activation": self.activation}
         if self.runtime != "torch":  # int8 scores differ from float32: never share cache entries
             settings["runtime"] = self.runtime
         if self.prompt_format is not None:

@@ -275,14 +275,8 @@ class PolyEncoderScorer(LocalScorer):
             f"dtype={str(self.dtype).removeprefix('torch.')!r})"
         )
 
-    def fingerprint(self) -> Mapping[str, Any]:
-        return {
-            "model": self.name,
-            "query_length": self.query_length,
-            "max_length": self.max_length,
-            "dtype": str(self.dtype),
-            **self.checkpoint.fingerprint(),
-        }
+    def score_settings(self) -> Mapping[str, Any]:
+        return {"query_length": self.query_length}
 
     def encode_query(self, query: str) -> Any:
         """``[H]`` float32 query vector."""

@@ -276,16 +276,12 @@ class Seq2SeqScorer(LocalScorer):
 
     # -- scoring ----------------------------------------------------------------------------------
 
-    def fingerprint(self) -> Mapping[str, Any]:
+    def score_settings(self) -> Mapping[str, Any]:
         return {
-            "model": self.name,
             "variant": self.variant,
             "template": self.template,
             "tokens": list(self._ids),
-            "max_length": self.max_length,
             "query_length": self.query_length,
-            "dtype": str(self.dtype),
-            **self.checkpoint.fingerprint(),
         }
 
     def _forward(self, rows: list[list[int]]) -> list[float]:
