@@ -32,22 +32,26 @@ def zscore(values: Sequence[float]) -> list[float]:
 
     >>> zscore([1.0, 2.0, 3.0])
     [-1.224744871391589, 0.0, 1.224744871391589]
+    >>> zscore([2.2e-309, 0.0]), zscore([-1e-200, 0.0]), zscore([1e308, -1e308])
+    ([1.0, -1.0], [-1.0, 1.0], [1.0, -1.0])
     """
     if not values:
         return []
-    # z-scores do not change when every value is scaled: scaled by a power of two (exact) to at
-    # most 1 in magnitude first, tiny differences (1e-200 apart) neither underflow to a "constant"
-    # signal nor do huge ones overflow
-    top = max(abs(v) for v in values)
-    if top == 0:
+    if all(v == values[0] for v in values):
         return [0.0] * len(values)
-    factor = math.ldexp(1.0, -math.frexp(top)[1])
-    unit = [v * factor for v in values]
-    mean = math.fsum(unit) / len(unit)
-    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in unit) / len(unit))
+    # z-scores do not change when every value is scaled or shifted: scaled by a power of two
+    # (exact) to at most 1 in magnitude, so that values 1e-300 apart neither underflow into a
+    # "constant" signal nor huge ones overflow; then shifted by the first value, so that the mean
+    # is taken of the differences (exact for close values) and keeps their precision
+    exponent = math.frexp(max(abs(v) for v in values))[1]
+    unit = [math.ldexp(v, -exponent) for v in values]  # per value: 2**-exponent alone may overflow
+    shifted = [u - unit[0] for u in unit]
+    mean = math.fsum(shifted) / len(shifted)
+    deviations = [d - mean for d in shifted]
+    sd = math.sqrt(math.fsum(d * d for d in deviations) / len(deviations))
     if sd == 0:
         return [0.0] * len(values)
-    return [(v - mean) / sd for v in unit]
+    return [d / sd for d in deviations]
 
 
 def best_first(values: Sequence[float]) -> list[int]:

@@ -411,7 +411,7 @@ messy_lists = st.tuples(
 )
 
 
-@PROPS
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), cands=messy_lists)
 def test_nothing_lost_or_duplicated_when_ids_repeat_or_are_missing(data, cands):
     # entries are told apart by position, not by id: two candidates with one id (or none) are two

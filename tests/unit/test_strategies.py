@@ -10,6 +10,8 @@ import threading
 from collections.abc import Sequence
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rerankers_plugins import (
     BackendError,
@@ -427,3 +429,21 @@ def test_a_strategy_that_declares_no_scale_says_so() -> None:
 
     with pytest.raises(AttributeError, match=r"NoScale declares no scale: set self\.scale"):
         _ = NoScale().scale
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=20))
+def test_zscores_are_finite_and_standardised_at_any_magnitude(values):
+    # fusion and distillation standardise raw scores: values 1e-300 apart, subnormals or near the
+    # float limit must neither overflow nor collapse to a false "constant"
+    import math
+
+    from rerankers_plugins.ops.fusion import zscore
+
+    z = zscore(values)
+    assert len(z) == len(values) and all(math.isfinite(v) for v in z)
+    if len(set(values)) == 1:
+        assert z == [0.0] * len(values)
+    else:
+        assert abs(math.fsum(z) / len(z)) < 1e-9
+        assert math.fsum(v * v for v in z) / len(z) == pytest.approx(1.0, rel=1e-6)
