@@ -8,7 +8,7 @@ sequence-classification conversion, and the pair-tokenization settings of the ``
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, NoReturn
 
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import ConfigError
@@ -218,21 +218,37 @@ class CrossEncoderLoading:
             self.instruction = fmt.default_instruction
 
     def _check_chat_template(self) -> None:
-        """Refuse, at load, a chat template that sentence-transformers cannot render a pair with
-        (a converted reranker that kept its base model's system / user / assistant template)."""
+        """Refuse, at load, a chat template that does not carry a (query, document) pair into the
+        model's input (a converted reranker that kept its base model's system / user / assistant
+        template): probe pairs must change the tokens, as sentence-transformers 6 checks it (older
+        releases render such a pair to an empty prompt and fail deep in the model)."""
+        probes = [
+            ("alpha query", "bravo document"),
+            ("charlie query", "bravo document"),
+            ("alpha query", "delta document"),
+        ]
         try:
             with self._tokenizer_lock:
-                self._model.preprocess([("query", "document")], prompt=self._prompt)
+                rows = [
+                    self._model.preprocess([p], prompt=self._prompt)["input_ids"].tolist() for p in probes
+                ]
         except Exception as exc:
-            formats = sorted(n for n, f in PROMPT_FORMATS.items() if f.pair is not None)
-            raise ConfigError(
-                f"{self.model!r} cannot be scored as it is: its chat template does not render a "
-                f"(query, document) pair ({type(exc).__name__}: {str(exc).splitlines()[0]}). If it is a "
-                "sequence-classification conversion of a causal reranker (e.g. "
-                "tomaarsen/Qwen3-Reranker-0.6B-seq-cls), pass its family's prompt_format (one of "
-                f"{formats}) to score the formatted pair its model card uses; otherwise give it a chat "
-                "template with 'query' and 'document' roles: tokenizer_kwargs={'chat_template': ...}."
-            ) from exc
+            self._refuse_template(f"{type(exc).__name__}: {str(exc).splitlines()[0]}", exc)
+        dropped = [role for role, row in zip(("query", "document"), rows[1:], strict=True) if row == rows[0]]
+        if dropped:
+            self._refuse_template(
+                f"the {' and '.join(dropped)} content does not reach the model's input", None
+            )
+
+    def _refuse_template(self, why: str, cause: BaseException | None) -> NoReturn:
+        formats = sorted(n for n, f in PROMPT_FORMATS.items() if f.pair is not None)
+        raise ConfigError(
+            f"{self.model!r} cannot be scored as it is: its chat template does not render a "
+            f"(query, document) pair ({why}). If it is a sequence-classification conversion of a causal "
+            "reranker (e.g. tomaarsen/Qwen3-Reranker-0.6B-seq-cls), pass its family's prompt_format (one "
+            f"of {formats}) to score the formatted pair its model card uses; otherwise give it a chat "
+            "template with 'query' and 'document' roles: tokenizer_kwargs={'chat_template': ...}."
+        ) from cause
 
     def _setup_pairs(self) -> None:
         self._n_special = int(self._tokenizer.num_special_tokens_to_add(pair=True))
