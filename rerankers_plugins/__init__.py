@@ -42,6 +42,7 @@ from rerankers_plugins.scorers.colbert import ColBERTScorer
 from rerankers_plugins.scorers.cross_encoder import CrossEncoderScorer
 from rerankers_plugins.scorers.fake import FakeScorer
 from rerankers_plugins.scorers.lexical import BM25Scorer
+from rerankers_plugins.scorers.llm import RENAMED as _LLM_RENAMED
 from rerankers_plugins.scorers.llm import LLMListwiseRanker, LLMPairwiseRanker, LLMPointwiseScorer
 from rerankers_plugins.scorers.poly_encoder import PolyEncoderScorer
 from rerankers_plugins.scorers.remote import RemoteScorer
@@ -101,12 +102,5 @@ __all__ = [
     "rerank",
 ]
 
-#: names of the last release, answered with a FutureWarning: the listwise and pairwise LLM rerankers
-#: return an order (``rank()``, scale RANK_ONLY), so they are rankers, not scorers
-__getattr__ = renamed_module_attributes(
-    "rerankers_plugins",
-    {
-        "LLMListwiseScorer": ("LLMListwiseRanker", lambda: LLMListwiseRanker),
-        "LLMPairwiseScorer": ("LLMPairwiseRanker", lambda: LLMPairwiseRanker),
-    },
-)
+#: names of the last release, answered with a FutureWarning (the LLM rankers' old names)
+__getattr__ = renamed_module_attributes("rerankers_plugins", _LLM_RENAMED)

@@ -15,25 +15,19 @@ from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.scorers._causal import PROMPT_FORMATS, CausalLogits, PromptFormat
 from rerankers_plugins.scorers._ce_layouts import architectures, logit_score_module, require_reranker_head
 from rerankers_plugins.scorers._device import resolve_dtype
-from rerankers_plugins.scorers._hf import Checkpoint
+from rerankers_plugins.scorers._local import LocalScorer
 from rerankers_plugins.scorers._onnx import OnnxCrossEncoder
 
 __all__ = ["CrossEncoderLoading"]
 
 
-class CrossEncoderLoading:
-    """The load paths of the cross-encoder scorer (a base class of it, holding no state of its own:
-    what each path sets is declared here and read by the scoring methods)."""
+class CrossEncoderLoading(LocalScorer):
+    """The load paths of the cross-encoder scorer (its base class, holding no state of its own: what
+    each path sets is declared here, or by :class:`LocalScorer`, and read by the scoring methods)."""
 
     _torch: Any
-    checkpoint: Checkpoint
     runtime: str
-    model: str
-    device: str
-    dtype: Any
     batch_size: int
-    max_batch_tokens: int | None
-    max_length: int
     activation: str | None
     instruction: str | None
     prompt_format: str | None
@@ -41,7 +35,6 @@ class CrossEncoderLoading:
     mode: str
     num_labels: int
     _model: Any
-    _tokenizer: Any
     _tokenizer_lock: Any
     _prompt: str | None
     _format: PromptFormat | None
@@ -65,24 +58,23 @@ class CrossEncoderLoading:
             )
         return self._torch.float32
 
-    def _classification_head(self) -> bool:
-        """Whether the checkpoint declares a sequence-classification architecture (its config,
-        fetched alone for a Hub id)."""
+    def _architectures(self) -> list[str]:
+        """The architectures the checkpoint's config declares (the config fetched alone for a Hub
+        id); empty where it declares none."""
         ckpt = self.checkpoint
         if ckpt.local is not None:
-            archs = architectures(ckpt.local)
-        else:
-            transformers = require("transformers", "cross-encoder")
-            config = ckpt.load(
-                "cross-encoder",
-                lambda: transformers.AutoConfig.from_pretrained(ckpt.path, **ckpt.options.config()),
-                cls="CrossEncoderScorer",
-            )
-            archs = [str(a) for a in getattr(config, "architectures", None) or []]
-        return any(a.endswith("ForSequenceClassification") for a in archs)
+            return architectures(ckpt.local)
+        transformers = require("transformers", "cross-encoder")
+        config = ckpt.load(
+            "cross-encoder",
+            lambda: transformers.AutoConfig.from_pretrained(ckpt.path, **ckpt.options.config()),
+            cls="CrossEncoderScorer",
+        )
+        return [str(a) for a in getattr(config, "architectures", None) or []]
 
-    def _load_prompted_causal(self, max_length: int | None) -> None:
-        """A plain ``*ForCausalLM`` scored with its authors' prompt (``mode == "causal"``)."""
+    def _load_prompted_causal(self, max_length: int | None, archs: list[str]) -> None:
+        """A plain ``*ForCausalLM`` scored with its authors' prompt (``mode == "causal"``);
+        ``archs``: :meth:`_architectures`."""
         transformers = require("transformers", "cross-encoder")
         fmt = PROMPT_FORMATS.get(str(self.prompt_format))
         if fmt is None:
@@ -94,13 +86,11 @@ class CrossEncoderLoading:
                 f"runtime={self.runtime!r} runs sequence-classification models; use runtime='torch'"
             )
         ckpt = self.checkpoint
-        if ckpt.local is not None:
-            archs = architectures(ckpt.local)
-            if archs and not any(a.endswith("ForCausalLM") for a in archs):
-                raise ConfigError(
-                    f"prompt_format={fmt.name!r} is for causal-LM rerankers, but {self.model!r} is "
-                    f"{', '.join(archs)}; leave prompt_format unset for a cross-encoder"
-                )
+        if ckpt.local is not None and archs and not any(a.endswith("ForCausalLM") for a in archs):
+            raise ConfigError(
+                f"prompt_format={fmt.name!r} is for causal-LM rerankers, but {self.model!r} is "
+                f"{', '.join(archs)}; leave prompt_format unset for a cross-encoder"
+            )
 
         def load() -> tuple[Any, Any]:
             config = transformers.AutoConfig.from_pretrained(ckpt.path, **ckpt.options.config())

@@ -52,7 +52,6 @@ from rerankers_plugins.scorers._ce_layouts import (
 from rerankers_plugins.scorers._ce_loading import CrossEncoderLoading
 from rerankers_plugins.scorers._device import DTypeName
 from rerankers_plugins.scorers._hf import LoadKwargs
-from rerankers_plugins.scorers._local import LocalScorer
 from rerankers_plugins.scorers._onnx import OnnxCrossEncoder, RuntimeName
 from rerankers_plugins.scorers._tokens import TruncationReport
 from rerankers_plugins.types import ScoreScale
@@ -62,7 +61,7 @@ __all__ = ["CrossEncoderScorer"]
 logger = logging.getLogger(__name__)
 
 
-class CrossEncoderScorer(CrossEncoderLoading, LocalScorer):
+class CrossEncoderScorer(CrossEncoderLoading):
     """Score (query, text) pairs jointly with a cross-encoder or a causal-LM reranker.
 
     Args:
@@ -140,8 +139,9 @@ class CrossEncoderScorer(CrossEncoderLoading, LocalScorer):
         self._tokenizer_lock = self.checkpoint.tokenizer_lock
         self._pair_format: PromptFormat | None = None  # a seq-cls conversion scored with its card's pair
         local = self.checkpoint.local
-        if self.prompt_format is not None and not self._classification_head():
-            self._load_prompted_causal(max_length)
+        archs = self._architectures() if self.prompt_format is not None else []
+        if self.prompt_format is not None and not any(a.endswith("ForSequenceClassification") for a in archs):
+            self._load_prompted_causal(max_length, archs)
         else:
             if local is not None and not st_logit_score(local):
                 require_reranker_head(local, self.model)
@@ -331,8 +331,7 @@ class CrossEncoderScorer(CrossEncoderLoading, LocalScorer):
         if fmt is None or fmt.pair is None:
             return query, texts
         instruction = str(self.instruction)
-        pairs = [fmt.pair(query, t, instruction) for t in texts]
-        return fmt.pair(query, "", instruction)[0], [d for _, d in pairs]
+        return fmt.pair(query, "", instruction)[0], [fmt.pair(query, t, instruction)[1] for t in texts]
 
     def _activate(self, logits: Any) -> Any:
         torch = self._torch

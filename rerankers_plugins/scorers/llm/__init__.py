@@ -37,10 +37,8 @@ __all__ = [
 
 #: names of the last release, answered with a FutureWarning: the listwise and pairwise LLM rerankers
 #: return an order (``rank()``, scale RANK_ONLY), so they are rankers, not scorers
-__getattr__ = renamed_module_attributes(
-    "rerankers_plugins.scorers.llm",
-    {
-        "LLMListwiseScorer": ("LLMListwiseRanker", lambda: LLMListwiseRanker),
-        "LLMPairwiseScorer": ("LLMPairwiseRanker", lambda: LLMPairwiseRanker),
-    },
-)
+RENAMED = {
+    "LLMListwiseScorer": ("LLMListwiseRanker", lambda: LLMListwiseRanker),
+    "LLMPairwiseScorer": ("LLMPairwiseRanker", lambda: LLMPairwiseRanker),
+}
+__getattr__ = renamed_module_attributes("rerankers_plugins.scorers.llm", RENAMED)
