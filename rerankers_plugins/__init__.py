@@ -9,6 +9,7 @@ from rerankers_plugins.errors import (
     ConfigError,
     DeadlineExceeded,
     MissingExtraError,
+    Overloaded,
     RerankError,
 )
 from rerankers_plugins.pipeline import (
@@ -35,6 +36,7 @@ from rerankers_plugins.pipeline import (
 )
 from rerankers_plugins.registry import get_scorer
 from rerankers_plugins.scorers._hf import packaged_model_path
+from rerankers_plugins.scorers._scheduler import QueueStats, SchedulerOptions
 from rerankers_plugins.scorers.base import BaseScorer, Ranker, Scorer
 from rerankers_plugins.scorers.bi_encoder import BiEncoderScorer
 from rerankers_plugins.scorers.cohere import CohereScorer
@@ -75,12 +77,15 @@ __all__ = [
     "LLMPointwiseScorer",
     "LongDocument",
     "MissingExtraError",
+    "Overloaded",
     "PolyEncoderScorer",
+    "QueueStats",
     "Ranker",
     "Ranking",
     "RemoteScorer",
     "RerankError",
     "RetryPolicy",
+    "SchedulerOptions",
     "ScoreScale",
     "Scored",
     "Scorer",

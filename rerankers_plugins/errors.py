@@ -8,7 +8,8 @@ Hierarchy::
     │                                    top_n <= 0, an empty query, an unknown backend name, ...
     └── BackendError(RuntimeError)       a backend failed or misbehaved: a model that cannot be loaded,
         │                                a scorer returning the wrong number of scores or NaN
-        └── DeadlineExceeded             an API call's total deadline passed (retries and waits included)
+        ├── DeadlineExceeded             a call's total deadline passed (retries, waits and queueing included)
+        └── Overloaded                   a shared local model's queue is full; carries ``retry_after``
 
 Catching ``RerankError`` catches all three; each also derives from the builtin a caller would
 naturally catch (``ImportError``, ``ValueError``, ``RuntimeError``).
@@ -16,7 +17,14 @@ naturally catch (``ImportError``, ``ValueError``, ``RuntimeError``).
 
 from __future__ import annotations
 
-__all__ = ["BackendError", "ConfigError", "DeadlineExceeded", "MissingExtraError", "RerankError"]
+__all__ = [
+    "BackendError",
+    "ConfigError",
+    "DeadlineExceeded",
+    "MissingExtraError",
+    "Overloaded",
+    "RerankError",
+]
 
 
 class RerankError(Exception):
@@ -45,3 +53,23 @@ class BackendError(RerankError, RuntimeError):
 
 class DeadlineExceeded(BackendError):
     """A call's total deadline (connect, read, retries and waits included) passed."""
+
+
+class Overloaded(BackendError):
+    """A shared local model has more tokens waiting than its queue limit
+    (``scheduler={"max_queue_tokens": ...}``): the request was refused at once, nothing computed.
+
+    ``retry_after``: seconds until the queue has drained at the model's recent throughput (None
+    before the first batch has been timed); a server answers 503 with a ``Retry-After`` header.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_overloaded, (str(self), self.retry_after))
+
+
+def _overloaded(message: str, retry_after: float | None) -> Overloaded:
+    return Overloaded(message, retry_after=retry_after)

@@ -128,9 +128,9 @@ class DocumentEmbeddingCache:
                     raise
         return self._remember(key, item)
 
-    def fetch(self, texts: Sequence[str], encode: Callable[[list[str]], list[Any]]) -> list[Any]:
-        """The stored vectors of each text (one per text, in order), encoding the missing ones once
-        with ``encode`` and storing them: a fresh and a cached call return the same stored arrays."""
+    def lookup(self, texts: Sequence[str]) -> tuple[list[str], dict[str, Any], dict[str, str]]:
+        """Each text's key, the stored vectors found (by key), and the texts missing (by key, each
+        once): what :meth:`fetch` does before it encodes."""
         keys = [self.key(t) for t in texts]
         found: dict[str, Any] = {}
         for k in dict.fromkeys(keys):
@@ -138,10 +138,22 @@ class DocumentEmbeddingCache:
             if v is not None:
                 found[k] = v
         missing = {k: t for k, t in zip(keys, texts, strict=True) if k not in found}
-        if missing:
-            for k, vecs in zip(missing, encode(list(missing.values())), strict=True):
-                found[k] = self.put(k, vecs)
+        return keys, found, missing
+
+    def complete(
+        self, keys: Sequence[str], found: dict[str, Any], missing: Sequence[str], vectors: Sequence[Any]
+    ) -> list[Any]:
+        """Store the ``vectors`` encoded for the ``missing`` keys; the stored vectors of every key."""
+        for k, vecs in zip(missing, vectors, strict=True):
+            found[k] = self.put(k, vecs)
         return [found[k] for k in keys]
+
+    def fetch(self, texts: Sequence[str], encode: Callable[[list[str]], list[Any]]) -> list[Any]:
+        """The stored vectors of each text (one per text, in order), encoding the missing ones once
+        with ``encode`` and storing them: a fresh and a cached call return the same stored arrays."""
+        keys, found, missing = self.lookup(texts)
+        vectors = encode(list(missing.values())) if missing else []
+        return self.complete(keys, found, list(missing), vectors)
 
     def fill(self, texts: Sequence[str], encode: Callable[[list[str]], list[Any]], *, chunk: int) -> int:
         """Encode and store every non-empty text not stored yet, ``chunk`` texts at a time (a

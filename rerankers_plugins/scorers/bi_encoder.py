@@ -13,8 +13,10 @@ leaves the prompt out of the mean.
 
 from __future__ import annotations
 
+import copy
 import logging
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, Unpack
 
 from rerankers_plugins._optional import require
@@ -22,7 +24,9 @@ from rerankers_plugins._validate import as_int
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.scorers._device import DTypeName
 from rerankers_plugins.scorers._hf import LoadKwargs
+from rerankers_plugins.scorers._http import OnError
 from rerankers_plugins.scorers._local import LocalScorer
+from rerankers_plugins.scorers._scheduler import Plan, Unit
 from rerankers_plugins.scorers._tokens import TruncationReport
 from rerankers_plugins.types import ScoreScale
 
@@ -57,6 +61,8 @@ class BiEncoderScorer(LocalScorer):
             model card asks for prompts that its files do not save (the published e5 and bge
             checkpoints: ``"query: "`` / ``"passage: "``, and bge's
             ``"Represent this sentence for searching relevant passages: "`` / ``""``).
+        deadline, on_error, scheduler: how calls share the model, as for
+            :class:`~rerankers_plugins.CrossEncoderScorer`.
         **load: how the checkpoint is fetched and built (``revision``, ``trust_remote_code``, ...),
             as for :class:`CrossEncoderScorer`.
     """
@@ -73,8 +79,12 @@ class BiEncoderScorer(LocalScorer):
         dtype: DTypeName = "auto",
         query_prompt: str | None = None,
         document_prompt: str | None = None,
+        deadline: float | None = None,
+        on_error: OnError = "raise",
+        scheduler: bool | Mapping[str, Any] = True,
         **load: Unpack[LoadKwargs],
     ) -> None:
+        self._serve(deadline, on_error, scheduler)
         as_int(batch_size, "batch_size", minimum=1)
         for what, value in (("query_prompt", query_prompt), ("document_prompt", document_prompt)):
             if value is not None and not isinstance(value, str):
@@ -82,7 +92,7 @@ class BiEncoderScorer(LocalScorer):
         self._torch = require("torch", "cross-encoder")
         st = require("sentence_transformers", "cross-encoder")
         ckpt = self._open(model, device, dtype, None, load)
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # texts per batch (sentence-transformers' encode batches)
         options = ckpt.options.sentence_transformers(st.SentenceTransformer)
         self._model = ckpt.load(
             "sentence-transformers",
@@ -98,6 +108,9 @@ class BiEncoderScorer(LocalScorer):
         self._tokenizer = self._model.tokenizer
         # sentence-transformers tokenizes inside encode, so the encode calls hold the lock too
         self._tokenizer_lock = ckpt.tokenizer_lock
+        # calls count their tokens on a copy of the tokenizer: planning never waits for an encode
+        # under way in the worker (which holds the lock above while the model runs)
+        self._counter, self._counter_lock = copy.deepcopy(self._tokenizer), threading.Lock()
         prompts = dict(getattr(self._model, "prompts", None) or {})
         self.query_prompt = query_prompt if query_prompt is not None else str(prompts.get("query") or "")
         self.document_prompt = document_prompt if document_prompt is not None else _document_prompt(prompts)
@@ -110,19 +123,25 @@ class BiEncoderScorer(LocalScorer):
             f"document_prompt={self.document_prompt!r})"
         )
 
-    def _check_lengths(self, texts: Sequence[str], prompt: str) -> None:
+    def _check_lengths(self, texts: Sequence[str], prompt: str, *, check: bool = True) -> list[int]:
+        """Token length of each text with its prompt and special tokens, within the window; warns
+        once when a document is cut (``check``)."""
         texts = [prompt + t for t in texts] if prompt else texts
-        with self._tokenizer_lock:
-            lengths = self._truncation.lengths(self._tokenizer, texts, self.max_length)
-        self._truncation.check(sum(n + 2 > self.max_length for n in lengths), len(lengths), self.max_length)
+        with self._counter_lock:
+            lengths = self._truncation.lengths(self._counter, texts, self.max_length)
+        if check:
+            self._truncation.check(
+                sum(n + 2 > self.max_length for n in lengths), len(lengths), self.max_length
+            )
+        return [min(n + 2, self.max_length) for n in lengths]
 
-    def embed_documents(self, texts: Sequence[str]) -> Any:
-        """L2-normalised float32 embeddings, one row per text (``[n, dim]`` tensor)."""
-        self._check_lengths(texts, self.document_prompt)
-        with self._tokenizer_lock:
-            emb = self._model.encode_document(
-                list(texts),
-                prompt=self.document_prompt,
+    def _encode(self, kind: str, texts: list[str]) -> Any:
+        """L2-normalised float32 embeddings ``[n, dim]`` of queries or documents, with their prompt."""
+        encode = self._model.encode_query if kind == "query" else self._model.encode_document
+        with self._tokenizer_lock, self._torch.inference_mode():
+            emb = encode(
+                texts,
+                prompt=self.query_prompt if kind == "query" else self.document_prompt,
                 batch_size=self.batch_size,
                 convert_to_tensor=True,
                 normalize_embeddings=True,
@@ -130,26 +149,30 @@ class BiEncoderScorer(LocalScorer):
             )
         return emb.float()
 
+    def embed_documents(self, texts: Sequence[str]) -> Any:
+        """L2-normalised float32 embeddings, one row per text (``[n, dim]`` tensor)."""
+        self._check_lengths(texts, self.document_prompt)
+        return self._encode("document", list(texts))
+
     def embed_query(self, query: str) -> Any:
         """L2-normalised float32 query embedding (``[dim]`` tensor)."""
-        with self._tokenizer_lock:
-            emb = self._model.encode_query(
-                [query],
-                prompt=self.query_prompt,
-                convert_to_tensor=True,
-                normalize_embeddings=True,
-                show_progress_bar=False,
-            )
-        return emb.float()[0]
+        return self._encode("query", [query])[0]
 
     def score_settings(self) -> Mapping[str, Any]:
         return {"query_prompt": self.query_prompt, "document_prompt": self.document_prompt}
 
-    def score(self, query: str, texts: Sequence[str]) -> list[float]:
-        if not texts:
-            return []
-        with self._torch.inference_mode():
-            q = self.embed_query(query)
-            docs = self.embed_documents(texts)
-            sims = (docs @ q).clamp_(-1.0, 1.0)
+    def _plan(self, query: str, texts: Sequence[str]) -> Plan:
+        (q_len,) = self._check_lengths([query], self.query_prompt, check=False)
+        units = [Unit(query, q_len, "query")]
+        lengths = self._check_lengths(texts, self.document_prompt)
+        units += [Unit(t, n, "document") for t, n in zip(texts, lengths, strict=True)]
+        return Plan(units, self._cosines)
+
+    def _run_batch(self, kind: str, data: list[Any], owners: list[Hashable]) -> list[Any]:
+        return list(self._encode(kind, data))
+
+    def _cosines(self, outputs: list[Any]) -> list[float]:
+        torch = self._torch
+        with torch.inference_mode():
+            sims = (torch.stack(outputs[1:]) @ outputs[0]).clamp_(-1.0, 1.0)
         return [float(s) for s in sims.tolist()]

@@ -46,7 +46,7 @@ nothing: 32 and 300, the settings of the README benchmark).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Unpack
 
@@ -58,7 +58,9 @@ from rerankers_plugins.ops.maxsim import maxsim, pad_vectors
 from rerankers_plugins.scorers._colbert_layouts import Layout, detect_layout, load_spec
 from rerankers_plugins.scorers._device import DTypeName
 from rerankers_plugins.scorers._hf import Checkpoint, LoadKwargs
+from rerankers_plugins.scorers._http import OnError
 from rerankers_plugins.scorers._local import LocalScorer
+from rerankers_plugins.scorers._scheduler import Plan, Unit
 from rerankers_plugins.scorers._tokens import TruncationReport, pad_right
 from rerankers_plugins.scorers._vectors import CacheDType, DocumentEmbeddingCache, model_key
 from rerankers_plugins.types import ScoreScale
@@ -102,6 +104,8 @@ class ColBERTScorer(LocalScorer):
             colbert-ai and PyLate return.
         batch_size, max_batch_tokens: document encoding batches (length-sorted).
         layout: force ``"colbert"``, ``"pylate"`` or ``"plain"`` instead of detecting it.
+        deadline, on_error, scheduler: how calls share the model, as for
+            :class:`~rerankers_plugins.CrossEncoderScorer`.
         **load: how the checkpoint is fetched and built (``revision``, ``local_files_only``, ...),
             as for :class:`~rerankers_plugins.CrossEncoderScorer`.
     """
@@ -123,8 +127,12 @@ class ColBERTScorer(LocalScorer):
         batch_size: int = 32,
         max_batch_tokens: int | Literal["auto"] | None = "auto",
         layout: Layout | None = None,
+        deadline: float | None = None,
+        on_error: OnError = "raise",
+        scheduler: bool | Mapping[str, Any] = True,
         **load: Unpack[LoadKwargs],
     ) -> None:
+        self._serve(deadline, on_error, scheduler)
         _check_options(query_length, max_length, batch_size, layout, cache_dtype)
         self._torch = require("torch", "colbert")
         transformers = require("transformers", "colbert")
@@ -231,8 +239,8 @@ class ColBERTScorer(LocalScorer):
             return [i for i, t in enumerate(ids) if t not in spec.doc_skip_ids]
         return list(range(len(ids)))
 
-    def encode_query(self, query: str) -> Any:
-        """``[m, dim]`` float32 query token vectors on the scorer's device."""
+    def _query_row(self, query: str) -> tuple[list[int], list[int]]:
+        """The query's token ids and attention (expanded to ``query_length`` where the layout does)."""
         spec = self._spec
         ids = self._ids([query], spec.query_marker, self.query_length, self._query_truncation)[0]
         attend = [1] * len(ids)
@@ -247,28 +255,35 @@ class ColBERTScorer(LocalScorer):
                 )
             ids = ids + [expansion_id] * extra
             attend = attend + [1 if spec.attend_expansion else 0] * extra
+        return ids, attend
+
+    def _run_batch(self, kind: str, data: list[Any], owners: list[Hashable]) -> list[Any]:
+        """Token vectors (float32, the kept positions) of one batch: ``(ids, attention)`` query rows
+        or document id rows."""
+        query = kind == "query"
+        rows = [d[0] for d in data] if query else data
         with self._torch.inference_mode():
-            vecs = self._forward([ids], [attend])[0]
-        return vecs[self._keep(ids, doc=False)]
+            vecs = self._forward(rows, [d[1] for d in data] if query else None)
+            return [vecs[r, self._keep(ids, doc=not query)].detach() for r, ids in enumerate(rows)]
+
+    def encode_query(self, query: str) -> Any:
+        """``[m, dim]`` float32 query token vectors on the scorer's device."""
+        return self._run_batch("query", [self._query_row(query)], [0])[0]
+
+    def _document_rows(self, texts: Sequence[str]) -> list[list[int]]:
+        return self._ids(texts, self._spec.doc_marker, self.max_length, self._doc_truncation)
 
     def encode_documents(self, texts: Sequence[str]) -> list[Any]:
         """``[n_i, dim]`` float32 token vectors for each text (no cache involved)."""
         if not texts:
             return []
-        all_ids = self._ids(texts, self._spec.doc_marker, self.max_length, self._doc_truncation)
+        all_ids = self._document_rows(texts)
         out: list[Any] = [None] * len(texts)
-        with self._torch.inference_mode():
-            for batch in length_sorted_batches(
-                [len(x) for x in all_ids], self.batch_size, self.max_batch_tokens
-            ):
-                vecs = self._forward([all_ids[i] for i in batch])
-                for row, i in enumerate(batch):
-                    keep = self._keep(all_ids[i], doc=True)
-                    out[i] = vecs[row, keep].detach()
+        for batch in length_sorted_batches([len(x) for x in all_ids], self.batch_size, self.max_batch_tokens):
+            vecs = self._run_batch("document", [all_ids[i] for i in batch], [])
+            for i, v in zip(batch, vecs, strict=True):
+                out[i] = v
         return out
-
-    def _document_vectors(self, texts: Sequence[str]) -> list[Any]:
-        return self.cache.fetch(texts, self.encode_documents)
 
     def index(self, texts: Sequence[str]) -> int:
         """Precompute and cache the vectors of ``texts`` (memory, and disk when ``cache_dir`` is set).
@@ -283,16 +298,26 @@ class ColBERTScorer(LocalScorer):
     def score_settings(self) -> Mapping[str, Any]:
         return {"query_length": self.query_length, "cache_dtype": self.cache_dtype}
 
-    def score(self, query: str, texts: Sequence[str]) -> list[float]:
-        if not texts:
-            return []
-        torch = self._torch
-        q = self.encode_query(query)
+    def _plan(self, query: str, texts: Sequence[str]) -> Plan:
+        """The query's row and the rows of the non-empty documents not cached yet; MaxSim over
+        their vectors and the cached ones (empty documents score 0)."""
         nonempty = [i for i, t in enumerate(texts) if t.strip()]
-        scores = [0.0] * len(texts)  # empty documents score 0
-        vectors = self._document_vectors([texts[i] for i in nonempty])
+        keys, found, missing = self.cache.lookup([texts[i] for i in nonempty])
+        q_ids, attend = self._query_row(query)
+        units = [Unit((q_ids, attend), len(q_ids), "query")]
+        if missing:
+            units += [Unit(r, len(r), "document") for r in self._document_rows(list(missing.values()))]
+
+        def finish(outputs: list[Any]) -> list[float]:
+            vectors = self.cache.complete(keys, found, list(missing), outputs[1:])
+            return self._maxsim(outputs[0], vectors, nonempty, len(texts))
+
+        return Plan(units, finish)
+
+    def _maxsim(self, q: Any, vectors: Sequence[Any], nonempty: Sequence[int], n: int) -> list[float]:
+        scores = [0.0] * n
         chunk = 256
-        with torch.inference_mode():
+        with self._torch.inference_mode():
             for start in range(0, len(nonempty), chunk):
                 part = vectors[start : start + chunk]
                 docs, mask = pad_vectors([v.to(self.device) for v in part], dim=self.dim)

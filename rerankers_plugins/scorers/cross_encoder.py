@@ -32,13 +32,12 @@ before the activation so scores on a declared scale come out.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Unpack
 
 from rerankers_plugins._deprecation import renamed_attribute
 from rerankers_plugins._optional import require
-from rerankers_plugins.ops.batching import length_sorted_batches, restore_order
 from rerankers_plugins.scorers._causal import (
     KNOWN_CAUSAL_RERANKERS,
     CausalLogits,
@@ -52,7 +51,9 @@ from rerankers_plugins.scorers._ce_layouts import (
 from rerankers_plugins.scorers._ce_loading import CrossEncoderLoading
 from rerankers_plugins.scorers._device import DTypeName
 from rerankers_plugins.scorers._hf import LoadKwargs
+from rerankers_plugins.scorers._http import OnError
 from rerankers_plugins.scorers._onnx import OnnxCrossEncoder, RuntimeName
+from rerankers_plugins.scorers._scheduler import Plan, Unit
 from rerankers_plugins.scorers._tokens import TruncationReport
 from rerankers_plugins.types import ScoreScale
 
@@ -98,6 +99,16 @@ class CrossEncoderScorer(CrossEncoderLoading):
             default (its ``default_prompt_name`` prompt, or the model card's instruction).
         reuse_prefix: in causal rerankers, run the tokens every prompt of a call starts with once
             and share their key/value cache across the candidates (same scores, less compute).
+        deadline: seconds a call may take, queueing for the model included; past it the call raises
+            ``DeadlineExceeded`` and its pairs are never computed. ``None``: no limit.
+        on_error: ``"raise"``, or ``"keep_order"``: in a pipeline, a call that fails (its deadline,
+            a full queue, a model error) passes its candidates on in their order, marked.
+        scheduler: how concurrent calls share the model. ``True`` (default): one worker computes
+            every caller's pairs, packed into the same batches, first come first served (earliest
+            deadline first), with a queue limit (``Overloaded``); a mapping sets its knobs
+            (``window``, ``fair_share``, ``max_queue_tokens``, ``threads``:
+            :class:`~rerankers_plugins.scorers._scheduler.SchedulerOptions`). ``False``: each call
+            computes in its own thread.
         **load: how the checkpoint is fetched and built, as sentence-transformers takes it
             (``revision``, ``trust_remote_code``, ``local_files_only``, ``hub_cache_dir``,
             ``model_kwargs``, ``tokenizer_kwargs``, ``config_kwargs``: :class:`~rerankers_plugins.scorers._hf.LoadOptions`).
@@ -122,9 +133,13 @@ class CrossEncoderScorer(CrossEncoderLoading):
         prompt_format: str | None = None,
         instruction: str | None = None,
         reuse_prefix: bool = True,
+        deadline: float | None = None,
+        on_error: OnError = "raise",
+        scheduler: bool | Mapping[str, Any] = True,
         **load: Unpack[LoadKwargs],
     ) -> None:
         check_options(activation, batch_size, max_length, runtime, prompt_format, instruction)
+        self._serve(deadline, on_error, scheduler)
         self._torch = require("torch", "cross-encoder")
         self.runtime = runtime
         self._open(model, device, dtype, max_batch_tokens, load, precision=self._resolve_precision)
@@ -161,7 +176,7 @@ class CrossEncoderScorer(CrossEncoderLoading):
         if warmup:
             # One short pair through the whole path: the first user call then pays none of the
             # one-off costs (kernel selection, thread pool start-up, the tokenizer's first call).
-            self.score("warm up", ["warm up"])
+            self._score_here("warm up", ["warm up"])
 
     @property
     def onnx_path(self) -> Path | None:
@@ -255,33 +270,11 @@ class CrossEncoderScorer(CrossEncoderLoading):
                 logits = self._model(features)["scores"].float()
         return [float(x) for x in self._activate(logits).tolist()]
 
-    def _batches(self, query: str, texts: Sequence[str]) -> list[list[int]]:
-        """Length-sorted batches of the pairs by their bare token length (modes that tokenize per batch)."""
-        full = self._full_pair_lengths(query, texts)
-        self._truncation.check(sum(f > self.max_length for f in full), len(full), self.max_length)
-        return length_sorted_batches(
-            [min(f, self.max_length) for f in full], self.batch_size, self.max_batch_tokens
-        )
-
-    def _score_with_preprocess(self, query: str, texts: Sequence[str]) -> list[float]:
-        """sentence-transformers' own preprocess per batch, with the prompt predict() uses."""
-        torch = self._torch
-        batches = self._batches(query, texts)
-        out: list[float] = []
-        with torch.inference_mode():
-            for batch in batches:
-                with self._tokenizer_lock:
-                    features = self._model.preprocess([(query, texts[i]) for i in batch], prompt=self._prompt)
-                features = {
-                    k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()
-                }
-                out.extend(float(x) for x in self._activate(self._model(features)["scores"].float()).tolist())
-        return restore_order(batches, out)
-
     def _st_rows(self, query: str, texts: Sequence[str]) -> list[list[int]]:
         """Token rows of a sentence-transformers causal reranker, as its preprocess makes them
         (chat template, prompt, truncation), without their padding."""
-        self._batches(query, texts)  # the truncation warning
+        full = self._full_pair_lengths(query, texts)  # the truncation warning
+        self._truncation.check(sum(f > self.max_length for f in full), len(full), self.max_length)
         with self._tokenizer_lock:
             features = self._model.preprocess([(query, t) for t in texts], prompt=self._prompt)
         ids, mask = features["input_ids"], features["attention_mask"]
@@ -302,28 +295,47 @@ class CrossEncoderScorer(CrossEncoderLoading):
                 self._truncation.check(over, len(rows), self.max_length)
         return rows
 
-    def score(self, query: str, texts: Sequence[str]) -> list[float]:
-        if not texts:
-            return []
+    def _plan(self, query: str, texts: Sequence[str]) -> Plan:
+        """Each pair as one unit: its prompt's token row (causal modes), the (query, text) pair that
+        sentence-transformers' preprocess reads (``preprocess``), or its token ids (``pairs``)."""
         if self._causal is not None:
             causal_rows = (
                 self._prompt_rows(query, texts) if self._format is not None else self._st_rows(query, texts)
             )
-            raw = self._torch.tensor(self._causal.score(causal_rows), dtype=self._torch.float32)
-            scores = self._torch.sigmoid(raw) if self.activation == "sigmoid" else raw
+            units = [Unit(row, len(row)) for row in causal_rows]
+        elif self.mode == "preprocess":
+            full = self._full_pair_lengths(query, texts)
+            self._truncation.check(sum(f > self.max_length for f in full), len(full), self.max_length)
+            units = [Unit((query, t), min(f, self.max_length)) for t, f in zip(texts, full, strict=True)]
+        else:
+            query, texts = self._formatted(query, texts)
+            rows, over = self._encode(query, texts)
+            self._truncation.check(over, len(rows), self.max_length)
+            units = [Unit(r, len(r["input_ids"])) for r in rows]
+        return Plan(units, _floats)
+
+    def _run_batch(self, kind: str, data: list[Any], owners: list[Hashable]) -> list[Any]:
+        torch = self._torch
+        if self._causal is not None:
+            # the rows of one call share their prompt's prefix: run it once per call in the batch
+            raw = [0.0] * len(data)
+            for owner in dict.fromkeys(owners):
+                mine = [i for i, o in enumerate(owners) if o == owner]
+                for i, v in zip(mine, self._causal.score([data[i] for i in mine]), strict=True):
+                    raw[i] = v
+            logits = torch.tensor(raw, dtype=torch.float32)
+            scores = torch.sigmoid(logits) if self.activation == "sigmoid" else logits
             return [float(x) for x in scores.tolist()]
         if self.mode == "preprocess":
-            return self._score_with_preprocess(query, texts)
-        query, texts = self._formatted(query, texts)
-        rows, over = self._encode(query, texts)
-        self._truncation.check(over, len(rows), self.max_length)
-        batches = length_sorted_batches(
-            [len(r["input_ids"]) for r in rows], self.batch_size, self.max_batch_tokens
-        )
-        out: list[float] = []
-        for batch in batches:
-            out.extend(self._forward(rows, batch))
-        return restore_order(batches, out)
+            with torch.inference_mode():
+                with self._tokenizer_lock:
+                    features = self._model.preprocess(data, prompt=self._prompt)
+                features = {
+                    k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()
+                }
+                logits = self._model(features)["scores"].float()
+            return [float(x) for x in self._activate(logits).tolist()]
+        return self._forward(data, range(len(data)))
 
     def _formatted(self, query: str, texts: Sequence[str]) -> tuple[str, Sequence[str]]:
         """The pair as the model card writes it (mode ``formatted``); unchanged otherwise."""
@@ -343,3 +355,7 @@ class CrossEncoderScorer(CrossEncoderLoading):
             return logits[:, 1] - logits[:, 0]
         logits = logits[:, 0]
         return torch.sigmoid(logits) if self.activation == "sigmoid" else logits
+
+
+def _floats(outputs: list[Any]) -> list[float]:
+    return [float(x) for x in outputs]

@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Unpack
 
@@ -43,7 +43,9 @@ from rerankers_plugins.scorers._hf import (
     load_model,
     resolve_model,
 )
+from rerankers_plugins.scorers._http import OnError
 from rerankers_plugins.scorers._local import LocalScorer
+from rerankers_plugins.scorers._scheduler import Plan, Unit
 from rerankers_plugins.scorers._tokens import TruncationReport, pad_right
 from rerankers_plugins.scorers._vectors import DocumentEmbeddingCache, model_key
 from rerankers_plugins.types import ScoreScale
@@ -214,6 +216,8 @@ class PolyEncoderScorer(LocalScorer):
         cache_dir: optional directory for document codes shared across processes.
         cache_bytes: memory bound of the in-process code cache.
         batch_size, max_batch_tokens: document encoding batches (length-sorted).
+        deadline, on_error, scheduler: how calls share the model, as for
+            :class:`~rerankers_plugins.CrossEncoderScorer`.
         **load: how the checkpoint is fetched and built (``revision``, ``local_files_only``, ...),
             as for :class:`~rerankers_plugins.CrossEncoderScorer`.
 
@@ -236,8 +240,12 @@ class PolyEncoderScorer(LocalScorer):
         cache_bytes: int = 512 * 2**20,
         batch_size: int = 32,
         max_batch_tokens: int | Literal["auto"] | None = "auto",
+        deadline: float | None = None,
+        on_error: OnError = "raise",
+        scheduler: bool | Mapping[str, Any] = True,
         **load: Unpack[LoadKwargs],
     ) -> None:
+        self._serve(deadline, on_error, scheduler)
         as_int(query_length, "query_length", minimum=4)
         as_int(max_length, "max_length", minimum=4, allow_none=True)
         as_int(batch_size, "batch_size", minimum=1)
@@ -278,45 +286,63 @@ class PolyEncoderScorer(LocalScorer):
     def score_settings(self) -> Mapping[str, Any]:
         return {"query_length": self.query_length}
 
+    def _query_rows(self, queries: Sequence[str]) -> list[list[int]]:
+        with self._tokenizer_lock:
+            return tokenize(self._tokenizer, queries, self.query_length)
+
+    def _document_rows(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token rows of the documents, cut to ``max_length`` keeping the closing special token."""
+        with self._tokenizer_lock:
+            rows = tokenize(self._tokenizer, texts, self.max_length + 1)
+        over = sum(len(r) > self.max_length for r in rows)
+        self._doc_truncation.check(over, len(rows), self.max_length)
+        return [r if len(r) <= self.max_length else r[: self.max_length - 1] + r[-1:] for r in rows]
+
+    def _run_batch(self, kind: str, data: list[Any], owners: list[Hashable]) -> list[Any]:
+        """Query vectors ``[H]`` or document codes ``[m, H]`` (float32) of one batch of token rows."""
+        ids, mask = pad_right(data, self._pad)
+        encode = self._module.query_vectors if kind == "query" else self._module.document_codes
+        with self._torch.inference_mode():
+            out = encode(ids.to(self.device), mask.to(self.device)).float()
+        return list(out)
+
     def encode_query(self, query: str) -> Any:
         """``[H]`` float32 query vector."""
-        with self._tokenizer_lock:
-            rows = tokenize(self._tokenizer, [query], self.query_length)
-        ids, mask = pad_right(rows, self._pad)
-        with self._torch.inference_mode():
-            vec = self._module.query_vectors(ids.to(self.device), mask.to(self.device))
-        return vec[0].float()
+        return self._run_batch("query", self._query_rows([query]), [0])[0]
 
     def encode_documents(self, texts: Sequence[str]) -> list[Any]:
         """``[m, H]`` float32 codes for each text (no cache involved)."""
         if not texts:
             return []
-        with self._tokenizer_lock:
-            rows = tokenize(self._tokenizer, texts, self.max_length + 1)
-        over = sum(len(r) > self.max_length for r in rows)
-        self._doc_truncation.check(over, len(rows), self.max_length)
-        rows = [r if len(r) <= self.max_length else r[: self.max_length - 1] + r[-1:] for r in rows]
+        rows = self._document_rows(texts)
         out: list[Any] = [None] * len(texts)
-        with self._torch.inference_mode():
-            for batch in length_sorted_batches(
-                [len(r) for r in rows], self.batch_size, self.max_batch_tokens
+        for batch in length_sorted_batches([len(r) for r in rows], self.batch_size, self.max_batch_tokens):
+            for i, codes in zip(
+                batch, self._run_batch("document", [rows[i] for i in batch], []), strict=True
             ):
-                ids, mask = pad_right([rows[i] for i in batch], self._pad)
-                codes = self._module.document_codes(ids.to(self.device), mask.to(self.device)).float()
-                for row, i in enumerate(batch):
-                    out[i] = codes[row]
+                out[i] = codes
         return out
 
     def index(self, texts: Sequence[str]) -> int:
         """Precompute and cache the codes of ``texts``; returns how many were encoded."""
         return self.cache.fill(texts, self.encode_documents, chunk=max(self.batch_size * 8, 256))
 
-    def score(self, query: str, texts: Sequence[str]) -> list[float]:
-        if not texts:
-            return []
+    def _plan(self, query: str, texts: Sequence[str]) -> Plan:
+        """The query's row and the rows of the documents not cached yet; the scores from their
+        vectors and the cached codes (float16 as stored: fresh = cached)."""
+        keys, found, missing = self.cache.lookup(texts)
+        rows = self._document_rows(list(missing.values())) if missing else []
+        units = [Unit(r, len(r), "query") for r in self._query_rows([query])]
+        units += [Unit(r, len(r), "document") for r in rows]
+
+        def finish(outputs: list[Any]) -> list[float]:
+            codes = self.cache.complete(keys, found, list(missing), outputs[1:])
+            return self._scores(outputs[0], codes)
+
+        return Plan(units, finish)
+
+    def _scores(self, q: Any, codes: Sequence[Any]) -> list[float]:
         torch = self._torch
-        q = self.encode_query(query)
-        codes = self.cache.fetch(texts, self.encode_documents)  # float16 as stored: fresh = cached
         out: list[float] = []
         with torch.inference_mode():
             for start in range(0, len(codes), 256):

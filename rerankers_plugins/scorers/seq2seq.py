@@ -26,16 +26,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, ClassVar, Literal, Unpack
 
 from rerankers_plugins._optional import require
 from rerankers_plugins._validate import as_int
 from rerankers_plugins.errors import ConfigError
-from rerankers_plugins.ops.batching import length_sorted_batches, restore_order
 from rerankers_plugins.scorers._device import DTypeName, resolve_dtype
 from rerankers_plugins.scorers._hf import LoadKwargs
+from rerankers_plugins.scorers._http import OnError
 from rerankers_plugins.scorers._local import LocalScorer
+from rerankers_plugins.scorers._scheduler import Plan, Unit
 from rerankers_plugins.scorers._tokens import TruncationReport, pad_right
 from rerankers_plugins.types import ScoreScale
 
@@ -112,6 +113,8 @@ class Seq2SeqScorer(LocalScorer):
         query_length: at most this many query tokens are kept (the rest of the window is the
             document's).
         batch_size, max_batch_tokens: as for :class:`~rerankers_plugins.CrossEncoderScorer`.
+        deadline, on_error, scheduler: how calls share the model, as for
+            :class:`~rerankers_plugins.CrossEncoderScorer`.
         **load: how the checkpoint is fetched and built (``revision``, ``trust_remote_code``, ...),
             as for :class:`~rerankers_plugins.CrossEncoderScorer`.
     """
@@ -133,8 +136,12 @@ class Seq2SeqScorer(LocalScorer):
         query_length: int = 64,
         batch_size: int = 16,
         max_batch_tokens: int | Literal["auto"] | None = "auto",
+        deadline: float | None = None,
+        on_error: OnError = "raise",
+        scheduler: bool | Mapping[str, Any] = True,
         **load: Unpack[LoadKwargs],
     ) -> None:
+        self._serve(deadline, on_error, scheduler)
         if variant not in TEMPLATES:
             raise ConfigError(f"variant must be 'monot5' or 'rankt5', got {variant!r}")
         as_int(max_length, "max_length", minimum=8)
@@ -299,16 +306,17 @@ class Seq2SeqScorer(LocalScorer):
             values = torch.softmax(logits, dim=-1)[:, 0] if self.variant == "monot5" else logits[:, 0]
         return [float(v) for v in values.cpu().tolist()]
 
-    def score(self, query: str, texts: Sequence[str]) -> list[float]:
-        if not texts:
-            return []
+    def _plan(self, query: str, texts: Sequence[str]) -> Plan:
         rows, cut = self._encode(query, texts)
         self._truncation.check(cut, len(rows), self.max_length)
-        batches = length_sorted_batches([len(r) for r in rows], self.batch_size, self.max_batch_tokens)
-        out: list[float] = []
-        for batch in batches:
-            out.extend(self._forward([rows[i] for i in batch]))
-        return restore_order(batches, out)
+        return Plan([Unit(r, len(r)) for r in rows], _floats)
+
+    def _run_batch(self, kind: str, data: list[Any], owners: list[Hashable]) -> list[Any]:
+        return self._forward(data)
+
+
+def _floats(outputs: list[Any]) -> list[float]:
+    return [float(x) for x in outputs]
 
 
 def _check_checkpoint(model: str, path: str, config: Any) -> None:

@@ -1,0 +1,539 @@
+"""One worker per shared local model: concurrent requests packed into the same batches.
+
+A local scorer shared by many callers (a web server's request handlers, a chat engine's sessions)
+would otherwise run each request's forward passes in the caller's own thread: the requests fight
+over the cores (or the GPU) and all finish together, late. Here a request is *planned* in the
+caller's thread (tokenized, validated: bad input fails there, for that caller only) into
+:class:`Unit` s, and one worker thread per model computes the units of every waiting request:
+
+- **Rounds.** When the model is free the worker takes a round: up to ``window`` units from the
+  waiting requests in priority order, sorts them by token length and cuts them into batches under
+  the scorer's ``batch_size`` and padded-token budget (:func:`length_sorted_batches`). Nothing
+  waits for company: an idle model starts on a lone request at once.
+- **Order.** First come first served; requests with a deadline go first, earliest deadline first.
+  **Fairness:** once a request has had ``fair_share`` units computed, every request that has had
+  fewer goes before it, so one request with 1,000 candidates holds small ones back for at most
+  ``fair_share`` units, not for its whole duration.
+- **Deadlines and cancellation.** A request whose deadline passed, or whose caller stopped waiting
+  (a cancelled asyncio task, an interrupted or timed-out sync call), has its units removed before
+  each batch: they are never computed.
+- **Isolation.** A batch that raises is split by request and retried, so only the request that owns
+  the failing input gets the error. An error in the scheduler itself fails the waiting requests with
+  a :class:`BackendError`; the worker goes on serving.
+- **Backpressure.** Past ``max_queue_tokens`` waiting tokens a new request fails at once with
+  :class:`~rerankers_plugins.errors.Overloaded`, which carries an estimated ``retry_after``.
+
+Scores never depend on which requests share a batch: every unit is computed on its own row (padding
+masked), so a request's scores equal its scores alone up to floating-point summation order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import itertools
+import logging
+import math
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from rerankers_plugins._validate import as_int
+from rerankers_plugins.errors import BackendError, ConfigError, DeadlineExceeded, Overloaded
+from rerankers_plugins.ops.batching import length_sorted_batches
+
+__all__ = [
+    "Plan",
+    "QueueStats",
+    "RequestTiming",
+    "RunBatch",
+    "Scheduler",
+    "SchedulerOptions",
+    "Unit",
+    "run_plan",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One piece of a request the model computes inside a batch: ``data`` (what the scorer's batch
+    function reads: a token row, a text), ``tokens`` (its length, for batching and the queue limit)
+    and ``kind`` (units share a batch only with units of the same kind: ``"pair"``, ``"query"``,
+    ``"document"``)."""
+
+    data: Any
+    tokens: int
+    kind: str = "pair"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A request made ready for the model: its units, and ``finish(outputs)`` turning the units'
+    outputs (in unit order) into the request's scores (in text order)."""
+
+    units: Sequence[Unit]
+    finish: Callable[[list[Any]], list[float]]
+
+
+#: ``run(kind, data, owners) -> outputs``: one batch, one output per item, in order; ``owners``
+#: tells which items belong to the same request (a causal reranker shares their prompt's prefix)
+RunBatch = Callable[[str, list[Any], list[Hashable]], list[Any]]
+
+
+@dataclass(frozen=True)
+class SchedulerOptions:
+    """How a local scorer's worker batches concurrent requests (``scheduler=`` of every local scorer:
+    ``True`` for these defaults, ``False`` to score in the caller's thread, or a mapping of the fields).
+
+    Args:
+        window: units (pairs; query and document encodings for bi-encoders) taken per round and sorted
+            by length before batching. Larger saves padding and packs more requests per round; a
+            request arriving during a round waits for it. 64 measured best on CPU
+            (docs/benchmarks.md, "Many users, one model").
+        fair_share: units a request gets before every request that has had fewer goes first.
+        max_queue_tokens: waiting tokens beyond which a new request fails with ``Overloaded``
+            (None: no limit). A request alone is always accepted.
+        threads: torch intra-op threads, set once when the worker starts (None leaves torch's
+            setting). Only the worker computes, so callers' threads never oversubscribe the cores.
+    """
+
+    window: int = 64
+    fair_share: int = 256
+    max_queue_tokens: int | None = 1 << 20
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        as_int(self.window, "scheduler window", minimum=1)
+        as_int(self.fair_share, "scheduler fair_share", minimum=1)
+        as_int(self.max_queue_tokens, "scheduler max_queue_tokens", minimum=1, allow_none=True)
+        as_int(self.threads, "scheduler threads", minimum=1, allow_none=True)
+
+    @classmethod
+    def of(cls, value: bool | Mapping[str, Any] | SchedulerOptions | None) -> SchedulerOptions | None:
+        """``scheduler=`` as given to a scorer: None when scheduling is off."""
+        if value is False or value is None:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            known = {f.name for f in fields(cls)}
+            unknown = sorted(set(value) - known)
+            if unknown:
+                raise ConfigError(f"scheduler: unknown option(s) {unknown}; known: {sorted(known)}")
+            return cls(**value)
+        raise ConfigError(
+            f"scheduler must be True, False or a mapping of {SchedulerOptions.__name__} fields, got {value!r}"
+        )
+
+
+@dataclass(frozen=True)
+class RequestTiming:
+    """One finished request: seconds queued before its first batch, seconds of model compute
+    attributed to it (its share of each batch's tokens), its units and the batches they were in."""
+
+    wait_s: float
+    compute_s: float
+    units: int
+    batches: int
+    outcome: str  #: "done", "failed", "cancelled", "expired"
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """A snapshot of a scheduler (``scorer.queue_stats()``)."""
+
+    waiting_requests: int
+    waiting_units: int
+    waiting_tokens: int
+    batches: int  #: batches computed so far
+    units: int  #: units computed so far
+    tokens: int  #: tokens computed so far (unpadded)
+    padded_tokens: int  #: batch rows x longest row, summed
+    last_batch_units: int
+    last_batch_tokens: int
+    max_batch_requests: int  #: the most requests that shared one batch
+    tokens_per_second: float | None  #: recent model throughput (the basis of ``retry_after``)
+    recent: tuple[RequestTiming, ...]  #: the last finished requests, oldest first
+
+
+@dataclass(eq=False)
+class _Request:
+    seq: int
+    units: Sequence[Unit]
+    deadline: float | None  #: time.monotonic() end
+    future: concurrent.futures.Future[list[Any]]
+    submitted: float
+    outputs: list[Any] = field(default_factory=list)
+    taken: int = 0  #: units handed to a round
+    left: int = 0  #: units not computed yet
+    started: float | None = None
+    compute_s: float = 0.0
+    batches: int = 0
+    ended: bool = False
+
+    @property
+    def waiting_tokens(self) -> int:
+        return sum(u.tokens for u in self.units[self.taken :])
+
+
+def _owners(items: Sequence[tuple[_Request, int]]) -> list[_Request]:
+    return list(dict.fromkeys(r for r, _ in items))
+
+
+class Scheduler:
+    """One worker thread computing every submitted request's units (see the module's docstring).
+
+    ``run`` is held weakly (a bound method of the scorer): the scheduler never keeps its scorer
+    alive, and when the scorer is collected the waiting requests end with a :class:`BackendError`.
+    """
+
+    def __init__(
+        self,
+        run: RunBatch,
+        *,
+        name: str,
+        batch_size: int,
+        max_batch_tokens: int | None,
+        options: SchedulerOptions,
+    ) -> None:
+        self._run: Callable[[], RunBatch | None] = (
+            weakref.WeakMethod(run) if hasattr(run, "__self__") else (lambda: run)
+        )
+        self.name = name
+        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.options = options
+        self._reset()
+
+    def _reset(self) -> None:
+        """Fresh state (also in a forked child, where the parent's worker thread does not exist)."""
+        self._pid = os.getpid()
+        self._cond = threading.Condition(threading.RLock())
+        self._waiting: list[_Request] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._closed: str | None = None
+        self._batches = self._units = self._tokens = self._padded = 0
+        self._last = (0, 0)
+        self._most_shared = 0
+        self._rate: float | None = None
+        self._recent: collections.deque[RequestTiming] = collections.deque(maxlen=64)
+
+    # -- callers ----------------------------------------------------------------------------------
+
+    def submit(self, plan: Plan, deadline: float | None = None) -> concurrent.futures.Future[list[Any]]:
+        """Queue ``plan``; its future holds the units' outputs. ``deadline``: seconds from now."""
+        if os.getpid() != self._pid:
+            self._reset()
+        now = time.monotonic()
+        future: concurrent.futures.Future[list[Any]] = concurrent.futures.Future()
+        units = list(plan.units)
+        if not units:
+            future.set_result([])
+            return future
+        request = _Request(
+            seq=0,
+            units=units,
+            deadline=None if deadline is None else now + deadline,
+            future=future,
+            submitted=now,
+            outputs=[None] * len(units),
+            left=len(units),
+        )
+        with self._cond:
+            if self._closed is not None:
+                raise BackendError(f"{self.name}: {self._closed}")
+            self._check_room(request)
+            request.seq = next(self._seq)
+            self._waiting.append(request)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=_work, args=(self,), name=f"rerankers-plugins-{self.name}", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+        future.add_done_callback(lambda f: self._cancelled(request) if f.cancelled() else None)
+        return future
+
+    def _check_room(self, request: _Request) -> None:
+        limit = self.options.max_queue_tokens
+        if limit is None or not self._waiting:
+            return
+        queued = sum(r.waiting_tokens for r in self._waiting)
+        need = sum(u.tokens for u in request.units)
+        if queued + need <= limit:
+            return
+        rate = self._rate
+        retry = queued / rate if rate else None
+        raise Overloaded(
+            f"{self.name}: {queued} tokens are waiting (limit {limit}); "
+            + (f"retry in about {retry:.1f} s" if retry is not None else "retry later"),
+            retry_after=retry,
+        )
+
+    def result(self, plan: Plan, deadline: float | None = None) -> list[Any]:
+        """Submit ``plan`` and wait for its outputs (sync callers). An interrupted or timed-out
+        wait withdraws the request, so its units are not computed."""
+        future = self.submit(plan, deadline)
+        try:
+            return future.result(timeout=deadline)
+        except concurrent.futures.TimeoutError:
+            if future.cancel() or not future.done():
+                raise DeadlineExceeded(
+                    f"{self.name}: not scored within the deadline of {deadline:g} s"
+                ) from None
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+
+    async def aresult(self, plan: Plan, deadline: float | None = None) -> list[Any]:
+        """As :meth:`result` for a coroutine: cancelling the task withdraws the request."""
+        future = self.submit(plan, deadline)
+        try:
+            if deadline is None:
+                return await asyncio.wrap_future(future)
+            async with asyncio.timeout(deadline):
+                return await asyncio.wrap_future(future)
+        except TimeoutError:
+            future.cancel()
+            raise DeadlineExceeded(f"{self.name}: not scored within the deadline of {deadline:g} s") from None
+        except BaseException:
+            future.cancel()
+            raise
+
+    def stats(self) -> QueueStats:
+        with self._cond:
+            waiting = [r for r in self._waiting if not r.ended]
+            return QueueStats(
+                waiting_requests=len(waiting),
+                waiting_units=sum(len(r.units) - r.taken for r in waiting),
+                waiting_tokens=sum(r.waiting_tokens for r in waiting),
+                batches=self._batches,
+                units=self._units,
+                tokens=self._tokens,
+                padded_tokens=self._padded,
+                last_batch_units=self._last[0],
+                last_batch_tokens=self._last[1],
+                max_batch_requests=self._most_shared,
+                tokens_per_second=self._rate,
+                recent=tuple(self._recent),
+            )
+
+    def close(self, reason: str = "the scorer was closed") -> None:
+        """End every waiting request with a BackendError naming ``reason``; later submits fail."""
+        with self._cond:
+            if self._closed is None:
+                self._closed = reason
+            waiting, self._waiting = self._waiting, []
+            self._cond.notify_all()
+        for r in waiting:
+            self._end(r, BackendError(f"{self.name}: {reason} with this request waiting"), "failed")
+
+    # -- the worker -------------------------------------------------------------------------------
+
+    def _cancelled(self, request: _Request) -> None:
+        with self._cond:
+            if not request.ended:
+                request.ended = True
+                self._record(request, "cancelled")
+            with contextlib.suppress(ValueError):
+                self._waiting.remove(request)
+
+    def _end(self, request: _Request, outcome: BaseException | list[Any], how: str) -> None:
+        """Settle ``request`` once (its caller may have cancelled it already)."""
+        with self._cond:
+            if request.ended:
+                return
+            request.ended = True
+            with contextlib.suppress(ValueError):
+                self._waiting.remove(request)
+            self._record(request, how)
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            if isinstance(outcome, BaseException):
+                request.future.set_exception(outcome)
+            else:
+                request.future.set_result(outcome)
+
+    def _record(self, request: _Request, how: str) -> None:
+        wait = (request.started or time.monotonic()) - request.submitted
+        timing = RequestTiming(wait, request.compute_s, len(request.units), request.batches, how)
+        self._recent.append(timing)
+        logger.debug(
+            "%s: request %d %s after %.3f s queued, %.3f s compute, %d units in %d batches",
+            self.name,
+            request.seq,
+            how,
+            timing.wait_s,
+            timing.compute_s,
+            timing.units,
+            timing.batches,
+        )
+
+    def _expired(self, request: _Request, now: float) -> bool:
+        if request.deadline is None or now < request.deadline:
+            return False
+        self._end(request, DeadlineExceeded(f"{self.name}: deadline passed while queued"), "expired")
+        return True
+
+    def _take_round(self) -> list[tuple[_Request, int]]:
+        """Up to ``window`` units of the waiting requests, in priority order (caller holds the lock)."""
+        share, window = self.options.fair_share, self.options.window
+        order = sorted(
+            (r for r in self._waiting if r.taken < len(r.units)),
+            key=lambda r: (r.taken >= share, r.deadline if r.deadline is not None else math.inf, r.seq),
+        )
+        taken: list[tuple[_Request, int]] = []
+        # first each request up to its fair share, then whoever is left, in the same order
+        for capped in (True, False):
+            for r in order:
+                stop = len(r.units) if not capped else min(len(r.units), max(r.taken, share))
+                while r.taken < stop and len(taken) < window:
+                    taken.append((r, r.taken))
+                    r.taken += 1
+                if len(taken) >= window:
+                    return taken
+        return taken
+
+    def serve_once(self) -> bool:
+        """Wait for work and compute one round; False once closed. (The worker's loop body.)"""
+        with self._cond:
+            while self._closed is None and not any(r.taken < len(r.units) for r in self._waiting):
+                self._cond.wait()
+            if self._closed is not None:
+                return False
+            now = time.monotonic()
+            for r in list(self._waiting):
+                self._expired(r, now)
+            window = self._take_round()
+            # fully handed out: they stay in _waiting (for stats and close) until settled
+        if not window:
+            return True
+        by_kind: dict[str, list[tuple[_Request, int]]] = {}
+        for item in window:
+            by_kind.setdefault(item[0].units[item[1]].kind, []).append(item)
+        for kind, items in by_kind.items():
+            lengths = [r.units[i].tokens for r, i in items]
+            for batch in length_sorted_batches(lengths, self.batch_size, self.max_batch_tokens):
+                now = time.monotonic()
+                live = [
+                    items[j] for j in batch if not items[j][0].ended and not self._expired(items[j][0], now)
+                ]
+                if live:
+                    self._compute(kind, live)
+        return True
+
+    def _compute(self, kind: str, items: list[tuple[_Request, int]]) -> None:
+        run = self._run()
+        if run is None:
+            self.close("the scorer was garbage-collected")
+            return
+        start = time.monotonic()
+        for r in _owners(items):
+            if r.started is None:
+                r.started = start
+        try:
+            outputs = run(kind, [r.units[i].data for r, i in items], [r.seq for r, _ in items])
+        except Exception as exc:
+            owners = _owners(items)
+            if len(owners) == 1:
+                logger.debug("%s: batch of request %d failed: %r", self.name, owners[0].seq, exc)
+                self._end(owners[0], exc, "failed")
+                return
+            # isolate: split by request and retry each half, until the failing request is alone
+            half = set(owners[: len(owners) // 2])
+            logger.debug("%s: a batch of %d requests failed (%r); splitting it", self.name, len(owners), exc)
+            self._compute(kind, [it for it in items if it[0] in half])
+            self._compute(kind, [it for it in items if it[0] not in half])
+            return
+        spent = time.monotonic() - start
+        if len(outputs) != len(items):
+            error = BackendError(f"{self.name}: {len(outputs)} outputs for a batch of {len(items)}")
+            for r in _owners(items):
+                self._end(r, error, "failed")
+            return
+        tokens = sum(r.units[i].tokens for r, i in items)
+        done: list[_Request] = []
+        for (r, i), out in zip(items, outputs, strict=True):
+            r.outputs[i] = out
+            r.left -= 1
+            r.compute_s += spent * r.units[i].tokens / max(tokens, 1)
+        for r in _owners(items):
+            r.batches += 1
+            if r.left == 0:
+                done.append(r)
+        with self._cond:
+            self._batches += 1
+            self._units += len(items)
+            self._tokens += tokens
+            self._padded += len(items) * max(r.units[i].tokens for r, i in items)
+            self._last = (len(items), tokens)
+            self._most_shared = max(self._most_shared, len(_owners(items)))
+            rate = tokens / spent if spent > 0 else None
+            if rate is not None:
+                self._rate = rate if self._rate is None else 0.8 * self._rate + 0.2 * rate
+        logger.debug(
+            "%s: batch of %d %s units, %d tokens, %.3f s", self.name, len(items), kind, tokens, spent
+        )
+        for r in done:
+            self._end(r, r.outputs, "done")
+
+    def _fail_waiting(self, exc: BaseException) -> None:
+        with self._cond:
+            waiting = list(self._waiting)
+        error = BackendError(f"{self.name}: the scheduler failed ({type(exc).__name__}: {exc})")
+        for r in waiting:
+            self._end(r, error, "failed")
+
+
+def _work(scheduler: Scheduler) -> None:
+    """The worker thread: serves rounds until its scheduler is closed (by ``close()``, or when its
+    scorer is collected). It holds the scheduler, never the scorer."""
+    if scheduler.options.threads is not None:
+        import torch  # a local scorer's worker: torch is installed
+
+        torch.set_num_threads(scheduler.options.threads)
+    while True:
+        try:
+            if not scheduler.serve_once():
+                return
+        except Exception as exc:  # a bug here must never leave callers waiting forever
+            logger.exception("%s: scheduler error", scheduler.name)
+            scheduler._fail_waiting(exc)
+
+
+def run_plan(
+    plan: Plan,
+    run: RunBatch,
+    batch_size: int,
+    max_batch_tokens: int | None,
+    deadline: float | None = None,
+    who: str = "scorer",
+) -> list[float]:
+    """``plan`` computed in the calling thread, one kind at a time in length-sorted batches (the
+    scorer's ``scheduler=False`` path, and what a request alone gets from the worker)."""
+    end = None if deadline is None else time.monotonic() + deadline
+    outputs: list[Any] = [None] * len(plan.units)
+    by_kind: dict[str, list[int]] = {}
+    for j, u in enumerate(plan.units):
+        by_kind.setdefault(u.kind, []).append(j)
+    for kind, members in by_kind.items():
+        lengths = [plan.units[j].tokens for j in members]
+        for batch in length_sorted_batches(lengths, batch_size, max_batch_tokens):
+            if end is not None and time.monotonic() >= end:
+                raise DeadlineExceeded(f"{who}: not scored within the deadline of {deadline:g} s")
+            rows = [members[b] for b in batch]
+            outs = run(kind, [plan.units[j].data for j in rows], [0] * len(rows))
+            for j, o in zip(rows, outs, strict=True):
+                outputs[j] = o
+    return plan.finish(outputs)
