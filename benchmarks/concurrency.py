@@ -31,7 +31,9 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def burst_threads(compress: Callable[[list[Any], str], Any], requests: list[tuple[str, list[Any]]]) -> list[float]:
+def burst_threads(
+    compress: Callable[[list[Any], str], Any], requests: list[tuple[str, list[Any]]]
+) -> list[float]:
     def one(req: tuple[str, list[Any]]) -> float:
         start = time.perf_counter()
         compress(req[1], req[0])
@@ -41,7 +43,9 @@ def burst_threads(compress: Callable[[list[Any], str], Any], requests: list[tupl
         return list(pool.map(one, requests))
 
 
-def burst_async(acompress: Callable[[list[Any], str], Any], requests: list[tuple[str, list[Any]]]) -> list[float]:
+def burst_async(
+    acompress: Callable[[list[Any], str], Any], requests: list[tuple[str, list[Any]]]
+) -> list[float]:
     async def one(req: tuple[str, list[Any]]) -> float:
         start = time.perf_counter()
         await acompress(req[1], req[0])
@@ -92,7 +96,8 @@ def main() -> None:
 
     def requests(n: int, k: int) -> list[tuple[str, list[Any]]]:
         return [
-            (rng.choice(queries), [Document(page_content=t) for t in rng.sample(abstracts, k)]) for _ in range(n)
+            (rng.choice(queries), [Document(page_content=t) for t in rng.sample(abstracts, k)])
+            for _ in range(n)
         ]
 
     for comp in contenders.values():  # warm every contender up once
@@ -101,7 +106,9 @@ def main() -> None:
     print(_common.cpu_description())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.bursts} bursts per cell")
     print()
-    print("| in flight | candidates | mode | contender | req/s | p50 s | p95 s | max s | FCFS p50 s at this req/s |")
+    print(
+        "| in flight | candidates | mode | contender | req/s | p50 s | p95 s | max s | FCFS p50 s at this req/s |"
+    )
     print("|---:|---:|---|---|---:|---:|---:|---:|---:|")
     for k in args.candidates:
         for n in args.in_flight:

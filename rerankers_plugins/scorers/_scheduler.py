@@ -6,10 +6,13 @@ over the cores (or the GPU) and all finish together, late. Here a request is *pl
 caller's thread (tokenized, validated: bad input fails there, for that caller only) into
 :class:`Unit` s, and one worker thread per model computes the units of every waiting request:
 
-- **Rounds.** When the model is free the worker takes a round: up to ``window`` units from the
-  waiting requests in priority order, sorts them by token length and cuts them into batches under
-  the scorer's ``batch_size`` and padded-token budget (:func:`length_sorted_batches`). Nothing
-  waits for company: an idle model starts on a lone request at once.
+- **Batches.** Whenever the model is free the worker cuts the next batch from the head of the
+  queue: the first request's units, longest first, then the next request's, while the batch fits
+  the scorer's ``batch_size`` and padded-token budget (items x longest item), all of one kind.
+  Each request's units are sorted by token length (in runs of ``window``), so a batch is padded
+  little and a request alone is batched exactly as a direct call is (:func:`length_sorted_batches`).
+  Nothing waits for company: an idle model starts on a lone request at once, and the request at
+  the head finishes first (first come first served, not all together).
 - **Order.** First come first served; requests with a deadline go first, earliest deadline first.
   **Fairness:** once a request has had ``fair_share`` units computed, every request that has had
   fewer goes before it, so one request with 1,000 candidates holds small ones back for at most
@@ -94,10 +97,9 @@ class SchedulerOptions:
     ``True`` for these defaults, ``False`` to score in the caller's thread, or a mapping of the fields).
 
     Args:
-        window: units (pairs; query and document encodings for bi-encoders) taken per round and sorted
-            by length before batching. Larger saves padding and packs more requests per round; a
-            request arriving during a round waits for it. 64 measured best on CPU
-            (docs/benchmarks.md, "Many users, one model").
+        window: a request's units (pairs; query and document encodings for bi-encoders) are sorted
+            by token length in runs of this many before they are batched; the default sorts any
+            request of up to 1,024 candidates whole, as a direct call does.
         fair_share: units a request gets before every request that has had fewer goes first.
         max_queue_tokens: waiting tokens beyond which a new request fails with ``Overloaded``
             (None: no limit). A request alone is always accepted.
@@ -105,7 +107,7 @@ class SchedulerOptions:
             setting). Only the worker computes, so callers' threads never oversubscribe the cores.
     """
 
-    window: int = 64
+    window: int = 1024
     fair_share: int = 256
     max_queue_tokens: int | None = 1 << 20
     threads: int | None = None
@@ -174,7 +176,8 @@ class _Request:
     future: concurrent.futures.Future[list[Any]]
     submitted: float
     outputs: list[Any] = field(default_factory=list)
-    taken: int = 0  #: units handed to a round
+    order: list[int] = field(default_factory=list)  #: unit indices in the order they are computed
+    taken: int = 0  #: units handed to a batch (``order[:taken]``)
     left: int = 0  #: units not computed yet
     started: float | None = None
     compute_s: float = 0.0
@@ -183,7 +186,25 @@ class _Request:
 
     @property
     def waiting_tokens(self) -> int:
-        return sum(u.tokens for u in self.units[self.taken :])
+        return sum(self.units[i].tokens for i in self.order[self.taken :])
+
+
+def _longest_first(units: Sequence[Unit], window: int) -> list[int]:
+    """Unit indices grouped by kind (first appearance), each group longest first in runs of
+    ``window`` (stable): for a request of at most ``window`` units of a kind, the order
+    :func:`length_sorted_batches` gives, so a request alone is batched exactly as a direct call.
+
+    >>> _longest_first([Unit("a", 3), Unit("b", 9), Unit("q", 2, "query"), Unit("c", 5)], window=8)
+    [1, 3, 0, 2]
+    """
+    kinds: dict[str, list[int]] = {}
+    for i, u in enumerate(units):
+        kinds.setdefault(u.kind, []).append(i)
+    out: list[int] = []
+    for members in kinds.values():
+        for start in range(0, len(members), window):
+            out += sorted(members[start : start + window], key=lambda i: -units[i].tokens)
+    return out
 
 
 def _owners(items: Sequence[tuple[_Request, int]]) -> list[_Request]:
@@ -248,6 +269,7 @@ class Scheduler:
             future=future,
             submitted=now,
             outputs=[None] * len(units),
+            order=_longest_first(units, self.options.window),
             left=len(units),
         )
         with self._cond:
@@ -386,27 +408,41 @@ class Scheduler:
         self._end(request, DeadlineExceeded(f"{self.name}: deadline passed while queued"), "expired")
         return True
 
-    def _take_round(self) -> list[tuple[_Request, int]]:
-        """Up to ``window`` units of the waiting requests, in priority order (caller holds the lock)."""
-        share, window = self.options.fair_share, self.options.window
+    def _take_batch(self) -> tuple[str, list[tuple[_Request, int]]]:
+        """The next batch (caller holds the lock): units of the waiting requests in priority order,
+        each request's longest first, while the batch fits ``batch_size`` and the padded-token
+        budget; all of one kind (the first request's next one). Each request is first taken up to its
+        fair share, then, if room is left, beyond it."""
+        share, size, budget = self.options.fair_share, self.batch_size, self.max_batch_tokens
         order = sorted(
             (r for r in self._waiting if r.taken < len(r.units)),
             key=lambda r: (r.taken >= share, r.deadline if r.deadline is not None else math.inf, r.seq),
         )
-        taken: list[tuple[_Request, int]] = []
-        # first each request up to its fair share, then whoever is left, in the same order
+        if not order:
+            return "", []
+        kind = order[0].units[order[0].order[order[0].taken]].kind
+        batch: list[tuple[_Request, int]] = []
+        width = 0
         for capped in (True, False):
             for r in order:
-                stop = len(r.units) if not capped else min(len(r.units), max(r.taken, share))
-                while r.taken < stop and len(taken) < window:
-                    taken.append((r, r.taken))
+                stop = min(len(r.units), max(r.taken, share)) if capped else len(r.units)
+                while r.taken < stop:
+                    i = r.order[r.taken]
+                    unit = r.units[i]
+                    if unit.kind != kind:
+                        break
+                    wider = max(width, unit.tokens, 1)
+                    if batch and (
+                        len(batch) >= size or (budget is not None and (len(batch) + 1) * wider > budget)
+                    ):
+                        return kind, batch
+                    batch.append((r, i))
+                    width = wider
                     r.taken += 1
-                if len(taken) >= window:
-                    return taken
-        return taken
+        return kind, batch
 
     def serve_once(self) -> bool:
-        """Wait for work and compute one round; False once closed. (The worker's loop body.)"""
+        """Wait for work and compute one batch; False once closed. (The worker's loop body.)"""
         with self._cond:
             while self._closed is None and not any(r.taken < len(r.units) for r in self._waiting):
                 self._cond.wait()
@@ -415,22 +451,10 @@ class Scheduler:
             now = time.monotonic()
             for r in list(self._waiting):
                 self._expired(r, now)
-            window = self._take_round()
-            # fully handed out: they stay in _waiting (for stats and close) until settled
-        if not window:
-            return True
-        by_kind: dict[str, list[tuple[_Request, int]]] = {}
-        for item in window:
-            by_kind.setdefault(item[0].units[item[1]].kind, []).append(item)
-        for kind, items in by_kind.items():
-            lengths = [r.units[i].tokens for r, i in items]
-            for batch in length_sorted_batches(lengths, self.batch_size, self.max_batch_tokens):
-                now = time.monotonic()
-                live = [
-                    items[j] for j in batch if not items[j][0].ended and not self._expired(items[j][0], now)
-                ]
-                if live:
-                    self._compute(kind, live)
+            kind, batch = self._take_batch()
+            # taken requests stay in _waiting (for stats and close) until settled
+        if batch:
+            self._compute(kind, batch)
         return True
 
     def _compute(self, kind: str, items: list[tuple[_Request, int]]) -> None:

@@ -469,7 +469,8 @@ def test_every_request_gets_exactly_its_own_outputs(
 
 def test_an_error_in_the_scheduler_fails_the_waiting_requests_and_it_serves_on() -> None:
     scheduler = Scheduler(_echo, name="echo", batch_size=4, max_batch_tokens=None, options=SchedulerOptions())
-    broken = scheduler.submit(Plan([Unit("x", None, "pair")], lambda out: out))  # type: ignore[arg-type]
+    # a length the worker cannot compare (an injected fault inside the scheduler, not the model)
+    broken = scheduler.submit(Plan([Unit("x", 1j, "pair")], lambda out: out))  # type: ignore[arg-type]
     with pytest.raises(BackendError, match="scheduler failed"):
         broken.result(timeout=30)
     assert scheduler.submit(Plan([Unit("y", 3)], lambda out: out)).result(timeout=30) == [("pair", "y")]

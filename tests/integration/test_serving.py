@@ -42,7 +42,9 @@ def _documents(i: int) -> list[str]:
 
 
 async def _post(client: Any, i: int, top_n: int = 6) -> Any:
-    return await client.post("/rerank", json={"query": f"apples {i}", "documents": _documents(i), "top_n": top_n})
+    return await client.post(
+        "/rerank", json={"query": f"apples {i}", "documents": _documents(i), "top_n": top_n}
+    )
 
 
 def test_concurrent_requests_each_get_their_own_documents(app_module: types.ModuleType) -> None:
@@ -70,9 +72,10 @@ def test_a_full_queue_answers_503_with_retry_after() -> None:
     import torch
 
     module = _app_module()  # a scorer of its own, with a queue limit this test can reach
-    # room for one waiting request, not two (a request's tokens: its query's and documents')
+    # room for the held request's documents and one more request, not two (a request's tokens: its
+    # query's and documents')
     need = sum(u.tokens for u in module.scorer._plan("apples 1", _documents(1)).units)
-    module.scorer.scheduler_options = SchedulerOptions(max_queue_tokens=need + need // 2)
+    module.scorer.scheduler_options = SchedulerOptions(max_queue_tokens=2 * need + need // 4)
     embedding = next(m for m in module.scorer._model.modules() if isinstance(m, torch.nn.Embedding))
     entered, gate = threading.Event(), threading.Event()
 
@@ -89,7 +92,7 @@ def test_a_full_queue_answers_503_with_retry_after() -> None:
             await asyncio.to_thread(entered.wait, 30)
             second = asyncio.create_task(_post(client, 1))  # waits in the queue
             for _ in range(2000):
-                if module.scorer.queue_stats().waiting_units:
+                if module.scorer.queue_stats().waiting_requests >= 2:
                     break
                 await asyncio.sleep(0.005)
             third = await _post(client, 2)  # beyond the limit: refused at once
