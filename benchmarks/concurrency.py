@@ -62,7 +62,12 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--candidates", type=int, nargs="+", default=[30, 100])
     parser.add_argument("--modes", nargs="+", default=["threads", "async"], choices=["threads", "async"])
-    parser.add_argument("--bursts", type=int, default=2, help="bursts per cell (fresh requests each)")
+    parser.add_argument(
+        "--bursts",
+        type=int,
+        default=2,
+        help="bursts per cell (fresh requests each); at least 16 requests per cell",
+    )
     parser.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--top-n", type=int, default=5)
     args = parser.parse_args()
@@ -104,7 +109,10 @@ def main() -> None:
         comp.compress_documents(requests(1, 8)[0][1], "warm up")
 
     print(_common.cpu_description())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.bursts} bursts per cell")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.bursts} bursts per cell "
+        "(at least 16 requests)"
+    )
     print()
     print(
         "| in flight | candidates | mode | contender | req/s | p50 s | p95 s | max s | FCFS p50 s at this req/s |"
@@ -116,7 +124,7 @@ def main() -> None:
                 for name, comp in contenders.items():
                     latencies: list[float] = []
                     wall = 0.0
-                    for _ in range(args.bursts):
+                    for _ in range(max(args.bursts, -(-16 // n))):
                         reqs = requests(n, k)
                         start = time.perf_counter()
                         if mode == "threads":

@@ -81,6 +81,7 @@ class LocalScorer(BaseScorer):
                     batch_size=self.batch_size,
                     max_batch_tokens=self.max_batch_tokens,
                     options=self.scheduler_options,
+                    **_streams(str(self.device)),
                 )
                 weakref.finalize(self, self._scheduler.close, "the scorer was garbage-collected")
             return self._scheduler
@@ -174,3 +175,13 @@ class LocalScorer(BaseScorer):
     def tokenizer(self) -> Any:
         """The checkpoint's tokenizer (to count tokens as the model sees them)."""
         return self._tokenizer
+
+
+def _streams(device: str) -> dict[str, Any]:
+    """Batches computed at once and torch threads per stream: on CPU two streams sharing the
+    process's threads (see :class:`SchedulerOptions`), elsewhere one stream as it is."""
+    if device != "cpu":
+        return {"streams": 1, "threads": None}
+    import torch
+
+    return {"streams": 2, "threads": max(1, torch.get_num_threads() // 2)}

@@ -138,7 +138,12 @@ def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _scorer(kind: str, dirs: dict[str, Path], **options: Any) -> Any:
+    """A scorer of ``kind``; with the scheduler on, one stream (a held batch holds the whole worker,
+    so the order of what queues behind it is known) unless the test says otherwise."""
     cls = BUILDERS[kind][0]
+    if options.get("scheduler", True) is not False:
+        scheduler = options.get("scheduler")
+        options["scheduler"] = {"streams": 1, **(scheduler if isinstance(scheduler, dict) else {})}
     extra: dict[str, Any] = {"warmup": False} if kind in ("cross-encoder", "causal") else {}
     return cls(str(dirs[kind]), device="cpu", dtype="float32", **extra, **options)
 
@@ -214,7 +219,7 @@ def test_a_request_scores_the_same_alone_and_in_a_batch_shared_with_others(
 
 def test_a_request_alone_gets_exactly_the_scores_of_a_direct_call(dirs: dict[str, Path]) -> None:
     direct = _scorer("cross-encoder", dirs, scheduler=False)
-    queued = _scorer("cross-encoder", dirs)
+    queued = _scorer("cross-encoder", dirs, scheduler={"streams": 2})  # its batches on two streams
     texts = _texts(3, 40)
     assert queued.score("red apple", texts) == direct.score("red apple", texts)
     assert asyncio.run(queued.ascore("red apple", texts)) == direct.score("red apple", texts)
@@ -442,18 +447,26 @@ def _echo(kind: str, data: list[Any], owners: list[Any]) -> list[Any]:
     ),
     window=st.integers(1, 50),
     fair_share=st.integers(1, 60),
+    streams=st.integers(1, 3),
     batch_size=st.integers(1, 9),
     budget=st.one_of(st.none(), st.integers(1, 200)),
 )
 def test_every_request_gets_exactly_its_own_outputs(
-    requests: list[list[tuple[int, str]]], window: int, fair_share: int, batch_size: int, budget: int | None
+    requests: list[list[tuple[int, str]]],
+    window: int,
+    fair_share: int,
+    streams: int,
+    batch_size: int,
+    budget: int | None,
 ) -> None:
     scheduler = Scheduler(
         _echo,
         name="echo",
         batch_size=batch_size,
         max_batch_tokens=budget,
-        options=SchedulerOptions(window=window, fair_share=fair_share, max_queue_tokens=None),
+        options=SchedulerOptions(
+            window=window, fair_share=fair_share, max_queue_tokens=None, streams=streams
+        ),
     )
     plans = [
         Plan([Unit((r, i), tokens, kind) for i, (tokens, kind) in enumerate(units)], lambda out: out)

@@ -75,7 +75,7 @@ def test_a_full_queue_answers_503_with_retry_after() -> None:
     # room for the held request's documents and one more request, not two (a request's tokens: its
     # query's and documents')
     need = sum(u.tokens for u in module.scorer._plan("apples 1", _documents(1)).units)
-    module.scorer.scheduler_options = SchedulerOptions(max_queue_tokens=2 * need + need // 4)
+    module.scorer.scheduler_options = SchedulerOptions(max_queue_tokens=2 * need + need // 4, streams=1)
     embedding = next(m for m in module.scorer._model.modules() if isinstance(m, torch.nn.Embedding))
     entered, gate = threading.Event(), threading.Event()
 
