@@ -470,6 +470,8 @@ class Scheduler:
                 self._expired(r, now)
             kind, batch = self._take_batch()
             # taken requests stay in _waiting (for stats and close) until settled
+            if any(r.taken < len(r.units) for r in self._waiting):
+                self._cond.notify()  # more to do: wake another stream
         if batch:
             self._compute(kind, batch)
         return True
