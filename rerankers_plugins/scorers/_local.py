@@ -178,10 +178,5 @@ class LocalScorer(BaseScorer):
 
 
 def _streams(device: str) -> dict[str, Any]:
-    """Batches computed at once and torch threads per stream: on CPU two streams sharing the
-    process's threads (see :class:`SchedulerOptions`), elsewhere one stream as it is."""
-    if device != "cpu":
-        return {"streams": 1, "threads": None}
-    import torch
-
-    return {"streams": 2, "threads": max(1, torch.get_num_threads() // 2)}
+    """Batches computed at once: two on CPU, one on an accelerator (see :class:`SchedulerOptions`)."""
+    return {"streams": 2 if device == "cpu" else 1}

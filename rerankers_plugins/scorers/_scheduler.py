@@ -103,15 +103,13 @@ class SchedulerOptions:
         fair_share: units a request gets before every request that has had fewer goes first.
         max_queue_tokens: waiting tokens beyond which a new request fails with ``Overloaded``
             (None: no limit). A request alone is always accepted.
-        threads: torch intra-op threads of each worker thread, set once when it starts (torch's
-            setting is per thread: the rest of the process keeps its own). None: on CPU the
-            process's threads divided among the streams, so the streams together use every core
-            once; on accelerators unchanged. Only the workers compute, so callers' threads never
-            oversubscribe the cores.
+        threads: torch's intra-op threads, set (``torch.set_num_threads``, which is process-wide)
+            once when the workers start; None leaves torch's setting. Only the workers compute, so
+            however many threads call, at most ``streams`` x threads compute at once.
         streams: batches computed at once, by that many worker threads taking batches from the one
-            queue in order. None: 2 on CPU, where two streams of one thread each computed 1.5x the
-            pairs per second of one stream of two threads (2-core machine, docs/benchmarks.md); 1 on
-            accelerators.
+            queue in order. None: 2 on CPU, where a second stream fills the cores while the first is
+            in its serial parts (two streams computed 1.3-1.5x the pairs per second of one on a
+            2-core machine, docs/benchmarks.md); 1 on accelerators.
     """
 
     window: int = 1024
@@ -247,7 +245,7 @@ class Scheduler:
         self.options = options
         #: batches computed at once (worker threads taking batches from the one queue, in order)
         self.streams = options.streams or streams
-        #: torch intra-op threads of each worker thread (torch's setting is per thread): None leaves it
+        #: torch intra-op threads set when the workers start (None leaves torch's setting)
         self.threads = options.threads or threads
         self._reset()
 
@@ -545,7 +543,7 @@ def _work(scheduler: Scheduler) -> None:
     if scheduler.threads is not None:
         import torch  # a local scorer's worker: torch is installed
 
-        torch.set_num_threads(scheduler.threads)  # this thread's pool only (OpenMP's is per thread)
+        torch.set_num_threads(scheduler.threads)
     while True:
         try:
             if not scheduler.serve_once():

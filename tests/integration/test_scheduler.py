@@ -112,6 +112,7 @@ class Model:
 
     def __init__(self, scorer: Any, poison: int | None = None) -> None:
         self.rows: list[int] = []
+        self.widths: list[int] = []
         self.entered = threading.Event()
         self.gate = threading.Event()
         self.poison = poison
@@ -120,6 +121,7 @@ class Model:
     def _hook(self, module: Any, args: Any, kwargs: Any) -> None:
         ids = args[0] if args else kwargs["input"]
         self.rows.append(int(ids.shape[0]))
+        self.widths.append(int(ids.shape[1]))
         self.entered.set()
         assert self.gate.wait(30), "the test never released the model"
         if self.poison is not None and bool((ids == self.poison).any()):
@@ -223,6 +225,34 @@ def test_a_request_alone_gets_exactly_the_scores_of_a_direct_call(dirs: dict[str
     texts = _texts(3, 40)
     assert queued.score("red apple", texts) == direct.score("red apple", texts)
     assert asyncio.run(queued.ascore("red apple", texts)) == direct.score("red apple", texts)
+
+
+def test_a_causal_reranker_shares_each_querys_prefix_inside_a_mixed_batch(
+    dirs: dict[str, Path], held: list[Model]
+) -> None:
+    scorer = _scorer("causal", dirs, scheduler={"streams": 1, "window": 64})
+    alone = _scorer("causal", dirs, scheduler=False)
+    model = Model(scorer)
+    held.append(model)
+    callers = Callers()
+    callers.start("blocker", lambda: scorer.score("hold", ["the worker"]))
+    assert model.entered.wait(30)
+    requests = {"a": ("red apple question", _texts(1, 4)), "b": ("river bank question", _texts(2, 4))}
+    for name, (q, texts) in requests.items():
+        callers.start(name, lambda q=q, texts=texts: scorer.score(q, texts))
+    _queued(scorer, 3)
+    model.gate.set()
+    got = callers.join()
+    for name, (q, texts) in requests.items():
+        assert got[name] == pytest.approx(alone.score(q, texts), abs=1e-5)
+    assert scorer.queue_stats().max_batch_requests == 2  # both requests in one batch
+    # in it, each request's prompt prefix ran once (one row of the shared tokens), then its 4 tails
+    # after it: prefix + longest tail = its longest prompt
+    passes = list(zip(model.rows[1:], model.widths[1:], strict=True))
+    assert [rows for rows, _ in passes] == [1, 4, 1, 4]
+    for (_, prefix), (_, tail), (q, texts) in zip(passes[0::2], passes[1::2], requests.values(), strict=True):
+        assert prefix >= 8
+        assert prefix + tail == max(len(row) for row in scorer._prompt_rows(q, texts))
 
 
 def test_cancelled_requests_are_never_computed(dirs: dict[str, Path], held: list[Model]) -> None:
