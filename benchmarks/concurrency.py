@@ -10,12 +10,14 @@ p50 / p95 / max latency over every request of every burst, and the p50 a first-c
 queue would give at the measured throughput ((in flight + 1) / 2 / throughput).
 
     python benchmarks/concurrency.py [--in-flight 1 4 16 64] [--candidates 30 100] [--bursts 2]
+    python benchmarks/concurrency.py --scheduler '{"streams": 2, "threads": 1}' --no-unscheduled --no-peer
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import statistics
 import time
@@ -69,6 +71,16 @@ def main() -> None:
         help="bursts per cell (fresh requests each); at least 16 requests per cell",
     )
     parser.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--unscheduled", action=argparse.BooleanOptionalAction, default=True, help="ours with scheduler=False"
+    )
+    parser.add_argument(
+        "--scheduler",
+        type=json.loads,
+        default={},
+        help='the scheduler\'s options as JSON, e.g. \'{"streams": 2, "threads": 1}\' (threads is '
+        "process-wide: run such a setting with --no-unscheduled --no-peer)",
+    )
     parser.add_argument("--top-n", type=int, default=5)
     args = parser.parse_args()
 
@@ -85,12 +97,16 @@ def main() -> None:
     abstracts = [c.text for c in data.corpus]
     rng = random.Random(0)
 
+    label = f"ours (scheduler {json.dumps(args.scheduler)})" if args.scheduler else "ours (scheduler)"
     contenders: dict[str, Any] = {
-        "ours (scheduler)": RerankCompressor(scorer=CrossEncoderScorer(path), top_n=args.top_n),
-        "ours (scheduler=False)": RerankCompressor(
-            scorer=CrossEncoderScorer(path, scheduler=False), top_n=args.top_n
-        ),
+        label: RerankCompressor(
+            scorer=CrossEncoderScorer(path, scheduler=args.scheduler or True), top_n=args.top_n
+        )
     }
+    if args.unscheduled:
+        contenders["ours (scheduler=False)"] = RerankCompressor(
+            scorer=CrossEncoderScorer(path, scheduler=False), top_n=args.top_n
+        )
     if args.peer:
         from langchain_classic.retrievers.document_compressors import CrossEncoderReranker
         from langchain_community.cross_encoders import HuggingFaceCrossEncoder

@@ -81,7 +81,6 @@ class LocalScorer(BaseScorer):
                     batch_size=self.batch_size,
                     max_batch_tokens=self.max_batch_tokens,
                     options=self.scheduler_options,
-                    **_streams(str(self.device)),
                 )
                 weakref.finalize(self, self._scheduler.close, "the scorer was garbage-collected")
             return self._scheduler
@@ -175,8 +174,3 @@ class LocalScorer(BaseScorer):
     def tokenizer(self) -> Any:
         """The checkpoint's tokenizer (to count tokens as the model sees them)."""
         return self._tokenizer
-
-
-def _streams(device: str) -> dict[str, Any]:
-    """Batches computed at once: two on CPU, one on an accelerator (see :class:`SchedulerOptions`)."""
-    return {"streams": 2 if device == "cpu" else 1}

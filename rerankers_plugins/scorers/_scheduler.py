@@ -107,9 +107,10 @@ class SchedulerOptions:
             once when the workers start; None leaves torch's setting. Only the workers compute, so
             however many threads call, at most ``streams`` x threads compute at once.
         streams: batches computed at once, by that many worker threads taking batches from the one
-            queue in order. None: 2 on CPU, where a second stream fills the cores while the first is
-            in its serial parts (two streams computed 1.3-1.5x the pairs per second of one on a
-            2-core machine, docs/benchmarks.md); 1 on accelerators.
+            queue in order (None: 1). On a 2-core CPU two streams of one torch thread each
+            (``{"streams": 2, "threads": 1}``) computed 1.5x the pairs per second of one stream of
+            two threads, but two streams of two threads each oversubscribe the cores, and
+            ``threads`` is process-wide: measure before choosing (docs/benchmarks.md).
     """
 
     window: int = 1024

@@ -187,6 +187,17 @@ class Callers:
         return self.results
 
 
+def _hold(scorer: Any, held: list[Model], poison: int | None = None) -> tuple[Model, Callers]:
+    """The scorer's model held in its first batch (a one-text "blocker" call), so that what is
+    submitted next queues behind it in a known order until ``model.gate`` is set."""
+    model = Model(scorer, poison=poison)
+    held.append(model)
+    callers = Callers()
+    callers.start("blocker", lambda: scorer.score("hold", ["the worker"]))
+    assert model.entered.wait(30)
+    return model, callers
+
+
 @pytest.fixture
 def held() -> Iterator[list[Model]]:
     models: list[Model] = []
@@ -203,11 +214,7 @@ def test_a_request_scores_the_same_alone_and_in_a_batch_shared_with_others(
     shared = _scorer(kind, dirs, scheduler={"window": 512})
     requests = {f"r{i}": (f"{WORDS[i]} apple question {i}", _texts(i, 3 + 2 * i)) for i in range(5)}
     expected = {name: alone.score(q, texts) for name, (q, texts) in requests.items()}
-    model = Model(shared)
-    held.append(model)
-    callers = Callers()
-    callers.start("blocker", lambda: shared.score("hold", ["the worker"]))
-    assert model.entered.wait(30)
+    model, callers = _hold(shared, held)
     for name, (q, texts) in requests.items():
         callers.start(name, lambda q=q, texts=texts: shared.score(q, texts))
     _queued(shared, 1 + len(requests))
@@ -232,11 +239,7 @@ def test_a_causal_reranker_shares_each_querys_prefix_inside_a_mixed_batch(
 ) -> None:
     scorer = _scorer("causal", dirs, scheduler={"streams": 1, "window": 64})
     alone = _scorer("causal", dirs, scheduler=False)
-    model = Model(scorer)
-    held.append(model)
-    callers = Callers()
-    callers.start("blocker", lambda: scorer.score("hold", ["the worker"]))
-    assert model.entered.wait(30)
+    model, callers = _hold(scorer, held)
     requests = {"a": ("red apple question", _texts(1, 4)), "b": ("river bank question", _texts(2, 4))}
     for name, (q, texts) in requests.items():
         callers.start(name, lambda q=q, texts=texts: scorer.score(q, texts))
@@ -283,11 +286,7 @@ def test_cancelled_requests_are_never_computed(dirs: dict[str, Path], held: list
 
 def test_an_abandoned_sync_call_is_withdrawn(dirs: dict[str, Path], held: list[Model]) -> None:
     scorer = _scorer("cross-encoder", dirs, deadline=0.3)
-    model = Model(scorer)
-    held.append(model)
-    callers = Callers()
-    callers.start("blocker", lambda: scorer.score("hold", ["the worker"]))
-    assert model.entered.wait(30)
+    model, callers = _hold(scorer, held)
     with pytest.raises(DeadlineExceeded, match="deadline"):
         scorer.score("late", _texts(1, 6))  # the caller stops waiting at its deadline
     model.gate.set()
@@ -301,11 +300,7 @@ def test_expired_requests_are_dropped_and_keep_order_passes_them_on(
     dirs: dict[str, Path], held: list[Model]
 ) -> None:
     scorer = _scorer("cross-encoder", dirs, deadline=0.2, on_error="keep_order")
-    model = Model(scorer)
-    held.append(model)
-    callers = Callers()
-    callers.start("blocker", lambda: scorer.score("hold", ["the worker"]))
-    assert model.entered.wait(30)
+    model, callers = _hold(scorer, held)
     candidates = [Candidate(text=t, id=f"d{i}") for i, t in enumerate(_texts(2, 4))]
     result = rerank("late query", candidates, scorer, top_n=4)
     model.gate.set()
@@ -320,11 +315,7 @@ def test_a_failing_input_fails_only_its_own_request(dirs: dict[str, Path], held:
     scorer = _scorer("cross-encoder", dirs)
     alone = _scorer("cross-encoder", dirs, scheduler=False)
     poison = scorer.tokenizer.convert_tokens_to_ids("museum")
-    model = Model(scorer, poison=poison)
-    held.append(model)
-    callers = Callers()
-    callers.start("blocker", lambda: scorer.score("hold", ["the worker"]))
-    assert model.entered.wait(30)
+    model, callers = _hold(scorer, held, poison=poison)
     requests = {f"r{i}": (f"query {i}", _texts(i, 4)) for i in range(6)}
     requests["bad"] = ("query bad", ["fine text", "the museum text", "also fine"])
     for name, (q, texts) in requests.items():
@@ -370,11 +361,7 @@ def test_past_the_queue_limit_a_request_fails_fast_with_overloaded(
     dirs: dict[str, Path], held: list[Model]
 ) -> None:
     scorer = _scorer("cross-encoder", dirs, scheduler={"max_queue_tokens": 200})
-    model = Model(scorer)
-    held.append(model)
-    callers = Callers()
-    callers.start("blocker", lambda: scorer.score("hold", ["the worker"]))
-    assert model.entered.wait(30)
+    model, callers = _hold(scorer, held)
     callers.start("queued", lambda: scorer.score("first", _texts(1, 10)))
     _queued(scorer, 2)
     with pytest.raises(Overloaded, match="limit 200") as info:
@@ -388,11 +375,7 @@ def test_past_the_queue_limit_a_request_fails_fast_with_overloaded(
 
 def test_closing_a_scorer_ends_its_waiting_requests(dirs: dict[str, Path], held: list[Model]) -> None:
     scorer = _scorer("cross-encoder", dirs)
-    model = Model(scorer)
-    held.append(model)
-    callers = Callers()
-    callers.start("blocker", lambda: scorer.score("hold", ["the worker"]))
-    assert model.entered.wait(30)
+    model, callers = _hold(scorer, held)
     callers.start("waiting", lambda: scorer.score("waiting", _texts(1, 3)))
     _queued(scorer, 2)
     scorer.close()
