@@ -540,18 +540,28 @@ class Scheduler:
 
 def _work(scheduler: Scheduler) -> None:
     """A worker thread: serves batches until its scheduler is closed (by ``close()``, or when its
-    scorer is collected). It holds the scheduler, never the scorer."""
+    scorer is collected). It holds the scheduler, never the scorer. Should it ever end otherwise (a
+    ``BaseException`` such as ``SystemExit`` raised by the model), the waiting requests fail and the
+    next request starts new workers: nobody is left waiting on a dead thread."""
     if scheduler.threads is not None:
         import torch  # a local scorer's worker: torch is installed
 
         torch.set_num_threads(scheduler.threads)
-    while True:
-        try:
-            if not scheduler.serve_once():
-                return
-        except Exception as exc:  # a bug here must never leave callers waiting forever
-            logger.exception("%s: scheduler error", scheduler.name)
-            scheduler._fail_waiting(exc)
+    try:
+        while True:
+            try:
+                if not scheduler.serve_once():
+                    return
+            except Exception as exc:  # a bug here must never leave callers waiting forever
+                logger.exception("%s: scheduler error", scheduler.name)
+                scheduler._fail_waiting(exc)
+    except BaseException as exc:
+        logger.error(
+            "%s: a worker ended on %r; waiting requests fail, the next starts a new one", scheduler.name, exc
+        )
+        with scheduler._cond:
+            scheduler._threads = [t for t in scheduler._threads if t is not threading.current_thread()]
+        scheduler._fail_waiting(exc)
 
 
 def run_plan(

@@ -502,6 +502,20 @@ def test_an_error_in_the_scheduler_fails_the_waiting_requests_and_it_serves_on()
     assert scheduler.submit(Plan([Unit("y", 3)], lambda out: out)).result(timeout=30) == [("pair", "y")]
 
 
+def test_a_worker_ended_by_a_base_exception_fails_its_requests_and_is_replaced() -> None:
+    def run(kind: str, data: list[Any], owners: list[Any]) -> list[Any]:
+        if "exit" in data:
+            raise SystemExit("the model called exit")
+        return data
+
+    scheduler = Scheduler(
+        run, name="exiting", batch_size=4, max_batch_tokens=None, options=SchedulerOptions()
+    )
+    with pytest.raises(BackendError, match="SystemExit"):
+        scheduler.submit(Plan([Unit("exit", 1)], lambda out: out)).result(timeout=30)
+    assert scheduler.submit(Plan([Unit("fine", 1)], lambda out: out)).result(timeout=30) == ["fine"]
+
+
 def test_a_batch_function_returning_the_wrong_count_fails_its_requests_only() -> None:
     def short(kind: str, data: list[Any], owners: list[Any]) -> list[Any]:
         return data[:-1] if "bad" in data else data
