@@ -11,11 +11,11 @@ import weakref
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-from rerankers_plugins.errors import BackendError, DeadlineExceeded
+from rerankers_plugins.errors import BackendError
 from rerankers_plugins.scorers._aio import check_deadline
 from rerankers_plugins.scorers._hf import Checkpoint, load_options
 from rerankers_plugins.scorers._http import OnError, check_on_error
-from rerankers_plugins.scorers._scheduler import Plan, QueueStats, Scheduler, SchedulerOptions, run_plan
+from rerankers_plugins.scorers._scheduler import Plan, QueueStats, Scheduler, SchedulerOptions, late, run_plan
 from rerankers_plugins.scorers.base import BaseScorer
 
 __all__ = ["LocalScorer"]
@@ -91,7 +91,7 @@ class LocalScorer(BaseScorer):
             return None
         left = self.deadline - (time.monotonic() - start)
         if left <= 0:
-            raise DeadlineExceeded(f"{self.name}: not scored within the deadline of {self.deadline:g} s")
+            raise late(self.name, self.deadline)
         return left
 
     def _score_here(self, query: str, texts: Sequence[str]) -> list[float]:

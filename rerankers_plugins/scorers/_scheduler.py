@@ -43,9 +43,9 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, TypeVar
 
 from rerankers_plugins._validate import as_int
 from rerankers_plugins.errors import BackendError, ConfigError, DeadlineExceeded, Overloaded
@@ -59,10 +59,20 @@ __all__ = [
     "Scheduler",
     "SchedulerOptions",
     "Unit",
+    "compute_units",
+    "indices_by",
+    "late",
     "run_plan",
 ]
 
 logger = logging.getLogger(__name__)
+
+_K = TypeVar("_K", bound=Hashable)
+
+
+def late(who: str, deadline: float | None) -> DeadlineExceeded:
+    """The error of a call that was not scored within its ``deadline`` (seconds)."""
+    return DeadlineExceeded(f"{who}: not scored within the deadline of {deadline:g} s")
 
 
 @dataclass(frozen=True)
@@ -77,13 +87,18 @@ class Unit:
     kind: str = "pair"
 
 
+def _floats(outputs: list[Any]) -> list[float]:
+    return [float(x) for x in outputs]
+
+
 @dataclass(frozen=True)
 class Plan:
     """A request made ready for the model: its units, and ``finish(outputs)`` turning the units'
-    outputs (in unit order) into the request's scores (in text order)."""
+    outputs (in unit order) into the request's scores (in text order); by default the outputs are
+    the scores (one per text, as for cross-encoders)."""
 
     units: Sequence[Unit]
-    finish: Callable[[list[Any]], list[float]]
+    finish: Callable[[list[Any]], list[float]] = _floats
 
 
 #: ``run(kind, data, owners) -> outputs``: one batch, one output per item, in order; ``owners``
@@ -197,6 +212,18 @@ class _Request:
         return sum(self.units[i].tokens for i in self.order[self.taken :])
 
 
+def indices_by(keys: Iterable[_K]) -> dict[_K, list[int]]:
+    """Positions of each key, keys in first-appearance order.
+
+    >>> indices_by(["pair", "query", "pair"])
+    {'pair': [0, 2], 'query': [1]}
+    """
+    out: dict[_K, list[int]] = {}
+    for i, k in enumerate(keys):
+        out.setdefault(k, []).append(i)
+    return out
+
+
 def _longest_first(units: Sequence[Unit], window: int) -> list[int]:
     """Unit indices grouped by kind (first appearance), each group longest first in runs of
     ``window`` (stable): for a request of at most ``window`` units of a kind, the order
@@ -205,11 +232,8 @@ def _longest_first(units: Sequence[Unit], window: int) -> list[int]:
     >>> _longest_first([Unit("a", 3), Unit("b", 9), Unit("q", 2, "query"), Unit("c", 5)], window=8)
     [1, 3, 0, 2]
     """
-    kinds: dict[str, list[int]] = {}
-    for i, u in enumerate(units):
-        kinds.setdefault(u.kind, []).append(i)
     out: list[int] = []
-    for members in kinds.values():
+    for members in indices_by(u.kind for u in units).values():
         for start in range(0, len(members), window):
             out += sorted(members[start : start + window], key=lambda i: -units[i].tokens)
     return out
@@ -234,8 +258,6 @@ class Scheduler:
         batch_size: int,
         max_batch_tokens: int | None,
         options: SchedulerOptions,
-        streams: int = 1,
-        threads: int | None = None,
     ) -> None:
         self._run: Callable[[], RunBatch | None] = (
             weakref.WeakMethod(run) if hasattr(run, "__self__") else (lambda: run)
@@ -245,9 +267,7 @@ class Scheduler:
         self.max_batch_tokens = max_batch_tokens
         self.options = options
         #: batches computed at once (worker threads taking batches from the one queue, in order)
-        self.streams = options.streams or streams
-        #: torch intra-op threads set when the workers start (None leaves torch's setting)
-        self.threads = options.threads or threads
+        self.streams = options.streams or 1
         self._reset()
 
     def _reset(self) -> None:
@@ -327,9 +347,7 @@ class Scheduler:
             return future.result(timeout=deadline)
         except concurrent.futures.TimeoutError:
             if future.cancel() or not future.done():
-                raise DeadlineExceeded(
-                    f"{self.name}: not scored within the deadline of {deadline:g} s"
-                ) from None
+                raise late(self.name, deadline) from None
             return future.result()
         except BaseException:
             future.cancel()
@@ -345,7 +363,7 @@ class Scheduler:
                 return await asyncio.wrap_future(future)
         except TimeoutError:
             future.cancel()
-            raise DeadlineExceeded(f"{self.name}: not scored within the deadline of {deadline:g} s") from None
+            raise late(self.name, deadline) from None
         except BaseException:
             future.cancel()
             raise
@@ -380,23 +398,24 @@ class Scheduler:
 
     # -- the worker -------------------------------------------------------------------------------
 
-    def _cancelled(self, request: _Request) -> None:
-        with self._cond:
-            if not request.ended:
-                request.ended = True
-                self._record(request, "cancelled")
-            with contextlib.suppress(ValueError):
-                self._waiting.remove(request)
-
-    def _end(self, request: _Request, outcome: BaseException | list[Any], how: str) -> None:
-        """Settle ``request`` once (its caller may have cancelled it already)."""
+    def _settle(self, request: _Request, how: str) -> bool:
+        """Mark ``request`` ended and out of the queue, once; False when it had ended already."""
         with self._cond:
             if request.ended:
-                return
+                return False
             request.ended = True
             with contextlib.suppress(ValueError):
                 self._waiting.remove(request)
             self._record(request, how)
+            return True
+
+    def _cancelled(self, request: _Request) -> None:
+        self._settle(request, "cancelled")
+
+    def _end(self, request: _Request, outcome: BaseException | list[Any], how: str) -> None:
+        """Settle ``request`` with ``outcome`` once (its caller may have cancelled it already)."""
+        if not self._settle(request, how):
+            return
         with contextlib.suppress(concurrent.futures.InvalidStateError):
             if isinstance(outcome, BaseException):
                 request.future.set_exception(outcome)
@@ -481,13 +500,13 @@ class Scheduler:
             self.close("the scorer was garbage-collected")
             return
         start = time.monotonic()
-        for r in _owners(items):
+        owners = _owners(items)
+        for r in owners:
             if r.started is None:
                 r.started = start
         try:
             outputs = run(kind, [r.units[i].data for r, i in items], [r.seq for r, _ in items])
         except Exception as exc:
-            owners = _owners(items)
             if len(owners) == 1:
                 logger.debug("%s: batch of request %d failed: %r", self.name, owners[0].seq, exc)
                 self._end(owners[0], exc, "failed")
@@ -501,7 +520,7 @@ class Scheduler:
         spent = time.monotonic() - start
         if len(outputs) != len(items):
             error = BackendError(f"{self.name}: {len(outputs)} outputs for a batch of {len(items)}")
-            for r in _owners(items):
+            for r in owners:
                 self._end(r, error, "failed")
             return
         tokens = sum(r.units[i].tokens for r, i in items)
@@ -511,7 +530,7 @@ class Scheduler:
                 r.outputs[i] = out
                 r.left -= 1
                 r.compute_s += spent * r.units[i].tokens / max(tokens, 1)
-            for r in _owners(items):
+            for r in owners:
                 r.batches += 1
                 if r.left == 0:
                     done.append(r)
@@ -520,7 +539,7 @@ class Scheduler:
             self._tokens += tokens
             self._padded += len(items) * max(r.units[i].tokens for r, i in items)
             self._last = (len(items), tokens)
-            self._most_shared = max(self._most_shared, len(_owners(items)))
+            self._most_shared = max(self._most_shared, len(owners))
             rate = tokens / spent if spent > 0 else None
             if rate is not None:
                 self._rate = rate if self._rate is None else 0.8 * self._rate + 0.2 * rate
@@ -543,10 +562,10 @@ def _work(scheduler: Scheduler) -> None:
     scorer is collected). It holds the scheduler, never the scorer. Should it ever end otherwise (a
     ``BaseException`` such as ``SystemExit`` raised by the model), the waiting requests fail and the
     next request starts new workers: nobody is left waiting on a dead thread."""
-    if scheduler.threads is not None:
+    if scheduler.options.threads is not None:
         import torch  # a local scorer's worker: torch is installed
 
-        torch.set_num_threads(scheduler.threads)
+        torch.set_num_threads(scheduler.options.threads)
     try:
         while True:
             try:
@@ -564,6 +583,29 @@ def _work(scheduler: Scheduler) -> None:
         scheduler._fail_waiting(exc)
 
 
+def compute_units(
+    units: Sequence[Unit],
+    run: RunBatch,
+    batch_size: int,
+    max_batch_tokens: int | None,
+    deadline: float | None = None,
+    who: str = "scorer",
+) -> list[Any]:
+    """The outputs of ``units`` (in their order), computed in the calling thread one kind at a time
+    in length-sorted batches; past ``deadline`` seconds, :class:`DeadlineExceeded`."""
+    end = None if deadline is None else time.monotonic() + deadline
+    outputs: list[Any] = [None] * len(units)
+    for kind, members in indices_by(u.kind for u in units).items():
+        lengths = [units[j].tokens for j in members]
+        for batch in length_sorted_batches(lengths, batch_size, max_batch_tokens):
+            if end is not None and time.monotonic() >= end:
+                raise late(who, deadline)
+            rows = [members[b] for b in batch]
+            for j, o in zip(rows, run(kind, [units[j].data for j in rows], [0] * len(rows)), strict=True):
+                outputs[j] = o
+    return outputs
+
+
 def run_plan(
     plan: Plan,
     run: RunBatch,
@@ -572,20 +614,6 @@ def run_plan(
     deadline: float | None = None,
     who: str = "scorer",
 ) -> list[float]:
-    """``plan`` computed in the calling thread, one kind at a time in length-sorted batches (the
-    scorer's ``scheduler=False`` path, and what a request alone gets from the worker)."""
-    end = None if deadline is None else time.monotonic() + deadline
-    outputs: list[Any] = [None] * len(plan.units)
-    by_kind: dict[str, list[int]] = {}
-    for j, u in enumerate(plan.units):
-        by_kind.setdefault(u.kind, []).append(j)
-    for kind, members in by_kind.items():
-        lengths = [plan.units[j].tokens for j in members]
-        for batch in length_sorted_batches(lengths, batch_size, max_batch_tokens):
-            if end is not None and time.monotonic() >= end:
-                raise DeadlineExceeded(f"{who}: not scored within the deadline of {deadline:g} s")
-            rows = [members[b] for b in batch]
-            outs = run(kind, [plan.units[j].data for j in rows], [0] * len(rows))
-            for j, o in zip(rows, outs, strict=True):
-                outputs[j] = o
-    return plan.finish(outputs)
+    """``plan`` computed in the calling thread (:func:`compute_units`): the scorer's
+    ``scheduler=False`` path, and what a request alone gets from the worker."""
+    return plan.finish(compute_units(plan.units, run, batch_size, max_batch_tokens, deadline, who))

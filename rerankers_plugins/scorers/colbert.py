@@ -53,14 +53,13 @@ from typing import Any, ClassVar, Literal, Unpack
 from rerankers_plugins._optional import require
 from rerankers_plugins._validate import as_int
 from rerankers_plugins.errors import BackendError, ConfigError
-from rerankers_plugins.ops.batching import length_sorted_batches
 from rerankers_plugins.ops.maxsim import maxsim, pad_vectors
 from rerankers_plugins.scorers._colbert_layouts import Layout, detect_layout, load_spec
 from rerankers_plugins.scorers._device import DTypeName
 from rerankers_plugins.scorers._hf import Checkpoint, LoadKwargs
 from rerankers_plugins.scorers._http import OnError
 from rerankers_plugins.scorers._local import LocalScorer
-from rerankers_plugins.scorers._scheduler import Plan, Unit
+from rerankers_plugins.scorers._scheduler import Plan, Unit, compute_units
 from rerankers_plugins.scorers._tokens import TruncationReport, pad_right
 from rerankers_plugins.scorers._vectors import CacheDType, DocumentEmbeddingCache, model_key
 from rerankers_plugins.types import ScoreScale
@@ -277,13 +276,8 @@ class ColBERTScorer(LocalScorer):
         """``[n_i, dim]`` float32 token vectors for each text (no cache involved)."""
         if not texts:
             return []
-        all_ids = self._document_rows(texts)
-        out: list[Any] = [None] * len(texts)
-        for batch in length_sorted_batches([len(x) for x in all_ids], self.batch_size, self.max_batch_tokens):
-            vecs = self._run_batch("document", [all_ids[i] for i in batch], [])
-            for i, v in zip(batch, vecs, strict=True):
-                out[i] = v
-        return out
+        units = [Unit(ids, len(ids), "document") for ids in self._document_rows(texts)]
+        return compute_units(units, self._run_batch, self.batch_size, self.max_batch_tokens)
 
     def index(self, texts: Sequence[str]) -> int:
         """Precompute and cache the vectors of ``texts`` (memory, and disk when ``cache_dir`` is set).

@@ -53,7 +53,7 @@ from rerankers_plugins.scorers._device import DTypeName
 from rerankers_plugins.scorers._hf import LoadKwargs
 from rerankers_plugins.scorers._http import OnError
 from rerankers_plugins.scorers._onnx import OnnxCrossEncoder, RuntimeName
-from rerankers_plugins.scorers._scheduler import Plan, Unit
+from rerankers_plugins.scorers._scheduler import Plan, Unit, indices_by
 from rerankers_plugins.scorers._tokens import TruncationReport
 from rerankers_plugins.types import ScoreScale
 
@@ -212,6 +212,13 @@ class CrossEncoderScorer(CrossEncoderLoading):
             over = sum(f > self.max_length for f in self._full_pair_lengths(query, texts))
         return rows, over
 
+    def _checked_pair_lengths(self, query: str, texts: Sequence[str]) -> list[int]:
+        """Token length of each pair within the window (modes that tokenize per batch); warns once
+        when a pair is cut."""
+        full = self._full_pair_lengths(query, texts)
+        self._truncation.check(sum(f > self.max_length for f in full), len(full), self.max_length)
+        return [min(f, self.max_length) for f in full]
+
     def _full_pair_lengths(self, query: str, texts: Sequence[str]) -> list[int]:
         """Token length of each pair before truncation (capped one past the window per text)."""
         with self._tokenizer_lock:
@@ -273,8 +280,7 @@ class CrossEncoderScorer(CrossEncoderLoading):
     def _st_rows(self, query: str, texts: Sequence[str]) -> list[list[int]]:
         """Token rows of a sentence-transformers causal reranker, as its preprocess makes them
         (chat template, prompt, truncation), without their padding."""
-        full = self._full_pair_lengths(query, texts)  # the truncation warning
-        self._truncation.check(sum(f > self.max_length for f in full), len(full), self.max_length)
+        self._checked_pair_lengths(query, texts)  # the truncation warning
         with self._tokenizer_lock:
             features = self._model.preprocess([(query, t) for t in texts], prompt=self._prompt)
         ids, mask = features["input_ids"], features["attention_mask"]
@@ -304,23 +310,21 @@ class CrossEncoderScorer(CrossEncoderLoading):
             )
             units = [Unit(row, len(row)) for row in causal_rows]
         elif self.mode == "preprocess":
-            full = self._full_pair_lengths(query, texts)
-            self._truncation.check(sum(f > self.max_length for f in full), len(full), self.max_length)
-            units = [Unit((query, t), min(f, self.max_length)) for t, f in zip(texts, full, strict=True)]
+            lengths = self._checked_pair_lengths(query, texts)
+            units = [Unit((query, t), n) for t, n in zip(texts, lengths, strict=True)]
         else:
             query, texts = self._formatted(query, texts)
             rows, over = self._encode(query, texts)
             self._truncation.check(over, len(rows), self.max_length)
             units = [Unit(r, len(r["input_ids"])) for r in rows]
-        return Plan(units, _floats)
+        return Plan(units)
 
     def _run_batch(self, kind: str, data: list[Any], owners: list[Hashable]) -> list[Any]:
         torch = self._torch
         if self._causal is not None:
             # the rows of one call share their prompt's prefix: run it once per call in the batch
             raw = [0.0] * len(data)
-            for owner in dict.fromkeys(owners):
-                mine = [i for i, o in enumerate(owners) if o == owner]
+            for mine in indices_by(owners).values():
                 for i, v in zip(mine, self._causal.score([data[i] for i in mine]), strict=True):
                     raw[i] = v
             logits = torch.tensor(raw, dtype=torch.float32)
@@ -355,7 +359,3 @@ class CrossEncoderScorer(CrossEncoderLoading):
             return logits[:, 1] - logits[:, 0]
         logits = logits[:, 0]
         return torch.sigmoid(logits) if self.activation == "sigmoid" else logits
-
-
-def _floats(outputs: list[Any]) -> list[float]:
-    return [float(x) for x in outputs]

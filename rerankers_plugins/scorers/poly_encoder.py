@@ -34,7 +34,6 @@ from typing import Any, ClassVar, Literal, Unpack
 from rerankers_plugins._optional import require
 from rerankers_plugins._validate import as_int
 from rerankers_plugins.errors import BackendError, ConfigError
-from rerankers_plugins.ops.batching import length_sorted_batches
 from rerankers_plugins.scorers._device import DTypeName
 from rerankers_plugins.scorers._hf import (
     Checkpoint,
@@ -45,7 +44,7 @@ from rerankers_plugins.scorers._hf import (
 )
 from rerankers_plugins.scorers._http import OnError
 from rerankers_plugins.scorers._local import LocalScorer
-from rerankers_plugins.scorers._scheduler import Plan, Unit
+from rerankers_plugins.scorers._scheduler import Plan, Unit, compute_units
 from rerankers_plugins.scorers._tokens import TruncationReport, pad_right
 from rerankers_plugins.scorers._vectors import DocumentEmbeddingCache, model_key
 from rerankers_plugins.types import ScoreScale
@@ -314,14 +313,8 @@ class PolyEncoderScorer(LocalScorer):
         """``[m, H]`` float32 codes for each text (no cache involved)."""
         if not texts:
             return []
-        rows = self._document_rows(texts)
-        out: list[Any] = [None] * len(texts)
-        for batch in length_sorted_batches([len(r) for r in rows], self.batch_size, self.max_batch_tokens):
-            for i, codes in zip(
-                batch, self._run_batch("document", [rows[i] for i in batch], []), strict=True
-            ):
-                out[i] = codes
-        return out
+        units = [Unit(r, len(r), "document") for r in self._document_rows(texts)]
+        return compute_units(units, self._run_batch, self.batch_size, self.max_batch_tokens)
 
     def index(self, texts: Sequence[str]) -> int:
         """Precompute and cache the codes of ``texts``; returns how many were encoded."""

@@ -309,14 +309,10 @@ class Seq2SeqScorer(LocalScorer):
     def _plan(self, query: str, texts: Sequence[str]) -> Plan:
         rows, cut = self._encode(query, texts)
         self._truncation.check(cut, len(rows), self.max_length)
-        return Plan([Unit(r, len(r)) for r in rows], _floats)
+        return Plan([Unit(r, len(r)) for r in rows])
 
     def _run_batch(self, kind: str, data: list[Any], owners: list[Hashable]) -> list[Any]:
         return self._forward(data)
-
-
-def _floats(outputs: list[Any]) -> list[float]:
-    return [float(x) for x in outputs]
 
 
 def _check_checkpoint(model: str, path: str, config: Any) -> None:
