@@ -40,6 +40,7 @@ __all__ = [
     "load_pipeline",
     "load_pipeline_file",
     "parse_pipeline_arg",
+    "pipeline_spec",
     "scorer_options",
     "scorer_spec",
     "write_pipeline_file",
@@ -179,11 +180,22 @@ def load_pipeline(source: str | Path | Mapping[str, Any], name: str | None = Non
     >>> load_pipeline({"scorer": "fake"}).name
     'fake-overlap'
     """
+    return build_pipeline(pipeline_spec(source, name))
+
+
+def pipeline_spec(source: str | Path | Mapping[str, Any], name: str | None = None) -> Spec:
+    """The spec :func:`load_pipeline` builds, standing alone (every ``use`` inlined): what a batch
+    job's workers build from and its fingerprint covers.
+
+    >>> pipeline_spec({"pipelines": {"a": {"scorer": "bm25"}, "b": {"threshold": "a", "absolute": 1.0}},
+    ...                "pipeline": "b"})
+    {'threshold': {'scorer': 'bm25'}, 'absolute': 1.0}
+    """
     if isinstance(source, Mapping):
         data: Mapping[str, Any] = source
         where = "the pipeline document"
         if "pipelines" not in data:
-            return build_pipeline(dict(data))
+            return dict(data)
     else:
         path, _, fragment = str(source).partition("#")
         name = name or fragment or None
@@ -200,7 +212,8 @@ def load_pipeline(source: str | Path | Mapping[str, Any], name: str | None = Non
         name = next(iter(specs))
     if name not in specs:
         raise ConfigError(f"{where} has no pipeline {name!r}; it has {', '.join(specs)}")
-    return build_pipeline(inline(specs[name], specs))
+    spec: Spec = inline(specs[name], specs)
+    return spec
 
 
 def inline(spec: Any, specs: Mapping[str, Spec]) -> Any:

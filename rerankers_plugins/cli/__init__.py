@@ -1,5 +1,5 @@
-"""Command line: ``rerankers-plugins demo | eval | tune | train``, one module a command
-(:mod:`.demo`, :mod:`.evaluate` for eval and tune, :mod:`.train`).
+"""Command line: ``rerankers-plugins demo | eval | tune | batch | train``, one module a command
+(:mod:`.demo`, :mod:`.evaluate` for eval and tune, :mod:`.batch`, :mod:`.train`).
 
 ``demo_data_dir`` and ``load_demo_corpus`` live in :mod:`rerankers_plugins.data`; they are
 re-exported here for code that imported them from the command line.
@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from rerankers_plugins.cli import demo, evaluate, train
+from rerankers_plugins.cli import batch, demo, evaluate, train
 from rerankers_plugins.data import demo_data_dir, load_demo_corpus
 from rerankers_plugins.errors import RerankError
 from rerankers_plugins.scorers._hf import cli_syntax, packaged_model_path
@@ -31,12 +31,13 @@ def packaged_minilm_path() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rerankers-plugins",
-        description="Second-stage reranking: an offline demo, evaluation and tuning of reranking pipelines on BEIR data, training.",
+        description="Second-stage reranking: an offline demo, evaluation and tuning of reranking pipelines on BEIR data, batch jobs, training.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
     demo.add_parser(sub)
     evaluate.add_parsers(sub)
+    batch.add_parser(sub)
     train.add_parser(sub)
     return parser
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.types import Candidate
 
-__all__ = ["BeirData", "load_beir", "read_qrels", "read_queries"]
+__all__ = ["BeirData", "load_beir", "read_corpus", "read_qrels", "read_queries"]
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,18 @@ def load_beir(directory: str | Path, split: str = "test") -> BeirData:
     for name, path in paths.items():
         if not path.is_file():
             raise ConfigError(f"{root} is not a BEIR directory: {name} file {path} is missing")
+    corpus = read_corpus(paths["corpus"])
+    qrels = read_qrels(paths["qrels"])
+    every = read_queries(paths["queries"])
+    queries = {q: text for q, text in every.items() if q in qrels}
+    return BeirData(corpus=corpus, queries=queries, qrels=qrels, query_ids=frozenset(every))
+
+
+def read_corpus(path: str | Path) -> list[Candidate]:
+    """A ``corpus.jsonl`` file as Candidates: text ``title. text`` (``text`` alone without a title),
+    id ``_id``, the title in metadata."""
     corpus = []
-    with paths["corpus"].open(encoding="utf-8") as f:
+    with Path(path).open(encoding="utf-8") as f:
         for line in f:
             if line.strip():
                 row = json.loads(line)
@@ -50,10 +60,7 @@ def load_beir(directory: str | Path, split: str = "test") -> BeirData:
                         metadata={"title": title},
                     )
                 )
-    qrels = read_qrels(paths["qrels"])
-    every = read_queries(paths["queries"])
-    queries = {q: text for q, text in every.items() if q in qrels}
-    return BeirData(corpus=corpus, queries=queries, qrels=qrels, query_ids=frozenset(every))
+    return corpus
 
 
 def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:

@@ -15,7 +15,15 @@ from rerankers_plugins.errors import BackendError
 from rerankers_plugins.scorers._aio import check_deadline
 from rerankers_plugins.scorers._hf import Checkpoint, load_options
 from rerankers_plugins.scorers._http import OnError, check_on_error
-from rerankers_plugins.scorers._scheduler import Plan, QueueStats, Scheduler, SchedulerOptions, late, run_plan
+from rerankers_plugins.scorers._scheduler import (
+    Plan,
+    QueueStats,
+    Scheduler,
+    SchedulerOptions,
+    in_rounds,
+    late,
+    run_plan,
+)
 from rerankers_plugins.scorers.base import BaseScorer
 
 __all__ = ["LocalScorer"]
@@ -101,6 +109,11 @@ class LocalScorer(BaseScorer):
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
         if not texts:
             return []
+        joined = in_rounds.get()
+        if joined is not None:  # a batch job's block: computed with the block's other calls
+            rounds, index = joined
+            plan = self._plan(query, texts)
+            return plan.finish(rounds.call(index, self, plan))
         start = time.monotonic()
         queue = self._queue()
         plan = self._plan(query, texts)

@@ -36,6 +36,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import contextvars
 import itertools
 import logging
 import math
@@ -55,11 +56,13 @@ __all__ = [
     "Plan",
     "QueueStats",
     "RequestTiming",
+    "Rounds",
     "RunBatch",
     "Scheduler",
     "SchedulerOptions",
     "Unit",
     "compute_units",
+    "in_rounds",
     "indices_by",
     "late",
     "run_plan",
@@ -590,10 +593,13 @@ def compute_units(
     max_batch_tokens: int | None,
     deadline: float | None = None,
     who: str = "scorer",
+    owners: Sequence[Hashable] | None = None,
 ) -> list[Any]:
     """The outputs of ``units`` (in their order), computed in the calling thread one kind at a time
-    in length-sorted batches; past ``deadline`` seconds, :class:`DeadlineExceeded`."""
+    in length-sorted batches; past ``deadline`` seconds, :class:`DeadlineExceeded`. ``owners``
+    (one per unit; default: one owner) tells which units belong to the same request."""
     end = None if deadline is None else time.monotonic() + deadline
+    owner = [0] * len(units) if owners is None else list(owners)
     outputs: list[Any] = [None] * len(units)
     for kind, members in indices_by(u.kind for u in units).items():
         lengths = [units[j].tokens for j in members]
@@ -601,7 +607,8 @@ def compute_units(
             if end is not None and time.monotonic() >= end:
                 raise late(who, deadline)
             rows = [members[b] for b in batch]
-            for j, o in zip(rows, run(kind, [units[j].data for j in rows], [0] * len(rows)), strict=True):
+            data = [units[j].data for j in rows]
+            for j, o in zip(rows, run(kind, data, [owner[j] for j in rows]), strict=True):
                 outputs[j] = o
     return outputs
 
@@ -617,3 +624,88 @@ def run_plan(
     """``plan`` computed in the calling thread (:func:`compute_units`): the scorer's
     ``scheduler=False`` path, and what a request alone gets from the worker."""
     return plan.finish(compute_units(plan.units, run, batch_size, max_batch_tokens, deadline, who))
+
+
+# -- rounds: a block of requests computed together (batch jobs) --------------------------------------
+
+#: the rounds a thread's scorer calls join, and the thread's place in them (see :class:`Rounds`)
+in_rounds: contextvars.ContextVar[tuple[Rounds, int] | None] = contextvars.ContextVar(
+    "rerankers_plugins_rounds", default=None
+)
+
+
+@dataclass
+class _RoundCall:
+    scorer: Any
+    plan: Plan
+    outputs: list[Any] | None = None
+    error: BaseException | None = None
+
+
+class Rounds:
+    """A fixed group of threads (one per request of a batch job's block) whose local-model calls are
+    computed together, in rounds: a call waits until every thread still running has made its next
+    call (or ended); then the round's calls to each scorer are computed as one set of units,
+    length-sorted across all of them (:func:`compute_units`, each call its own owner), and every
+    thread gets its own outputs. Which calls make up a round depends only on the threads' own code,
+    never on timing, so a block is batched, and scored, the same way on every run and every engine.
+
+    A thread joins with ``in_rounds.set((rounds, index))`` and must call :meth:`leave` when done.
+    Calls to remote backends (HTTP, LLMs) are not rounds' business: they run in their threads.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self._cond = threading.Condition()
+        self._live = threads
+        self._calls: dict[int, _RoundCall] = {}
+        #: rounds computed, and the batches and units they took (what a batch job reports)
+        self.rounds = 0
+        self.units = 0
+
+    def call(self, index: int, scorer: Any, plan: Plan) -> list[Any]:
+        """The outputs of ``plan`` (``scorer``'s units) once its round is computed."""
+        call = _RoundCall(scorer, plan)
+        with self._cond:
+            self._calls[index] = call
+            self._maybe_compute()
+            while call.outputs is None and call.error is None:
+                self._cond.wait()
+        if call.error is not None:
+            raise call.error
+        assert call.outputs is not None
+        return call.outputs
+
+    def leave(self) -> None:
+        """The calling thread is done: later rounds no longer wait for it."""
+        with self._cond:
+            self._live -= 1
+            self._maybe_compute()
+
+    def _maybe_compute(self) -> None:
+        # every other live thread is waiting on the condition, so computing here, lock held, is safe
+        if not self._calls or len(self._calls) < self._live:
+            return
+        calls = [self._calls[i] for i in sorted(self._calls)]
+        self._calls = {}
+        self.rounds += 1
+        groups: dict[int, list[tuple[int, _RoundCall]]] = {}
+        for owner, call in enumerate(calls):
+            groups.setdefault(id(call.scorer), []).append((owner, call))
+        for members in groups.values():
+            scorer = members[0][1].scorer
+            units = [u for _, c in members for u in c.plan.units]
+            owners = [o for o, c in members for _ in c.plan.units]
+            self.units += len(units)
+            try:
+                outputs = compute_units(
+                    units, scorer._run_batch, scorer.batch_size, scorer.max_batch_tokens, owners=owners
+                )
+            except Exception as exc:
+                for _, c in members:
+                    c.error = exc
+                continue
+            start = 0
+            for _, c in members:
+                c.outputs = outputs[start : start + len(c.plan.units)]
+                start += len(c.plan.units)
+        self._cond.notify_all()
