@@ -685,11 +685,11 @@ class Rounds:
         # every other live thread is waiting on the condition, so computing here, lock held, is safe
         if not self._calls or len(self._calls) < self._live:
             return
-        calls = [self._calls[i] for i in sorted(self._calls)]
+        calls = sorted(self._calls.items())
         self._calls = {}
         self.rounds += 1
         groups: dict[int, list[tuple[int, _RoundCall]]] = {}
-        for owner, call in enumerate(calls):
+        for owner, call in calls:  # the owner of a call's units: its thread
             groups.setdefault(id(call.scorer), []).append((owner, call))
         for members in groups.values():
             scorer = members[0][1].scorer
