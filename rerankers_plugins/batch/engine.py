@@ -176,6 +176,12 @@ def _finite(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
+#: details that have their own column, and a cascade's per-query stage latencies: in a block a
+#: query's stage waits for the block's other queries, so they would time the block, and rows would
+#: differ from run to run (summary.json has the job's throughput)
+_COLUMNS_OF_DETAILS = ("original_rank", "score", "reranked", "retrieval_score", "dropped_by", "stage_ms")
+
+
 def _records(q: QueryRows, kept: Sequence[Scored], dropped: Sequence[Scored]) -> list[dict[str, Any]]:
     out = []
     rows = {r.doc_id: r.row for r in q.rows}
@@ -183,7 +189,7 @@ def _records(q: QueryRows, kept: Sequence[Scored], dropped: Sequence[Scored]) ->
         details = {
             k: v
             for k, v in thaw(s.details).items()
-            if k not in ("original_rank", "score", "reranked", "retrieval_score", "dropped_by")
+            if k not in _COLUMNS_OF_DETAILS
         }
         out.append(
             {
