@@ -186,11 +186,7 @@ def _records(q: QueryRows, kept: Sequence[Scored], dropped: Sequence[Scored]) ->
     out = []
     rows = {r.doc_id: r.row for r in q.rows}
     for rank, s in [*((i + 1, s) for i, s in enumerate(kept)), *((None, s) for s in dropped)]:
-        details = {
-            k: v
-            for k, v in thaw(s.details).items()
-            if k not in _COLUMNS_OF_DETAILS
-        }
+        details = {k: v for k, v in thaw(s.details).items() if k not in _COLUMNS_OF_DETAILS}
         out.append(
             {
                 "row": rows[str(s.candidate.id)],

@@ -22,7 +22,7 @@ from rerankers_plugins.types import Candidate
 if TYPE_CHECKING:
     from rerankers_plugins.pipeline.leaves import ScorerLike
 
-__all__ = ["FirstStage", "first_stage", "mine_negatives"]
+__all__ = ["FirstStage", "batch_run", "first_stage", "mine_negatives"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,12 +88,77 @@ def _reranked(corpus: Sequence[Candidate], pipeline: ScorerLike, depth: int) -> 
     return retrieve
 
 
+def batch_run(spec: PipelineSpec | None) -> dict[str, list[tuple[str, float]]] | None:
+    """The run of a batch job's output (``rerankers-plugins batch``) that ``spec`` names: its
+    directory or its ``run.trec`` (any TREC run file), as query id -> ``[(doc id, score), ...]``
+    best first; None when ``spec`` names no such thing. ConfigError for a job not finished yet."""
+    if not isinstance(spec, str):
+        return None
+    from pathlib import Path
+
+    from rerankers_plugins.eval.first_stage import read_trec_run
+
+    path = Path(spec)
+    if path.is_dir() and (path / "manifest.json").is_file():
+        if not (path / "run.trec").is_file():
+            raise ConfigError(
+                f"the batch job in {path} is not finished (no run.trec): run it again to complete it"
+            )
+        return read_trec_run(path / "run.trec")
+    if path.suffix == ".trec" and path.is_file():
+        return read_trec_run(path)
+    return None
+
+
+def _from_run(
+    run: Mapping[str, Sequence[tuple[str, float]]], corpus: Sequence[Candidate], queries: Mapping[str, str]
+) -> FirstStage:
+    """A first stage that answers from a run: a query's documents in the run's order (their texts
+    from the corpus, the run's score as the retrieval score); a query the run lacks gets none."""
+    docs = {str(c.id): c for c in corpus}
+    unknown = sorted({d for ranked in run.values() for d, _ in ranked if d not in docs})
+    if unknown:
+        raise ConfigError(f"the run names documents the corpus does not have: {unknown[:5]}")
+    ids: dict[str, str] = {}
+    for qid, text in queries.items():
+        if qid in run:
+            ids.setdefault(text, qid)
+    missing = sum(1 for q in queries if q not in run)
+    if missing:
+        logger.warning(
+            "the run has no documents for %d of %d queries: they get no negatives", missing, len(queries)
+        )
+
+    def retrieve(texts: Sequence[str], k: int) -> list[list[Candidate]]:
+        out = []
+        for text in texts:
+            ranked = run.get(ids.get(text, ""), [])[:k]
+            out.append(
+                [
+                    Candidate(docs[d].text, id=d, metadata=docs[d].metadata, retrieval_score=s)
+                    for d, s in ranked
+                ]
+            )
+        return out
+
+    return retrieve
+
+
 def first_stage(
-    kind: PipelineSpec, corpus: Sequence[Candidate], *, model: str = "minilm", depth: int = 100
+    kind: PipelineSpec,
+    corpus: Sequence[Candidate],
+    *,
+    model: str = "minilm",
+    depth: int = 100,
+    queries: Mapping[str, str] | None = None,
 ) -> FirstStage:
     """Build a first stage by name: ``"bm25"``, ``"bi-encoder"`` (``model`` over the whole corpus),
     a pipeline spec in the command-line form ``KIND[:key=value,...]`` (e.g. ``"colbert:model=minilm"``),
-    or a scorer / strategy object; the last two rerank BM25's top ``depth``."""
+    or a scorer / strategy object; the last two rerank BM25's top ``depth``. A batch job's output
+    directory (or a TREC run file) answers from its run, for ``queries`` (id -> text)."""
+    run = batch_run(kind)
+    if run is not None:
+        return _from_run(run, corpus, queries or {})
     if kind == "bm25":
         return _bm25(corpus)
     if kind == "bi-encoder":

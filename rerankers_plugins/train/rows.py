@@ -12,7 +12,14 @@ from typing import IO, Any
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.eval.beir import BeirData
 from rerankers_plugins.ops.fusion import zscore
-from rerankers_plugins.train.negatives import FirstStage, _rng, as_pipeline, first_stage, mine_negatives
+from rerankers_plugins.train.negatives import (
+    FirstStage,
+    _rng,
+    as_pipeline,
+    batch_run,
+    first_stage,
+    mine_negatives,
+)
 from rerankers_plugins.train.settings import TEACHER_DEPTH, PipelineSpec, TrainSettings
 from rerankers_plugins.types import Candidate
 
@@ -34,7 +41,13 @@ def training_rows(
 ) -> Iterator[dict[str, Any]]:
     """Training rows in the column layout each sentence-transformers loss expects."""
     queries = {q: data.queries[q] for q in qids}
-    stage = first_stage(negatives, data.corpus, model=negatives_model, depth=max(depth, 100))
+    stage = first_stage(
+        negatives,
+        data.corpus,
+        model=negatives_model,
+        depth=max(depth, 100),
+        queries={**queries, **(unlabeled or {})},
+    )
     if loss == "margin-mse":
         if teacher is None:
             raise ConfigError("loss='margin-mse' distils from a teacher: pass teacher= (--teacher PIPELINE)")
@@ -80,8 +93,10 @@ def _distilled(
     from rerankers_plugins.pipeline.leaves import as_strategy, require_scores
     from rerankers_plugins.pipeline.rerank import rerank
 
-    judge = as_pipeline(teacher)
-    require_scores(as_strategy(judge), "a distillation teacher")
+    run = batch_run(teacher)  # a batch job's scores: the teacher is not run again
+    if run is None:
+        judge = as_pipeline(teacher)
+        require_scores(as_strategy(judge), "a distillation teacher")
     queries = {**labelled, **unlabeled}
     every = [*labelled, *sorted(unlabeled)]
     for start in range(0, len(every), 64):
@@ -91,7 +106,10 @@ def _distilled(
         # ``depth`` are both there; the negatives still come from the top ``depth``
         ranked = stage([queries[q] for q in chunk], max(depth, TEACHER_DEPTH))
         for qid, cands in zip(chunk, ranked, strict=True):
-            scored = {str(s.candidate.id): s.score for s in rerank(queries[qid], cands, judge)}
+            if run is not None:
+                scored = dict(run.get(qid, []))
+            else:
+                scored = {str(s.candidate.id): s.score for s in rerank(queries[qid], cands, judge)}
             yield from _distill_rows(
                 qid, queries[qid], cands, scored, data.qrels.get(qid, {}), per_query, depth, seed
             )

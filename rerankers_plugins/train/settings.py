@@ -65,9 +65,10 @@ class TrainSettings:
     negatives: PipelineSpec = field(
         default="bm25",
         metadata=_help(
-            "first stage for hard negatives: bm25, bi-encoder (negatives_model over the corpus), or a "
-            "pipeline KIND[:k=v,...] / FILE.toml#NAME reranking BM25's top 100",
-            metavar="bm25|bi-encoder|PIPELINE",
+            "first stage for hard negatives: bm25, bi-encoder (negatives_model over the corpus), a "
+            "pipeline KIND[:k=v,...] / FILE.toml#NAME reranking BM25's top 100, or a batch job's output "
+            "directory (its run)",
+            metavar="bm25|bi-encoder|PIPELINE|DIR",
         ),
     )
     negatives_model: str = field(default="minilm", metadata=_help("bi-encoder for negatives='bi-encoder'"))
@@ -78,7 +79,11 @@ class TrainSettings:
     max_length: int = field(default=256, metadata=_help("token window of (query, document) pairs"))
     loss: str = field(default="bce", metadata=_help("what the model learns from", choices=LOSSES))
     teacher: PipelineSpec | None = field(
-        default=None, metadata=_help("teacher pipeline for loss='margin-mse'", metavar="PIPELINE")
+        default=None,
+        metadata=_help(
+            "teacher for loss='margin-mse': a pipeline, or a batch job's output directory (its scores)",
+            metavar="PIPELINE|DIR",
+        ),
     )
     dev_split: str | None = field(
         default=None, metadata=_help("qrels split for dev metrics (default: carved from train)")

@@ -316,3 +316,38 @@ def test_command_line_batch_then_eval_of_its_run(tmp_path: Path, capsys: pytest.
         summary["shards"],
     )
     assert math.isfinite(summary["wall_s"])
+
+
+def test_train_reads_a_jobs_run_as_negatives_and_its_scores_as_the_teacher(tmp_path: Path) -> None:
+    """A batch job over BM25's top 100 gives ``train`` the same rows as the pipeline it ran would:
+    its run as the first stage for negatives, its scores as a distillation teacher's."""
+    from rerankers_plugins.data import demo_data_dir
+    from rerankers_plugins.eval.beir import load_beir
+    from rerankers_plugins.eval.first_stage import BM25Retriever
+    from rerankers_plugins.train.rows import training_rows
+
+    data = load_beir(demo_data_dir(), split="train")
+    bm25 = BM25Retriever(data.corpus)
+    rows = [
+        {"query_id": qid, "query": data.queries[qid], "doc_id": c.id, "text": c.text}
+        for qid in sorted(data.queries)
+        for c in bm25.retrieve(data.queries[qid], 100)
+    ]
+    job = tmp_path / "job"
+    rerank_dataset({"scorer": "fake"}, write_jsonl(tmp_path / "in.jsonl", rows), job, progress=False)
+    common = {"per_query": 4, "depth": 30, "seed": 0, "negatives_model": "minilm"}
+    qids = sorted(data.queries)
+    mined = list(training_rows(data, qids, loss="bce", negatives=str(job), teacher=None, **common))
+    assert mined and mined == list(
+        training_rows(data, qids, loss="bce", negatives="fake", teacher=None, **common)
+    )
+    distilled = list(
+        training_rows(data, qids, loss="margin-mse", negatives="bm25", teacher=str(job), **common)
+    )
+    by_pipeline = list(
+        training_rows(data, qids, loss="margin-mse", negatives="bm25", teacher="fake", **common)
+    )
+    assert distilled and distilled == by_pipeline
+    (job / "run.trec").unlink()
+    with pytest.raises(ConfigError, match="not finished"):
+        list(training_rows(data, qids, loss="margin-mse", negatives="bm25", teacher=str(job), **common))
