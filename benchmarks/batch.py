@@ -8,8 +8,9 @@ of ms-marco-MiniLM-L-6-v2), four ways on this machine, in one run:
 * a re-run of the finished local job (every shard skipped: the cost of resuming).
 
 Each repetition takes fresh queries (repetition r: the r-th slice of the test queries); every
-contender scores the same slice. Wall times include building the pipeline (each engine builds its
-own; the loop's model is built once, untimed). Also prints the padding each batching makes
+contender scores the same slice. Wall times include building the model (every contender builds its
+own, after one untimed build has imported the libraries); the engines' compute-only rate (pairs / the
+seconds their workers spent on shards, summed over workers) is printed apart. Also prints the padding each batching makes
 (padded tokens / real tokens) on the same pairs, and the CPU with its flags.
 
     python benchmarks/batch.py [--queries 300] [--candidates 100] [--max-length 512] [--repeats 1]
@@ -58,6 +59,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=512, help="the cross-encoder's token window")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--block-queries", type=int, default=16)
+    parser.add_argument("--shard-queries", type=int, default=4, help="queries per shard (several per worker)")
     parser.add_argument("--no-ray", action="store_true")
     args = parser.parse_args()
 
@@ -76,6 +78,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="batch-bench-"))
     loop_scorer = CrossEncoderScorer(model, max_length=args.max_length, scheduler=False)
     times: dict[str, list[float]] = {}
+    compute: dict[str, list[float]] = {"local": [], "ray1": [], "rayn": []}
     ray_start = None
     if not args.no_ray:
         import ray
@@ -109,15 +112,27 @@ def main() -> None:
             )
 
         def loop(rows: list[dict[str, Any]] = rows) -> None:
+            scorer = CrossEncoderScorer(model, max_length=args.max_length, scheduler=False)
             by_q: dict[str, list[dict[str, Any]]] = {}
             for r in rows:
                 by_q.setdefault(r["query_id"], []).append(r)
             for rs in by_q.values():
-                rerank(rs[0]["query"], [Candidate(r["text"], id=r["doc_id"]) for r in rs], loop_scorer)
+                rerank(rs[0]["query"], [Candidate(r["text"], id=r["doc_id"]) for r in rs], scorer)
 
         def job(name: str, rep: int = rep, src: Path = src, **kw: Any) -> Any:
             out = work / f"{name}-{rep}"
-            return rerank_dataset(spec, src, out, block_queries=args.block_queries, progress=False, **kw)
+            summary = rerank_dataset(
+                spec,
+                src,
+                out,
+                block_queries=args.block_queries,
+                shard_queries=args.shard_queries,
+                progress=False,
+                **kw,
+            )
+            if summary.pairs:
+                compute[name].append(sum(summary.workers.values()))
+            return summary
 
         contenders = {
             "plain loop over rerank": loop,

@@ -234,6 +234,7 @@ def _run_block(
     ]
     for t in threads:
         t.start()
+    rounds.serve()  # this thread computes every round (one torch thread pool, whatever the block)
     for t in threads:
         t.join()
     if errors:
@@ -349,7 +350,13 @@ class _Job:
 
 
 def _bar(total: int, progress: bool) -> Any:
+    """A tqdm bar (rows, their rate and ETA; pairs/s after it), or None without tqdm (logged)."""
+    import importlib.util
+
     if not progress:
+        return None
+    if importlib.util.find_spec("tqdm") is None:
+        logger.info("no progress bar: tqdm is not installed (the eval extra has it)")
         return None
     from tqdm.auto import tqdm
 

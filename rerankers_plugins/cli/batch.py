@@ -4,6 +4,7 @@ writing every row exactly once (see :func:`rerankers_plugins.batch.rerank_datase
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from rerankers_plugins.registry import available
@@ -13,12 +14,15 @@ __all__ = ["add_parser", "batch_command"]
 
 def batch_command(args: argparse.Namespace) -> int:
     from rerankers_plugins.batch import rerank_dataset
+    from rerankers_plugins.batch.store import default_format
 
     pipeline = args.pipeline
     if args.config:
         pipeline = f"{args.config}#{args.name}" if args.name else args.config
     if pipeline is None:
-        print("error: give --pipeline KIND[:key=value,...] or --config FILE.toml [--name NAME]")
+        print(
+            "error: give --pipeline KIND[:key=value,...] or --config FILE.toml [--name NAME]", file=sys.stderr
+        )
         return 2
     summary = rerank_dataset(
         pipeline,
@@ -42,7 +46,7 @@ def batch_command(args: argparse.Namespace) -> int:
     )
     print(summary)
     print(
-        f"written to {args.output}: run.trec, rows/ ({args.format or 'parquet'}), errors.jsonl, summary.json"
+        f"written to {args.output}: run.trec, rows/ ({args.format or default_format()}), errors.jsonl, summary.json"
     )
     return 0
 

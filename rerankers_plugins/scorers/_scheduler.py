@@ -644,21 +644,23 @@ class _RoundCall:
 
 class Rounds:
     """A fixed group of threads (one per request of a batch job's block) whose local-model calls are
-    computed together, in rounds: a call waits until every thread still running has made its next
-    call (or ended); then the round's calls to each scorer are computed as one set of units,
-    length-sorted across all of them (:func:`compute_units`, each call its own owner), and every
-    thread gets its own outputs. Which calls make up a round depends only on the threads' own code,
-    never on timing, so a block is batched, and scored, the same way on every run and every engine.
+    computed together, in rounds: once every thread still running has made its next call (or
+    ended), the round's calls to each scorer are computed as one set of units, length-sorted across
+    all of them (:func:`compute_units`, each call owned by its thread), and every thread gets its own
+    outputs. Which calls make up a round depends only on the threads' own code, never on timing, so
+    a block is batched, and scored, the same way on every run and every engine.
 
-    A thread joins with ``in_rounds.set((rounds, index))`` and must call :meth:`leave` when done.
-    Calls to remote backends (HTTP, LLMs) are not rounds' business: they run in their threads.
+    The rounds are computed by the one thread that runs :meth:`serve` (the block's own), so torch
+    keeps one pool of worker threads, as with the scheduler's worker. A request thread joins with
+    ``in_rounds.set((rounds, index))`` and must call :meth:`leave` when done. Calls to remote
+    backends (HTTP, LLMs) are not rounds' business: they run in their own threads meanwhile.
     """
 
     def __init__(self, threads: int) -> None:
         self._cond = threading.Condition()
         self._live = threads
         self._calls: dict[int, _RoundCall] = {}
-        #: rounds computed, and the batches and units they took (what a batch job reports)
+        #: rounds computed, and the units they took
         self.rounds = 0
         self.units = 0
 
@@ -667,7 +669,7 @@ class Rounds:
         call = _RoundCall(scorer, plan)
         with self._cond:
             self._calls[index] = call
-            self._maybe_compute()
+            self._cond.notify_all()
             while call.outputs is None and call.error is None:
                 self._cond.wait()
         if call.error is not None:
@@ -679,14 +681,23 @@ class Rounds:
         """The calling thread is done: later rounds no longer wait for it."""
         with self._cond:
             self._live -= 1
-            self._maybe_compute()
+            self._cond.notify_all()
 
-    def _maybe_compute(self) -> None:
-        # every other live thread is waiting on the condition, so computing here, lock held, is safe
-        if not self._calls or len(self._calls) < self._live:
-            return
-        calls = sorted(self._calls.items())
-        self._calls = {}
+    def serve(self) -> None:
+        """Compute rounds, in this thread, until every request thread has left."""
+        while True:
+            with self._cond:
+                while self._live and (not self._calls or len(self._calls) < self._live):
+                    self._cond.wait()
+                if not self._live:
+                    return
+                calls = sorted(self._calls.items())
+                self._calls = {}
+            self._compute(calls)
+            with self._cond:
+                self._cond.notify_all()
+
+    def _compute(self, calls: list[tuple[int, _RoundCall]]) -> None:
         self.rounds += 1
         groups: dict[int, list[tuple[int, _RoundCall]]] = {}
         for owner, call in calls:  # the owner of a call's units: its thread
@@ -708,4 +719,3 @@ class Rounds:
             for _, c in members:
                 c.outputs = outputs[start : start + len(c.plan.units)]
                 start += len(c.plan.units)
-        self._cond.notify_all()

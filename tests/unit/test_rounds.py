@@ -59,6 +59,7 @@ def _run(
     threads = [threading.Thread(target=thread, args=(i,)) for i in range(len(plan_of))]
     for t in threads:
         t.start()
+    rounds.serve()
     for t in threads:
         t.join()
     return got
@@ -132,6 +133,7 @@ def test_an_error_reaches_only_the_calls_of_its_round_and_model() -> None:
     ]
     for t in threads:
         t.start()
+    rounds.serve()
     for t in threads:
         t.join()
     assert out == {0: "boom", 1: [("out", 1)]}
