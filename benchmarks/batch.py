@@ -166,6 +166,11 @@ def main() -> None:
         m = statistics.median(ts)
         rate = "-" if name.startswith("re-run") else f"{pairs / m:.1f}"
         print(f"| {name} | {m:.1f} | {rate} | {loop_s / m:.2f}x |")
+    for name, label in (("local", "local engine"), ("ray1", "ray, 1 worker"), ("rayn", "ray, 1-CPU workers")):
+        if compute[name]:
+            print(
+                f"compute only, {label}: {statistics.median(compute[name]):.1f} pairs/s (summed over workers)"
+            )
     print(
         f"\npadded / real tokens: per query {padding[0]:.3f}, blocks of {args.block_queries} queries {padding[1]:.3f}"
     )

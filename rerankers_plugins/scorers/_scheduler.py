@@ -660,6 +660,7 @@ class Rounds:
         self._cond = threading.Condition()
         self._live = threads
         self._calls: dict[int, _RoundCall] = {}
+        self._broken: BackendError | None = None
         #: rounds computed, and the units they took
         self.rounds = 0
         self.units = 0
@@ -668,6 +669,8 @@ class Rounds:
         """The outputs of ``plan`` (``scorer``'s units) once its round is computed."""
         call = _RoundCall(scorer, plan)
         with self._cond:
+            if self._broken is not None:
+                raise self._broken
             self._calls[index] = call
             self._cond.notify_all()
             while call.outputs is None and call.error is None:
@@ -684,18 +687,30 @@ class Rounds:
             self._cond.notify_all()
 
     def serve(self) -> None:
-        """Compute rounds, in this thread, until every request thread has left."""
-        while True:
+        """Compute rounds, in this thread, until every request thread has left. Interrupted (Ctrl-C
+        in this thread), it ends every waiting and later call with a BackendError first."""
+        calls: list[tuple[int, _RoundCall]] = []
+        try:
+            while True:
+                with self._cond:
+                    while self._live and (not self._calls or len(self._calls) < self._live):
+                        self._cond.wait()
+                    if not self._live:
+                        return
+                    calls = sorted(self._calls.items())
+                    self._calls = {}
+                self._compute(calls)
+                with self._cond:
+                    self._cond.notify_all()
+        except BaseException as exc:
             with self._cond:
-                while self._live and (not self._calls or len(self._calls) < self._live):
-                    self._cond.wait()
-                if not self._live:
-                    return
-                calls = sorted(self._calls.items())
+                self._broken = BackendError(f"the block's rounds stopped: {type(exc).__name__}")
+                for call in [*self._calls.values(), *(c for _, c in calls)]:
+                    if call.outputs is None:
+                        call.error = self._broken
                 self._calls = {}
-            self._compute(calls)
-            with self._cond:
                 self._cond.notify_all()
+            raise
 
     def _compute(self, calls: list[tuple[int, _RoundCall]]) -> None:
         self.rounds += 1

@@ -200,15 +200,13 @@ def test_a_failing_block_is_retried_then_quarantined_and_max_errors_stops_the_jo
     ]
     src = write_jsonl(tmp_path / "in.jsonl", rows)
     PoisonScorer.calls.clear()
-    summary = rerank_dataset(
-        {"scorer": "poison"},
-        src,
-        tmp_path / "out",
-        shard_queries=2,
-        block_queries=2,
-        retries=1,
-        progress=False,
-    )
+
+    def job(out: str, **kw: object):
+        return rerank_dataset(
+            {"scorer": "poison"}, src, tmp_path / out, shard_queries=2, block_queries=2, progress=False, **kw
+        )
+
+    summary = job("out", retries=1)
     got, errors = output_of(tmp_path / "out")
     # the poisoned query's block (the first two queries) failed twice; its six rows are in the errors
     block = {rows[0]["query_id"], poisoned}
@@ -219,27 +217,13 @@ def test_a_failing_block_is_retried_then_quarantined_and_max_errors_stops_the_jo
     )
     assert {r["query_id"] for r in got}.isdisjoint(block) and len(got) + len(errors) == len(rows)
     assert summary.errors == 6
+    assert (
+        PoisonScorer.calls["poison"] == 2 * 2 + 2 * 2
+    )  # the failing block's two queries twice, two blocks once
     with pytest.raises(TooManyErrors, match="more than max_errors=5"):
-        rerank_dataset(
-            {"scorer": "poison"},
-            src,
-            tmp_path / "stopped",
-            shard_queries=2,
-            block_queries=2,
-            retries=0,
-            max_errors=5,
-            progress=False,
-        )
+        job("stopped", retries=0, max_errors=5)
     assert [p.name for p in (tmp_path / "stopped" / "rows").iterdir()] == ["shard-00000.parquet"]
-    finished = rerank_dataset(
-        {"scorer": "poison"},
-        src,
-        tmp_path / "stopped",
-        shard_queries=2,
-        block_queries=2,
-        retries=0,
-        progress=False,
-    )
+    finished = job("stopped", retries=0)
     assert finished.skipped_shards == 1 and finished.errors == 6
 
 

@@ -137,3 +137,41 @@ def test_an_error_reaches_only_the_calls_of_its_round_and_model() -> None:
     for t in threads:
         t.join()
     assert out == {0: "boom", 1: [("out", 1)]}
+
+
+def test_an_interrupted_block_ends_its_waiting_and_later_calls() -> None:
+    """Ctrl-C in the block's thread (here: the model raising KeyboardInterrupt) must not leave the
+    request threads waiting for ever."""
+    from rerankers_plugins.errors import BackendError
+
+    class Interrupted(_Model):
+        def _run_batch(self, kind: str, data: list, owners: list) -> list:
+            raise KeyboardInterrupt
+
+    rounds = Rounds(2)
+    seen: list[str] = []
+
+    def thread(index: int) -> None:
+        in_rounds.set((rounds, index))
+        try:
+            for _ in range(2):
+                try:
+                    rounds.call(index, Interrupted(4, None), Plan([Unit(index, 3)], finish=list))
+                except BackendError as exc:
+                    seen.append(str(exc))
+        finally:
+            rounds.leave()
+
+    threads = [threading.Thread(target=thread, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        rounds.serve()
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("serve() swallowed the interrupt")
+    for t in threads:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in threads)
+    assert seen == ["the block's rounds stopped: KeyboardInterrupt"] * 4
