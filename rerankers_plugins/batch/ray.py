@@ -95,8 +95,14 @@ def run_on_ray(
             num_cpus=cpus,
             num_gpus=num_gpus,
         )
-        for row in out.iter_rows():
-            on_result(pickle.loads(row["result"]))
+        rows = iter(out.iter_rows())
+        try:
+            for row in rows:
+                on_result(pickle.loads(row["result"]))
+        finally:  # a job stopped early (max_errors, Ctrl-C) stops its Ray execution and frees the actors
+            close = getattr(rows, "close", None)
+            if close is not None:
+                close()
     finally:
         if started:
             ray.shutdown()

@@ -179,3 +179,38 @@ def test_a_finished_job_is_skipped_and_an_interrupted_one_resumed(
     again = rerank_dataset(_spec(minilm_ce), job_input, out, engine="ray", num_cpus=1, **OPTIONS)
     assert (again.skipped_shards, again.pairs) == (again.shards, 0)
     assert output_of(out) == output_of(ray_reference)
+
+
+def test_bad_rows_max_errors_and_refusals_are_the_same_on_ray(cluster: str, tmp_path: Path) -> None:
+    """The local engine's contract holds on Ray: bad rows quarantined with the same reasons, every row
+    once, max_errors stopping the job with complete shards kept (and resumed), another pipeline refused."""
+    from batch_helpers import demo_rows
+
+    from rerankers_plugins.batch import TooManyErrors
+    from rerankers_plugins.errors import ConfigError
+
+    good = demo_rows(k=3, queries=6)
+    bad = [
+        {**good[0], "doc_id": "x1", "text": ""},
+        dict(good[1]),
+        {**good[4], "doc_id": "x2", "query": "another question"},
+        "{not json",
+    ]
+    src = write_jsonl(tmp_path / "in.jsonl", [*good, *bad])
+    options = {"shard_queries": 2, "block_queries": 2, "progress": False}
+    rerank_dataset({"scorer": "fake"}, src, tmp_path / "local", **options)
+    on_ray = rerank_dataset({"scorer": "fake"}, src, tmp_path / "ray", engine="ray", num_cpus=1, **options)
+    assert output_of(tmp_path / "ray") == output_of(tmp_path / "local")
+    assert on_ray.errors == len(bad) and on_ray.rows == len(good) + len(bad)
+    with pytest.raises(ConfigError, match="a different pipeline"):
+        rerank_dataset({"scorer": "bm25"}, src, tmp_path / "ray", engine="ray", num_cpus=1, **options)
+    with pytest.raises(TooManyErrors):
+        rerank_dataset(
+            {"scorer": "fake"}, src, tmp_path / "stopped", engine="ray", num_cpus=1, max_errors=1, **options
+        )
+    kept = len(list((tmp_path / "stopped" / "rows").glob("shard-*")))
+    assert kept >= 1 and not (tmp_path / "stopped" / "run.trec").exists()  # stopped before the end
+    resumed = rerank_dataset(
+        {"scorer": "fake"}, src, tmp_path / "stopped", engine="ray", num_cpus=1, **options
+    )
+    assert resumed.skipped_shards == kept and output_of(tmp_path / "stopped") == output_of(tmp_path / "local")
