@@ -341,11 +341,15 @@ class _Job:
         self.busy[result.worker] = [pairs + result.pairs, seconds + result.seconds]
         if count_progress:
             self.progress(len(result.rows) + len(result.errors), result.pairs)
+        self.stop()
+
+    def stop(self) -> None:
+        """TooManyErrors when the job's rows left out are past ``max_errors``."""
         if self.max_errors is not None and self.errors > self.max_errors:
             raise TooManyErrors(
                 f"stopped: {self.errors} rows left out (more than max_errors={self.max_errors}); see "
-                f"{self.store.errors_dir}. The {len(self.committed)} shard(s) written this run are complete: "
-                "fix the input or pipeline and run again (--overwrite to start over)"
+                f"{self.store.errors_dir}. The complete shards are kept: to go on, run again with a higher "
+                "--max-errors (or none); to start over with a fixed input or pipeline, --overwrite"
             )
 
 
@@ -444,6 +448,7 @@ def rerank_dataset(
     job = _Job(store, max_errors, bar)
     job.errors = sum(store.errors_of(s.id) for s in shards if s.id in done)
     try:
+        job.stop()  # a job stopped by max_errors goes on only with a higher limit
         if engine == "local" or not pending:
             for shard in pending:
                 job.commit(

@@ -146,9 +146,15 @@ def _parquet(path: Path) -> Iterator[_Raw]:
 
 
 def _jsonl(path: Path) -> Iterator[_Raw]:
-    with path.open(encoding="utf-8") as f:
+    with path.open("rb") as f:
         row = 0
-        for line in f:
+        for raw in f:
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield _Raw(row, None, f"not UTF-8 text: {exc.reason} at byte {exc.start}")
+                row += 1
+                continue
             if not line.strip():
                 continue
             try:
@@ -240,6 +246,13 @@ def _text(value: Any) -> str | None:
     return None
 
 
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
 def _checked(raw: _Raw) -> tuple[Row | None, BadRow | None]:
     values = raw.values
     if values is None:
@@ -257,6 +270,9 @@ def _checked(raw: _Raw) -> tuple[Row | None, BadRow | None]:
         return bad("no query_id")
     if not doc:
         return bad("no doc_id")
+    for what, value in (("query_id", qid), ("doc_id", doc)):
+        if any(c.isspace() for c in value):
+            return bad(f"{what} {value!r} holds whitespace, which a TREC run cannot")
     query = values.get("query")
     if not isinstance(query, str) or not query.strip():
         return bad("the query has no text")
@@ -265,10 +281,15 @@ def _checked(raw: _Raw) -> tuple[Row | None, BadRow | None]:
         return bad(f"text is {type(text).__name__}, not a string")
     if not text.strip():
         return bad("empty text")
+    for what, value in (("query_id", qid), ("doc_id", doc), ("query", query), ("text", text)):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return bad(f"{what} is not valid Unicode (a lone surrogate)")
     score = values.get("retrieval_score")
     if score is not None:
-        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
-            return bad(f"retrieval_score {score!r} is not a finite number")
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not _finite(score):
+            return bad(f"retrieval_score {str(score)[:40]} is not a finite number")
         score = float(score)
     extra = {k: v for k, v in values.items() if k not in (*COLUMNS, "retrieval_score")}
     return Row(raw.row, qid, query, doc, text, score, extra), None

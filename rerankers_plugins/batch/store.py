@@ -127,6 +127,9 @@ class Store:
         A directory holding another job (another input, pipeline or settings) is refused, naming
         what differs, unless ``overwrite`` (which deletes this package's files there first); so is
         a non-empty directory that holds no job."""
+        if self.directory.is_dir():
+            for leftover in self.directory.glob(".*.tmp-*"):
+                leftover.unlink(missing_ok=True)  # a killed run's unfinished manifest or run file
         if overwrite:
             for name in _OURS:
                 target = self.directory / name

@@ -671,6 +671,11 @@ class Rounds:
         with self._cond:
             if self._broken is not None:
                 raise self._broken
+            if index in self._calls:
+                raise BackendError(
+                    "a batch job's query made two model calls at once (a strategy running its stages "
+                    "concurrently, with their context): the rounds of a block need one call at a time"
+                )
             self._calls[index] = call
             self._cond.notify_all()
             while call.outputs is None and call.error is None:

@@ -80,8 +80,14 @@ def test_bad_rows_are_quarantined_with_their_reason_and_every_row_is_written_onc
         {"query_id": "q-empty", "query": "", "doc_id": "d1", "text": "some text"},
         {"query": "no id", "doc_id": "d1", "text": "x"},
         "{not json",
+        {**q, "doc_id": "doc 9"},
+        {**q, "doc_id": "new5", "text": "\ud800"},
+        {**q, "doc_id": "new6", "retrieval_score": 10**400},
     ]
     src = write_jsonl(tmp_path / "in.jsonl", [*good, *bad])
+    with src.open("ab") as f:
+        f.write(b'{"query_id": "q01", "text": "\xff"}\n')
+    bad.append("invalid UTF-8")
     summary = rerank_dataset({"scorer": "fake"}, src, tmp_path / "out", shard_queries=1, progress=False)
     rows, errors = output_of(tmp_path / "out")
     reasons = {e["row"]: e["reason"] for e in errors}
@@ -94,6 +100,10 @@ def test_bad_rows_are_quarantined_with_their_reason_and_every_row_is_written_onc
     assert reasons[n + 5] == "the query has no text"
     assert reasons[n + 6] == "no query_id"
     assert reasons[n + 7].startswith("not a JSON object")
+    assert reasons[n + 8] == "doc_id 'doc 9' holds whitespace, which a TREC run cannot"
+    assert reasons[n + 9] == "text is not valid Unicode (a lone surrogate)"
+    assert reasons[n + 10].endswith("is not a finite number")
+    assert reasons[n + 11].startswith("not UTF-8 text")
     assert sorted([r["row"] for r in rows] + list(reasons)) == list(range(n + len(bad)))
     assert summary.errors == len(bad) == len(errors)
     assert (tmp_path / "out" / "errors.jsonl").read_text().count("\n") == len(bad)
@@ -119,6 +129,13 @@ def test_a_finished_job_is_skipped_and_another_job_in_its_directory_refused(tmp_
         rerank_dataset({"scorer": "fake"}, src, out, shard_queries=3, progress=False)
     replaced = rerank_dataset({"scorer": "fake"}, other, out, shard_queries=2, overwrite=True, progress=False)
     assert replaced.skipped_shards == 0 and len(output_of(out)[0]) == replaced.rows
+    killed = tmp_path / "killed"  # a run killed while writing its manifest leaves its temporary file
+    killed.mkdir()
+    (killed / ".manifest.json.tmp-99999").write_text("{")
+    assert (
+        rerank_dataset({"scorer": "fake"}, src, killed, shard_queries=2, progress=False).skipped_shards == 0
+    )
+    assert not list(killed.glob(".*"))
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="holds no batch job"):
@@ -221,6 +238,9 @@ def test_a_failing_block_is_retried_then_quarantined_and_max_errors_stops_the_jo
         PoisonScorer.calls["poison"] == 2 * 2 + 2 * 2
     )  # the failing block's two queries twice, two blocks once
     with pytest.raises(TooManyErrors, match="more than max_errors=5"):
+        job("stopped", retries=0, max_errors=5)
+    assert [p.name for p in (tmp_path / "stopped" / "rows").iterdir()] == ["shard-00000.parquet"]
+    with pytest.raises(TooManyErrors, match="higher --max-errors"):  # the same limit again: nothing more
         job("stopped", retries=0, max_errors=5)
     assert [p.name for p in (tmp_path / "stopped" / "rows").iterdir()] == ["shard-00000.parquet"]
     finished = job("stopped", retries=0)

@@ -175,3 +175,14 @@ def test_an_interrupted_block_ends_its_waiting_and_later_calls() -> None:
         t.join(timeout=10)
     assert not any(t.is_alive() for t in threads)
     assert seen == ["the block's rounds stopped: KeyboardInterrupt"] * 4
+
+
+def test_two_calls_at_once_from_one_query_are_refused_not_left_waiting() -> None:
+    import pytest
+
+    from rerankers_plugins.errors import BackendError
+
+    rounds = Rounds(1)
+    rounds._calls[0] = object()  # type: ignore[assignment]  # the query's first call, still waiting
+    with pytest.raises(BackendError, match="two model calls at once"):
+        rounds.call(0, _Model(4, None), Plan([Unit(0, 3)], finish=list))
