@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from rerankers_plugins._validate import as_int
-from rerankers_plugins.batch.inputs import QueryRows, Shard, read_input
+from rerankers_plugins.batch.inputs import BadRow, QueryRows, Shard, read_input
 from rerankers_plugins.batch.store import Store, default_format
 from rerankers_plugins.errors import ConfigError, RerankError
-from rerankers_plugins.pipeline.leaves import ScorerLike, _Leaf
+from rerankers_plugins.pipeline.leaves import ScorerLike, leaf_nodes
 from rerankers_plugins.pipeline.ranking import Strategy
 from rerankers_plugins.pipeline.rerank import check_options, explain
 from rerankers_plugins.scorers._scheduler import Rounds, in_rounds
@@ -142,17 +142,6 @@ def resolve_spec(pipeline: Spec | str | Path | Any) -> Spec:
         ) from None
 
 
-def _leaves(strategy: Strategy) -> list[_Leaf]:
-    out: list[_Leaf] = []
-    stack = [strategy]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, _Leaf):
-            out.append(node)
-        stack.extend(reversed(node.children()))
-    return out
-
-
 def pipeline_fingerprint(spec: Spec, pipeline: ScorerLike) -> str:
     """sha256 of the spec and of every leaf's own fingerprint (the model files' digest, dtype,
     activation, ...): a changed checkpoint under the same path is another pipeline."""
@@ -163,7 +152,7 @@ def pipeline_fingerprint(spec: Spec, pipeline: ScorerLike) -> str:
             "name": leaf.name,
             "settings": leaf.fingerprint(),
         }
-        for leaf in _leaves(strategy)
+        for leaf in leaf_nodes(strategy)
     ]
     text = json.dumps({"spec": spec, "leaves": leaves}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -284,13 +273,7 @@ def run_shard(
                 reason = f"the pipeline failed on this row's block after {retries + 1} tries: {type(exc).__name__}: {exc}"
                 logger.error("%s: %s (%d rows to errors.jsonl)", shard.id, reason, n)
                 errors.extend(
-                    {
-                        "row": r.row,
-                        "query_id": q.query_id,
-                        "doc_id": r.doc_id,
-                        "reason": reason,
-                        "shard": shard.id,
-                    }
+                    BadRow(r.row, q.query_id, r.doc_id, reason).record(shard.id)
                     for q in block
                     for r in q.rows
                 )

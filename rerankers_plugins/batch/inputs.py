@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -342,8 +342,3 @@ def read_input(path: str | Path, beir: str | Path | None = None) -> JobInput:
         QueryRows(q, first[q].query if q in first else "", tuple(groups[q]), tuple(bad[q])) for q in order
     )
     return JobInput(str(source), digest.hexdigest(), queries, tuple(orphans))
-
-
-def shard_sizes(shards: Sequence[Shard]) -> tuple[int, int]:
-    """(rows, pairs) of ``shards``."""
-    return sum(s.rows for s in shards), sum(s.pairs for s in shards)

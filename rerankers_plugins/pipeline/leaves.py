@@ -47,6 +47,7 @@ __all__ = [
     "as_scorer_leaf",
     "as_strategy",
     "backends",
+    "leaf_nodes",
     "require_scores",
 ]
 
@@ -289,15 +290,24 @@ def as_strategy(obj: Backend | Strategy) -> Strategy:
     )
 
 
-def backends(strategy: Strategy) -> list[Backend]:
-    """Every backend object at the leaves of ``strategy``, depth first, each once."""
-    out: list[Backend] = []
+def leaf_nodes(strategy: Strategy) -> list[_Leaf]:
+    """Every leaf of ``strategy`` (the wrapped backends), depth first, as often as it occurs."""
+    out: list[_Leaf] = []
     stack = [strategy]
     while stack:
         node = stack.pop()
-        if isinstance(node, _Leaf) and not any(b is node.leaf for b in out):
-            out.append(node.leaf)
+        if isinstance(node, _Leaf):
+            out.append(node)
         stack.extend(reversed(node.children()))
+    return out
+
+
+def backends(strategy: Strategy) -> list[Backend]:
+    """Every backend object at the leaves of ``strategy``, depth first, each once."""
+    out: list[Backend] = []
+    for node in leaf_nodes(strategy):
+        if not any(b is node.leaf for b in out):
+            out.append(node.leaf)
     return out
 
 
