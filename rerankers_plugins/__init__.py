@@ -50,6 +50,7 @@ from rerankers_plugins.scorers.poly_encoder import PolyEncoderScorer
 from rerankers_plugins.scorers.remote import RemoteScorer
 from rerankers_plugins.scorers.retry import RetryPolicy
 from rerankers_plugins.scorers.seq2seq import Seq2SeqScorer
+from rerankers_plugins.templates import DocumentTemplate
 from rerankers_plugins.types import Candidate, Scored, ScoreScale
 
 __version__ = "0.1.0"
@@ -68,6 +69,7 @@ __all__ = [
     "ConfigError",
     "CrossEncoderScorer",
     "DeadlineExceeded",
+    "DocumentTemplate",
     "Entry",
     "Explained",
     "FakeScorer",

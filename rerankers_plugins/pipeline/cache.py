@@ -46,8 +46,9 @@ class CachedScorer(BaseScorer):
     settings. Strategies (their result depends on the whole list), rankers and scorers marked
     ``pure = False`` (BM25 over the candidate list) are refused: wrap the leaf inside them,
     e.g. ``Threshold(CachedScorer(ce), absolute=0.5)``. The key hashes a structured encoding of
-    the scorer's identity (class, name, scale, settings such as model, activation, dtype), the
-    query and the text; metadata plays no part.
+    the scorer's identity (class, name, scale, settings such as model, activation, dtype, the
+    document template), the query and the text the scorer reads: with a ``document_template`` that
+    is the filled template, so the metadata it names is part of the key, and other metadata is not.
 
     The in-memory LRU holds ``max_entries``; ``path`` adds a SQLite file shared across processes.
     A store that cannot be opened, is locked or unwritable degrades to memory only, with one
@@ -80,6 +81,8 @@ class CachedScorer(BaseScorer):
         self.scale = self._leaf.scale
         self.name = self._leaf.name
         self.on_error = self._leaf.on_error
+        # the wrapped scorer's template: the leaf around this one renders, the texts arrive filled
+        self.document_template = self._leaf.template
         self.identity = scorer_fingerprint(self._leaf)
         self._scorer_key = _digest(self.identity)
         self.hits = 0

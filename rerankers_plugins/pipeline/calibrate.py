@@ -66,6 +66,8 @@ class Calibrated(BaseScorer):
         self.report = dict(report or {})
         self.pure = self._leaf.pure
         self.on_error = self._leaf.on_error
+        # the wrapped scorer's template: the leaf around this one renders, the texts arrive filled
+        self.document_template = self._leaf.template
         self.name = f"calibrated({self._leaf.name})"
 
     def fingerprint(self) -> Mapping[str, Any]:

@@ -37,7 +37,9 @@ from rerankers_plugins.scorers.base import (
     Scorer,
     ScoreResult,
     Scores,
+    Templated,
 )
+from rerankers_plugins.templates import DocumentTemplate, as_template
 from rerankers_plugins.types import ScoreScale
 
 __all__ = [
@@ -148,13 +150,15 @@ class _Leaf(Strategy):
     back to passing the input through in order, marked, so the layers around it go on.
 
     The backend's optional members (:mod:`rerankers_plugins.scorers.base`) are read here, once:
-    ``name`` (else its class's name), ``on_error`` (else ``"raise"``), ``pure`` (else True) and
-    ``fingerprint()`` (else no settings); the layers around it read the leaf's attributes.
+    ``name`` (else its class's name), ``on_error`` (else ``"raise"``), ``pure`` (else True),
+    ``fingerprint()`` (else no settings) and ``document_template`` (else the text alone: what the
+    backend is given of each candidate); the layers around it read the leaf's attributes.
     """
 
     leaf: Backend
     on_error: str
     pure: bool
+    template: DocumentTemplate | None
     _sync: SyncCall
     _async: AsyncCall
 
@@ -164,13 +168,25 @@ class _Leaf(Strategy):
         self.on_error = leaf.on_error if isinstance(leaf, Fallible) else "raise"
         self.pure = bool(leaf.pure) if isinstance(leaf, Purity) else True
         self._fingerprint = leaf.fingerprint if isinstance(leaf, Fingerprinted) else None
+        self.template = as_template(leaf.document_template) if isinstance(leaf, Templated) else None
         self._kind = kind
         self._who = f"{kind} {self.name!r}"
         self._sync, self._async = _calls(methods, self._who)
 
     def fingerprint(self) -> dict[str, Any]:
-        """The backend's ``fingerprint()`` (every setting that changes a score); empty without one."""
-        return dict(self._fingerprint()) if self._fingerprint is not None else {}
+        """The backend's ``fingerprint()`` (every setting that changes a score; the document
+        template among them); empty without one."""
+        out = dict(self._fingerprint()) if self._fingerprint is not None else {}
+        if self.template is not None:
+            out["document_template"] = self.template.fingerprint()
+        return out
+
+    def texts(self, ranking: Ranking) -> list[str]:
+        """What the backend reads of each kept entry: its text, or the document template filled
+        from the candidate (ConfigError naming the field and the candidate when one is missing)."""
+        if self.template is None:
+            return ranking.texts
+        return [self.template.render(e.candidate, e.label) for e in ranking]
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (as_strategy, (self.leaf,))  # rebuilt from the backend (its chosen methods are bound)
@@ -197,8 +213,9 @@ class _Leaf(Strategy):
     def run(self, query: str, ranking: Ranking) -> Ranking:
         if not ranking.entries:
             return ranking.then([], by=self.name, scale=self.scale)
+        texts = self.texts(ranking)  # a missing template field is the caller's error: no fallback
         try:
-            return self._apply(ranking, self._sync(*encodable(self.name, query, ranking.texts)))
+            return self._apply(ranking, self._sync(*encodable(self.name, query, texts)))
         except BackendError as exc:
             if self.on_error != "keep_order":
                 raise
@@ -207,8 +224,9 @@ class _Leaf(Strategy):
     async def arun(self, query: str, ranking: Ranking) -> Ranking:
         if not ranking.entries:
             return ranking.then([], by=self.name, scale=self.scale)
+        texts = self.texts(ranking)
         try:
-            return self._apply(ranking, await self._async(*encodable(self.name, query, ranking.texts)))
+            return self._apply(ranking, await self._async(*encodable(self.name, query, texts)))
         except BackendError as exc:
             if self.on_error != "keep_order":
                 raise
@@ -238,7 +256,8 @@ class ScorerLeaf(_Leaf):
         return replace(result, values=check_values(result.values, n, self.name, self.scale))
 
     def score_texts(self, query: str, texts: list[str]) -> ScoreResult:
-        """The backend's checked scores for ``texts``, no fallback (for leaves that wrap leaves)."""
+        """The backend's checked scores for ``texts``, no fallback (for leaves that wrap leaves:
+        they take over this leaf's ``template``, so ``texts`` are already rendered)."""
         return self.checked(self._sync(query, texts), len(texts))
 
     async def ascore_texts(self, query: str, texts: list[str]) -> ScoreResult:

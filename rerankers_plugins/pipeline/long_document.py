@@ -39,6 +39,9 @@ class LongDocument(BaseScorer):
     (default), ``"mean"`` or ``"first"``. ``details["passage"]`` / ``["passage_start_word"]`` tell
     which passage decided the score (``max``), ``details["passages"]`` how many there were.
 
+    With a ``document_template`` on ``scorer``, each document is filled in first and then split:
+    the fields the template puts before ``{text}`` are read with the first passage.
+
     It is itself a leaf scorer (a document's score depends only on the query and its text), so
     strategies go around it (``Threshold(LongDocument(ce), absolute=0.5)``) and it can be cached.
     """
@@ -62,6 +65,8 @@ class LongDocument(BaseScorer):
         self.scorer, self.aggregate = scorer, aggregate
         self.pure = self._leaf.pure
         self.on_error = self._leaf.on_error
+        # the wrapped scorer's template: the leaf around this one renders, the texts arrive filled
+        self.document_template = self._leaf.template
         self.name = self._leaf.name
 
     def fingerprint(self) -> Mapping[str, Any]:

@@ -39,6 +39,7 @@ __all__ = [
     "ScoreResult",
     "Scorer",
     "Scores",
+    "Templated",
     "accept_renamed",
     "translate_renamed",
 ]
@@ -176,6 +177,17 @@ class Fingerprinted(Protocol):
 
 
 @runtime_checkable
+class Templated(Protocol):
+    """What a scorer reads of each candidate: ``document_template`` (a
+    :class:`~rerankers_plugins.templates.DocumentTemplate`, a format string, a field list or a
+    function of the candidate; None: the text alone). The leaf renders every candidate with it
+    before calling the backend, and adds it to the leaf's fingerprint."""
+
+    @property
+    def document_template(self) -> Any: ...
+
+
+@runtime_checkable
 class DocumentCache(Protocol):
     """A document-vector cache: where on disk it keeps vectors (None: memory only)."""
 
@@ -227,6 +239,8 @@ class BaseScorer:
     #: True when a score depends only on (query, text) and the settings: such scorers can be cached.
     #: A scorer whose score depends on the other candidates (BM25 over the list) sets it False.
     pure: bool = True
+    #: what the scorer reads of each candidate (None: its text alone); see :class:`Templated`
+    document_template: Any = None
     #: old keyword -> new keyword: an option that was renamed is still accepted under its old name,
     #: with a FutureWarning naming the new one (one name per idea across the scorers)
     renamed: ClassVar[Mapping[str, str]] = {}

@@ -28,6 +28,7 @@ from rerankers_plugins.scorers._http import OnError
 from rerankers_plugins.scorers._local import LocalScorer
 from rerankers_plugins.scorers._scheduler import Plan, Unit
 from rerankers_plugins.scorers._tokens import TruncationReport
+from rerankers_plugins.templates import TemplateLike, as_template
 from rerankers_plugins.types import ScoreScale
 
 __all__ = ["DOCUMENT_PROMPT_NAMES", "BiEncoderScorer"]
@@ -63,6 +64,8 @@ class BiEncoderScorer(LocalScorer):
             ``"Represent this sentence for searching relevant passages: "`` / ``""``).
         deadline, on_error, scheduler: how calls share the model, as for
             :class:`~rerankers_plugins.CrossEncoderScorer`.
+        document_template: what the model reads of each candidate, as for
+            :class:`~rerankers_plugins.CrossEncoderScorer`.
         **load: how the checkpoint is fetched and built (``revision``, ``trust_remote_code``, ...),
             as for :class:`CrossEncoderScorer`.
     """
@@ -81,10 +84,12 @@ class BiEncoderScorer(LocalScorer):
         document_prompt: str | None = None,
         deadline: float | None = None,
         on_error: OnError = "raise",
+        document_template: TemplateLike | None = None,
         scheduler: bool | Mapping[str, Any] = True,
         **load: Unpack[LoadKwargs],
     ) -> None:
         self._serve(deadline, on_error, scheduler)
+        self.document_template = as_template(document_template)
         as_int(batch_size, "batch_size", minimum=1)
         for what, value in (("query_prompt", query_prompt), ("document_prompt", document_prompt)):
             if value is not None and not isinstance(value, str):

@@ -62,6 +62,7 @@ from rerankers_plugins.scorers._local import LocalScorer
 from rerankers_plugins.scorers._scheduler import Plan, Unit, compute_units
 from rerankers_plugins.scorers._tokens import TruncationReport, pad_right
 from rerankers_plugins.scorers._vectors import CacheDType, DocumentEmbeddingCache, model_key
+from rerankers_plugins.templates import TemplateLike, as_template
 from rerankers_plugins.types import ScoreScale
 
 __all__ = ["ColBERTScorer", "DocumentEmbeddingCache", "Layout", "detect_layout"]
@@ -105,6 +106,8 @@ class ColBERTScorer(LocalScorer):
         layout: force ``"colbert"``, ``"pylate"`` or ``"plain"`` instead of detecting it.
         deadline, on_error, scheduler: how calls share the model, as for
             :class:`~rerankers_plugins.CrossEncoderScorer`.
+        document_template: what the model reads of each candidate, as for
+            :class:`~rerankers_plugins.CrossEncoderScorer`.
         **load: how the checkpoint is fetched and built (``revision``, ``local_files_only``, ...),
             as for :class:`~rerankers_plugins.CrossEncoderScorer`.
     """
@@ -128,10 +131,12 @@ class ColBERTScorer(LocalScorer):
         layout: Layout | None = None,
         deadline: float | None = None,
         on_error: OnError = "raise",
+        document_template: TemplateLike | None = None,
         scheduler: bool | Mapping[str, Any] = True,
         **load: Unpack[LoadKwargs],
     ) -> None:
         self._serve(deadline, on_error, scheduler)
+        self.document_template = as_template(document_template)
         _check_options(query_length, max_length, batch_size, layout, cache_dtype)
         self._torch = require("torch", "colbert")
         transformers = require("transformers", "colbert")

@@ -55,6 +55,7 @@ from rerankers_plugins.scorers._http import OnError
 from rerankers_plugins.scorers._onnx import OnnxCrossEncoder, RuntimeName
 from rerankers_plugins.scorers._scheduler import Plan, Unit, indices_by
 from rerankers_plugins.scorers._tokens import TruncationReport
+from rerankers_plugins.templates import TemplateLike, as_template
 from rerankers_plugins.types import ScoreScale
 
 __all__ = ["CrossEncoderScorer"]
@@ -103,6 +104,10 @@ class CrossEncoderScorer(CrossEncoderLoading):
             ``DeadlineExceeded`` and its pairs are never computed. ``None``: no limit.
         on_error: ``"raise"``, or ``"keep_order"``: in a pipeline, a call that fails (its deadline,
             a full queue, a model error) passes its candidates on in their order, marked.
+        document_template: what the model reads of each candidate (None: its text): a format
+            string such as ``"{title}: {text}"`` (``{text}``, ``{id}``, metadata keys), a list of
+            field names (the structured YAML form), or a function of the candidate; see
+            :class:`~rerankers_plugins.DocumentTemplate`.
         scheduler: how concurrent calls share the model. ``True`` (default): one worker computes
             every caller's pairs, packed into the same batches, first come first served (earliest
             deadline first), with a queue limit (``Overloaded``); a mapping sets its knobs
@@ -135,11 +140,13 @@ class CrossEncoderScorer(CrossEncoderLoading):
         reuse_prefix: bool = True,
         deadline: float | None = None,
         on_error: OnError = "raise",
+        document_template: TemplateLike | None = None,
         scheduler: bool | Mapping[str, Any] = True,
         **load: Unpack[LoadKwargs],
     ) -> None:
         check_options(activation, batch_size, max_length, runtime, prompt_format, instruction)
         self._serve(deadline, on_error, scheduler)
+        self.document_template = as_template(document_template)
         self._torch = require("torch", "cross-encoder")
         self.runtime = runtime
         self._open(model, device, dtype, max_batch_tokens, load, precision=self._resolve_precision)

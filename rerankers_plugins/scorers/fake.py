@@ -6,6 +6,7 @@ import re
 from collections.abc import Sequence
 
 from rerankers_plugins.scorers.base import BaseScorer
+from rerankers_plugins.templates import TemplateLike, as_template
 from rerankers_plugins.types import ScoreScale
 
 __all__ = ["FakeScorer"]
@@ -31,12 +32,15 @@ class FakeScorer(BaseScorer):
 
     Args:
         name: the model name shown in details.
+        document_template: what it reads of each candidate (None: its text), as for
+            :class:`~rerankers_plugins.CrossEncoderScorer`.
     """
 
     scale = ScoreScale.PROBABILITY
 
-    def __init__(self, name: str = "fake-overlap") -> None:
+    def __init__(self, name: str = "fake-overlap", *, document_template: TemplateLike | None = None) -> None:
         self.name = name
+        self.document_template = as_template(document_template)
         self.calls = 0
 
     def score(self, query: str, texts: Sequence[str]) -> list[float]:

@@ -9,6 +9,7 @@ from typing import Any
 
 from rerankers_plugins._optional import require
 from rerankers_plugins.scorers.base import BaseScorer
+from rerankers_plugins.templates import TemplateLike, as_template
 from rerankers_plugins.types import ScoreScale
 
 __all__ = ["BM25Scorer", "BM25Tokens", "bm25s"]
@@ -60,12 +61,22 @@ class BM25Scorer(BaseScorer):
         k1: term-frequency saturation.
         b: length normalisation (0: none, 1: full).
         stemming: Snowball stemming of query and texts; False: exact words.
+        document_template: what BM25 reads of each candidate (None: its text), as for
+            :class:`~rerankers_plugins.CrossEncoderScorer`.
     """
 
     scale = ScoreScale.LOGIT
     pure = False  # a score depends on the other candidates (document frequencies): never cached
 
-    def __init__(self, *, k1: float = 1.2, b: float = 0.75, stemming: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        k1: float = 1.2,
+        b: float = 0.75,
+        stemming: bool = True,
+        document_template: TemplateLike | None = None,
+    ) -> None:
+        self.document_template = as_template(document_template)
         self._bm25s = bm25s()
         self._tokens = BM25Tokens(stemming=stemming)
         self.k1, self.b = k1, b

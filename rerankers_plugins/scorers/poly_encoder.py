@@ -47,6 +47,7 @@ from rerankers_plugins.scorers._local import LocalScorer
 from rerankers_plugins.scorers._scheduler import Plan, Unit, compute_units
 from rerankers_plugins.scorers._tokens import TruncationReport, pad_right
 from rerankers_plugins.scorers._vectors import DocumentEmbeddingCache, model_key
+from rerankers_plugins.templates import TemplateLike, as_template
 from rerankers_plugins.types import ScoreScale
 
 __all__ = [
@@ -217,6 +218,8 @@ class PolyEncoderScorer(LocalScorer):
         batch_size, max_batch_tokens: document encoding batches (length-sorted).
         deadline, on_error, scheduler: how calls share the model, as for
             :class:`~rerankers_plugins.CrossEncoderScorer`.
+        document_template: what the model reads of each candidate, as for
+            :class:`~rerankers_plugins.CrossEncoderScorer`.
         **load: how the checkpoint is fetched and built (``revision``, ``local_files_only``, ...),
             as for :class:`~rerankers_plugins.CrossEncoderScorer`.
 
@@ -241,10 +244,12 @@ class PolyEncoderScorer(LocalScorer):
         max_batch_tokens: int | Literal["auto"] | None = "auto",
         deadline: float | None = None,
         on_error: OnError = "raise",
+        document_template: TemplateLike | None = None,
         scheduler: bool | Mapping[str, Any] = True,
         **load: Unpack[LoadKwargs],
     ) -> None:
         self._serve(deadline, on_error, scheduler)
+        self.document_template = as_template(document_template)
         as_int(query_length, "query_length", minimum=4)
         as_int(max_length, "max_length", minimum=4, allow_none=True)
         as_int(batch_size, "batch_size", minimum=1)

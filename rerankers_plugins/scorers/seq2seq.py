@@ -38,6 +38,7 @@ from rerankers_plugins.scorers._http import OnError
 from rerankers_plugins.scorers._local import LocalScorer
 from rerankers_plugins.scorers._scheduler import Plan, Unit
 from rerankers_plugins.scorers._tokens import TruncationReport, pad_right
+from rerankers_plugins.templates import TemplateLike, as_template
 from rerankers_plugins.types import ScoreScale
 
 __all__ = ["TEMPLATES", "Seq2SeqScorer", "Variant"]
@@ -115,6 +116,8 @@ class Seq2SeqScorer(LocalScorer):
         batch_size, max_batch_tokens: as for :class:`~rerankers_plugins.CrossEncoderScorer`.
         deadline, on_error, scheduler: how calls share the model, as for
             :class:`~rerankers_plugins.CrossEncoderScorer`.
+        document_template: what the model reads of each candidate, as for
+            :class:`~rerankers_plugins.CrossEncoderScorer`.
         **load: how the checkpoint is fetched and built (``revision``, ``trust_remote_code``, ...),
             as for :class:`~rerankers_plugins.CrossEncoderScorer`.
     """
@@ -138,10 +141,12 @@ class Seq2SeqScorer(LocalScorer):
         max_batch_tokens: int | Literal["auto"] | None = "auto",
         deadline: float | None = None,
         on_error: OnError = "raise",
+        document_template: TemplateLike | None = None,
         scheduler: bool | Mapping[str, Any] = True,
         **load: Unpack[LoadKwargs],
     ) -> None:
         self._serve(deadline, on_error, scheduler)
+        self.document_template = as_template(document_template)
         if variant not in TEMPLATES:
             raise ConfigError(f"variant must be 'monot5' or 'rankt5', got {variant!r}")
         as_int(max_length, "max_length", minimum=8)

@@ -1,0 +1,244 @@
+"""Document templates: what a scorer reads of a candidate, its text and chosen metadata.
+
+Retrieved chunks carry a title, a section, a source or a date in their metadata; a reranker that
+reads the chunk text alone ranks a "Results" or "Table 3" chunk below one that merely repeats the
+query's words. Every leaf scorer takes ``document_template=``, in one of three forms:
+
+- a format string, ``"{title}\\n{section}\\n{text}"``: ``{text}`` and ``{id}`` are the candidate's,
+  any other name is a metadata key (``{date:%Y}`` formats as ``str.format`` does);
+- a list of field names, ``["title", "text"]``: the structured form Cohere documents for its
+  rerank models (one YAML document per candidate, keys in the order given, as
+  ``yaml.dump(doc, sort_keys=False)`` writes it); any scorer reads it;
+- a function of the :class:`~rerankers_plugins.Candidate` returning the text.
+
+A field the candidate lacks (or holds as None) is a :class:`~rerankers_plugins.ConfigError` naming
+the field and the candidate, unless the template declares a default for it
+(``DocumentTemplate("{title}\\n{text}", defaults={"title": ""})``): never a silent "None" in what
+the model reads. The template is part of the scorer's fingerprint (cache keys, batch manifests).
+
+>>> from rerankers_plugins import Candidate
+>>> t = DocumentTemplate("{title} | {text}")
+>>> t.render(Candidate("Mice were fed.", id="d1", metadata={"title": "Methods"}))
+'Methods | Mice were fed.'
+>>> print(DocumentTemplate(["title", "text"]).render(Candidate("Mice were fed.", metadata={"title": "Methods"})), end="")
+title: Methods
+text: Mice were fed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import marshal
+import string
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Union
+
+from rerankers_plugins._optional import require
+from rerankers_plugins.errors import ConfigError
+from rerankers_plugins.types import Candidate
+
+__all__ = ["DocumentTemplate", "TemplateLike", "as_template"]
+
+
+
+def _placeholders(template: str) -> list[str]:
+    """The field names of a format string, each checked to be a name a candidate can carry.
+
+    >>> _placeholders("{title}: {text} ({date:%Y})")
+    ['title', 'text', 'date']
+    """
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:  # "Single '}' encountered", "expected '}' before end of string"
+        raise ConfigError(f"document_template {template!r} is not a valid format string: {exc}") from None
+    names = []
+    for _, field, spec, _ in parsed:
+        if field is None:
+            continue
+        if not field.isidentifier():
+            shown = "{" + field + "}"
+            raise ConfigError(
+                f"document_template {template!r}: placeholder {shown} names nothing a candidate can "
+                "carry (use {text}, {id} or a metadata key such as {title}; for anything else pass a "
+                "function of the candidate)"
+            )
+        if spec and "{" in spec:
+            raise ConfigError(f"document_template {template!r}: nested placeholders are not supported")
+        names.append(field)
+    return names
+
+
+def _code_digest(fn: Callable[..., Any]) -> str:
+    """A function's identity for fingerprints: its qualified name and a digest of its code."""
+    code = getattr(fn, "__code__", None)
+    name = f"{getattr(fn, '__module__', None)}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+    if code is None:  # a callable object, a partial, a builtin: its name and type only
+        return f"{name}:{type(fn).__module__}.{type(fn).__qualname__}"
+    return f"{name}:{hashlib.sha256(marshal.dumps(code)).hexdigest()[:16]}"
+
+
+class DocumentTemplate:
+    """What a scorer reads of each candidate (see the module's description for the three forms).
+
+    Args:
+        template: a format string, a list of field names (the structured YAML form), or a
+            function ``candidate -> str``.
+        defaults: per field, the text used when a candidate lacks it or holds None (format
+            strings and field lists only; every key must be one of the template's fields).
+    """
+
+    __slots__ = ("_fn", "_yaml", "defaults", "fields", "kind", "template")
+
+    template: str | tuple[str, ...] | Callable[[Candidate], str]
+    kind: str
+    fields: tuple[str, ...]
+
+    def __init__(self, template: TemplateLike, *, defaults: Mapping[str, Any] | None = None) -> None:
+        if isinstance(template, DocumentTemplate):
+            defaults = {**template.defaults, **(defaults or {})}
+            template = template.template
+        self._fn: Callable[[Candidate], Any] | None = None
+        self._yaml: Any = None
+        if isinstance(template, str):
+            self.kind = "format"
+            self.fields = tuple(dict.fromkeys(_placeholders(template)))
+            if not self.fields:
+                raise ConfigError(
+                    f"document_template {template!r} has no placeholder: every candidate would read the same "
+                    "text (use {text}, and metadata keys such as {title})"
+                )
+        elif callable(template):
+            self.kind = "function"
+            self.fields = ()
+            self._fn = template
+            if defaults:
+                raise ConfigError(
+                    "document_template: defaults apply to a format string or a field list, not a function"
+                )
+        elif isinstance(template, Sequence) and not isinstance(template, bytes):
+            self.kind = "fields"
+            fields = list(template)
+            bad = [f for f in fields if not isinstance(f, str) or not f]
+            if not fields or bad:
+                raise ConfigError(
+                    "document_template as a list names the fields to send, as non-empty strings "
+                    f"(e.g. ['title', 'text']), got {fields!r}"
+                )
+            if len(set(fields)) != len(fields):
+                raise ConfigError(f"document_template lists a field twice: {fields!r}")
+            self.fields = tuple(fields)
+            self._yaml = require("yaml", "cohere")
+            template = tuple(fields)
+        else:
+            raise ConfigError(
+                "document_template must be a format string ('{title}\\n{text}'), a list of field names "
+                f"(['title', 'text']) or a function of the candidate, got {type(template).__name__}"
+            )
+        self.template = template
+        defaults = dict(defaults or {})
+        unknown = sorted(set(defaults) - set(self.fields))
+        if unknown:
+            raise ConfigError(
+                f"document_template: defaults for {unknown} name no field of the template (its fields: "
+                f"{list(self.fields)})"
+            )
+        bad_default = {k: v for k, v in defaults.items() if v is None}
+        if bad_default:
+            raise ConfigError(
+                f"document_template: the default of {sorted(bad_default)} is None (give a text)"
+            )
+        self.defaults: dict[str, Any] = defaults
+
+    def _value(self, candidate: Candidate, field: str, who: str) -> Any:
+        value: Any
+        if field == "text":
+            value = candidate.text
+        elif field == "id":
+            value = candidate.id
+        else:
+            value = candidate.metadata.get(field)
+        if value is None:
+            if field in self.defaults:
+                return self.defaults[field]
+            held = ", ".join(sorted(map(str, candidate.metadata))) or "none"
+            raise ConfigError(
+                f"document_template needs {field!r}, which candidate {who} lacks (its metadata keys: {held}); "
+                f"give the field a default, e.g. DocumentTemplate(..., defaults={{{field!r}: ''}})"
+            )
+        return value
+
+    def render(self, candidate: Candidate, who: str | None = None) -> str:
+        """The text a scorer reads for ``candidate`` (``who``: how errors name it)."""
+        who = who or (repr(candidate.id) if candidate.id is not None else "without an id")
+        if self._fn is not None:
+            try:
+                out = self._fn(candidate)
+            except ConfigError:
+                raise
+            except Exception as exc:
+                raise ConfigError(
+                    f"document_template {_code_digest(self._fn).split(':')[0]} failed on candidate {who}: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            if not isinstance(out, str):
+                raise ConfigError(
+                    f"document_template returned {type(out).__name__} for candidate {who}, not a str"
+                )
+            return out
+        values = {f: self._value(candidate, f, who) for f in self.fields}
+        if self._yaml is not None:
+            # Cohere's documented recipe for semi-structured documents (docs.cohere.com, "Rerank:
+            # semi-structured data"): yaml.dump(doc, sort_keys=False), keys in the order given
+            return str(self._yaml.dump({f: _plain(v) for f, v in values.items()}, sort_keys=False))
+        try:
+            return str(self.template).format_map(values)
+        except (ValueError, TypeError) as exc:  # a format spec the value cannot take
+            raise ConfigError(f"document_template {self.template!r} on candidate {who}: {exc}") from None
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies the template in cache keys and batch manifests."""
+        body: Any = _code_digest(self._fn) if self._fn is not None else self.template
+        return {
+            "kind": self.kind,
+            "template": list(body) if isinstance(body, tuple) else body,
+            "defaults": {k: str(v) for k, v in sorted(self.defaults.items())},
+        }
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DocumentTemplate) and self.fingerprint() == other.fingerprint()
+
+    def __hash__(self) -> int:
+        return hash(repr(self.fingerprint()))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (self.template, self.defaults))
+
+    def __repr__(self) -> str:
+        shown = _code_digest(self._fn).split(":")[0] if self._fn is not None else repr(self.template)
+        extra = f", defaults={self.defaults!r}" if self.defaults else ""
+        return f"DocumentTemplate({shown}{extra})"
+
+
+#: what ``document_template=`` accepts
+TemplateLike = Union[DocumentTemplate, str, Sequence[str], Callable[[Candidate], str]]  # noqa: UP007
+
+
+def _rebuild(template: TemplateLike, defaults: dict[str, Any]) -> DocumentTemplate:
+    return DocumentTemplate(template, defaults=defaults)
+
+
+def _plain(value: Any) -> Any:
+    """A metadata value as YAML writes it: mappings and sequences as plain dicts and lists (a
+    frozen map is not one ``yaml.dump`` knows)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def as_template(value: TemplateLike | None) -> DocumentTemplate | None:
+    """``document_template=`` as a :class:`DocumentTemplate` (None stays None: the text alone)."""
+    if value is None:
+        return None
+    return value if isinstance(value, DocumentTemplate) else DocumentTemplate(value)

@@ -1,0 +1,276 @@
+"""Document templates: what each scorer reads of a candidate (its text and chosen metadata).
+
+Every scorer kind is checked the same way: a scorer with ``document_template`` scores candidates
+exactly as the same scorer without one scores candidates whose text *is* the filled template (the
+reference: ``str.format`` on the candidate's fields; for the field-list form Cohere's documented
+recipe, ``yaml.dump(doc, sort_keys=False)``). The API scorers are checked on the wire: the
+loopback server must receive the filled texts.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tiny import build_colbert, build_encoder, build_t5
+
+from rerankers_plugins import (
+    BM25Scorer,
+    CachedScorer,
+    Candidate,
+    ConfigError,
+    DocumentTemplate,
+    FakeScorer,
+    LongDocument,
+    rerank,
+)
+from rerankers_plugins.batch.engine import pipeline_fingerprint
+from rerankers_plugins.pipeline.leaves import as_strategy
+
+QUERY = "heart blood pressure"
+CANDIDATES = [
+    Candidate(
+        "The results are shown in Table 3.",
+        id="d1",
+        metadata={"title": "Heart blood pressure trial", "year": 2019},
+    ),
+    Candidate("Blood pressure of the heart rises.", id="d2", metadata={"title": "Methods", "year": 2020}),
+    Candidate("Nothing about it.", id="d3", metadata={"title": "Unrelated", "year": 2021}),
+]
+TEMPLATE = "{title} ({year})\n{text}"
+
+
+def filled(candidates: list[Candidate], template: str = TEMPLATE) -> list[Candidate]:
+    """The reference: each candidate's text replaced by ``str.format`` of its fields."""
+    return [
+        Candidate(template.format(text=c.text, id=c.id, **c.metadata), id=c.id, metadata=c.metadata)
+        for c in candidates
+    ]
+
+
+def scores(scorer, candidates) -> dict[str, float]:
+    return {s.id: s.score for s in rerank(QUERY, candidates, scorer)}
+
+
+# -- every scorer kind ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    from tiny import build_bi_encoder, build_cross_encoder
+
+    from rerankers_plugins.scorers.poly_encoder import build_poly_encoder
+
+    root = tmp_path_factory.mktemp("templates")
+    poly = root / "poly"
+    build_poly_encoder(str(build_encoder(root / "enc")), codes=4, max_length=64).save_pretrained(poly)
+    return {
+        "cross-encoder": build_cross_encoder(root / "ce"),
+        "bi-encoder": build_bi_encoder(root / "bi"),
+        "colbert": build_colbert(root / "colbert"),
+        "seq2seq": build_t5(root / "t5"),
+        "poly-encoder": poly,
+    }
+
+
+LOCAL = {
+    "cross-encoder": lambda d, **kw: _cls("CrossEncoderScorer")(str(d), dtype="float32", **kw),
+    "bi-encoder": lambda d, **kw: _cls("BiEncoderScorer")(str(d), dtype="float32", **kw),
+    "colbert": lambda d, **kw: _cls("ColBERTScorer")(str(d), dtype="float32", **kw),
+    "seq2seq": lambda d, **kw: _cls("Seq2SeqScorer")(str(d), dtype="float32", **kw),
+    "poly-encoder": lambda d, **kw: _cls("PolyEncoderScorer")(str(d), dtype="float32", **kw),
+}
+
+
+def _cls(name: str):
+    import rerankers_plugins
+
+    return getattr(rerankers_plugins, name)
+
+
+@pytest.mark.parametrize("kind", sorted(LOCAL))
+def test_a_local_model_reads_the_filled_template(kind, dirs):
+    templated = LOCAL[kind](dirs[kind], document_template=TEMPLATE)
+    plain = LOCAL[kind](dirs[kind])
+    got, want = scores(templated, CANDIDATES), scores(plain, filled(CANDIDATES))
+    assert got == pytest.approx(want, abs=1e-5)
+    assert got != pytest.approx(scores(plain, CANDIDATES), abs=1e-5)  # the metadata was read
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda **kw: FakeScorer(**kw), lambda **kw: BM25Scorer(stemming=False, **kw)],
+    ids=["fake", "bm25"],
+)
+def test_fake_and_bm25_read_the_filled_template(make):
+    got = scores(make(document_template=TEMPLATE), CANDIDATES)
+    assert got == scores(make(), filled(CANDIDATES))
+    # "Table 3" loses on its text alone; its title says what it is about
+    assert got["d1"] > scores(make(), CANDIDATES)["d1"]
+
+
+# -- missing fields, defaults, bad templates ------------------------------------------------------
+
+
+def test_a_missing_field_names_the_field_and_the_candidate():
+    scorer = FakeScorer(document_template="{section}\n{text}")
+    with pytest.raises(ConfigError, match=r"'section'.*candidate 'd2'.*metadata keys: title, year"):
+        rerank(QUERY, [CANDIDATES[1]], scorer)
+    # a field held as None is missing too: never "None" in what the model reads
+    with pytest.raises(ConfigError, match="'section'"):
+        rerank(QUERY, [Candidate("x", id="n", metadata={"section": None})], scorer)
+    # a candidate without an id is named by its position
+    with pytest.raises(ConfigError, match="at position 1"):
+        rerank(QUERY, [Candidate("a", metadata={"section": "s"}), Candidate("b")], scorer)
+
+
+def test_a_declared_default_fills_a_missing_field():
+    seen = []
+
+    class Spy(FakeScorer):
+        def score(self, query, texts):
+            seen.extend(texts)
+            return super().score(query, texts)
+
+    template = DocumentTemplate("{section}|{text}", defaults={"section": "-"})
+    rerank(
+        QUERY,
+        [
+            Candidate("a", metadata={"section": "Intro"}),
+            Candidate("b"),
+            Candidate("c", metadata={"section": None}),
+        ],
+        Spy(document_template=template),
+    )
+    assert seen == ["Intro|a", "-|b", "-|c"]
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        (3, "must be a format string"),
+        (b"{text}", "must be a format string"),
+        ("{0} {text}", r"placeholder \{0\} names nothing"),
+        ("{} {text}", r"placeholder \{\} names nothing"),
+        ("{meta.title} {text}", r"placeholder \{meta.title\}"),
+        ("{tags[0]} {text}", r"placeholder \{tags\[0\]\}"),
+        ("{text", "not a valid format string"),
+        ("text}", "not a valid format string"),
+        ("just words", "has no placeholder"),
+        ([], "non-empty strings"),
+        (["title", ""], "non-empty strings"),
+        (["title", "title"], "twice"),
+    ],
+)
+def test_a_bad_template_is_refused_at_construction(template, message):
+    with pytest.raises(ConfigError, match=message):
+        FakeScorer(document_template=template)
+
+
+def test_bad_defaults_and_bad_function_results_are_refused():
+    with pytest.raises(ConfigError, match=r"defaults for \['titel'\] name no field"):
+        DocumentTemplate("{title} {text}", defaults={"titel": ""})
+    with pytest.raises(ConfigError, match="is None"):
+        DocumentTemplate("{title} {text}", defaults={"title": None})
+    with pytest.raises(ConfigError, match="not a function"):
+        DocumentTemplate(lambda c: c.text, defaults={"x": ""})
+    with pytest.raises(ConfigError, match="returned int for candidate 'd1'"):
+        rerank(QUERY, CANDIDATES, FakeScorer(document_template=lambda c: 7))
+    with pytest.raises(ConfigError, match="failed on candidate 'd1': KeyError"):
+        rerank(QUERY, CANDIDATES, FakeScorer(document_template=lambda c: c.metadata["nope"]))
+
+
+def test_a_function_template_reads_the_whole_candidate():
+    got = scores(FakeScorer(document_template=lambda c: f"{c.metadata['title']} {c.text}"), CANDIDATES)
+    assert got == scores(FakeScorer(), filled(CANDIDATES, "{title} {text}"))
+
+
+# -- fingerprints, caches, copies -----------------------------------------------------------------
+
+
+def test_the_template_is_part_of_the_fingerprint_and_of_cache_keys():
+    plain, titled = as_strategy(FakeScorer()), as_strategy(FakeScorer(document_template="{title} {text}"))
+    assert "document_template" not in plain.fingerprint()
+    assert titled.fingerprint()["document_template"]["template"] == "{title} {text}"
+    assert pipeline_fingerprint({}, plain) != pipeline_fingerprint({}, titled)
+    other = as_strategy(
+        FakeScorer(document_template=DocumentTemplate("{title} {text}", defaults={"title": ""}))
+    )
+    assert other.fingerprint() != titled.fingerprint()
+
+    inner = FakeScorer(document_template="{title} {text}")
+    cache = CachedScorer(inner)
+    first = scores(cache, CANDIDATES)
+    # the same text under another title is another key: never the first title's cached score
+    retitled = [Candidate(c.text, id=c.id, metadata={"title": "blood"}) for c in CANDIDATES]
+    second = scores(cache, retitled)
+    assert second == scores(FakeScorer(), filled(retitled, "{title} {text}"))
+    assert second != first and cache.misses == 6 and inner.calls == 2
+
+
+def test_a_long_document_is_filled_in_then_split():
+    inner = FakeScorer(document_template="{title} {text}")
+    got = scores(LongDocument(inner, max_words=4, overlap=1), CANDIDATES)
+    assert got == scores(
+        LongDocument(FakeScorer(), max_words=4, overlap=1), filled(CANDIDATES, "{title} {text}")
+    )
+    assert as_strategy(LongDocument(inner, max_words=4, overlap=1)).fingerprint()["document_template"]
+
+
+def test_templates_survive_pickles_and_copies():
+    for template in ["{title} {text}", ["title", "text"], DocumentTemplate("{a}{text}", defaults={"a": "x"})]:
+        scorer = FakeScorer(document_template=template)
+        for copied in (pickle.loads(pickle.dumps(scorer)), copy.deepcopy(scorer)):
+            assert as_strategy(copied).fingerprint() == as_strategy(scorer).fingerprint()
+
+
+# -- the adapters -----------------------------------------------------------------------------------
+
+
+def test_both_adapters_conveniences_take_a_template(dirs):
+    from langchain_core.documents import Document
+    from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
+
+    from rerankers_plugins.integrations.langchain import CrossEncoderRerank as LCRerank
+    from rerankers_plugins.integrations.llama_index import CrossEncoderRerank as LIRerank
+
+    ce = str(dirs["cross-encoder"])
+    want = scores(LOCAL["cross-encoder"](dirs["cross-encoder"]), filled(CANDIDATES))
+    docs = [Document(page_content=c.text, metadata=dict(c.metadata), id=c.id) for c in CANDIDATES]
+    out = LCRerank(ce, dtype="float32", top_n=3, document_template=TEMPLATE).compress_documents(docs, QUERY)
+    assert {d.id: d.metadata["relevance_score"] for d in out} == pytest.approx(want, abs=1e-5)
+    assert docs[0].metadata == dict(CANDIDATES[0].metadata)  # nothing added to the caller's documents
+
+    nodes = [
+        NodeWithScore(node=TextNode(text=c.text, id_=c.id, metadata=dict(c.metadata))) for c in CANDIDATES
+    ]
+    post = LIRerank(ce, dtype="float32", top_n=3, document_template=TEMPLATE, metadata_mode=MetadataMode.NONE)
+    got = post.postprocess_nodes(nodes, QueryBundle(QUERY))
+    assert {n.node.node_id: n.score for n in got} == pytest.approx(want, abs=1e-5)
+
+
+# -- the rendering itself -------------------------------------------------------------------------
+
+_names = st.sampled_from(["title", "section", "source"])
+_values = st.one_of(st.text(max_size=20), st.integers(), st.floats(allow_nan=False, allow_infinity=False))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    text=st.text(max_size=30),
+    metadata=st.dictionaries(_names, _values, min_size=3),
+    fields=st.lists(_names, min_size=1, max_size=3, unique=True),
+)
+def test_rendering_is_str_format_and_yaml_and_mutates_nothing(text, metadata, fields):
+    candidate = Candidate(text, id="x", metadata=metadata)
+    before = copy.deepcopy(candidate)
+    template = " | ".join("{" + f + "}" for f in fields) + " || {text}"
+    assert DocumentTemplate(template).render(candidate) == template.format(text=text, **metadata)
+    structured = DocumentTemplate([*fields, "text"]).render(candidate)
+    assert structured == yaml.dump({**{f: metadata[f] for f in fields}, "text": text}, sort_keys=False)
+    assert yaml.safe_load(structured) == {**{f: metadata[f] for f in fields}, "text": text}
+    assert candidate == before
