@@ -281,6 +281,7 @@ def scorer_options(scorer: Any) -> tuple[str, dict[str, Any]]:
     from rerankers_plugins._params import parameters
     from rerankers_plugins._secret import Secret
     from rerankers_plugins.scorers.base import BaseScorer
+    from rerankers_plugins.templates import DocumentTemplate
 
     target = f"{type(scorer).__module__}:{type(scorer).__qualname__}"
     kind = next((k for k, b in BACKENDS.items() if b.target == target), None)
@@ -306,7 +307,7 @@ def scorer_options(scorer: Any) -> tuple[str, dict[str, Any]]:
     # the options typed as secrets, and any value that is one
     params = parameters(type(scorer))
     options = {
-        k: v
+        k: v.setting() if isinstance(v, DocumentTemplate) else v
         for k, v in options.items()
         if not (k in params and params[k].secret) and not isinstance(v, Secret)
     }

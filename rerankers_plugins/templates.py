@@ -11,6 +11,9 @@ query's words. Every leaf scorer takes ``document_template=``, in one of three f
   ``yaml.dump(doc, sort_keys=False)`` writes it); any scorer reads it;
 - a function of the :class:`~rerankers_plugins.Candidate` returning the text.
 
+In a pipeline file (TOML) a template with defaults is a table:
+``document_template = { template = "{section}: {text}", defaults = { section = "" } }``.
+
 A field the candidate lacks (or holds as None) is a :class:`~rerankers_plugins.ConfigError` naming
 the field and the candidate, unless the template declares a default for it
 (``DocumentTemplate("{title}\\n{text}", defaults={"title": ""})``): never a silent "None" in what
@@ -38,7 +41,6 @@ from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.types import Candidate
 
 __all__ = ["DocumentTemplate", "TemplateLike", "as_template"]
-
 
 
 def _placeholders(template: str) -> list[str]:
@@ -97,6 +99,15 @@ class DocumentTemplate:
         if isinstance(template, DocumentTemplate):
             defaults = {**template.defaults, **(defaults or {})}
             template = template.template
+        elif isinstance(template, Mapping):  # a pipeline file's table: {template, defaults}
+            unknown_keys = sorted(set(template) - {"template", "defaults"})
+            if "template" not in template or unknown_keys:
+                raise ConfigError(
+                    "document_template as a table takes 'template' and optionally 'defaults', got keys "
+                    f"{sorted(template)}"
+                )
+            defaults = {**dict(template.get("defaults") or {}), **(defaults or {})}
+            template = template["template"]
         self._fn: Callable[[Candidate], Any] | None = None
         self._yaml: Any = None
         if isinstance(template, str):
@@ -195,6 +206,15 @@ class DocumentTemplate:
         except (ValueError, TypeError) as exc:  # a format spec the value cannot take
             raise ConfigError(f"document_template {self.template!r} on candidate {who}: {exc}") from None
 
+    def setting(self) -> str | list[str] | dict[str, Any]:
+        """The template as a pipeline-file setting (ConfigError for a function: it is code)."""
+        if self._fn is not None:
+            raise ConfigError(
+                f"{self!r} is a function, not a setting: use a format string or a field list in a pipeline file"
+            )
+        body = list(self.template) if isinstance(self.template, tuple) else str(self.template)
+        return {"template": body, "defaults": dict(self.defaults)} if self.defaults else body
+
     def fingerprint(self) -> dict[str, Any]:
         """What identifies the template in cache keys and batch manifests."""
         body: Any = _code_digest(self._fn) if self._fn is not None else self.template
@@ -220,7 +240,9 @@ class DocumentTemplate:
 
 
 #: what ``document_template=`` accepts
-TemplateLike = Union[DocumentTemplate, str, Sequence[str], Callable[[Candidate], str]]  # noqa: UP007
+TemplateLike = Union[  # noqa: UP007
+    DocumentTemplate, str, Sequence[str], Mapping[str, Any], Callable[[Candidate], str]
+]
 
 
 def _rebuild(template: TemplateLike, defaults: dict[str, Any]) -> DocumentTemplate:

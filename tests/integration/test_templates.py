@@ -274,3 +274,28 @@ def test_rendering_is_str_format_and_yaml_and_mutates_nothing(text, metadata, fi
     assert structured == yaml.dump({**{f: metadata[f] for f in fields}, "text": text}, sort_keys=False)
     assert yaml.safe_load(structured) == {**{f: metadata[f] for f in fields}, "text": text}
     assert candidate == before
+
+
+def test_a_template_is_a_pipeline_file_setting(tmp_path):
+    from rerankers_plugins.spec import load_pipeline, scorer_spec
+
+    template = DocumentTemplate("{section}: {text}", defaults={"section": "Body"})
+    spec = scorer_spec(FakeScorer(document_template=template))
+    assert spec == {
+        "scorer": "fake",
+        "document_template": {"template": "{section}: {text}", "defaults": {"section": "Body"}},
+    }
+    path = tmp_path / "pipelines.toml"
+    path.write_text(
+        "[pipelines.titled]\nscorer = \"fake\"\n"
+        'document_template = { template = "{section}: {text}", defaults = { section = "Body" } }\n'
+        '[pipelines.fields]\nscorer = "bm25"\ndocument_template = ["title", "text"]\n'
+    )
+    titled = load_pipeline(path, "titled")
+    assert as_strategy(titled).fingerprint() == as_strategy(FakeScorer(document_template=template)).fingerprint()
+    assert scores(titled, [Candidate("t", id="a")]) == scores(FakeScorer(), [Candidate("Body: t", id="a")])
+    assert as_strategy(load_pipeline(path, "fields")).template == DocumentTemplate(["title", "text"])
+    with pytest.raises(ConfigError, match="document_template=function is an object"):
+        scorer_spec(FakeScorer(document_template=lambda c: c.text))
+    with pytest.raises(ConfigError, match="takes 'template'"):
+        FakeScorer(document_template={"tmpl": "{text}"})
