@@ -38,7 +38,7 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.integrations._base import RerankAdapter, copy_metadata
 from rerankers_plugins.integrations._options import ConvenienceAdapter, conveniences
-from rerankers_plugins.pipeline.leaves import ScorerLike
+from rerankers_plugins.pipeline.leaves import ScorerLike, as_strategy, leaf_nodes
 from rerankers_plugins.pipeline.rerank import RerankOptions, arerank_with, rerank_with
 from rerankers_plugins.types import Candidate, Scored, thaw
 
@@ -87,7 +87,8 @@ class RerankPostprocessor(RerankAdapter, BaseNodePostprocessor):
     (``NodeWithScore.score``), so metadata and retrieval signals work as in LangChain.
 
     The model reads ``node.get_content(metadata_mode=metadata_mode)`` (EMBED by default, as
-    LlamaIndex's own rerankers do). Sorting, ``top_n`` and ``threshold`` follow
+    LlamaIndex's own rerankers do; the text alone, NONE, by default when the scorer has a
+    ``document_template``, which then decides what metadata the model reads). Sorting, ``top_n`` and ``threshold`` follow
     :func:`rerankers_plugins.rerank` exactly.
     """
 
@@ -95,7 +96,9 @@ class RerankPostprocessor(RerankAdapter, BaseNodePostprocessor):
 
     top_n: int | None = Field(default=2, description="Keep at most this many nodes; None keeps all.")
     metadata_mode: MetadataMode = Field(
-        default=MetadataMode.EMBED, description="Which metadata the model reads along with the node text."
+        default=MetadataMode.EMBED,
+        description="Which metadata the model reads along with the node text (left unset under a scorer "
+        "with a document_template: NONE, the template decides).",
     )
     include_details: bool = Field(
         default=True,
@@ -125,7 +128,15 @@ class RerankPostprocessor(RerankAdapter, BaseNodePostprocessor):
         return query_bundle.query_str
 
     def _candidates(self, nodes: list[NodeWithScore]) -> list[Candidate]:
-        return [_candidate(n, n.node.node_id, self.metadata_mode) for n in nodes]
+        return [_candidate(n, n.node.node_id, self._text_mode()) for n in nodes]
+
+    def _text_mode(self) -> MetadataMode:
+        """``metadata_mode`` when set; left at its default under a scorer with a document template,
+        the node text alone (NONE): the template decides which metadata the model reads, once."""
+        if "metadata_mode" in self.model_fields_set or self.scorer is None:
+            return self.metadata_mode
+        templated = any(leaf.template is not None for leaf in leaf_nodes(as_strategy(self.scorer)))
+        return MetadataMode.NONE if templated else self.metadata_mode
 
     def _results(self, nodes: list[NodeWithScore], ranked: list[Scored]) -> list[NodeWithScore]:
         out = []

@@ -248,9 +248,16 @@ def test_both_adapters_conveniences_take_a_template(dirs):
     nodes = [
         NodeWithScore(node=TextNode(text=c.text, id_=c.id, metadata=dict(c.metadata))) for c in CANDIDATES
     ]
-    post = LIRerank(ce, dtype="float32", top_n=3, document_template=TEMPLATE, metadata_mode=MetadataMode.NONE)
-    got = post.postprocess_nodes(nodes, QueryBundle(QUERY))
-    assert {n.node.node_id: n.score for n in got} == pytest.approx(want, abs=1e-5)
+    # a node's text carries its metadata in EMBED mode; under a template the template alone decides
+    for post in (
+        LIRerank(ce, dtype="float32", top_n=3, document_template=TEMPLATE),
+        LIRerank(ce, dtype="float32", top_n=3, document_template=TEMPLATE, metadata_mode=MetadataMode.NONE),
+    ):
+        got = post.postprocess_nodes(nodes, QueryBundle(QUERY))
+        assert {n.node.node_id: n.score for n in got} == pytest.approx(want, abs=1e-5)
+    embed = LIRerank(ce, dtype="float32", top_n=3, document_template=TEMPLATE, metadata_mode=MetadataMode.EMBED)
+    got = embed.postprocess_nodes(nodes, QueryBundle(QUERY))
+    assert {n.node.node_id: n.score for n in got} != pytest.approx(want, abs=1e-5)  # as asked: metadata twice
 
 
 # -- the rendering itself -------------------------------------------------------------------------
