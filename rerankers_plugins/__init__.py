@@ -6,6 +6,7 @@ Importing this package needs no optional dependency; each backend asks for its e
 from rerankers_plugins._deprecation import renamed_module_attributes
 from rerankers_plugins.errors import (
     BackendError,
+    BudgetExceeded,
     ConfigError,
     DeadlineExceeded,
     MissingExtraError,
@@ -44,6 +45,7 @@ from rerankers_plugins.scorers.colbert import ColBERTScorer
 from rerankers_plugins.scorers.cross_encoder import CrossEncoderScorer
 from rerankers_plugins.scorers.fake import FakeScorer
 from rerankers_plugins.scorers.lexical import BM25Scorer
+from rerankers_plugins.scorers.limits import RateLimit, Usage
 from rerankers_plugins.scorers.llm import RENAMED as _LLM_RENAMED
 from rerankers_plugins.scorers.llm import LLMListwiseRanker, LLMPairwiseRanker, LLMPointwiseScorer
 from rerankers_plugins.scorers.poly_encoder import PolyEncoderScorer
@@ -60,6 +62,7 @@ __all__ = [
     "BackendError",
     "BaseScorer",
     "BiEncoderScorer",
+    "BudgetExceeded",
     "CachedScorer",
     "Calibrated",
     "Candidate",
@@ -84,6 +87,7 @@ __all__ = [
     "QueueStats",
     "Ranker",
     "Ranking",
+    "RateLimit",
     "RemoteScorer",
     "RerankError",
     "RetryPolicy",
@@ -98,6 +102,7 @@ __all__ = [
     "Stage",
     "Strategy",
     "Threshold",
+    "Usage",
     "__version__",
     "aexplain",
     "arerank",

@@ -6,12 +6,15 @@ Hierarchy::
     ├── MissingExtraError(ImportError)   an optional dependency is not installed; names the pip command
     ├── ConfigError(ValueError)          bad arguments or inputs: a threshold off the scorer's scale,
     │                                    top_n <= 0, an empty query, an unknown backend name, ...
+    ├── BudgetExceeded(RuntimeError)     a call would pass a spending budget (max_search_units,
+    │                                    max_tokens): refused before sending; not a BackendError, so
+    │                                    on_error="keep_order" never hides a spent budget
     └── BackendError(RuntimeError)       a backend failed or misbehaved: a model that cannot be loaded,
         │                                a scorer returning the wrong number of scores or NaN
         ├── DeadlineExceeded             a call's total deadline passed (retries, waits and queueing included)
         └── Overloaded                   a shared local model's queue is full; carries ``retry_after``
 
-Catching ``RerankError`` catches all three; each also derives from the builtin a caller would
+Catching ``RerankError`` catches them all; each also derives from the builtin a caller would
 naturally catch (``ImportError``, ``ValueError``, ``RuntimeError``).
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 __all__ = [
     "BackendError",
+    "BudgetExceeded",
     "ConfigError",
     "DeadlineExceeded",
     "MissingExtraError",
@@ -51,6 +55,25 @@ class BackendError(RerankError, RuntimeError):
     """A scoring backend failed to load or returned something unusable."""
 
 
+class BudgetExceeded(RerankError, RuntimeError):
+    """A call would pass a spending budget (``CohereScorer(max_search_units=...)``, an LLM
+    reranker's ``max_tokens``): it was refused before anything was sent. ``spent``, ``limit`` and
+    ``needed`` (the call's estimate) are in the message and as attributes.
+
+    Not a :class:`BackendError`: ``on_error="keep_order"`` does not turn a spent budget into a
+    silent fallback; ``reset_usage()`` on the scorer starts a new budget.
+    """
+
+    def __init__(self, message: str, *, spent: int = 0, limit: int = 0, needed: int = 0) -> None:
+        super().__init__(message)
+        self.spent = spent
+        self.limit = limit
+        self.needed = needed
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_budget_exceeded, (str(self), self.spent, self.limit, self.needed))
+
+
 class DeadlineExceeded(BackendError):
     """A call's total deadline (connect, read, retries and waits included) passed."""
 
@@ -73,3 +96,7 @@ class Overloaded(BackendError):
 
 def _overloaded(message: str, retry_after: float | None) -> Overloaded:
     return Overloaded(message, retry_after=retry_after)
+
+
+def _budget_exceeded(message: str, spent: int, limit: int, needed: int) -> BudgetExceeded:
+    return BudgetExceeded(message, spent=spent, limit=limit, needed=needed)

@@ -61,12 +61,20 @@ PEER_NAMES: dict[str, tuple[str | None, str]] = {
     "top_k": ("top_n", "top_k is top_n=..."),
     "choice_select_prompt": (
         None,
-        "the LLM rerankers write their own prompts; pass a function as llm= to own it",
+        "LLMListwiseRerank(llm=..., choice_select_prompt=...) takes LLMRerank's prompt (a string or a "
+        "PromptTemplate with {context_str} and {query_str}); the other LLM rerankers take their own "
+        "prompt=... and system_prompt=... (docs/backends.md, 'Your own prompts')",
     ),
-    "format_node_batch_fn": (None, "the LLM rerankers format passages themselves (max_words= cuts them)"),
+    "format_node_batch_fn": (
+        None,
+        "the listwise ranker shows passages with passage_template=... ({index}, {passage}) and "
+        "passage_separator=...; max_words= cuts them",
+    ),
     "parse_choice_select_answer_fn": (
         None,
-        "LLM answers are parsed and repaired by the rerankers themselves",
+        "LLM answers are parsed and repaired by the rerankers themselves: LLMListwiseRerank reads "
+        "LLMRerank's 'Doc: 9, Relevance: 7' lines with answer_format='choice_select' (what "
+        "choice_select_prompt= sets), '[2] > [1]' rankings with answer_format='ranking'",
     ),
     "user_agent": (None, "pass a configured client to CohereScorer(client=...) instead"),
 }
@@ -81,8 +89,12 @@ def peer_options(cls: type[Any], data: dict[str, Any]) -> dict[str, Any]:
     if kind in BACKENDS:  # a convenience: its scorer's renamed options, under their new names
         # the warning names the user's line: peer_options < the convenience's __init__ < the caller
         out = translate_renamed(load(BACKENDS[kind].target), out, stacklevel=4)
+    out = _choice_select(cls, fields, out)
     for peer, (ours, hint) in PEER_NAMES.items():
         if peer not in out or peer in fields:
+            continue
+        if ours is None and out[peer] is None:  # the peer's own default: nothing to translate
+            del out[peer]
             continue
         if ours is None or ours not in fields:
             raise ConfigError(f"{cls.__name__} has no {peer!r} option: {hint}")
@@ -100,6 +112,37 @@ def peer_options(cls: type[Any], data: dict[str, Any]) -> dict[str, Any]:
                 f"{cls.__name__}: device={out['device']!r} and model_kwargs['device']={device!r} disagree"
             )
         out["device"], out["model_kwargs"] = device, kwargs or None
+    return out
+
+
+#: what LlamaIndex's choice_select_prompt becomes (choice_select_options): the listwise ranker's options
+_CHOICE_SELECT_FIELDS = ("prompt", "passage_template", "passage_separator", "answer_format")
+
+
+def _choice_select(cls: type[Any], fields: Mapping[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """LlamaIndex's ``choice_select_prompt`` as the listwise ranker's prompt options, where ``cls``
+    has them; a ConfigError for a translated option also given otherwise (``system_prompt`` given
+    with it is kept: LLMRerank sends none)."""
+    value = data.get("choice_select_prompt")
+    if (
+        value is None
+        or "choice_select_prompt" in fields
+        or not all(f in fields for f in _CHOICE_SELECT_FIELDS)
+    ):
+        return data  # refused (or dropped when None) with the other peer options
+    from rerankers_plugins.scorers.llm.prompts import choice_select_options
+
+    out = {k: v for k, v in data.items() if k != "choice_select_prompt"}
+    for name, translated in choice_select_options(value).items():
+        if name == "system_prompt" and name in out:
+            continue
+        if name in out and out[name] != translated:
+            raise ConfigError(
+                f"{cls.__name__}: pass {name}= or choice_select_prompt=, not both (choice_select_prompt "
+                f"sets {', '.join(_CHOICE_SELECT_FIELDS)} and system_prompt=None)"
+            )
+        out[name] = translated
+    logger.info("%s: choice_select_prompt translated into the listwise ranker's prompt options", cls.__name__)
     return out
 
 

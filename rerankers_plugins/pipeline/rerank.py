@@ -14,7 +14,7 @@ Every adapter and strategy ends here, so the guarantees hold everywhere:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ from rerankers_plugins._validate import check_threshold, check_top_n
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.pipeline.leaves import ScorerLike, as_strategy
 from rerankers_plugins.pipeline.ranking import Entry, Ranking, Strategy
+from rerankers_plugins.scorers.limits import Usage, collect_usage
 from rerankers_plugins.types import Candidate, Scored
 
 __all__ = [
@@ -170,11 +171,15 @@ def _scored(plan: _Plan, out: Ranking, entries: Sequence[Entry] | None = None) -
 
 @dataclass(frozen=True, slots=True)
 class Explained:
-    """What :func:`explain` returns: the ``kept`` result (exactly what :func:`rerank` returns) and
-    every ``dropped`` candidate, whose ``details["dropped_by"]`` / ``["drop_reason"]`` say why."""
+    """What :func:`explain` returns: the ``kept`` result (exactly what :func:`rerank` returns),
+    every ``dropped`` candidate, whose ``details["dropped_by"]`` / ``["drop_reason"]`` say why, and
+    the ``usage`` the call spent per backend name (``{"cohere:rerank-v3.5": Usage(requests=1,
+    search_units=1, ...)}``: the API requests sent, retries included, and what they billed; empty
+    when no API was called: local models, cache hits)."""
 
     kept: list[Scored]
     dropped: list[Scored]
+    usage: Mapping[str, Usage] = field(default_factory=dict)
 
 
 def _ranked(query: str, candidates: Sequence[CandidateLike], options: RerankOptions) -> tuple[_Plan, Ranking]:
@@ -200,8 +205,8 @@ async def _aranked(
     return plan, _cut(plan, _adopt(plan, out))
 
 
-def _explained(plan: _Plan, out: Ranking) -> Explained:
-    return Explained(_scored(plan, out, out.entries), _scored(plan, out, out.dropped))
+def _explained(plan: _Plan, out: Ranking, usage: Mapping[str, Usage]) -> Explained:
+    return Explained(_scored(plan, out, out.entries), _scored(plan, out, out.dropped), usage)
 
 
 def rerank_with(query: str, candidates: Sequence[CandidateLike], options: RerankOptions) -> list[Scored]:
@@ -225,7 +230,8 @@ def explain(
     threshold: float | None = None,
     skip_empty: bool = False,
 ) -> Explained:
-    """:func:`rerank`, plus every candidate that did not make it and who dropped it.
+    """:func:`rerank`, plus every candidate that did not make it and who dropped it, and what
+    the API calls it made spent (``usage``, per backend).
 
     >>> from rerankers_plugins import FakeScorer
     >>> ex = explain("red apple", ["banana", "red apple pie", "apple"], FakeScorer(), top_n=1)
@@ -234,7 +240,9 @@ def explain(
     """
     query = _checked_query(query)
     options = RerankOptions(scorer, top_n=top_n, threshold=threshold, skip_empty=skip_empty)
-    return _explained(*_ranked(query, candidates, options))
+    with collect_usage() as spent:
+        plan, out = _ranked(query, candidates, options)
+    return _explained(plan, out, spent.by_backend())
 
 
 async def aexplain(
@@ -249,7 +257,9 @@ async def aexplain(
     """Async :func:`explain`."""
     query = _checked_query(query)
     options = RerankOptions(scorer, top_n=top_n, threshold=threshold, skip_empty=skip_empty)
-    return _explained(*await _aranked(query, candidates, options))
+    with collect_usage() as spent:
+        plan, out = await _aranked(query, candidates, options)
+    return _explained(plan, out, spent.by_backend())
 
 
 def rerank(

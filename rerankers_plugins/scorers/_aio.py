@@ -233,10 +233,13 @@ def run_sync(coro: Coroutine[Any, Any, _T]) -> _T:
     """Run a backend's coroutine from its sync method: on a loop of its own here, or in a worker
     thread when this thread already runs an event loop. Each run's loop is closed when it returns,
     and its per-loop HTTP client with it; the sync path shares the async path's deadline and
-    cancellation (connections are not pooled across sync calls)."""
+    cancellation (connections are not pooled across sync calls). The worker thread runs in a copy
+    of the caller's context, as ``asyncio.to_thread`` does: context variables (a framework's run
+    context, the usage ``explain`` collects) reach the coroutine."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         return _run_in_own_loop(coro)
+    context = contextvars.copy_context()
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rerankers-plugins-http") as pool:
-        return pool.submit(_run_in_own_loop, coro).result()
+        return pool.submit(context.run, _run_in_own_loop, coro).result()

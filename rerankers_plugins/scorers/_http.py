@@ -21,13 +21,22 @@ returns every candidate in its original order, marked in ``details``, and logs a
 Thread safety: one scorer may serve any number of threads and event loops at once. Each loop gets
 its own client (:class:`LoopLocal`, whose table is guarded by a lock); a blocking SDK call runs in
 a worker thread (:func:`in_thread`) so that its caller can stop waiting at the deadline.
+
+Limits and spending (:mod:`.limits`): with ``rate_limit=`` every attempt (retries included) waits
+for its start on the limiter shared by every scorer of the same key and URL in the process, and a
+429 pauses them all; each request sent and what the answer says it billed are added to
+``scorer.usage``; a backend with a budget (Cohere's ``max_search_units``) holds a call's estimate
+before its first request and refuses the call, nothing sent, when it would pass the budget.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar
 
 from rerankers_plugins._optional import require
@@ -45,9 +54,22 @@ from rerankers_plugins._validate import as_int, as_real
 from rerankers_plugins.errors import BackendError, ConfigError
 from rerankers_plugins.scorers._aio import LoopLocal, bounded, gather_cancelling, resolve_deadline, run_sync
 from rerankers_plugins.scorers.base import BaseScorer, _rebuild
+from rerankers_plugins.scorers.limits import (
+    Budget,
+    Hold,
+    Limiter,
+    RateLimit,
+    Ticket,
+    Usage,
+    UsageCounter,
+    check_rate_limit,
+    limiter_identity,
+    shared_limiter,
+)
 from rerankers_plugins.scorers.retry import RetryPolicy, TransientError, parse_retry_after
+from rerankers_plugins.templates import TemplateLike, as_template
 
-__all__ = ["HTTPScorer", "OnError", "Send", "check_on_error", "merge_indexed"]
+__all__ = ["Answer", "Gate", "HTTPScorer", "OnError", "Send", "check_on_error", "merge_indexed"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +124,23 @@ def _checked_score(raw_score: Any, index: int, who: str) -> float:
     return value
 
 
-#: one attempt at one batch: the batch's texts -> their scores (raises TransientError to be retried)
-Send = Callable[[Sequence[str]], Awaitable[list[float]]]
+@dataclass(frozen=True)
+class Answer:
+    """One request's answer: the batch's scores, what the API says it spent (None: nothing said),
+    and the units it billed, for the rate limiter and the budget (None: not said, the estimate
+    stands)."""
+
+    scores: list[float]
+    usage: Usage | None = None
+    units: int | None = None
+
+
+#: awaited by a backend's :data:`Send` right before the request goes out, once it holds its
+#: concurrency slot: waits for the rate limiter (if any) and counts the request
+Gate = Callable[[], Awaitable[None]]
+#: one attempt at one batch: (the batch's texts, its gate) -> its answer (raises TransientError to
+#: be retried)
+Send = Callable[[Sequence[str], Gate], Awaitable[Answer]]
 
 
 class HTTPScorer(BaseScorer):
@@ -119,7 +156,12 @@ class HTTPScorer(BaseScorer):
 
     A backend implements :meth:`_new_async` (a client for the running loop), :meth:`_sender`
     (one attempt at one batch), :meth:`_settings` (its own options, for pickling),
-    :meth:`_repr_args` and ``fingerprint``, and names its ``extra`` and ``key_env``.
+    :meth:`_repr_args` and ``fingerprint``, and names its ``extra`` and ``key_env``; one that
+    counts units (Cohere's search units) implements :meth:`_units` and sets ``Answer.units``.
+
+    ``rate_limit`` shares one limiter with every scorer of the same key and URL (``clients``:
+    the injected SDK clients, whose identity stands for the key they hold); ``usage`` and
+    :meth:`reset_usage` read and restart what this scorer spent.
     """
 
     #: the extra that installs the backend's client libraries (named by MissingExtraError)
@@ -141,8 +183,12 @@ class HTTPScorer(BaseScorer):
         max_concurrency: int,
         retry: RetryPolicy | None,
         on_error: OnError,
+        rate_limit: RateLimit | None = None,
+        clients: Sequence[Any] = (),
+        document_template: TemplateLike | None = None,
     ) -> None:
         self._httpx = require("httpx", self.extra)
+        self.document_template = as_template(document_template)
         self.timeout = as_real(timeout, "timeout", positive=True) or 0.0  # positive: never None
         self.deadline = resolve_deadline(deadline, self.timeout)
         self.batch_size = as_int(batch_size, "batch_size", minimum=1) or 1
@@ -163,6 +209,16 @@ class HTTPScorer(BaseScorer):
             self._secrets.append(self._key)
         # one client per event loop (async clients cannot cross loops), closed with its loop
         self._async_clients: LoopLocal[Any] = LoopLocal(self._new_async)
+        self._usage = UsageCounter()
+        self._budget: Budget | None = None  # a backend with a spending budget sets it
+        self.rate_limit = check_rate_limit(rate_limit)
+        self._limiter: Limiter | None = None
+        if self.rate_limit is not None:
+            self._check_rate_limit(self.rate_limit)
+            key = self._key.get_secret_value() if self._key is not None else None
+            identity = limiter_identity(key, self._raw_url, clients)
+            label = f"{type(self).__name__}({self.base_url or 'default URL'})"
+            self._limiter = shared_limiter(identity, self.rate_limit, label)
 
     # -- what a backend implements -----------------------------------------------------------------
 
@@ -172,7 +228,9 @@ class HTTPScorer(BaseScorer):
 
     async def _sender(self, query: str, end: float | None) -> Send:
         """How this call sends one batch (once; the base retries it); ``end`` is the call's
-        ``time.monotonic()`` deadline, or None."""
+        ``time.monotonic()`` deadline, or None. The send awaits its gate right before the request
+        goes out, inside its concurrency bound (so that a request starts when the rate limiter
+        said, not later behind the bound)."""
         raise NotImplementedError
 
     def _settings(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -181,6 +239,131 @@ class HTTPScorer(BaseScorer):
 
     def _repr_args(self) -> str:
         raise NotImplementedError
+
+    def _check_rate_limit(self, limit: RateLimit) -> None:
+        """ConfigError where ``limit`` cannot apply to this backend (at construction)."""
+
+    def _units(self, batch: Sequence[str]) -> int:
+        """The units one request of ``batch`` is estimated to cost, before it is sent (0: none counted)."""
+        return 0
+
+    # -- usage and limits ---------------------------------------------------------------------------
+
+    @property
+    def usage(self) -> Usage:
+        """What this scorer's calls spent since it was built (or :meth:`reset_usage`): requests
+        sent (retries included) and what the API billed (search units, tokens)."""
+        return self._usage.get()
+
+    def reset_usage(self) -> Usage:
+        """Start counting (and the budget) from zero again; returns what had been spent."""
+        if self._budget is not None:
+            self._budget.reset()
+        return self._usage.reset()
+
+    @contextlib.contextmanager
+    def _held(self, batches: Sequence[Sequence[str]]) -> Iterator[Hold | None]:
+        """The budget's hold on a call's estimate (BudgetExceeded before anything is sent), given
+        back, less what was spent, when the call ends."""
+        if self._budget is None:
+            yield None
+            return
+        estimate = sum(self._units(b) for b in batches)
+        hold = self._budget.hold(estimate, self._who, self._estimate_rule(batches))
+        try:
+            yield hold
+        finally:
+            hold.close()
+
+    def _estimate_rule(self, batches: Sequence[Sequence[str]]) -> str:
+        """How the budget's estimate was made, for its error message."""
+        return ""
+
+    def _ticket_sync(self, batch: Sequence[str], end: float | None) -> Ticket | None:
+        if self._limiter is None:
+            return None
+        return self._limiter.acquire_sync(self._units(batch), remaining=_left(end), who=self._who)
+
+    async def _ticket(self, batch: Sequence[str], end: float | None) -> Ticket | None:
+        if self._limiter is None:
+            return None
+        return await self._limiter.acquire(self._units(batch), remaining=_left(end), who=self._who)
+
+    def _sent(self) -> None:
+        self._usage.add(Usage(requests=1), self.name)
+
+    def _answered(
+        self, answer: Answer, batch: Sequence[str], ticket: Ticket | None, hold: Hold | None
+    ) -> list[float]:
+        """Count what ``answer`` billed: usage, the limiter's units, the budget."""
+        if answer.usage is not None:
+            self._usage.add(answer.usage, self.name)
+        billed = answer.units
+        estimate = self._units(batch)
+        if ticket is not None and billed is not None and self._limiter is not None:
+            self._limiter.settle(ticket, billed)
+        if hold is not None:
+            hold.spend(estimate if billed is None else billed, estimate)
+        return answer.scores
+
+    def _failed(self, exc: TransientError, attempt: int) -> TransientError:
+        """After a failed attempt: a 429 pauses every caller of the key on the shared limiter (for
+        the wait the retry policy would take), and this caller then waits there too, not twice."""
+        if self._limiter is None or exc.status != 429:
+            return exc
+        wait = self.retry.wait(attempt, exc)
+        self._limiter.pause(wait, self._who)
+        return TransientError(
+            f"{exc} (every caller of this key paused {wait:.2f} s)", status=exc.status, retry_after=0.0
+        )
+
+    def _attempts(
+        self, send: Send, batch: Sequence[str], end: float | None, hold: Hold | None
+    ) -> Callable[[], Awaitable[list[float]]]:
+        """One batch's attempts for ``retry.acall``: each waits for the limiter, is counted, and
+        counts what it billed."""
+        tries = 0
+
+        async def attempt() -> list[float]:
+            nonlocal tries
+            tries += 1
+            ticket: Ticket | None = None
+
+            async def gate() -> None:
+                nonlocal ticket
+                ticket = await self._ticket(batch, end)
+                self._sent()
+
+            try:
+                answer = await send(batch, gate)
+            except TransientError as exc:
+                raise self._failed(exc, tries) from None
+            return self._answered(answer, batch, ticket, hold)
+
+        return attempt
+
+    def _attempts_sync(
+        self,
+        send: Callable[[Sequence[str]], Answer],
+        batch: Sequence[str],
+        end: float | None,
+        hold: Hold | None,
+    ) -> Callable[[], list[float]]:
+        """:meth:`_attempts` for ``retry.call`` (an injected sync SDK client)."""
+        tries = 0
+
+        def attempt() -> list[float]:
+            nonlocal tries
+            tries += 1
+            ticket = self._ticket_sync(batch, end)
+            self._sent()
+            try:
+                answer = send(batch)
+            except TransientError as exc:
+                raise self._failed(exc, tries) from None
+            return self._answered(answer, batch, ticket, hold)
+
+        return attempt
 
     # -- shared --------------------------------------------------------------------------------------
 
@@ -231,12 +414,15 @@ class HTTPScorer(BaseScorer):
     async def ascore(self, query: str, texts: Sequence[str]) -> list[float]:
         if not texts:
             return []
-        async with bounded(self.deadline, self._who) as end:
-            send = await self._sender(query, end)
-            attempts = [
-                self.retry.acall(_bind(send, b), end=end, who=self._who) for b in self._batches(texts)
-            ]
-            parts = await gather_cancelling(attempts)
+        batches = self._batches(texts)
+        with self._held(batches) as hold:
+            async with bounded(self.deadline, self._who) as end:
+                send = await self._sender(query, end)
+                attempts = [
+                    self.retry.acall(self._attempts(send, b, end, hold), end=end, who=self._who)
+                    for b in batches
+                ]
+                parts = await gather_cancelling(attempts)
         return [s for part in parts for s in part]
 
     async def aclose(self) -> None:
@@ -267,6 +453,8 @@ class HTTPScorer(BaseScorer):
             "max_concurrency": self.max_concurrency,
             "retry": self.retry,
             "on_error": self.on_error,
+            "rate_limit": self.rate_limit,
+            "document_template": self.document_template,
             **own,
         }
         return (_rebuild, (type(self), args, settings))
@@ -275,5 +463,6 @@ class HTTPScorer(BaseScorer):
         return f"{type(self).__name__}({self._repr_args()}, api_key={'set' if self._key else None})"
 
 
-def _bind(send: Send, batch: Sequence[str]) -> Callable[[], Awaitable[list[float]]]:
-    return lambda: send(batch)
+def _left(end: float | None) -> float | None:
+    """Seconds left before the ``time.monotonic()`` deadline ``end`` (None: no deadline)."""
+    return None if end is None else end - time.monotonic()

@@ -7,14 +7,22 @@ Retries follow the shared policy (429, 5xx, timeouts, connection errors; ``Retry
 the SDK's own retries are turned off so that the two do not multiply. One deadline bounds every
 call, whichever client makes it: an injected sync client's requests run in a worker thread that the
 call stops waiting for at the deadline. What the API backends share (options, secrets, per-loop
-clients, batches, retries, pickling) is :class:`~rerankers_plugins.scorers._http.HTTPScorer`'s; this
-module is the Cohere protocol and the SDK client path.
+clients, batches, retries, pickling, rate limits, usage) is
+:class:`~rerankers_plugins.scorers._http.HTTPScorer`'s; this module is the Cohere protocol, the SDK
+client path, and how Cohere bills: search units.
+
+Search units: Cohere bills one search unit per query of up to 100 documents (a document longer
+than the model's context, query included, is split into chunks that count as documents). Before a
+request is sent it is estimated at ``ceil(documents / 100)`` units, a lower bound; the answer's
+``meta.billed_units.search_units`` then replaces the estimate, in ``usage``, in the rate limiter's
+window and in the ``max_search_units`` budget.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
 import time
 import weakref
@@ -26,13 +34,16 @@ from rerankers_plugins._secret import CredentialURL, Secret
 from rerankers_plugins._validate import as_int
 from rerankers_plugins.errors import BackendError, ConfigError
 from rerankers_plugins.scorers._aio import in_thread, wait_until
-from rerankers_plugins.scorers._http import HTTPScorer, OnError, Send, merge_indexed
+from rerankers_plugins.scorers._http import Answer, Gate, HTTPScorer, OnError, Send, merge_indexed
+from rerankers_plugins.scorers.limits import Budget, RateLimit, usage_from
 from rerankers_plugins.scorers.retry import RetryPolicy
+from rerankers_plugins.templates import TemplateLike
 from rerankers_plugins.types import ScoreScale
 
 __all__ = ["CohereScorer"]
 
 MAX_DOCUMENTS_PER_REQUEST = 1000  # Cohere's documented limit per rerank call
+DOCUMENTS_PER_SEARCH_UNIT = 100  # Cohere bills one search unit per query of up to 100 documents
 
 
 class CohereScorer(HTTPScorer):
@@ -66,13 +77,30 @@ class CohereScorer(HTTPScorer):
             accepted with a FutureWarning.
         max_concurrency: requests of one async call in flight at once.
         retry, on_error: see :class:`~rerankers_plugins.RemoteScorer`.
+        rate_limit: a :class:`~rerankers_plugins.scorers.limits.RateLimit` shared by every scorer
+            of the same key and ``base_url`` in the process (threads and event loops included):
+            ``requests_per_minute`` (a trial key allows 10) and ``units_per_minute`` (search units,
+            estimated ``ceil(documents / 100)`` per request, then as billed). Every attempt waits
+            for its turn; a 429 pauses every caller of the key; a request that could not start
+            before the deadline raises ``DeadlineExceeded`` unsent. None (default): no limit.
+        max_search_units: a budget: a call whose estimate (``ceil(documents / 100)`` per request)
+            would take the search units spent (``usage.search_units``, as billed) past it is
+            refused with ``BudgetExceeded`` before anything is sent (not a ``BackendError``, so
+            ``on_error="keep_order"`` does not hide it); ``reset_usage()`` starts a new budget.
+            None (default): no budget.
+        document_template: what the model reads of each candidate (None: its text). A list of
+            field names, ``["title", "text"]``, sends each candidate in the structured form Cohere
+            documents for rerank-v3 and later (a YAML document, ``yaml.dump(doc,
+            sort_keys=False)``); a format string or a function as for
+            :class:`~rerankers_plugins.CrossEncoderScorer`.
 
     Without an injected ``client`` the sync methods run the async path (``asyncio.run``: one
     deadline, cancellation of sibling chunks). Each event loop gets its own async client: one
     scorer serves any number of threads and event loops at once. Credentials in ``base_url`` are
     redacted everywhere they would show.
     Pickling keeps the settings, not the key (re-read from ``COHERE_API_KEY``); a scorer with
-    injected clients cannot be pickled.
+    injected clients cannot be pickled. ``usage`` is what its calls spent (requests, and the
+    answers' ``meta.billed_units``: search units, tokens where reported).
     """
 
     scale = ScoreScale.RELEVANCE
@@ -99,8 +127,12 @@ class CohereScorer(HTTPScorer):
         max_concurrency: int = 8,
         retry: RetryPolicy | None = None,
         on_error: OnError = "raise",
+        rate_limit: RateLimit | None = None,
+        max_search_units: int | None = None,
+        document_template: TemplateLike | None = None,
     ) -> None:
         self._cohere = require("cohere", "cohere")
+        self.max_search_units = as_int(max_search_units, "max_search_units", minimum=1, allow_none=True)
         super().__init__(
             base_url,
             api_key=api_key,
@@ -111,7 +143,12 @@ class CohereScorer(HTTPScorer):
             max_concurrency=max_concurrency,
             retry=retry,
             on_error=on_error,
+            rate_limit=rate_limit,
+            document_template=document_template,
+            clients=(client, async_client),
         )
+        if self.max_search_units is not None:
+            self._budget = Budget(self.max_search_units, "search units", "max_search_units")
         self.max_length = as_int(max_length, "max_length", minimum=1, allow_none=True)
         self.model = model
         self.name = f"cohere:{model}"
@@ -127,7 +164,31 @@ class CohereScorer(HTTPScorer):
         return super().__reduce__()
 
     def _settings(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        return (self.model,), {"base_url": self._raw_url, "max_length": self.max_length}
+        own = {
+            "base_url": self._raw_url,
+            "max_length": self.max_length,
+            "max_search_units": self.max_search_units,
+        }
+        return (self.model,), own
+
+    # -- search units ------------------------------------------------------------------------------------
+
+    def _units(self, batch: Sequence[str]) -> int:
+        return math.ceil(len(batch) / DOCUMENTS_PER_SEARCH_UNIT)
+
+    def _estimate_rule(self, batches: Sequence[Sequence[str]]) -> str:
+        n = sum(len(b) for b in batches)
+        return f" (ceil(documents / 100) per request: {n} documents in {len(batches)} request(s))"
+
+    def _check_rate_limit(self, limit: RateLimit) -> None:
+        most = math.ceil(self.batch_size / DOCUMENTS_PER_SEARCH_UNIT)
+        if limit.units_per_minute is not None and limit.units_per_minute < most:
+            raise ConfigError(
+                f"CohereScorer: a request of batch_size={self.batch_size} documents costs up to {most} "
+                f"search units, more than RateLimit(units_per_minute={limit.units_per_minute}) allows "
+                f"in a minute: lower batch_size to {limit.units_per_minute * DOCUMENTS_PER_SEARCH_UNIT} "
+                "or raise units_per_minute"
+            )
 
     def _repr_args(self) -> str:
         return f"model={self.model!r}, base_url={self.base_url!r}"
@@ -218,12 +279,20 @@ class CohereScorer(HTTPScorer):
             # not chained: the SDK's error text carries the unredacted body and headers
             raise self._translate(exc) from None
 
-    def _merge(self, response: Any, n: int) -> list[float]:
+    def _merge(self, response: Any, n: int) -> Answer:
         try:
             pairs = [(r.index, r.relevance_score) for r in response.results]
         except (AttributeError, TypeError) as exc:
             raise BackendError(f"Cohere rerank answered in an unexpected shape: {exc!r}") from exc
-        return merge_indexed(pairs, n, f"Cohere rerank ({self.model})")
+        scores = merge_indexed(pairs, n, f"Cohere rerank ({self.model})")
+        billed = getattr(getattr(response, "meta", None), "billed_units", None)
+        usage = usage_from(billed)
+        units = (
+            usage.search_units
+            if usage is not None and getattr(billed, "search_units", None) is not None
+            else None
+        )
+        return Answer(scores, usage, units)
 
     def fingerprint(self) -> Mapping[str, Any]:
         # "max_tokens_per_doc": the API's name, kept so that cached scores stay valid
@@ -234,24 +303,29 @@ class CohereScorer(HTTPScorer):
             return super().score(query, texts)
         client = self._client  # injected sync client: each request in a worker thread
         end = time.monotonic() + self.deadline
+        batches = self._batches(texts)
         out: list[float] = []
-        for batch in self._batches(texts):
+        with self._held(batches) as hold:
+            for batch in batches:
 
-            def once(batch: Sequence[str] = batch) -> list[float]:
-                request = self._request(query, batch, end)
-                with self._sdk_errors():
-                    response = wait_until(in_thread(lambda: client.rerank(**request)), end, self.name)
-                return self._merge(response, len(batch))
+                def once(batch: Sequence[str]) -> Answer:
+                    request = self._request(query, batch, end)
+                    with self._sdk_errors():
+                        response = wait_until(in_thread(lambda: client.rerank(**request)), end, self.name)
+                    return self._merge(response, len(batch))
 
-            out.extend(self.retry.call(once, end=end, who=self.name))
+                out.extend(
+                    self.retry.call(self._attempts_sync(once, batch, end, hold), end=end, who=self.name)
+                )
         return out
 
     async def _sender(self, query: str, end: float | None) -> Send:
         rerank = await self._rerank_call()
         bound = asyncio.Semaphore(self.max_concurrency)  # per call: an injected client has no pool of ours
 
-        async def send(batch: Sequence[str]) -> list[float]:
+        async def send(batch: Sequence[str], gate: Gate) -> Answer:
             async with bound:
+                await gate()
                 with self._sdk_errors():
                     response = await rerank(**self._request(query, batch, end))
             return self._merge(response, len(batch))

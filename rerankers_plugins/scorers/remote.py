@@ -10,7 +10,9 @@ Candidates are sent in client-side batches (servers cap documents per request), 
 async call run concurrently under a per-scorer bound, and connections are pooled. Scores are
 mapped back by ``index``; a missing, repeated or out-of-range index is a ``BackendError`` (so
 ``on_error="keep_order"`` falls back), never a silently lost or guessed document. Timeouts,
-retries, the deadline, secrets and per-loop clients are :class:`~rerankers_plugins.scorers._http.HTTPScorer`'s.
+retries, the deadline, secrets, per-loop clients, rate limits and usage are
+:class:`~rerankers_plugins.scorers._http.HTTPScorer`'s; a server's ``usage`` report (vLLM, Infinity,
+Jina: ``prompt_tokens`` / ``total_tokens``) is counted in ``scorer.usage``.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from typing import Any, Literal
 
 from rerankers_plugins._secret import CredentialURL, Secret, shown_url, split_query
 from rerankers_plugins.errors import BackendError, ConfigError
-from rerankers_plugins.scorers._http import HTTPScorer, OnError, Send, merge_indexed
+from rerankers_plugins.scorers._http import Answer, Gate, HTTPScorer, OnError, Send, merge_indexed
+from rerankers_plugins.scorers.limits import RateLimit, usage_from
 from rerankers_plugins.scorers.retry import RetryPolicy
+from rerankers_plugins.templates import TemplateLike
 from rerankers_plugins.types import ScoreScale
 
 __all__ = ["RemoteScorer"]
@@ -56,6 +60,15 @@ class RemoteScorer(HTTPScorer):
         on_error: ``"raise"`` (default) or ``"keep_order"``: after the last retry, return every
             candidate in its original order, marked in ``details``, with a warning.
         truncate: ask the server to truncate long inputs (TEI) instead of rejecting them.
+        rate_limit: a :class:`~rerankers_plugins.scorers.limits.RateLimit` with
+            ``requests_per_minute`` (a hosted API's limit: Jina allows 60 on a free key), shared by
+            every scorer of the same key and ``base_url`` in the process, threads and event loops
+            included. Every attempt waits for its turn; a 429 pauses every caller of the key; a
+            request that could not start before the deadline raises ``DeadlineExceeded`` unsent.
+            ``units_per_minute`` is refused: a server reports tokens only after the fact (they are
+            counted in ``usage``). None (default): no limit.
+        document_template: what the server's model reads of each candidate (None: its text), as
+            for :class:`~rerankers_plugins.CrossEncoderScorer`.
 
     Batches of one call run concurrently; when one fails for good, its siblings are cancelled.
     The sync methods run the async path (``asyncio.run``), so both share deadline and cancellation;
@@ -83,6 +96,8 @@ class RemoteScorer(HTTPScorer):
         retry: RetryPolicy | None = None,
         on_error: OnError = "raise",
         truncate: bool = True,
+        rate_limit: RateLimit | None = None,
+        document_template: TemplateLike | None = None,
     ) -> None:
         if protocol not in ("tei", "v1"):
             raise ConfigError(f"protocol must be 'tei' or 'v1', got {protocol!r}")
@@ -101,6 +116,8 @@ class RemoteScorer(HTTPScorer):
             max_concurrency=max_concurrency,
             retry=retry,
             on_error=on_error,
+            rate_limit=rate_limit,
+            document_template=document_template,
         )
         self.protocol = protocol
         self.model = model
@@ -120,6 +137,14 @@ class RemoteScorer(HTTPScorer):
     @property
     def _who(self) -> str:
         return self._server
+
+    def _check_rate_limit(self, limit: RateLimit) -> None:
+        if limit.units_per_minute is not None:
+            raise ConfigError(
+                "RemoteScorer: RateLimit(units_per_minute=...) cannot apply to a rerank server, which "
+                "reports tokens only after a request (they are counted in scorer.usage): use "
+                "requests_per_minute"
+            )
 
     # -- the protocol ----------------------------------------------------------------------------------
 
@@ -151,7 +176,7 @@ class RemoteScorer(HTTPScorer):
             payload["model"] = self.model
         return payload
 
-    def _parse(self, response: Any, n: int) -> list[float]:
+    def _parse(self, response: Any, n: int) -> Answer:
         if response.status_code >= 400:
             raise self._status_error(self._who, response.status_code, response.headers, response.text)
         try:
@@ -169,13 +194,15 @@ class RemoteScorer(HTTPScorer):
             raise BackendError(
                 f"{self._who} answered in an unexpected shape ({exc!r}): {self._redact(str(body))[:200]}"
             ) from exc
-        return merge_indexed(pairs, n, self._who)
+        usage = usage_from(body.get("usage")) if isinstance(body, dict) else None
+        return Answer(merge_indexed(pairs, n, self._who), usage)
 
     async def _sender(self, query: str, end: float | None) -> Send:
         client, bound = await self._async_clients.get()
 
-        async def send(batch: Sequence[str]) -> list[float]:
+        async def send(batch: Sequence[str], gate: Gate) -> Answer:
             async with bound:
+                await gate()
                 try:
                     response = await client.post(self.path, json=self._payload(query, batch))
                 except self._httpx.HTTPError as exc:

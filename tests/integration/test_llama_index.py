@@ -202,3 +202,79 @@ def test_peer_option_names_and_positional_model(tiny_bi_dir):
     assert len(out) == 1 and "retrieval_score" not in out[0].node.metadata
     with pytest.raises(ConfigError, match="choice_select_prompt"):
         RerankPostprocessor(scorer=FakeScorer(), choice_select_prompt="x")
+
+
+def test_llm_rerank_options_carry_over_to_the_listwise_convenience():
+    """LLMRerank(llm=..., choice_select_prompt=..., choice_batch_size=5, top_n=2) swapped for ours:
+    the same prompt reaches the LLM, batches of 5 are the window (it slides by half of it), and
+    its answers are read as LLMRerank's 'Doc: n, Relevance: r' lines."""
+    from llama_index.core.prompts import PromptTemplate
+
+    from rerankers_plugins.integrations.llama_index import LLMListwiseRerank
+
+    seen = []
+
+    def llm(messages):
+        seen.append(messages)
+        return "Doc: 2, Relevance: 9\nDoc: 3, Relevance: 7"  # the rest: not relevant, left out
+
+    prompt = PromptTemplate("Documents:\n{context_str}\nQuestion: {query_str}\nAnswer:\n")
+    post = LLMListwiseRerank(
+        llm=llm,
+        choice_select_prompt=prompt,
+        choice_batch_size=3,
+        top_n=2,
+        format_node_batch_fn=None,  # LLMRerank's defaults: nothing to translate
+        parse_choice_select_answer_fn=None,
+    )
+    assert (post.scorer.window, post.scorer.step, post.scorer.answer_format) == (3, 1, "choice_select")
+    plain = [NodeWithScore(node=TextNode(text=t), score=0.0) for t in TEXTS]
+    out = post.postprocess_nodes(plain, query_str="red apple")
+    assert len(out) == 2 and len(seen) == 3  # windows (2, 5), (1, 4), (0, 3)
+    assert seen[0] == [
+        {
+            "role": "user",
+            "content": f"Documents:\nDocument 1:\n{TEXTS[2]}\n\nDocument 2:\n{TEXTS[3]}\n\n"
+            f"Document 3:\n{TEXTS[4]}\nQuestion: red apple\nAnswer:\n",
+        }
+    ]
+    # a system prompt of the user's own is kept alongside (LLMRerank sends none)
+    with_system = LLMListwiseRerank(llm=llm, choice_select_prompt=prompt, system_prompt="Fruit search.")
+    assert with_system.scorer.messages("q", ["a"])[0] == {"role": "system", "content": "Fruit search."}
+
+
+@pytest.mark.parametrize(
+    ("convenience", "options", "match"),
+    [
+        (
+            "LLMPointwiseRerank",
+            {"choice_select_prompt": "{context_str} {query_str}"},
+            r"no 'choice_select_prompt' option: LLMListwiseRerank\(llm=\.\.\., choice_select_prompt=\.\.\.\) takes",
+        ),
+        (
+            "LLMListwiseRerank",
+            {"choice_select_prompt": "{context_str} {query_str}", "prompt": "{query} {passages}"},
+            r"pass prompt= or choice_select_prompt=, not both",
+        ),
+        (
+            "LLMListwiseRerank",
+            {"choice_select_prompt": "{context_str} {query_str} {domain}"},
+            r"template variable \{domain\}",
+        ),
+        (
+            "LLMListwiseRerank",
+            {"format_node_batch_fn": lambda nodes: ""},
+            r"no 'format_node_batch_fn' option: .*passage_template=",
+        ),
+        (
+            "LLMListwiseRerank",
+            {"parse_choice_select_answer_fn": lambda a, n: ([], [])},
+            r"answer_format='choice_select'",
+        ),
+    ],
+)
+def test_llm_rerank_options_that_cannot_carry_over_say_what_to_pass(convenience, options, match):
+    from rerankers_plugins.integrations import llama_index
+
+    with pytest.raises(ConfigError, match=match):
+        getattr(llama_index, convenience)(llm=lambda messages: "", **options)

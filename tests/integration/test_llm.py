@@ -21,6 +21,8 @@ from rerankers_plugins.scorers.llm import (
     as_llm,
     truncate_words,
 )
+from rerankers_plugins.scorers.llm.listwise import LISTWISE_SYSTEM
+from rerankers_plugins.scorers.llm.prompts import choice_select_options
 
 QUERY = "red apple tree"
 DOCS = [
@@ -44,6 +46,51 @@ def rule_llm(messages):
 
 def fixed(answer):
     return lambda messages: answer
+
+
+class Scripted:
+    """An LLM that always gives ``answer`` and keeps every prompt it was sent."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.seen = []
+
+    def __call__(self, messages):
+        self.seen.append(messages)
+        return self.answer
+
+
+#: a user's own prompt for each reranker (a legal-search domain, "Ruling" marks it): the
+#: malformed-answer tests run against our prompts and these, and must behave the same
+CUSTOM = {
+    "listwise": {
+        "system_prompt": "You rank court rulings for {query}.",
+        "prompt": "Rulings ({num}):\n{passages}\nCase: {query}\nAnswer like 2 > 1.",
+        "passage_template": "Ruling {index}: {passage}",
+    },
+    "choice_select": choice_select_options(
+        "Ruling documents:\n{context_str}\nCase: {query_str}\nAnswer with lines 'Doc: <n>, Relevance: <1-10>'."
+    ),
+    "pointwise": {
+        "system_prompt": None,
+        "prompt": "Case: {query}\nRuling: {passage}\nDoes it apply? yes or no",
+    },
+    "pairwise": {
+        "system_prompt": "Legal search for {query}.",
+        "prompt": "Case {query}. Ruling A: {passage_a}. Ruling B: {passage_b}. Say A or B.",
+    },
+}
+
+
+def prompted(kind, which, answer):
+    """The options of ``which`` prompt ("ours" or a custom one) and a scripted LLM giving ``answer``."""
+    return Scripted(answer), ({} if which == "ours" else CUSTOM[kind if which == "custom" else which])
+
+
+def assert_prompt_sent(llm, which):
+    """Every call carried the prompt asked for: a custom one is not silently replaced by ours."""
+    assert llm.seen
+    assert all(("Ruling" in m[-1]["content"]) == (which != "ours") for m in llm.seen)
 
 
 # -- pure ops -------------------------------------------------------------------------------------
@@ -128,6 +175,7 @@ def test_listwise_prompt_labels_and_truncates():
     assert msgs[0]["role"] == "system"
 
 
+@pytest.mark.parametrize("which", ["ours", "custom", "choice_select"])
 @pytest.mark.parametrize(
     "answer",
     [
@@ -137,14 +185,21 @@ def test_listwise_prompt_labels_and_truncates():
         "[2] > [2] > [2]",
         "[1] > [3",
         "Ranking: [6] > [5] > [4] > [3] > [2] > [1] > [1]",
+        "Doc: 9, Relevance: 7\nDoc: 0, Relevance: 10",
+        "Doc: 2, Relevance: 8\nDoc: 2, Relevance: 9\nDoc: x, Relevance: 5",
+        "Doc: 3, Relevance: high, Reason: apples\nDoc: 5",
+        "Doc:, Relevance: 7\nRelevance: 9",
     ],
 )
-def test_listwise_malformed_answers_never_drop_or_duplicate(answer, caplog):
+def test_listwise_malformed_answers_never_drop_or_duplicate(answer, which, caplog):
+    llm, options = prompted("listwise", which, answer)
+    ranker = LLMListwiseRanker(llm, **options)
     with caplog.at_level(logging.WARNING):
-        out = rerank(QUERY, DOCS, LLMListwiseRanker(fixed(answer)))
+        out = rerank(QUERY, DOCS, ranker)
+    assert_prompt_sent(llm, which)
     assert sorted(s.text for s in out) == sorted(DOCS)
     assert len(out) == len(DOCS)
-    if not parse_ranking(answer):
+    if not ranker.parse(answer):
         assert [s.text for s in out] == DOCS  # nothing parsed: previous order kept, with a warning
         assert "no ranking in the LLM's answer" in caplog.text
 
@@ -205,10 +260,15 @@ def test_pointwise_uses_logprobs_when_present():
     assert s.per_item[0]["source"] == "logprobs"
 
 
+@pytest.mark.parametrize("which", ["ours", "custom"])
 @pytest.mark.parametrize("answer", ["", "Maybe?", "The passage discusses apples.", "¯\\_(ツ)_/¯"])
-def test_pointwise_unparsable_gets_defined_score_and_warning(answer, caplog):
+def test_pointwise_unparsable_gets_defined_score_and_warning(answer, which, caplog):
+    llm, options = prompted("pointwise", which, answer)
     with caplog.at_level(logging.WARNING):
-        out = rerank(QUERY, DOCS[:2], LLMPointwiseScorer(fixed(answer), unparsable_score=0.25))
+        out = rerank(
+            QUERY, DOCS[:2], LLMPointwiseScorer(llm, unparsable_score=0.25, max_concurrency=1, **options)
+        )
+    assert_prompt_sent(llm, which)
     assert [s.score for s in out] == [0.25, 0.25]
     assert all(s.details["parsed"] is False for s in out)
     assert out[0].details["unparsed"] == 2
@@ -255,14 +315,293 @@ def test_pairwise_compare_top_with_fewer_than_n_squared_calls():
     assert n_calls <= 2 * 30 * 4  # both orders, about n log k comparisons
 
 
-def test_pairwise_position_bias_cancelled():
-    always_a = fixed("A")  # a maximally position-biased model
-    out = rerank(QUERY, DOCS, LLMPairwiseRanker(always_a, compare_top=3))
+@pytest.mark.parametrize("which", ["ours", "custom"])
+def test_pairwise_position_bias_cancelled(which):
+    always_a, options = prompted("pairwise", which, "A")  # a maximally position-biased model
+    out = rerank(QUERY, DOCS, LLMPairwiseRanker(always_a, compare_top=3, **options))
+    assert_prompt_sent(always_a, which)
     assert [s.text for s in out] == DOCS  # the two orders disagree: input order kept
-    unparsable = rerank(QUERY, DOCS, LLMPairwiseRanker(fixed("Both are fine."), compare_top=3))
+    vague, options = prompted("pairwise", which, "Both are fine.")
+    unparsable = rerank(QUERY, DOCS, LLMPairwiseRanker(vague, compare_top=3, **options))
+    assert_prompt_sent(vague, which)
     assert [s.text for s in unparsable] == DOCS
     # every comparison asked is unparsable (and counted), none is guessed
     assert unparsable[0].details["unparsed"] == unparsable[0].details["llm_calls"] > 0
+
+
+# -- your own prompts ----------------------------------------------------------------------------
+
+
+def test_default_prompts_are_unchanged():
+    """Our own prompts, byte for byte: custom prompts are options, the defaults stay what they were."""
+    f = fixed("")
+    lw = LLMListwiseRanker(f).messages(" red\napple ", ["one  two", "three"])
+    assert lw == [
+        {"role": "system", "content": LISTWISE_SYSTEM},
+        {
+            "role": "user",
+            "content": "I will provide you with 2 passages, each indicated by a numerical identifier []. "
+            "Rank the passages based on their relevance to the search query: red apple\n\n[1] one two\n[2] three\n\n"
+            "Search Query: red apple\nRank the 2 passages above based on their relevance to the search query. "
+            "List them in descending order using identifiers, the most relevant first. The output format should "
+            "be [] > [], e.g., [2] > [1]. Only respond with the ranking results, do not say any word or explain.",
+        },
+    ]
+    system = {"role": "system", "content": "You judge whether a passage is relevant to a search query."}
+    assert LLMPointwiseScorer(f).messages("q", "p") == [
+        system,
+        {
+            "role": "user",
+            "content": "Query: q\n\nPassage: p\n\nIs the passage relevant to the query? Answer with Yes or No only.",
+        },
+    ]
+    assert LLMPointwiseScorer(f, mode="grade").messages("q", "p")[1]["content"] == (
+        "Query: q\n\nPassage: p\n\nHow relevant is the passage to the query, from 0 (not at all) to 10 "
+        "(perfectly)? Answer with the number only."
+    )
+    assert LLMPairwiseRanker(f).messages("q", "a", "b") == [
+        {"role": "system", "content": "You compare two passages for relevance to a search query."},
+        {
+            "role": "user",
+            "content": "Query: q\n\nPassage A: a\n\nPassage B: b\n\n"
+            "Which passage is more relevant to the query? Answer with A or B only.",
+        },
+    ]
+    # and a default pointwise scorer's cache identity is what it was
+    assert set(LLMPointwiseScorer(f).fingerprint()) == {"llm", "mode", "max_words", "unparsable_score"}
+
+
+def test_the_llm_receives_the_custom_prompts_filled_in():
+    docs = ["The tenant may leave  after\nnotice {clause 4}.", "Parking rules apply."]
+    listwise = Scripted("[2] > [1]")
+    ranker = LLMListwiseRanker(
+        listwise,
+        system_prompt="You rank {num} court rulings.",
+        prompt="Case: {query}\n{passages}\nRank all {num}, as 2 > 1.",
+        passage_template="Ruling {index}: {passage}",
+        passage_separator="\n\n",
+        max_words=5,
+    )
+    assert [s.text for s in rerank("tenant  notice", docs, ranker)] == docs[::-1]
+    assert listwise.seen == [
+        [
+            {"role": "system", "content": "You rank 2 court rulings."},
+            {
+                "role": "user",
+                "content": "Case: tenant notice\nRuling 1: The tenant may leave after\n\n"
+                "Ruling 2: Parking rules apply.\nRank all 2, as 2 > 1.",
+            },
+        ]
+    ]
+    pointwise = Scripted("yes")
+    scorer = LLMPointwiseScorer(
+        pointwise,
+        system_prompt=None,
+        prompt="{passage}\nDoes that answer: {query}? yes/no",
+        max_concurrency=1,
+    )
+    assert scorer.score("tenant notice", docs[:1]) == [1.0]
+    assert pointwise.seen == [
+        [
+            {
+                "role": "user",
+                "content": "The tenant may leave after notice {clause 4}.\nDoes that answer: tenant notice? yes/no",
+            }
+        ]
+    ]
+    assert scorer.fingerprint()["prompt"] == scorer.prompt  # another prompt: another cache key
+    pairwise = Scripted("B")
+    LLMPairwiseRanker(
+        pairwise,
+        system_prompt="Legal search: {query}",
+        prompt="1) {passage_a}\n2) {passage_b}\nWhich helps with {query}? A or B",
+        both_orders=False,
+    ).rank("tenant", docs)
+    assert pairwise.seen == [
+        [
+            {"role": "system", "content": "Legal search: tenant"},
+            {
+                "role": "user",
+                "content": f"1) {' '.join(docs[0].split())}\n2) {docs[1]}\nWhich helps with tenant? A or B",
+            },
+        ]
+    ]
+
+
+@pytest.mark.parametrize(
+    ("cls", "options", "match"),
+    [
+        (
+            LLMPointwiseScorer,
+            {"prompt": "Is {passage} relevant?"},
+            r"prompt=\.\.\.\) has no \{query\} placeholder",
+        ),
+        (
+            LLMPointwiseScorer,
+            {"prompt": "{query} {passage} {question}"},
+            r"unknown placeholder \{question\}; prompt takes \{query\} \(required\), \{passage\} \(required\)",
+        ),
+        (LLMPairwiseRanker, {"prompt": "{query} {passage_a} {passage_b} {}"}, r"positional placeholder \{\}"),
+        (
+            LLMPairwiseRanker,
+            {"prompt": "{query} {0} {passage_a} {passage_b}"},
+            r"positional placeholder \{0\}",
+        ),
+        (
+            LLMListwiseRanker,
+            {"prompt": "{query.lower} {passages}"},
+            r"\{query\.lower\} accesses an attribute or an index",
+        ),
+        (LLMListwiseRanker, {"prompt": "{query} {passages[0]}"}, r"\{passages\[0\]\} accesses an attribute"),
+        (
+            LLMListwiseRanker,
+            {"prompt": "{query!r} {passages}"},
+            r"\{query!r\} has a conversion or a format spec",
+        ),
+        (LLMListwiseRanker, {"prompt": "{query:>9} {passages}"}, r"\{query:>9\} has a conversion"),
+        (
+            LLMListwiseRanker,
+            {"prompt": "{query} {passages"},
+            r"unbalanced braces.*write a literal brace as \{\{",
+        ),
+        (
+            LLMListwiseRanker,
+            {"prompt": "{query} {passages} }"},
+            r"prompt=\.\.\.\): unbalanced braces \(Single '\}'",
+        ),
+        (
+            LLMListwiseRanker,
+            {"prompt": "{query} {passages} {passage}"},
+            r"unknown placeholder \{passage\}; prompt takes \{query\} \(required\), \{passages\} \(required\), \{num\}",
+        ),
+        (
+            LLMListwiseRanker,
+            {"passage_template": "{passage}"},
+            r"passage_template=\.\.\.\) has no \{index\} placeholder; passage_template takes \{index\} \(required\), \{passage\} \(required\)",
+        ),
+        (
+            LLMListwiseRanker,
+            {"system_prompt": "Rank {passages}."},
+            r"system_prompt=\.\.\.\): unknown placeholder \{passages\}; system_prompt takes \{query\}, \{num\}",
+        ),
+        (
+            LLMListwiseRanker,
+            {"answer_format": "json"},
+            r"answer_format=\.\.\.\) must be 'ranking' or 'choice_select', got 'json'",
+        ),
+        (LLMListwiseRanker, {"passage_separator": 3}, r"passage_separator=\.\.\.\) must be a string"),
+        (
+            LLMPairwiseRanker,
+            {"system_prompt": 42},
+            r"system_prompt=\.\.\.\): a prompt is a string with named placeholders, got int",
+        ),
+        (
+            LLMPointwiseScorer,
+            {"prompt": ["{query}", "{passage}"]},
+            r"got list; prompt takes \{query\} \(required\)",
+        ),
+    ],
+)
+def test_a_bad_prompt_is_refused_at_construction_naming_it(cls, options, match):
+    with pytest.raises(ConfigError, match=match) as caught:
+        cls(fixed(""), **options)
+    assert str(caught.value).startswith(f"{cls.__name__}(")  # the reranker and the option named
+
+
+def test_a_llama_index_template_as_our_prompt_points_to_choice_select_prompt():
+    from llama_index.core.prompts import PromptTemplate
+
+    with pytest.raises(
+        ConfigError, match=r"got PromptTemplate.*LLMListwiseRerank\(choice_select_prompt=\.\.\.\)"
+    ):
+        LLMListwiseRanker(fixed(""), prompt=PromptTemplate("{query_str} {context_str}"))
+
+
+# -- LlamaIndex's choice_select_prompt -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("answer", "order"),
+    [
+        ("Doc: 9, Relevance: 7\nDoc: 3, Relevance: 4\nDoc: 7, Relevance: 3", [8, 2, 6, 0, 1, 3, 4, 5, 7, 9]),
+        ("Doc: 3, Relevance: 4\nDoc: 9, Relevance: 7", [8, 2, 0, 1, 3, 4, 5, 6, 7, 9]),  # by relevance
+        ("Doc: 2, Relevance: 5\nDoc: 4, Relevance: 5", [1, 3, 0, 2, 4, 5, 6, 7, 8, 9]),  # ties: as named
+        (
+            "Doc: 0, Relevance: 10\nDoc: 11, Relevance: 9\nDoc: 2, Relevance: 1",
+            [1, 0, 2, 3, 4, 5, 6, 7, 8, 9],
+        ),
+        ("Doc: 2, Relevance: 3\nDoc: 2, Relevance: 8\nDoc: 5, Relevance: 6", [1, 4, 0, 2, 3, 5, 6, 7, 8, 9]),
+        ("Doc: 4\nDoc: 6, Relevance: 2", [5, 3, 0, 1, 2, 4, 6, 7, 8, 9]),  # unrated after rated
+        ("Doc: 10, Relevance: 8, Reason: it names apples, trees", [9, 0, 1, 2, 3, 4, 5, 6, 7, 8]),
+        (
+            "1. **Document 3** - relevance score: 9/10\n2. **Document 1** - relevance score: 6/10",
+            [2, 0, 1, *range(3, 10)],
+        ),
+        ("Doc: 5, Relevance: 6; Doc: 8, Relevance: 9", [7, 4, 0, 1, 2, 3, 5, 6, 8, 9]),
+        ("doc 7 relevance 7.5\nDOC #2 RELEVANCE: 8", [1, 6, 0, 2, 3, 4, 5, 7, 8, 9]),
+        ("Doc: x, Relevance: 7\nDoc: , Relevance: 9", list(range(10))),
+        ("None of the documents are relevant to the question.", list(range(10))),
+        ("[3] > [1] > [2]", list(range(10))),  # a ranking is not the answer asked for
+        ("", list(range(10))),
+    ],
+)
+def test_choice_select_answers_are_repaired_never_trusted(answer, order):
+    """LlamaIndex's own parser skips lines with a third comma, reads Doc: 0 as the last document and
+    misaligns relevances when one is missing; ours reads what it can and keeps every document."""
+    docs = [f"document {i}" for i in range(10)]
+    ranker = LLMListwiseRanker(fixed(answer), window=10, **CUSTOM["choice_select"])
+    assert ranker.rank("q", docs) == order
+
+
+def test_choice_select_prompt_is_sent_as_llama_index_formats_it():
+    from llama_index.core.indices.utils import default_format_node_batch_fn
+    from llama_index.core.prompts import PromptTemplate
+    from llama_index.core.prompts.default_prompts import DEFAULT_CHOICE_SELECT_PROMPT
+    from llama_index.core.schema import TextNode
+
+    docs = ["red apple {tree}", "bananas", "apple pie"]
+    nodes = [TextNode(text=d) for d in docs]
+    mine = PromptTemplate(
+        'Topic {topic}. Answer as {"doc": n}.\n{ctx}\nQ: {query_str}\nLines: Doc: <n>, Relevance: <1-10>',
+        template_var_mappings={"context_str": "ctx"},
+    ).partial_format(topic="fruit {sic}")
+    as_text = mine.template.replace("{ctx}", "{context_str}").replace("{topic}", "fruit")
+    for template in (DEFAULT_CHOICE_SELECT_PROMPT, mine, as_text):
+        llm = Scripted("Doc: 3, Relevance: 9\nDoc: 1, Relevance: 6")
+        ranker = LLMListwiseRanker(llm, **choice_select_options(template))
+        assert ranker.rank("red apple", docs) == [2, 0, 1]
+        theirs = PromptTemplate(template) if isinstance(template, str) else template
+        expected = theirs.format(context_str=default_format_node_batch_fn(nodes), query_str="red apple")
+        assert llm.seen == [[{"role": "user", "content": expected}]]  # one user message, as LLMRerank sends
+
+
+@pytest.mark.parametrize(
+    ("template", "match"),
+    [
+        (
+            "{context_str}\n{query_str}\nDomain: {domain}",
+            r"template variable \{domain\} is not one LLMRerank fills.*partial_format",
+        ),
+        ("Question: {query_str}", r"has no \{context_str\}: the documents would not be in the prompt"),
+        ("{context_str}", r"has no \{query_str\}: the question"),
+        (42, r"must be a string or a LlamaIndex PromptTemplate, got a int"),
+        ("function", r"function_mappings \(context_str\) cannot be translated"),
+        ("chat", r"got a ChatPromptTemplate \(only a PromptTemplate's text carries over\)"),
+    ],
+)
+def test_choice_select_prompts_that_cannot_carry_over_say_what_to_pass(template, match):
+    from llama_index.core.llms import ChatMessage
+    from llama_index.core.prompts import ChatPromptTemplate, PromptTemplate
+
+    if template == "function":
+        template = PromptTemplate(
+            "{context_str} {query_str}", function_mappings={"context_str": lambda **kw: "x"}
+        )
+    elif template == "chat":
+        template = ChatPromptTemplate([ChatMessage(role="user", content="{context_str} {query_str}")])
+    with pytest.raises(ConfigError, match=match) as caught:
+        choice_select_options(template)
+    assert "prompt=..." in str(caught.value)  # what to pass instead
 
 
 # -- framework LLMs -------------------------------------------------------------------------------

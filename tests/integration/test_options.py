@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rerankers_plugins import ConfigError
+from rerankers_plugins import ConfigError, DocumentTemplate
 from rerankers_plugins._params import docstring_args
 from rerankers_plugins.integrations import langchain as lc
 from rerankers_plugins.integrations import llama_index as li
@@ -128,15 +128,40 @@ def _llm(messages: object) -> str:
 
 
 LLM = {
-    "llm-listwise": {"window": 6, "step": 3, "max_words": 50, "system_prompt": "Rank.", "name": "x"},
+    "llm-listwise": {
+        "window": 6,
+        "step": 3,
+        "max_words": 50,
+        "system_prompt": "Rank for {query}.",
+        "prompt": "{num} passages:\n{passages}\nQuery: {query}",
+        "passage_template": "<{index}> {passage}",
+        "passage_separator": "\n--\n",
+        "answer_format": "choice_select",
+        "name": "x",
+        "max_tokens": 5000,
+        "document_template": DocumentTemplate("{title}: {text}"),
+    },
     "llm-pointwise": {
         "mode": "grade",
         "max_words": 40,
         "max_concurrency": 2,
         "unparsable_score": 0.5,
+        "system_prompt": None,
+        "prompt": "Grade {passage} for {query}, 0-10.",
         "name": "y",
+        "max_tokens": 6000,
+        "document_template": DocumentTemplate("{title}: {text}"),
     },
-    "llm-pairwise": {"compare_top": 4, "both_orders": False, "max_words": 30, "name": "z"},
+    "llm-pairwise": {
+        "compare_top": 4,
+        "both_orders": False,
+        "max_words": 30,
+        "system_prompt": "Compare for {query}.",
+        "prompt": "{query}? A: {passage_a} B: {passage_b}",
+        "name": "z",
+        "max_tokens": 7000,
+        "document_template": DocumentTemplate("{title}: {text}"),
+    },
 }
 
 

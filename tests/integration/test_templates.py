@@ -16,6 +16,7 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from local_servers import RerankServer
 from tiny import build_colbert, build_encoder, build_t5
 
 from rerankers_plugins import (
@@ -255,7 +256,9 @@ def test_both_adapters_conveniences_take_a_template(dirs):
     ):
         got = post.postprocess_nodes(nodes, QueryBundle(QUERY))
         assert {n.node.node_id: n.score for n in got} == pytest.approx(want, abs=1e-5)
-    embed = LIRerank(ce, dtype="float32", top_n=3, document_template=TEMPLATE, metadata_mode=MetadataMode.EMBED)
+    embed = LIRerank(
+        ce, dtype="float32", top_n=3, document_template=TEMPLATE, metadata_mode=MetadataMode.EMBED
+    )
     got = embed.postprocess_nodes(nodes, QueryBundle(QUERY))
     assert {n.node.node_id: n.score for n in got} != pytest.approx(want, abs=1e-5)  # as asked: metadata twice
 
@@ -294,15 +297,74 @@ def test_a_template_is_a_pipeline_file_setting(tmp_path):
     }
     path = tmp_path / "pipelines.toml"
     path.write_text(
-        "[pipelines.titled]\nscorer = \"fake\"\n"
+        '[pipelines.titled]\nscorer = "fake"\n'
         'document_template = { template = "{section}: {text}", defaults = { section = "Body" } }\n'
         '[pipelines.fields]\nscorer = "bm25"\ndocument_template = ["title", "text"]\n'
     )
     titled = load_pipeline(path, "titled")
-    assert as_strategy(titled).fingerprint() == as_strategy(FakeScorer(document_template=template)).fingerprint()
+    assert (
+        as_strategy(titled).fingerprint() == as_strategy(FakeScorer(document_template=template)).fingerprint()
+    )
     assert scores(titled, [Candidate("t", id="a")]) == scores(FakeScorer(), [Candidate("Body: t", id="a")])
     assert as_strategy(load_pipeline(path, "fields")).template == DocumentTemplate(["title", "text"])
     with pytest.raises(ConfigError, match="document_template=function is an object"):
         scorer_spec(FakeScorer(document_template=lambda c: c.text))
     with pytest.raises(ConfigError, match="takes 'template'"):
         FakeScorer(document_template={"tmpl": "{text}"})
+
+
+def test_the_cohere_structured_form_is_the_documented_yaml_on_the_wire():
+    from rerankers_plugins import CohereScorer
+
+    with RerankServer() as server:
+        scorer = CohereScorer(api_key="k", base_url=server.url, document_template=["title", "text"])
+        rerank(QUERY, CANDIDATES, scorer)
+        sent = server.requests[-1]["body"]["documents"]
+    # Cohere's recipe for semi-structured documents: yaml.dump(doc, sort_keys=False)
+    assert sent == [
+        yaml.dump({"title": c.metadata["title"], "text": c.text}, sort_keys=False) for c in CANDIDATES
+    ]
+    assert yaml.safe_load(sent[0]) == {
+        "title": CANDIDATES[0].metadata["title"],
+        "text": CANDIDATES[0].text,
+    }
+
+
+def test_a_rerank_server_receives_the_filled_texts():
+    from rerankers_plugins import RemoteScorer
+
+    with RerankServer() as server:
+        scorer = RemoteScorer(server.url, protocol="tei", document_template=TEMPLATE)
+        got = scores(scorer, CANDIDATES)
+        assert server.requests[-1]["body"]["texts"] == [c.text for c in filled(CANDIDATES)]
+        assert got == scores(RemoteScorer(server.url, protocol="tei"), filled(CANDIDATES))
+
+
+@pytest.mark.parametrize("kind", ["llm-listwise", "llm-pointwise", "llm-pairwise"])
+def test_the_llm_rerankers_read_the_filled_template(kind):
+    from rerankers_plugins.registry import get_scorer
+
+    seen: list[str] = []
+    answer = {"llm-listwise": "[1] > [2] > [3]", "llm-pointwise": "Yes", "llm-pairwise": "Passage A"}[kind]
+
+    def spy(messages):  # a plain function is an LLM: messages in, text out
+        seen.append("\n".join(m["content"] for m in messages))
+        return answer
+
+    ranker = get_scorer(kind, llm=spy, document_template="{title}: {text}")
+    rerank(QUERY, CANDIDATES, ranker)
+    prompts = "\n".join(seen)
+    assert "Heart blood pressure trial: The results are shown in Table 3." in prompts
+    assert "Methods: Blood pressure of the heart rises." in prompts
+
+
+def test_a_missing_field_is_not_masked_by_keep_order():
+    from rerankers_plugins import CohereScorer
+
+    with RerankServer() as server:
+        scorer = CohereScorer(
+            api_key="k", base_url=server.url, on_error="keep_order", document_template="{title}\n{text}"
+        )
+        with pytest.raises(ConfigError, match="'title'"):
+            rerank(QUERY, [Candidate("no title", id="x")], scorer)
+        assert server.requests == []  # nothing sent

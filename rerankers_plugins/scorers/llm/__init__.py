@@ -6,7 +6,9 @@
 * :mod:`.base`: :func:`as_llm`, the rerankers' shared base and the prompt helpers;
 * :mod:`.listwise`: :class:`LLMListwiseRanker`, one sliding-window loop for sync and async;
 * :mod:`.pointwise`: :class:`LLMPointwiseScorer`;
-* :mod:`.pairwise`: :class:`LLMPairwiseRanker`.
+* :mod:`.pairwise`: :class:`LLMPairwiseRanker`;
+* :mod:`.prompts`: the rerankers' prompt pieces and their named placeholders, checked at
+  construction, and LlamaIndex's ``choice_select_prompt`` translated (:func:`choice_select_options`).
 
 LLM output is untrusted: rankings go through :mod:`rerankers_plugins.ops.permutation`, grades and
 yes/no answers through parsers with a defined fallback, and no answer can drop or duplicate a
@@ -22,6 +24,7 @@ from rerankers_plugins.scorers.llm.listwise import LISTWISE_SYSTEM as LISTWISE_S
 from rerankers_plugins.scorers.llm.listwise import LLMListwiseRanker
 from rerankers_plugins.scorers.llm.pairwise import LLMPairwiseRanker
 from rerankers_plugins.scorers.llm.pointwise import LLMPointwiseScorer
+from rerankers_plugins.scorers.llm.prompts import choice_select_options
 
 __all__ = [
     "LLM",
@@ -31,6 +34,7 @@ __all__ = [
     "Message",
     "Reply",
     "as_llm",
+    "choice_select_options",
     "text_of",
     "truncate_words",
 ]

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from rerankers_plugins.scorers.limits import Usage, usage_from
 from rerankers_plugins.scorers.llm.interface import LLM, Message, Reply, text_of
 
 __all__ = ["framework_llm"]
@@ -31,6 +32,23 @@ def _langchain_logprobs(message: Any) -> dict[str, float] | None:
     first = content[0]
     tops = first.get("top_logprobs") or [{"token": first.get("token"), "logprob": first.get("logprob")}]
     return {str(t["token"]): float(t["logprob"]) for t in tops if t.get("token") is not None}
+
+
+def _langchain_usage(message: Any) -> Usage | None:
+    """``AIMessage.usage_metadata`` (``input_tokens``, ``output_tokens``, ``total_tokens``), where
+    the chat model reports it."""
+    return usage_from(getattr(message, "usage_metadata", None))
+
+
+def _llama_index_usage(response: Any) -> Usage | None:
+    """A ``ChatResponse``'s token usage: ``raw["usage"]`` (the provider's answer: OpenAI's
+    ``prompt_tokens`` / ``completion_tokens``, Anthropic's ``input_tokens`` / ``output_tokens``),
+    else the counts LlamaIndex copies into ``additional_kwargs``."""
+    raw = getattr(response, "raw", None)
+    found = usage_from(raw.get("usage") if isinstance(raw, dict) else getattr(raw, "usage", None))
+    if found is None:
+        found = usage_from(getattr(response, "additional_kwargs", None))
+    return found
 
 
 def _llama_index_logprobs(response: Any) -> dict[str, float] | None:
@@ -55,11 +73,11 @@ def _langchain(obj: Any, label: str) -> LLM | None:
 
     def complete(messages: list[Message]) -> Reply:
         out = model.invoke(lc_msgs(messages))
-        return Reply(text_of(getattr(out, "content", out)), _langchain_logprobs(out))
+        return Reply(text_of(getattr(out, "content", out)), _langchain_logprobs(out), _langchain_usage(out))
 
     async def acomplete(messages: list[Message]) -> Reply:
         out = await model.ainvoke(lc_msgs(messages))
-        return Reply(text_of(getattr(out, "content", out)), _langchain_logprobs(out))
+        return Reply(text_of(getattr(out, "content", out)), _langchain_logprobs(out), _langchain_usage(out))
 
     return LLM(complete, acomplete, name=label)
 
@@ -78,11 +96,11 @@ def _llama_index(obj: Any, label: str) -> LLM | None:
 
     def complete(messages: list[Message]) -> Reply:
         out = model.chat(li_msgs(messages))
-        return Reply(text_of(out.message.content), _llama_index_logprobs(out))
+        return Reply(text_of(out.message.content), _llama_index_logprobs(out), _llama_index_usage(out))
 
     async def acomplete(messages: list[Message]) -> Reply:
         out = await model.achat(li_msgs(messages))
-        return Reply(text_of(out.message.content), _llama_index_logprobs(out))
+        return Reply(text_of(out.message.content), _llama_index_logprobs(out), _llama_index_usage(out))
 
     metadata = getattr(model, "metadata", None)
     return LLM(complete, acomplete, name=str(getattr(metadata, "model_name", None) or label))

@@ -10,19 +10,37 @@ A reranker whose calls depend on each other's answers writes its loop once, as a
 :data:`Dialogue` type: it yields each prompt and receives the answer. :meth:`LLMBase.drive` runs
 such a loop against the sync LLM call, on the calling thread; :meth:`LLMBase.adrive` against the
 async one.
+
+Every LLM call goes through :meth:`LLMBase._call` / :meth:`LLMBase._acall`: each is counted in
+the reranker's ``usage`` (requests, and the tokens the framework reports: LangChain's
+``AIMessage.usage_metadata``, LlamaIndex's ``ChatResponse.raw["usage"]`` or ``additional_kwargs``;
+a plain function reports none unless it returns a ``Reply`` with ``usage``), and with
+``max_tokens=`` a call whose estimate would pass the budget is refused, before it is sent, with
+:class:`~rerankers_plugins.errors.BudgetExceeded`.
+
+The estimate of a call's tokens (input and output) before it is sent: its messages' characters
+times the tokens per character this reranker has observed (total tokens reported / characters
+sent, over the calls that reported usage), or times 1/4 before the first report (about four
+characters per token in English). A call whose usage is not reported spends its estimate against
+the budget (``usage`` counts only what was reported).
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import math
+import threading
 from collections.abc import Generator, Mapping
 from typing import Any, ClassVar, TypeVar
 
+from rerankers_plugins._validate import as_int
 from rerankers_plugins.errors import BackendError, ConfigError
 from rerankers_plugins.scorers.base import accept_renamed
+from rerankers_plugins.scorers.limits import Budget, Hold, Usage, UsageCounter
 from rerankers_plugins.scorers.llm._frameworks import framework_llm
 from rerankers_plugins.scorers.llm.interface import LLM, Message, Reply, text_of
+from rerankers_plugins.templates import TemplateLike, as_template
 
 __all__ = [
     "LLM",
@@ -118,10 +136,23 @@ class LLMBase:
         accept_renamed(cls)
 
     """What the LLM rerankers share: the wrapped LLM, the per-passage word budget, the concurrency
-    bound, and the calls, whose failures become :class:`BackendError` (a :class:`ConfigError`
-    passes through)."""
+    bound, the token budget (``max_tokens``), what the calls spent (``usage``), and the calls,
+    whose failures become :class:`BackendError` (a :class:`ConfigError` and a
+    :class:`~rerankers_plugins.errors.BudgetExceeded` pass through)."""
 
-    def __init__(self, llm: Any, *, max_words: int, max_concurrency: int, name: str | None) -> None:
+    #: tokens per character assumed before any call has reported its usage
+    DEFAULT_TOKENS_PER_CHAR = 0.25
+
+    def __init__(
+        self,
+        llm: Any,
+        *,
+        max_words: int,
+        max_concurrency: int,
+        name: str | None,
+        max_tokens: int | None = None,
+        document_template: TemplateLike | None = None,
+    ) -> None:
         if max_words < 1:
             raise ConfigError(f"max_words must be >= 1, got {max_words}")
         if max_concurrency < 1:
@@ -130,22 +161,95 @@ class LLMBase:
         self.max_words = max_words
         self.max_concurrency = max_concurrency
         self.name = name or f"{type(self).__name__}({self.llm.name})"
+        self.max_tokens = as_int(max_tokens, "max_tokens", minimum=1, allow_none=True)
+        # what the LLM reads of each candidate: the leaf fills it in before the passages are built
+        self.document_template = as_template(document_template)
+        self._usage = UsageCounter()
+        self._budget = (
+            Budget(self.max_tokens, "tokens", "max_tokens") if self.max_tokens is not None else None
+        )
+        self._seen = threading.Lock()
+        self._seen_tokens = 0  # total tokens reported ...
+        self._seen_chars = 0  # ... by calls that sent this many characters
+
+    # -- usage and the token budget ------------------------------------------------------------------
+
+    @property
+    def usage(self) -> Usage:
+        """What this reranker's LLM calls spent since it was built (or :meth:`reset_usage`):
+        requests, and the tokens the framework reported."""
+        return self._usage.get()
+
+    def reset_usage(self) -> Usage:
+        """Start counting (and the ``max_tokens`` budget) from zero again; returns what had been spent."""
+        if self._budget is not None:
+            self._budget.reset()
+        return self._usage.reset()
+
+    def estimate_tokens(self, messages: list[Message]) -> int:
+        """The tokens a call of ``messages`` is expected to spend (see the module docstring)."""
+        chars = sum(len(m.get("content") or "") for m in messages)
+        with self._seen:
+            ratio = self._seen_tokens / self._seen_chars if self._seen_chars else self.DEFAULT_TOKENS_PER_CHAR
+        return max(1, math.ceil(chars * ratio))
+
+    def _before(self, messages: list[Message]) -> tuple[int, Hold | None]:
+        """The call's estimate held on the budget (BudgetExceeded, nothing sent, past it); the
+        request counted."""
+        hold = None
+        estimate = 0
+        if self._budget is not None:
+            estimate = self.estimate_tokens(messages)
+            chars = sum(len(m.get("content") or "") for m in messages)
+            rule = (
+                "observed tokens per character"
+                if self._seen_chars
+                else f"{self.DEFAULT_TOKENS_PER_CHAR:g} tokens per character before any usage was reported"
+            )
+            hold = self._budget.hold(estimate, self.name, f" (estimated: {chars} characters at {rule})")
+        self._usage.add(Usage(requests=1), self.name)
+        return estimate, hold
+
+    def _after(self, messages: list[Message], reply: Reply, estimate: int, hold: Hold | None) -> Reply:
+        """Count what the call spent: its reported usage, the observed tokens per character, the budget."""
+        usage = reply.usage if isinstance(reply, Reply) else None
+        if usage is not None:
+            self._usage.add(usage, self.name)
+            if usage.total_tokens:
+                with self._seen:
+                    self._seen_tokens += usage.total_tokens
+                    self._seen_chars += sum(len(m.get("content") or "") for m in messages)
+        if hold is not None:
+            hold.spend(usage.total_tokens if usage is not None and usage.total_tokens else estimate, estimate)
+        return reply
 
     def _call(self, messages: list[Message]) -> Reply:
+        estimate, hold = self._before(messages)
         try:
-            return self.llm.complete(messages)
-        except ConfigError:
-            raise
-        except Exception as exc:
-            raise BackendError(f"{self.name}: the LLM call failed: {type(exc).__name__}: {exc}") from exc
+            try:
+                reply = self.llm.complete(messages)
+            except ConfigError:
+                raise
+            except Exception as exc:
+                raise BackendError(f"{self.name}: the LLM call failed: {type(exc).__name__}: {exc}") from exc
+            return self._after(messages, reply, estimate, hold)
+        finally:
+            if hold is not None:
+                hold.close()
 
     async def _acall(self, messages: list[Message]) -> Reply:
+        estimate, hold = self._before(messages)
         try:
-            return await self.llm.acomplete(messages)
-        except ConfigError:
-            raise
-        except Exception as exc:
-            raise BackendError(f"{self.name}: the LLM call failed: {type(exc).__name__}: {exc}") from exc
+            try:
+                reply = await self.llm.acomplete(messages)
+            except ConfigError:
+                raise
+            except Exception as exc:
+                raise BackendError(f"{self.name}: the LLM call failed: {type(exc).__name__}: {exc}") from exc
+            return self._after(messages, reply, estimate, hold)
+        finally:
+            if hold is not None:
+                hold.close()
 
     def drive(self, dialogue: Dialogue[_R]) -> _R:
         """Run ``dialogue`` to its result with the sync LLM call, on this thread (so a framework's

@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from rerankers_plugins.scorers.limits import Usage
+
 __all__ = ["LLM", "Message", "Reply", "text_of"]
 
 Message = dict[str, str]
@@ -17,10 +19,13 @@ Message = dict[str, str]
 @dataclass(frozen=True)
 class Reply:
     """An LLM answer: its text and, where the model returned them, the first token's log-probabilities
-    (``{token: logprob}`` over the top alternatives)."""
+    (``{token: logprob}`` over the top alternatives) and the call's token usage (a
+    :class:`~rerankers_plugins.scorers.limits.Usage`: input, output and total tokens; None where the
+    framework reports none, as for a plain function, which may return a ``Reply`` with it)."""
 
     text: str
     first_token_logprobs: dict[str, float] | None = None
+    usage: Usage | None = None
 
 
 class LLM:

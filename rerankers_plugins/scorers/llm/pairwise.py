@@ -12,11 +12,20 @@ from typing import Any, ClassVar
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.scorers.base import ScoreResult
 from rerankers_plugins.scorers.llm.base import LLMBase, Message, clean, truncate_words
+from rerankers_plugins.scorers.llm.prompts import Template
+from rerankers_plugins.templates import TemplateLike
 from rerankers_plugins.types import ScoreScale
 
-__all__ = ["LLMPairwiseRanker"]
+__all__ = ["PAIRWISE_PROMPT", "PAIRWISE_SYSTEM", "LLMPairwiseRanker"]
 
 logger = logging.getLogger(__name__)
+
+PAIRWISE_SYSTEM = "You compare two passages for relevance to a search query."
+#: the user message of each comparison: {query}, {passage_a} and {passage_b}
+PAIRWISE_PROMPT = (
+    "Query: {query}\n\nPassage A: {passage_a}\n\nPassage B: {passage_b}\n\n"
+    "Which passage is more relevant to the query? Answer with A or B only."
+)
 
 _CHOICE = re.compile(r"\b(?:passage\s*)?([AB])\b")
 
@@ -31,13 +40,25 @@ class LLMPairwiseRanker(LLMBase):
     candidates outside the top k follow in their input order. ``details["llm_calls"]`` reports the
     cost.
 
+    The prompt is yours to change (:mod:`.prompts`): ``system_prompt`` and ``prompt``, with named
+    placeholders checked at construction; the answer is still read as A or B.
+
     Args:
         llm: a LangChain chat model, a LlamaIndex LLM, or a function(messages) -> str.
         compare_top: how many of the best candidates to order by comparisons (the rest follow in
             their input order; ``top_n`` of rerank still says how many are kept). Was ``top_k``.
         both_orders: ask each comparison in both orders (position bias).
         max_words: each passage is cut to this many words in the prompt.
+        system_prompt: the system message of every comparison, with {query} if you like; None
+            sends no system message.
+        prompt: the user message of every comparison: {query}, {passage_a} and {passage_b} (the
+            texts, on one line, cut to max_words) required; ask for an answer of A or B.
         name: model name shown in details; None: the LLM's own.
+        max_tokens: a token budget over this reranker's LLM calls: a call whose estimate would
+            pass it is refused before it is sent (``BudgetExceeded``); None (default): no budget.
+        document_template: what the LLM reads of each candidate (None: its text), as for
+            :class:`~rerankers_plugins.CrossEncoderScorer`; the passage it reads is then cut to
+            ``max_words``.
     """
 
     #: top_k means top_n everywhere else (LangChain, LlamaIndex, the adapters' peer options)
@@ -51,26 +72,48 @@ class LLMPairwiseRanker(LLMBase):
         compare_top: int = 10,
         both_orders: bool = True,
         max_words: int = 300,
+        system_prompt: str | None = PAIRWISE_SYSTEM,
+        prompt: str = PAIRWISE_PROMPT,
         name: str | None = None,
+        max_tokens: int | None = None,
+        document_template: TemplateLike | None = None,
     ) -> None:
-        super().__init__(llm, max_words=max_words, max_concurrency=1, name=name)
+        super().__init__(
+            llm,
+            max_words=max_words,
+            max_concurrency=1,
+            name=name,
+            max_tokens=max_tokens,
+            document_template=document_template,
+        )
         if compare_top < 1:
             raise ConfigError(f"compare_top must be >= 1, got {compare_top}")
+        owner = type(self).__name__
+        self._system = (
+            None
+            if system_prompt is None
+            else Template.check(owner, "system_prompt", system_prompt, optional=("query",))
+        )
+        self._prompt = Template.check(owner, "prompt", prompt, required=("query", "passage_a", "passage_b"))
         self.compare_top = compare_top
         self.both_orders = both_orders
+        self.system_prompt = system_prompt
+        self.prompt = prompt
 
     def messages(self, query: str, a: str, b: str) -> list[Message]:
-        return [
-            {"role": "system", "content": "You compare two passages for relevance to a search query."},
-            {
-                "role": "user",
-                "content": (
-                    f"Query: {clean(query)}\n\nPassage A: {truncate_words(clean(a), self.max_words)}\n\n"
-                    f"Passage B: {truncate_words(clean(b), self.max_words)}\n\n"
-                    "Which passage is more relevant to the query? Answer with A or B only."
-                ),
-            },
-        ]
+        """The messages of one comparison: ``a`` is passage A, ``b`` passage B."""
+        q = clean(query)
+        user: Message = {
+            "role": "user",
+            "content": self._prompt.render(
+                query=q,
+                passage_a=truncate_words(clean(a), self.max_words),
+                passage_b=truncate_words(clean(b), self.max_words),
+            ),
+        }
+        if self._system is None:
+            return [user]
+        return [{"role": "system", "content": self._system.render(query=q)}, user]
 
     @staticmethod
     def choice(text: str) -> str | None:

@@ -13,14 +13,26 @@ from typing import Any, Literal
 from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.scorers.base import ScoreResult
 from rerankers_plugins.scorers.llm.base import LLMBase, Message, Reply, clean, truncate_words
+from rerankers_plugins.scorers.llm.prompts import Template
+from rerankers_plugins.templates import TemplateLike
 from rerankers_plugins.types import ScoreScale
 
-__all__ = ["LLMPointwiseScorer"]
+__all__ = ["POINTWISE_PROMPTS", "POINTWISE_SYSTEM", "LLMPointwiseScorer"]
 
 logger = logging.getLogger(__name__)
 
 _YES = re.compile(r"^\W*(yes|relevant|true)\b", re.IGNORECASE)
 _NO = re.compile(r"^\W*(no|not relevant|irrelevant|false)\b", re.IGNORECASE)
+POINTWISE_SYSTEM = "You judge whether a passage is relevant to a search query."
+#: the user message of each judgement, per mode: {query} and {passage}
+POINTWISE_PROMPTS = {
+    "yes_no": "Query: {query}\n\nPassage: {passage}\n\nIs the passage relevant to the query? Answer with Yes or No only.",
+    "grade": (
+        "Query: {query}\n\nPassage: {passage}\n\nHow relevant is the passage to the query, from 0 (not at all) "
+        "to 10 (perfectly)? Answer with the number only."
+    ),
+}
+
 _GRADE = re.compile(r"(?<![\d.])(10|[0-9])(?:\s*/\s*10)?(?![\d])")
 
 
@@ -39,13 +51,26 @@ class LLMPointwiseScorer(LLMBase):
     ``mode="grade"`` (scale RELEVANCE): a 0-10 grade, divided by 10. An answer that parses as
     neither gets ``unparsable_score`` (default 0.0), ``details["parsed"] = False`` and a warning.
 
+    The prompt is yours to change (:mod:`.prompts`): ``system_prompt`` and ``prompt``, with named
+    placeholders checked at construction; ``mode`` still says how the answer is read, so a prompt
+    of yours asks for Yes/No (or a 0-10 grade).
+
     Args:
         llm: a LangChain chat model, a LlamaIndex LLM, or a function(messages) -> str.
         mode: ``"yes_no"``: P(yes); ``"grade"``: a 0-10 grade / 10.
         max_words: each passage is cut to this many words in the prompt.
         max_concurrency: LLM calls in flight at once.
         unparsable_score: score of an answer that parses as neither.
+        system_prompt: the system message of every judgement, with {query} if you like; None
+            sends no system message.
+        prompt: the user message of every judgement: {query} and {passage} (its text, on one
+            line, cut to max_words) required; None: the mode's own question.
         name: model name shown in details; None: the LLM's own.
+        max_tokens: a token budget over this reranker's LLM calls: a call whose estimate would
+            pass it is refused before it is sent (``BudgetExceeded``); None (default): no budget.
+        document_template: what the LLM reads of each candidate (None: its text), as for
+            :class:`~rerankers_plugins.CrossEncoderScorer`; the passage it reads is then cut to
+            ``max_words``.
     """
 
     def __init__(
@@ -56,39 +81,67 @@ class LLMPointwiseScorer(LLMBase):
         max_words: int = 300,
         max_concurrency: int = 8,
         unparsable_score: float = 0.0,
+        system_prompt: str | None = POINTWISE_SYSTEM,
+        prompt: str | None = None,
         name: str | None = None,
+        max_tokens: int | None = None,
+        document_template: TemplateLike | None = None,
     ) -> None:
-        super().__init__(llm, max_words=max_words, max_concurrency=max_concurrency, name=name)
+        super().__init__(
+            llm,
+            max_words=max_words,
+            max_concurrency=max_concurrency,
+            name=name,
+            max_tokens=max_tokens,
+            document_template=document_template,
+        )
         if mode not in ("yes_no", "grade"):
             raise ConfigError(f"mode must be 'yes_no' or 'grade', got {mode!r}")
         if not 0.0 <= unparsable_score <= 1.0:
             raise ConfigError(f"unparsable_score must be in 0..1, got {unparsable_score}")
+        owner = type(self).__name__
+        self._system = (
+            None
+            if system_prompt is None
+            else Template.check(owner, "system_prompt", system_prompt, optional=("query",))
+        )
+        self._prompt = Template.check(
+            owner,
+            "prompt",
+            POINTWISE_PROMPTS[mode] if prompt is None else prompt,
+            required=("query", "passage"),
+        )
         self.mode = mode
         self.unparsable_score = unparsable_score
+        self.system_prompt = system_prompt
+        self.prompt = prompt
         self.scale = ScoreScale.PROBABILITY if mode == "yes_no" else ScoreScale.RELEVANCE
 
     def fingerprint(self) -> Mapping[str, Any]:
-        """What changes a judgement, for cache keys: the LLM, the prompt mode and truncation."""
-        return {
+        """What changes a judgement, for cache keys: the LLM, the prompt mode and truncation, and
+        the prompts where they are not the default ones (so the keys of default prompts stay)."""
+        out: dict[str, Any] = {
             "llm": self.llm.name,
             "mode": self.mode,
             "max_words": self.max_words,
             "unparsable_score": self.unparsable_score,
         }
+        if self.system_prompt != POINTWISE_SYSTEM:
+            out["system_prompt"] = self.system_prompt
+        if self.prompt is not None:
+            out["prompt"] = self.prompt
+        return out
 
     def messages(self, query: str, passage: str) -> list[Message]:
-        ask = (
-            "Is the passage relevant to the query? Answer with Yes or No only."
-            if self.mode == "yes_no"
-            else "How relevant is the passage to the query, from 0 (not at all) to 10 (perfectly)? Answer with the number only."
-        )
-        return [
-            {"role": "system", "content": "You judge whether a passage is relevant to a search query."},
-            {
-                "role": "user",
-                "content": f"Query: {clean(query)}\n\nPassage: {truncate_words(clean(passage), self.max_words)}\n\n{ask}",
-            },
-        ]
+        """The messages of one judgement."""
+        q = clean(query)
+        user: Message = {
+            "role": "user",
+            "content": self._prompt.render(query=q, passage=truncate_words(clean(passage), self.max_words)),
+        }
+        if self._system is None:
+            return [user]
+        return [{"role": "system", "content": self._system.render(query=q)}, user]
 
     def judge(self, reply: Reply) -> tuple[float, dict[str, Any]]:
         """Score and details for one answer."""
