@@ -32,7 +32,7 @@ from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.eval import metrics as metrics_here
 from rerankers_plugins.eval.beir import BeirData, load_beir
 from rerankers_plugins.eval.first_stage import FirstStageLike, first_stage_candidates
-from rerankers_plugins.pipeline.leaves import ScorerLike, as_strategy, backends
+from rerankers_plugins.pipeline.leaves import ScorerLike, as_strategy, leaf_nodes
 from rerankers_plugins.pipeline.rerank import rerank
 from rerankers_plugins.scorers.base import Indexable
 from rerankers_plugins.types import Candidate
@@ -154,12 +154,19 @@ def progress_bar(iterable: Any, total: int, desc: str, enabled: bool) -> Any:
     return tqdm(iterable, total=total, desc=desc, file=sys.stderr, leave=False)
 
 
-def index_pool(label: str, scorer: ScorerLike, texts: list[str]) -> float:
+def index_pool(label: str, scorer: ScorerLike, pool: Sequence[Candidate]) -> float:
     """Encode the candidate pool once, before timing, for backends that precompute document vectors
-    (an ``index(texts)`` method, e.g. ColBERT); returns the seconds spent (0.0: nothing to index)."""
+    (an ``index(texts)`` method, e.g. ColBERT), each as it will read them (its document template
+    filled in); returns the seconds spent (0.0: nothing to index)."""
     spent = 0.0
-    for backend in backends(as_strategy(scorer)):
-        if isinstance(backend, Indexable):
+    done: list[tuple[object, object]] = []
+    for leaf in leaf_nodes(as_strategy(scorer)):
+        backend = leaf.leaf
+        if isinstance(backend, Indexable) and not any(b is backend and t == leaf.template for b, t in done):
+            done.append((backend, leaf.template))
+            texts = (
+                [c.text for c in pool] if leaf.template is None else [leaf.template.render(c) for c in pool]
+            )
             t0 = time.perf_counter()
             backend.index(texts)
             spent += time.perf_counter() - t0
@@ -230,7 +237,7 @@ def evaluate(
 
     first_run = {q: _first_stage_scores(first[q]) for q in qids}
     results = [PipelineResult(fs.name, score(first_run, fs.name), [], first_run)]
-    pool = list({c.id: c.text for q in qids for c in first[q]}.values())
+    pool = list({c.id: c for q in qids for c in first[q]}.values())
     for label, scorer in pipelines.items():
         index_s = index_pool(label, scorer, pool)
         run, lat = _rerank_all(label, scorer, dataset, qids, first, progress)

@@ -368,3 +368,13 @@ def test_a_missing_field_is_not_masked_by_keep_order():
         with pytest.raises(ConfigError, match="'title'"):
             rerank(QUERY, [Candidate("no title", id="x")], scorer)
         assert server.requests == []  # nothing sent
+
+
+def test_evaluation_indexes_documents_as_the_template_fills_them(dirs):
+    from rerankers_plugins.eval.harness import index_pool
+
+    colbert = LOCAL["colbert"](dirs["colbert"], document_template=TEMPLATE)
+    assert index_pool("maxsim", colbert, CANDIDATES) >= 0.0
+    encoded = colbert.cache.misses
+    rerank(QUERY, CANDIDATES, colbert)
+    assert colbert.cache.misses == encoded == len(CANDIDATES)  # reranking found every filled text indexed

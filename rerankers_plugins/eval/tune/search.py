@@ -155,7 +155,7 @@ class Search:
         no cost samples (each touches its documents first, a cold cache later calls do not see).
         With one request in flight, the timed calls of :meth:`calibrate_leaves` are spread between
         them, so that the cost model samples the machine over the whole scoring, not one moment."""
-        pool = list({c.id: c.text for q in self.q.values() for c in q.candidates}.values())
+        pool = list({c.id: c for q in self.q.values() for c in q.candidates}.values())
         for name, leaf in self.leaves.items():
             spent = index_pool(name, leaf.strategy, pool)
             self.timings["index_s"] += spent
