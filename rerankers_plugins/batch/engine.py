@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -245,6 +245,7 @@ def run_shard(
     each block (progress)."""
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
+    shard = _fillable(strategy, shard)
     errors = [b.record(shard.id) for q in shard.queries for b in q.bad]
     pairs = failed = 0
     queries = [q for q in shard.queries if q.rows]
@@ -282,6 +283,27 @@ def run_shard(
     return ShardResult(
         shard.id, rows, errors, pairs, time.perf_counter() - start, worker or _worker_name(), failed
     )
+
+
+def _fillable(strategy: Strategy, shard: Shard) -> Shard:
+    """``shard`` with every row that a leaf's document template cannot be filled from (a field its
+    metadata lacks) moved to the query's bad rows, naming the field: one row's missing column
+    never takes its block's other rows to the errors."""
+    templates = [t for t in dict.fromkeys(leaf.template for leaf in leaf_nodes(strategy)) if t is not None]
+    if not templates:
+        return shard
+    queries = []
+    for q in shard.queries:
+        kept, bad = [], list(q.bad)
+        for r in q.rows:
+            try:
+                for template in templates:
+                    template.render(r.candidate(), repr(r.doc_id))
+                kept.append(r)
+            except ConfigError as exc:
+                bad.append(BadRow(r.row, q.query_id, r.doc_id, str(exc)))
+        queries.append(replace(q, rows=tuple(kept), bad=tuple(sorted(bad, key=lambda b: b.row))))
+    return replace(shard, queries=tuple(queries))
 
 
 def _worker_name() -> str:

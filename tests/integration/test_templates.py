@@ -378,3 +378,27 @@ def test_evaluation_indexes_documents_as_the_template_fills_them(dirs):
     encoded = colbert.cache.misses
     rerank(QUERY, CANDIDATES, colbert)
     assert colbert.cache.misses == encoded == len(CANDIDATES)  # reranking found every filled text indexed
+
+
+def test_a_batch_row_the_template_cannot_fill_is_a_bad_row_not_a_failed_block(tmp_path):
+    from batch_helpers import output_of, write_jsonl
+
+    from rerankers_plugins.batch.engine import rerank_dataset
+
+    rows = [
+        {"query_id": "q1", "query": QUERY, "doc_id": c.id, "text": c.text, "title": c.metadata["title"]}
+        for c in CANDIDATES
+    ]
+    rows[1] = {k: v for k, v in rows[1].items() if k != "title"}  # one row without the column
+    spec = {"scorer": "fake", "document_template": "{title} {text}"}
+    summary = rerank_dataset(spec, write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "out", progress=False)
+    written, errors = output_of(tmp_path / "out")
+    assert (
+        [e["row"] for e in errors] == [1]
+        and "'title'" in errors[0]["reason"]
+        and "'d2'" in errors[0]["reason"]
+    )
+    texts = {c.id: c.text for c in filled(CANDIDATES, "{title} {text}")}
+    want = dict(zip(texts, FakeScorer().score(QUERY, list(texts.values())), strict=True))
+    assert {r["doc_id"]: r["score"] for r in written} == {k: want[k] for k in ("d1", "d3")}
+    assert summary.errors == 1
