@@ -7,8 +7,9 @@ query's words. Every leaf scorer takes ``document_template=``, in one of three f
 - a format string, ``"{title}\\n{section}\\n{text}"``: ``{text}`` and ``{id}`` are the candidate's,
   any other name is a metadata key (``{date:%Y}`` formats as ``str.format`` does);
 - a list of field names, ``["title", "text"]``: the structured form Cohere documents for its
-  rerank models (one YAML document per candidate, keys in the order given, as
-  ``yaml.dump(doc, sort_keys=False)`` writes it); any scorer reads it;
+  rerank models (one YAML document per candidate, keys in the order given, as Cohere's
+  ``yaml.dump(doc, sort_keys=False)`` recipe writes it, non-ASCII text kept as text and values
+  written as plain data); any scorer reads it;
 - a function of the :class:`~rerankers_plugins.Candidate` returning the text.
 
 In a pipeline file (TOML) a template with defaults is a table:
@@ -30,15 +31,18 @@ text: Mice were fed.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import marshal
+import math
+import numbers
 import string
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Union
 
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import ConfigError
-from rerankers_plugins.types import Candidate
+from rerankers_plugins.types import Candidate, thaw
 
 __all__ = ["DocumentTemplate", "TemplateLike", "as_template"]
 
@@ -46,18 +50,21 @@ __all__ = ["DocumentTemplate", "TemplateLike", "as_template"]
 def _placeholders(template: str) -> list[str]:
     """The field names of a format string, each checked to be a name a candidate can carry.
 
-    >>> _placeholders("{title}: {text} ({date:%Y})")
-    ['title', 'text', 'date']
+    >>> _placeholders("{title}: {text} ({date:%Y}) {source-url}")
+    ['title', 'text', 'date', 'source-url']
     """
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:  # "Single '}' encountered", "expected '}' before end of string"
         raise ConfigError(f"document_template {template!r} is not a valid format string: {exc}") from None
     names = []
-    for _, field, spec, _ in parsed:
+    for _, field, spec, conversion in parsed:
         if field is None:
             continue
-        if not field.isidentifier():
+        # str.format reads "{a.b}" and "{a[0]}" as attribute and item access, "{}" and "{0}" as
+        # positional arguments: nothing a candidate carries; any other key (a DataFrame column
+        # such as "source-url" or "Publication Year") is a metadata key
+        if not field or field.isdigit() or any(c in field for c in ".[]"):
             shown = "{" + field + "}"
             raise ConfigError(
                 f"document_template {template!r}: placeholder {shown} names nothing a candidate can "
@@ -66,6 +73,10 @@ def _placeholders(template: str) -> list[str]:
             )
         if spec and "{" in spec:
             raise ConfigError(f"document_template {template!r}: nested placeholders are not supported")
+        if conversion not in (None, "r", "s", "a"):
+            raise ConfigError(
+                f"document_template {template!r}: unknown conversion !{conversion} (str.format knows !r, !s, !a)"
+            )
         names.append(field)
     return names
 
@@ -168,7 +179,7 @@ class DocumentTemplate:
             value = candidate.id
         else:
             value = candidate.metadata.get(field)
-        if value is None:
+        if value is None or (isinstance(value, float) and math.isnan(value)):  # NaN: a missing cell
             if field in self.defaults:
                 return self.defaults[field]
             held = ", ".join(sorted(map(str, candidate.metadata))) or "none"
@@ -196,11 +207,14 @@ class DocumentTemplate:
                     f"document_template returned {type(out).__name__} for candidate {who}, not a str"
                 )
             return out
-        values = {f: self._value(candidate, f, who) for f in self.fields}
+        values = {f: thaw(self._value(candidate, f, who)) for f in self.fields}
         if self._yaml is not None:
             # Cohere's documented recipe for semi-structured documents (docs.cohere.com, "Rerank:
-            # semi-structured data"): yaml.dump(doc, sort_keys=False), keys in the order given
-            return str(self._yaml.dump({f: _plain(v) for f, v in values.items()}, sort_keys=False))
+            # semi-structured data"): yaml.dump(doc, sort_keys=False), keys in the order given;
+            # plain values only (safe_dump) and text as text (allow_unicode: a multilingual model
+            # reads "Café", not "Caf\\xE9")
+            doc = {f: _plain(v) for f, v in values.items()}
+            return str(self._yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
         try:
             return str(self.template).format_map(values)
         except (ValueError, TypeError) as exc:  # a format spec the value cannot take
@@ -250,13 +264,29 @@ def _rebuild(template: TemplateLike, defaults: dict[str, Any]) -> DocumentTempla
 
 
 def _plain(value: Any) -> Any:
-    """A metadata value as YAML writes it: mappings and sequences as plain dicts and lists (a
-    frozen map is not one ``yaml.dump`` knows)."""
+    """A metadata value as plain YAML data: mappings and sequences as dicts and lists, numbers of
+    any library (numpy, Decimal) as int / float, dates as dates, anything else as its text (never a
+    ``!!python/object`` tag in what the model reads).
+
+    >>> import decimal
+    >>> _plain({"n": decimal.Decimal("1.5"), "tags": ("a", "b"), "s": {2, 1}})
+    {'n': 1.5, 'tags': ['a', 'b'], 's': [1, 2]}
+    """
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
-    return value
+    if isinstance(value, set | frozenset):
+        return sorted((_plain(v) for v in value), key=repr)
+    if value is None or isinstance(value, bool | int | float | str | datetime.date):
+        return value
+    if hasattr(value, "item") and callable(value.item):  # a numpy scalar
+        return _plain(value.item())
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return str(value)
 
 
 def as_template(value: TemplateLike | None) -> DocumentTemplate | None:

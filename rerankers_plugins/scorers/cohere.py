@@ -90,8 +90,8 @@ class CohereScorer(HTTPScorer):
             None (default): no budget.
         document_template: what the model reads of each candidate (None: its text). A list of
             field names, ``["title", "text"]``, sends each candidate in the structured form Cohere
-            documents for rerank-v3 and later (a YAML document, ``yaml.dump(doc,
-            sort_keys=False)``); a format string or a function as for
+            documents for rerank-v3 and later (a YAML document per candidate, keys in the order
+            given); a format string or a function as for
             :class:`~rerankers_plugins.CrossEncoderScorer`.
 
     Without an injected ``client`` the sync methods run the async path (``asyncio.run``: one

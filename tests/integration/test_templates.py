@@ -129,6 +129,31 @@ def test_a_missing_field_names_the_field_and_the_candidate():
         rerank(QUERY, [Candidate("a", metadata={"section": "s"}), Candidate("b")], scorer)
 
 
+def test_metadata_as_data_frames_and_loaders_hold_it():
+    import numpy as np
+
+    c = Candidate(
+        "Körper",
+        id="d",
+        metadata={
+            "source-url": "u",
+            "year": np.int64(2020),
+            "authors": ["Ann", "Bo"],
+            "src": {"name": "PubMed"},
+        },
+    )
+    # a column name that is no identifier is still a key; lists and maps read as plain values
+    assert (
+        DocumentTemplate("{source-url}|{authors}|{src}|{text}").render(c)
+        == "u|['Ann', 'Bo']|{'name': 'PubMed'}|Körper"
+    )
+    structured = DocumentTemplate(["year", "authors", "text"]).render(c)
+    assert structured == "year: 2020\nauthors:\n- Ann\n- Bo\ntext: Körper\n"  # no !!python tags, no escapes
+    # a missing cell of a data frame is NaN: missing, as None is
+    with pytest.raises(ConfigError, match="'title'"):
+        DocumentTemplate("{title} {text}").render(Candidate("x", metadata={"title": float("nan")}))
+
+
 def test_a_declared_default_fills_a_missing_field():
     seen = []
 
@@ -158,6 +183,7 @@ def test_a_declared_default_fills_a_missing_field():
         ("{0} {text}", r"placeholder \{0\} names nothing"),
         ("{} {text}", r"placeholder \{\} names nothing"),
         ("{meta.title} {text}", r"placeholder \{meta.title\}"),
+        ("{title!x} {text}", "unknown conversion !x"),
         ("{tags[0]} {text}", r"placeholder \{tags\[0\]\}"),
         ("{text", "not a valid format string"),
         ("text}", "not a valid format string"),
@@ -281,7 +307,8 @@ def test_rendering_is_str_format_and_yaml_and_mutates_nothing(text, metadata, fi
     template = " | ".join("{" + f + "}" for f in fields) + " || {text}"
     assert DocumentTemplate(template).render(candidate) == template.format(text=text, **metadata)
     structured = DocumentTemplate([*fields, "text"]).render(candidate)
-    assert structured == yaml.dump({**{f: metadata[f] for f in fields}, "text": text}, sort_keys=False)
+    doc = {**{f: metadata[f] for f in fields}, "text": text}
+    assert structured == yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
     assert yaml.safe_load(structured) == {**{f: metadata[f] for f in fields}, "text": text}
     assert candidate == before
 
@@ -320,9 +347,10 @@ def test_the_cohere_structured_form_is_the_documented_yaml_on_the_wire():
         scorer = CohereScorer(api_key="k", base_url=server.url, document_template=["title", "text"])
         rerank(QUERY, CANDIDATES, scorer)
         sent = server.requests[-1]["body"]["documents"]
-    # Cohere's recipe for semi-structured documents: yaml.dump(doc, sort_keys=False)
+    # Cohere's recipe for semi-structured documents: yaml.dump(doc, sort_keys=False); unicode kept
     assert sent == [
-        yaml.dump({"title": c.metadata["title"], "text": c.text}, sort_keys=False) for c in CANDIDATES
+        yaml.safe_dump({"title": c.metadata["title"], "text": c.text}, sort_keys=False, allow_unicode=True)
+        for c in CANDIDATES
     ]
     assert yaml.safe_load(sent[0]) == {
         "title": CANDIDATES[0].metadata["title"],
