@@ -95,10 +95,10 @@ class RerankPostprocessor(RerankAdapter, BaseNodePostprocessor):
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     top_n: int | None = Field(default=2, description="Keep at most this many nodes; None keeps all.")
-    metadata_mode: MetadataMode = Field(
-        default=MetadataMode.EMBED,
-        description="Which metadata the model reads along with the node text (left unset under a scorer "
-        "with a document_template: NONE, the template decides).",
+    metadata_mode: MetadataMode | None = Field(
+        default=None,
+        description="Which metadata the model reads along with the node text; None (default): EMBED, "
+        "or under a scorer with a document_template the text alone (NONE: the template decides).",
     )
     include_details: bool = Field(
         default=True,
@@ -131,12 +131,15 @@ class RerankPostprocessor(RerankAdapter, BaseNodePostprocessor):
         return [_candidate(n, n.node.node_id, self._text_mode()) for n in nodes]
 
     def _text_mode(self) -> MetadataMode:
-        """``metadata_mode`` when set; left at its default under a scorer with a document template,
-        the node text alone (NONE): the template decides which metadata the model reads, once."""
-        if "metadata_mode" in self.model_fields_set or self.scorer is None:
+        """``metadata_mode`` when set; unset, EMBED (as LlamaIndex's own rerankers), or under a
+        scorer with a document template the node text alone (NONE): the template decides which
+        metadata the model reads, once (a dict round trip keeps it unset)."""
+        if self.metadata_mode is not None:
             return self.metadata_mode
+        if self.scorer is None:
+            return MetadataMode.EMBED
         templated = any(leaf.template is not None for leaf in leaf_nodes(as_strategy(self.scorer)))
-        return MetadataMode.NONE if templated else self.metadata_mode
+        return MetadataMode.NONE if templated else MetadataMode.EMBED
 
     def _results(self, nodes: list[NodeWithScore], ranked: list[Scored]) -> list[NodeWithScore]:
         out = []

@@ -430,3 +430,17 @@ def test_a_batch_row_the_template_cannot_fill_is_a_bad_row_not_a_failed_block(tm
     want = dict(zip(texts, FakeScorer().score(QUERY, list(texts.values())), strict=True))
     assert {r["doc_id"]: r["score"] for r in written} == {k: want[k] for k in ("d1", "d3")}
     assert summary.errors == 1
+
+
+def test_the_llama_index_text_mode_survives_a_dict_round_trip():
+    from llama_index.core.schema import MetadataMode, NodeWithScore, TextNode
+
+    from rerankers_plugins.integrations.llama_index import RerankPostprocessor
+
+    nodes = [NodeWithScore(node=TextNode(text="mice were fed", metadata={"title": "Methods"}), score=1.0)]
+    post = RerankPostprocessor(scorer=FakeScorer(document_template="{title}: {text}"), top_n=1)
+    again = RerankPostprocessor.from_dict(post.to_dict())
+    for p in (post, again):
+        assert [c.text for c in p._candidates(nodes)] == ["mice were fed"]  # the template adds the title once
+    plain = RerankPostprocessor.from_dict(RerankPostprocessor(scorer=FakeScorer()).to_dict())
+    assert plain._text_mode() is MetadataMode.EMBED
