@@ -67,6 +67,17 @@ def tiny_bi(_tiny_bi_loaded):
 
 
 @pytest.fixture(autouse=True)
+def _active_limiters_forgotten():
+    """The process keeps a rate limiter while its window holds a start; one on a test's fake clock
+    would stay active for good: each test's are let go at its end (the next test starts afresh)."""
+    yield
+    from rerankers_plugins.scorers import limits
+
+    with limits._LIMITERS_LOCK:
+        limits._ACTIVE.clear()
+
+
+@pytest.fixture(autouse=True)
 def _registry_restored():
     """What a test registers (``register(name, target)``) is gone after it."""
     from rerankers_plugins import registry

@@ -27,6 +27,13 @@ for its start on the limiter shared by every scorer of the same key and URL in t
 429 pauses them all; each request sent and what the answer says it billed are added to
 ``scorer.usage``; a backend with a budget (Cohere's ``max_search_units``) holds a call's estimate
 before its first request and refuses the call, nothing sent, when it would pass the budget.
+
+A request that was sent (it passed its gate) and ended with no answer to read (abandoned at the
+deadline, cancelled with its call, cut by a transport error, or answered with something
+unreadable) may still have been billed: it counts as a request in ``usage`` and spends its
+estimate on the budget (``usage`` itself reports only what answers said was billed, so the budget
+may have spent more than ``usage.search_units``); its start stays in the rate limiter's window at
+the estimate. Only an HTTP error status (the server answered, and bills nothing) spends nothing.
 """
 
 from __future__ import annotations
@@ -122,6 +129,22 @@ def _checked_score(raw_score: Any, index: int, who: str) -> float:
     if not math.isfinite(value):
         raise BackendError(f"{who} returned a non-finite score ({value}) for index {index}")
     return value
+
+
+class _ErrorAnswer(BackendError):
+    """An HTTP error answer that is not retried (4xx but 429): the server answered, billing nothing."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _maybe_billed(exc: BaseException) -> bool:
+    """Whether a request that was sent and ended with ``exc`` may have been billed: anything but
+    an HTTP error answer (a 429 or 5xx, retried, or another 4xx)."""
+    if isinstance(exc, TransientError):
+        return exc.status is None  # a timeout or a dropped connection: it may have been served
+    return not isinstance(exc, _ErrorAnswer)
 
 
 @dataclass(frozen=True)
@@ -306,6 +329,13 @@ class HTTPScorer(BaseScorer):
             hold.spend(estimate if billed is None else billed, estimate)
         return answer.scores
 
+    def _lost(self, exc: BaseException, batch: Sequence[str], hold: Hold | None) -> None:
+        """A request of ``batch`` was sent and ended with ``exc``, no answer read: unless the
+        server answered with an error status, it spends its estimate (see the module docstring)."""
+        if hold is not None and _maybe_billed(exc):
+            estimate = self._units(batch)
+            hold.spend(estimate, estimate)
+
     def _failed(self, exc: TransientError, attempt: int) -> TransientError:
         """After a failed attempt: a 429 pauses every caller of the key on the shared limiter (for
         the wait the retry policy would take), and this caller then waits there too, not twice."""
@@ -328,16 +358,22 @@ class HTTPScorer(BaseScorer):
             nonlocal tries
             tries += 1
             ticket: Ticket | None = None
+            sent = False
 
             async def gate() -> None:
-                nonlocal ticket
+                nonlocal ticket, sent
                 ticket = await self._ticket(batch, end)
                 self._sent()
+                sent = True
 
             try:
                 answer = await send(batch, gate)
-            except TransientError as exc:
-                raise self._failed(exc, tries) from None
+            except BaseException as exc:  # cancelled and deadlines included: sent is sent
+                if sent:
+                    self._lost(exc, batch, hold)
+                if isinstance(exc, TransientError):
+                    raise self._failed(exc, tries) from None
+                raise
             return self._answered(answer, batch, ticket, hold)
 
         return attempt
@@ -359,8 +395,11 @@ class HTTPScorer(BaseScorer):
             self._sent()
             try:
                 answer = send(batch)
-            except TransientError as exc:
-                raise self._failed(exc, tries) from None
+            except BaseException as exc:
+                self._lost(exc, batch, hold)
+                if isinstance(exc, TransientError):
+                    raise self._failed(exc, tries) from None
+                raise
             return self._answered(answer, batch, ticket, hold)
 
         return attempt
@@ -388,7 +427,9 @@ class HTTPScorer(BaseScorer):
         message = f"{who} answered HTTP {status}: {self._redact(body)[:300]}"
         if status == 429 or status >= 500:
             return TransientError(message, status=status, retry_after=parse_retry_after(headers))
-        return BackendError(message)
+        if status >= 400:
+            return _ErrorAnswer(message, status=status)
+        return BackendError(message)  # a success the client could not read: it was served
 
     def _client_error(self, who: str, exc: Exception) -> BackendError:
         """A failure of the HTTP client: timeouts, refused and dropped connections are retried."""

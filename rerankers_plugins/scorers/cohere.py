@@ -15,7 +15,9 @@ Search units: Cohere bills one search unit per query of up to 100 documents (a d
 than the model's context, query included, is split into chunks that count as documents). Before a
 request is sent it is estimated at ``ceil(documents / 100)`` units, a lower bound; the answer's
 ``meta.billed_units.search_units`` then replaces the estimate, in ``usage``, in the rate limiter's
-window and in the ``max_search_units`` budget.
+window and in the ``max_search_units`` budget. A request sent and never answered keeps its
+estimate in the window and spends it on the budget (it may have been billed); ``usage`` shows
+only what answers said was billed.
 """
 
 from __future__ import annotations
@@ -84,10 +86,11 @@ class CohereScorer(HTTPScorer):
             for its turn; a 429 pauses every caller of the key; a request that could not start
             before the deadline raises ``DeadlineExceeded`` unsent. None (default): no limit.
         max_search_units: a budget: a call whose estimate (``ceil(documents / 100)`` per request)
-            would take the search units spent (``usage.search_units``, as billed) past it is
-            refused with ``BudgetExceeded`` before anything is sent (not a ``BackendError``, so
-            ``on_error="keep_order"`` does not hide it); ``reset_usage()`` starts a new budget.
-            None (default): no budget.
+            would take the search units spent (``usage.search_units``, as billed, plus the
+            estimates of requests sent and never answered: abandoned at the deadline, cancelled,
+            cut by a dropped connection) past it is refused with ``BudgetExceeded`` before anything
+            is sent (not a ``BackendError``, so ``on_error="keep_order"`` does not hide it);
+            ``reset_usage()`` starts a new budget. None (default): no budget.
         document_template: what the model reads of each candidate (None: its text). A list of
             field names, ``["title", "text"]``, sends each candidate in the structured form Cohere
             documents for rerank-v3 and later (a YAML document per candidate, keys in the order

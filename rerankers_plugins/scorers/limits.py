@@ -17,11 +17,17 @@ pauses every caller of the key (for its ``Retry-After``, capped by the retry pol
 after its call's deadline is refused at once, without being sent, with
 :class:`~rerankers_plugins.errors.DeadlineExceeded` (so ``on_error="keep_order"`` falls back).
 
-The limiters live in a process-wide table of weak references keyed by the SHA-256 of the API key
-and the base URL (or, for an injected SDK client, by that client's identity): never the key
-itself. Two scorers of one key and URL given different limits is a
-:class:`~rerankers_plugins.errors.ConfigError` naming both. One ``threading.Lock`` guards each
-limiter; it is never held across a sleep or an ``await``.
+The limiters live in a process-wide table keyed by the SHA-256 of the API key and the base URL
+(or, for an injected SDK client, by a token that client holds for its lifetime): never the key
+itself. A key's limiter lives as long as a scorer holds it **or** it holds state that matters: a
+start inside its window (granted or waiting) or a pause in force. So an app that builds its
+reranker per request (``get_scorer``, ``from_spec``, the adapters) still waits for the requests
+of the scorers before it, after they are garbage-collected. Once no scorer holds it and its window
+is empty and no pause is in force, it is forgotten (the next scorer of the key starts a fresh one,
+with whatever limit it asks for). While it lives, a scorer asking for other limits for the same
+key and URL is a :class:`~rerankers_plugins.errors.ConfigError` naming both (replacing it would
+split the key between two limiters). One ``threading.Lock`` guards each limiter; it is never held
+across a sleep or an ``await``.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import contextlib
 import contextvars
 import dataclasses
 import hashlib
+import itertools
 import logging
 import math
 import numbers
@@ -172,10 +179,12 @@ class Limiter:
     holds every caller back after a 429.
     """
 
-    def __init__(self, limit: RateLimit, label: str) -> None:
+    def __init__(self, limit: RateLimit, label: str, identity: str | None = None) -> None:
         self.limit = limit
         self.clock = limit.clock
         self.label = label
+        #: its key in the process's table (None: built directly, in no table)
+        self.identity = identity
         self._lock = threading.Lock()
         self._log: deque[Ticket] = deque()  # sorted by ``at``: every start is placed after the last
         self._paused_until = -math.inf
@@ -240,13 +249,22 @@ class Limiter:
                 self._place(start.cost, deadline_at, who, start)  # placed again, after the pause
             return start.at - self.clock.monotonic()
 
-    # -- public ---------------------------------------------------------------------------------------
-
     def _reserve(self, cost: int, remaining: float | None, who: str) -> tuple[Ticket, float | None]:
         with self._lock:
             now = self.clock.monotonic()
             deadline_at = None if remaining is None else now + remaining
-            return self._place(cost, deadline_at, who), deadline_at
+            placed = self._place(cost, deadline_at, who), deadline_at
+        _keep(self)  # it now holds a start: the table keeps it, whoever else lets it go
+        return placed
+
+    def idle(self) -> bool:
+        """Whether it holds nothing that matters: no start inside its window (granted or
+        waiting) and no pause in force."""
+        with self._lock:
+            now = self.clock.monotonic()
+            return (not self._log or self._log[-1].at + WINDOW <= now) and self._paused_until <= now
+
+    # -- public ---------------------------------------------------------------------------------------
 
     async def acquire(self, cost: int = 0, *, remaining: float | None = None, who: str = "request") -> Ticket:
         """Wait until a request of ``cost`` units may start; ``remaining``: seconds left before the
@@ -286,6 +304,7 @@ class Limiter:
             if until <= self._paused_until:
                 return
             self._paused_until = until
+        _keep(self)
         logger.warning(
             "%s: HTTP 429: every caller of this key waits %.2f s before its next request", who, seconds
         )
@@ -302,25 +321,52 @@ class Limiter:
             return [s.at for s in self._log]
 
 
+#: every limiter a scorer holds (weakly: a scorer's reference keeps it here) ...
 _LIMITERS: weakref.WeakValueDictionary[str, Limiter] = weakref.WeakValueDictionary()
-_LIMITERS_LOCK = threading.Lock()
+#: ... and, strongly, every one that held a start or a pause (dropped once :meth:`Limiter.idle`)
+_ACTIVE: dict[str, Limiter] = {}
+_LIMITERS_LOCK = threading.Lock()  # taken before a limiter's own lock, never inside it
+#: a token per injected client, for its lifetime (an ``id()`` is reused once the client is gone)
+_CLIENT_TOKENS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+_CLIENT_COUNT = itertools.count()
+
+
+def _keep(limiter: Limiter) -> None:
+    """Keep ``limiter`` in the table while it holds a start or a pause (called outside its lock)."""
+    if limiter.identity is not None:
+        with _LIMITERS_LOCK:
+            _ACTIVE[limiter.identity] = limiter
+
+
+def _client_token(client: Any) -> str:
+    with _LIMITERS_LOCK:
+        try:
+            token = _CLIENT_TOKENS.get(client)
+            if token is None:
+                token = _CLIENT_TOKENS[client] = f"client-{next(_CLIENT_COUNT)}"
+        except TypeError:  # not weakly referable or not hashable: its id, for as long as it lives
+            token = f"id-{id(client)}"
+    return token
 
 
 def limiter_identity(key: str | None, url: str | None, clients: Iterable[Any] = ()) -> str:
     """The table key of one API key and base URL: a SHA-256 digest (never the key itself); with
     injected clients, their identities instead of the key (they hold their own)."""
     held = [c for c in clients if c is not None]
-    who = "clients:" + ",".join(str(id(c)) for c in held) if held else f"key:{key or ''}"
+    who = "clients:" + ",".join(_client_token(c) for c in held) if held else f"key:{key or ''}"
     return hashlib.sha256(f"{who}\x00{url or ''}".encode()).hexdigest()
 
 
 def shared_limiter(identity: str, limit: RateLimit, label: str) -> Limiter:
-    """The process's limiter of ``identity`` (made on first use); ConfigError when it exists with
-    another limit."""
+    """The process's limiter of ``identity`` (made on first use, or once the last one was
+    forgotten: see the module docstring); ConfigError when it lives with another limit."""
     with _LIMITERS_LOCK:
-        limiter = _LIMITERS.get(identity)
+        # forget what no longer matters (no reference may outlive this: the table is weak)
+        for name in [name for name, active in _ACTIVE.items() if active.idle()]:
+            del _ACTIVE[name]
+        limiter = _LIMITERS.get(identity)  # None unless a scorer holds it or it is active
         if limiter is None:
-            limiter = Limiter(limit, label)
+            limiter = Limiter(limit, label, identity)
             _LIMITERS[identity] = limiter
             return limiter
     if limiter.limit != limit:
@@ -328,7 +374,8 @@ def shared_limiter(identity: str, limit: RateLimit, label: str) -> Limiter:
         raise ConfigError(
             f"{label}: another scorer in this process uses this API key and URL with {limiter.limit!r}, "
             f"this one asks for {limit!r}{clock}; every caller of one key shares one limiter: give "
-            "them the same RateLimit"
+            "them the same RateLimit (or let the other scorers go and wait until none of their "
+            "requests is inside the last minute)"
         )
     return limiter
 
@@ -455,11 +502,19 @@ def collect_usage() -> Iterator[UsageLog]:
 
 class UsageCounter:
     """A scorer's running total (thread-safe); each addition also goes to the collection the
-    caller runs in (:func:`collect_usage`)."""
+    caller runs in (:func:`collect_usage`). A copy (``copy.deepcopy``, a pickle) starts with the
+    same total and counts on its own from there."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._total = Usage()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"total": self.get()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._lock = threading.Lock()
+        self._total = state["total"]
 
     def add(self, usage: Usage, who: str) -> None:
         if not usage:
@@ -490,7 +545,10 @@ class Budget:
     :meth:`hold` reserves a call's estimate, refusing (:class:`BudgetExceeded`, nothing sent)
     when what was spent, what calls in flight hold and the estimate would pass the limit; the
     call then spends what was billed (:meth:`Hold.spend`) and gives back the rest
-    (:meth:`Hold.close`).
+    (:meth:`Hold.close`). A request that was sent and never answered spends its estimate.
+
+    A copy (``copy.deepcopy``, a pickle) starts with what was spent, nothing held (the holds
+    belong to the original's calls in flight), and spends on its own from there.
     """
 
     def __init__(self, limit: int, unit: str, option: str) -> None:
@@ -499,6 +557,15 @@ class Budget:
         self.option = option
         self._lock = threading.Lock()
         self.spent = 0
+        self.held = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        with self._lock:
+            return {"limit": self.limit, "unit": self.unit, "option": self.option, "spent": self.spent}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
         self.held = 0
 
     def hold(self, estimate: int, who: str, how: str = "") -> Hold:
@@ -537,7 +604,8 @@ class Hold:
             self._budget.spent += actual
 
     def close(self) -> None:
-        """Give back what was held and not spent (a failed request spends nothing)."""
+        """Give back what was held and not spent (a request refused or answered with an error
+        spends nothing)."""
         with self._budget._lock:
             self._budget.held -= self._held
             self._held = 0

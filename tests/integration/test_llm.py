@@ -3,14 +3,17 @@ against an OpenAI-compatible server on 127.0.0.1 (tests/local_servers.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import logging
+import pickle
 import re
 
 import pytest
 from deps import dev
 from local_servers import ChatServer, overlap, rule_answer
 
-from rerankers_plugins import ConfigError, FakeScorer, arerank, rerank
+from rerankers_plugins import BackendError, ConfigError, FakeScorer, Usage, arerank, rerank
 from rerankers_plugins.ops.permutation import parse_ranking, repair_permutation
 from rerankers_plugins.ops.windows import sliding_windows
 from rerankers_plugins.scorers.llm import (
@@ -237,6 +240,24 @@ def test_llm_failure_is_a_backend_error():
         rerank(QUERY, DOCS, LLMListwiseRanker(broken))
 
 
+@pytest.mark.parametrize("cls", [LLMListwiseRanker, LLMPointwiseScorer, LLMPairwiseRanker])
+def test_llm_rerankers_deepcopy_and_pickle_with_what_they_spent(cls):
+    from rerankers_plugins.integrations.langchain import RerankCompressor
+
+    ranker = cls(rule_llm, max_tokens=100_000)  # a module-level function: it pickles
+    before = [s.text for s in rerank(QUERY, DOCS, ranker)]
+    spent = ranker.usage
+    assert spent.requests >= 1
+    for clone in (copy.deepcopy(ranker), pickle.loads(pickle.dumps(ranker))):
+        assert clone.usage == spent and clone._budget.spent == ranker._budget.spent
+        assert [s.text for s in rerank(QUERY, DOCS, clone)] == before
+        assert clone.usage.requests == 2 * spent.requests  # each counts on its own from there
+    assert ranker.usage == spent
+    compressor = RerankCompressor(scorer=ranker)
+    for clone in (compressor.model_copy(deep=True), copy.deepcopy(compressor)):
+        assert clone.scorer is not ranker and clone.scorer.usage == spent
+
+
 # -- pointwise ------------------------------------------------------------------------------------
 
 
@@ -294,6 +315,26 @@ def test_pointwise_bounded_concurrency():
 
     LLMPointwiseScorer(slow, max_concurrency=3).score(QUERY, DOCS * 3)
     assert 1 < peak <= 3
+
+
+async def test_one_failed_pointwise_call_cancels_the_others():
+    cancelled = []
+
+    async def llm(messages):
+        if "bananas" in messages[-1]["content"]:
+            raise RuntimeError("model server went away")
+        try:
+            await asyncio.Event().wait()  # the slow calls: never answer on their own
+        except asyncio.CancelledError:
+            cancelled.append(messages)
+            raise
+        return "Yes"
+
+    scorer = LLMPointwiseScorer(llm, max_concurrency=8)
+    with pytest.raises(BackendError, match="went away"):
+        await scorer.ascore_details(QUERY, DOCS)
+    assert len(cancelled) == len(DOCS) - 1  # none left running (and spending)
+    assert scorer.usage == Usage(requests=len(DOCS))
 
 
 # -- pairwise -------------------------------------------------------------------------------------
@@ -532,6 +573,8 @@ def test_a_llama_index_template_as_our_prompt_points_to_choice_select_prompt():
         ),
         ("Doc: 2, Relevance: 3\nDoc: 2, Relevance: 8\nDoc: 5, Relevance: 6", [1, 4, 0, 2, 3, 5, 6, 7, 8, 9]),
         ("Doc: 4\nDoc: 6, Relevance: 2", [5, 3, 0, 1, 2, 4, 6, 7, 8, 9]),  # unrated after rated
+        ("Doc: 3\nRelevance: 2\n\nDoc: 1\nRelevance: 9", [0, 2, 1, *range(3, 10)]),  # on its own line
+        ("Doc: 5\nReason: about apples\nRelevance: 8\nDoc: 2, Relevance: 6", [4, 1, 0, 2, 3, *range(5, 10)]),
         ("Doc: 10, Relevance: 8, Reason: it names apples, trees", [9, 0, 1, 2, 3, 4, 5, 6, 7, 8]),
         (
             "1. **Document 3** - relevance score: 9/10\n2. **Document 1** - relevance score: 6/10",

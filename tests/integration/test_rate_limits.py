@@ -8,6 +8,8 @@ limiting take a few seconds of real time. No test sleeps.
 from __future__ import annotations
 
 import asyncio
+import gc
+import json
 import math
 import pickle
 import threading
@@ -22,6 +24,7 @@ from fake_clock import SteppedClock, most_in_any_window, most_units_in_any_windo
 from local_servers import ChatServer, RerankServer, rule_answer
 
 from rerankers_plugins import (
+    BackendError,
     BudgetExceeded,
     Candidate,
     CohereScorer,
@@ -274,6 +277,52 @@ def test_scorers_share_a_limiter_by_key_and_url_and_must_agree_on_it(monkeypatch
     assert copy.rate_limit == ten and copy._limiter is a._limiter
 
 
+def billed_answer(request: httpx.Request) -> httpx.Response:
+    documents = json.loads(request.content)["documents"]
+    results = [{"index": i, "relevance_score": 0.5} for i in range(len(documents))]
+    return httpx.Response(200, json={"results": results, "meta": {"billed_units": {"search_units": 1}}})
+
+
+def test_a_scorer_built_per_request_still_waits_for_the_ones_before_it():
+    """An app that builds its reranker per request (get_scorer, from_spec, the adapters): each
+    scorer is garbage-collected before the next request, and the key's limit still holds."""
+    clock = SteppedClock()
+    stamps = []
+
+    def api(request: httpx.Request) -> httpx.Response:
+        stamps.append(clock.monotonic())
+        return billed_answer(request)
+
+    limit = RateLimit(requests_per_minute=1, clock=clock)
+    with httpx.Client(transport=httpx.MockTransport(api)) as pool:
+        client = cohere.ClientV2(api_key=KEY, httpx_client=pool)
+        for _ in range(3):
+            CohereScorer(client=client, rate_limit=limit, deadline=LONG).score(QUERY, DOCS)
+            gc.collect()
+        assert stamps == [clock.start, clock.start + 60, clock.start + 120]
+        # still active: another limit for the key is refused, naming both
+        with pytest.raises(ConfigError, match=r"requests_per_minute=1.*requests_per_minute=2"):
+            CohereScorer(client=client, rate_limit=RateLimit(requests_per_minute=2, clock=clock))
+
+
+@pytest.mark.parametrize("kind", ["cohere", "v1"])
+def test_pickled_scorers_loaded_in_the_process_share_its_limiter(kind, monkeypatch):
+    monkeypatch.setenv("COHERE_API_KEY" if kind == "cohere" else "RERANK_API_KEY", "sk-pickled-0000")
+    url = f"http://127.0.0.1:9/pickled-{kind}"
+    one = RateLimit(requests_per_minute=1)
+    data = pickle.dumps(
+        make(kind, url, key=None, rate_limit=one, deadline=5.0, retry=RetryPolicy(attempts=1))
+    )
+    first = pickle.loads(data)
+    first._limiter.acquire_sync(remaining=1.0)  # its request of this minute
+    del first
+    gc.collect()  # the original and the first copy are gone: the minute is not forgotten
+    with pytest.raises(
+        DeadlineExceeded, match="not sent"
+    ):  # refused by the limiter, not a refused connection
+        pickle.loads(data).score(QUERY, DOCS)
+
+
 def test_bad_limits_and_budgets_are_config_errors():
     url = "http://127.0.0.1:9"
     with pytest.raises(ConfigError, match="rate_limit must be"):
@@ -329,6 +378,61 @@ def test_billed_units_replace_the_estimate():
         assert server.stamps == [clock.start, clock.start + 60]
         with pytest.raises(BudgetExceeded, match="6 search units spent"):
             scorer.score(QUERY, DOCS)
+
+
+def test_a_request_abandoned_at_the_deadline_spends_its_estimate():
+    """The API serves (and bills) a request its caller stopped waiting for: the budget counts it."""
+    release = threading.Event()
+
+    def slow_api(request: httpx.Request) -> httpx.Response:
+        release.wait(10)
+        return billed_answer(request)
+
+    with httpx.Client(transport=httpx.MockTransport(slow_api)) as pool:
+        client = cohere.ClientV2(api_key=KEY, httpx_client=pool)
+        scorer = CohereScorer(client=client, max_search_units=2, deadline=0.05, retry=RetryPolicy(attempts=1))
+        try:
+            for _ in range(2):
+                with pytest.raises(DeadlineExceeded):
+                    scorer.score(QUERY, DOCS)
+            with pytest.raises(BudgetExceeded, match="2 search units spent"):
+                scorer.score(QUERY, DOCS)
+            assert scorer.usage == Usage(requests=2)  # sent; no answer said what was billed
+        finally:
+            release.set()
+
+
+async def test_requests_cancelled_with_their_call_spend_their_estimates():
+    async def never(request: httpx.Request) -> httpx.Response:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(never)) as pool:
+        client = cohere.AsyncClientV2(api_key=KEY, httpx_client=pool)
+        scorer = CohereScorer(async_client=client, max_search_units=3, batch_size=100, deadline=0.05)
+        with pytest.raises(DeadlineExceeded):
+            await scorer.ascore(QUERY, docs(150))  # two requests in flight, both sent, both cut
+        assert scorer.usage == Usage(requests=2)
+        with pytest.raises(BudgetExceeded, match="2 search units spent"):
+            await scorer.ascore(QUERY, docs(150))
+
+
+def test_error_answers_spend_nothing_an_unreadable_answer_its_estimate():
+    answers = [
+        httpx.Response(503, json={"message": "busy"}),  # retried
+        httpx.Response(400, json={"message": "bad request"}),
+        httpx.Response(200, content=b'{"results": [{"index": 0, "relevance_sc'),  # served, unreadable
+    ]
+    with httpx.Client(transport=httpx.MockTransport(lambda request: answers.pop(0))) as pool:
+        client = cohere.ClientV2(api_key=KEY, httpx_client=pool)
+        scorer = CohereScorer(client=client, max_search_units=5, retry=FAST)
+        with pytest.raises(BackendError, match="HTTP 400"):
+            scorer.score(QUERY, DOCS)
+        assert scorer._budget is not None
+        assert (scorer.usage.requests, scorer._budget.spent) == (2, 0)
+        with pytest.raises(BackendError, match="HTTP 200"):
+            scorer.score(QUERY, DOCS)
+        assert (scorer.usage.requests, scorer._budget.spent) == (3, 1)
 
 
 @pytest.mark.parametrize("kind", ["cohere", "v1", "tei"])
@@ -404,6 +508,38 @@ def test_a_token_budget_refuses_a_call_before_sending():
     with pytest.raises(BudgetExceeded, match=rf"{chars} tokens spent.*observed tokens per character"):
         rerank(QUERY, DOCS, roomy)
     assert len(calls) == 1
+
+
+async def test_an_llm_call_that_fails_or_is_cancelled_once_started_spends_its_estimate():
+    seen = []
+
+    def failing(messages: list[dict[str, str]]) -> str:
+        seen.append(messages)
+        raise ConnectionError("connection reset after the request was sent")
+
+    ranker = LLMPointwiseScorer(failing, max_tokens=10_000)
+    with pytest.raises(BackendError, match="connection reset"):
+        ranker.score(QUERY, DOCS[:1])
+    estimate = ranker.estimate_tokens(seen[0])
+    assert ranker.usage == Usage(requests=1)
+    assert ranker._budget is not None and ranker._budget.spent == estimate
+
+    started = asyncio.Event()
+
+    async def hanging(messages: list[dict[str, str]]) -> str:
+        started.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    scorer = LLMPointwiseScorer(hanging, max_tokens=estimate + estimate // 2)
+    call = asyncio.create_task(scorer.ascore_details(QUERY, DOCS[:1]))
+    await started.wait()
+    call.cancel()  # a deadline around it, or a sibling's failure
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert scorer.usage == Usage(requests=1)
+    with pytest.raises(BudgetExceeded, match=rf"{estimate} tokens spent"):
+        await scorer.ascore_details(QUERY, DOCS[:1])
 
 
 async def test_a_budget_with_concurrent_calls_holds_their_estimates():

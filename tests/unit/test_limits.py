@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import copy
+import gc
 import pickle
 import threading
 
@@ -203,8 +205,46 @@ def test_one_limiter_per_key_and_url_and_different_limits_are_refused():
     assert shared_limiter(identity, RateLimit(requests_per_minute=10), "b") is a
     with pytest.raises(ConfigError, match=r"requests_per_minute=10.*requests_per_minute=20"):
         shared_limiter(identity, RateLimit(requests_per_minute=20), "c")
-    del a  # the table holds weak references: once no scorer holds it, a new limit may be set
+    del a  # no scorer holds it and it holds no start: a new limit may be set
     assert shared_limiter(identity, RateLimit(requests_per_minute=20), "d").limit.requests_per_minute == 20
+
+
+def test_a_limiter_outlives_its_scorers_while_its_window_or_a_pause_holds_anything():
+    """A reranker built per request (get_scorer, from_spec, an adapter) still waits for the ones
+    before it once they are garbage-collected; the limiter is forgotten only once idle."""
+    clock = SteppedClock(start=0.0)
+    identity = limiter_identity("sk-per-request", "https://per-request.example")
+    one = RateLimit(requests_per_minute=1, clock=clock)
+    shared_limiter(identity, one, "first request").acquire_sync()
+    gc.collect()  # no scorer holds it any more
+    second = shared_limiter(identity, one, "second request")
+    assert second.starts() == [0]
+    second.acquire_sync()
+    assert clock.monotonic() == 60  # it waited for the first request's minute
+    del second
+    gc.collect()
+    with pytest.raises(ConfigError, match=r"requests_per_minute=1.*requests_per_minute=5"):
+        shared_limiter(identity, RateLimit(requests_per_minute=5, clock=clock), "other limit")
+    clock.sleep(60)  # the window is empty now: forgotten, and another limit may be set
+    assert shared_limiter(identity, RateLimit(requests_per_minute=5, clock=clock), "x").starts() == []
+    # a pause in force holds it too, with no start in its window
+    paused = limiter_identity("sk-paused", "https://per-request.example")
+    shared_limiter(paused, one, "a").pause(30, "a")
+    gc.collect()
+    assert shared_limiter(paused, one, "b").paused_until == 150
+
+
+def test_a_new_client_at_a_dead_clients_address_gets_its_own_identity():
+    class Client:
+        pass
+
+    first = Client()
+    identity = limiter_identity(None, None, [first])
+    del first
+    gc.collect()
+    clients = [Client() for _ in range(1000)]  # one of them almost surely at the same address
+    assert all(limiter_identity(None, None, [c]) != identity for c in clients)
+    assert len({limiter_identity(None, None, [c]) for c in clients}) == 1000
 
 
 def test_injected_clients_stand_for_their_key():
@@ -222,6 +262,23 @@ def test_usage_reports_are_untrusted():
     assert usage_from({"input_tokens": 3, "output_tokens": 1}).total_tokens == 4
     for bad in (None, {}, {"search_units": "2"}, {"search_units": -1}, {"total_tokens": float("nan")}, "x"):
         assert usage_from(bad) is None
+
+
+def test_counters_and_budgets_copy_and_pickle_with_their_counts():
+    counter = UsageCounter()
+    counter.add(Usage(requests=2, search_units=3), "x")
+    budget = Budget(10, "search units", "max_search_units")
+    budget.hold(4, "x").spend(4, 4)
+    budget.hold(3, "x")  # in flight: the original's, not the copy's
+    for clone in (copy.deepcopy, lambda o: pickle.loads(pickle.dumps(o))):
+        c, b = clone(counter), clone(budget)
+        assert c.get() == Usage(requests=2, search_units=3)
+        c.add(Usage(requests=1), "x")  # each counts on its own from there
+        assert (b.spent, b.held, b.limit) == (4, 0, 10)
+        b.hold(6, "x").spend(6, 6)
+        assert b.spent == 10
+    assert counter.get() == Usage(requests=2, search_units=3)
+    assert (budget.spent, budget.held) == (4, 3)
 
 
 def test_a_counter_is_thread_safe_and_resets():

@@ -22,7 +22,13 @@ The estimate of a call's tokens (input and output) before it is sent: its messag
 times the tokens per character this reranker has observed (total tokens reported / characters
 sent, over the calls that reported usage), or times 1/4 before the first report (about four
 characters per token in English). A call whose usage is not reported spends its estimate against
-the budget (``usage`` counts only what was reported).
+the budget (``usage`` counts only what was reported); so does a call that fails or is cancelled
+(an async caller's deadline, a sibling's failure) once ``llm.complete`` has started: the provider
+may have billed it. Such a call counts as a request in ``usage``.
+
+Copies (``copy.deepcopy``, pickles) of a reranker start with its usage, its budget's spending and
+its observed tokens per character, and count on their own from there. A pickle needs a picklable
+LLM: a module-level function is one.
 """
 
 from __future__ import annotations
@@ -76,30 +82,48 @@ def as_llm(obj: Any, *, name: str | None = None) -> LLM:
     if framework is not None:
         return framework
     if callable(obj):
-        fn = obj
-
-        def wrap(value: Any) -> Reply:
-            return value if isinstance(value, Reply) else Reply(text_of(value))
-
-        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__):
-
-            async def afn(messages: list[Message]) -> Reply:
-                return wrap(await fn(messages))
-
-            def sync_from_async(messages: list[Message]) -> Reply:
-                try:
-                    asyncio.get_running_loop()
-                except RuntimeError:
-                    return asyncio.run(afn(messages))
-                raise ConfigError(
-                    "an async LLM function cannot be called synchronously inside a running event loop; use arerank / the async adapter methods"
-                )
-
-            return LLM(sync_from_async, afn, name=str(label))
-        return LLM(lambda messages: wrap(fn(messages)), None, name=str(label))
+        if inspect.iscoroutinefunction(obj) or inspect.iscoroutinefunction(type(obj).__call__):
+            return LLM(_SyncFromAsync(obj), _Async(obj), name=str(label))
+        return LLM(_Sync(obj), None, name=str(label))
     raise ConfigError(
         f"llm must be a LangChain chat model, a LlamaIndex LLM or a function(messages) -> str, got {type(obj).__name__}"
     )
+
+
+def _as_reply(value: Any) -> Reply:
+    return value if isinstance(value, Reply) else Reply(text_of(value))
+
+
+class _Sync:
+    """A function ``fn(messages) -> str | Reply`` as :meth:`LLM.complete` (it pickles when
+    ``fn`` does: a module-level function)."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def __call__(self, messages: list[Message]) -> Reply:
+        return _as_reply(self.fn(messages))
+
+
+class _Async(_Sync):
+    """An ``async`` function as :meth:`LLM.acomplete`."""
+
+    async def __call__(self, messages: list[Message]) -> Reply:  # type: ignore[override]
+        return _as_reply(await self.fn(messages))
+
+
+class _SyncFromAsync(_Sync):
+    """An ``async`` function as :meth:`LLM.complete`: run in its own event loop, refused inside
+    a running one."""
+
+    def __call__(self, messages: list[Message]) -> Reply:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(_Async(self.fn)(messages))
+        raise ConfigError(
+            "an async LLM function cannot be called synchronously inside a running event loop; use arerank / the async adapter methods"
+        )
 
 
 def truncate_words(text: str, max_words: int) -> str:
@@ -172,6 +196,18 @@ class LLMBase:
         self._seen_tokens = 0  # total tokens reported ...
         self._seen_chars = 0  # ... by calls that sent this many characters
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles: everything but the lock (see the module docstring)."""
+        state = self.__dict__.copy()
+        with self._seen:
+            del state["_seen"]
+            state["_seen_tokens"], state["_seen_chars"] = self._seen_tokens, self._seen_chars
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._seen = threading.Lock()
+
     # -- usage and the token budget ------------------------------------------------------------------
 
     @property
@@ -223,15 +259,28 @@ class LLMBase:
             hold.spend(usage.total_tokens if usage is not None and usage.total_tokens else estimate, estimate)
         return reply
 
+    def _failed(self, exc: BaseException, estimate: int, hold: Hold | None) -> BaseException:
+        """A call that started and ended with ``exc``, no answer read: it spends its estimate (it
+        may have been billed); what the caller raises. A ConfigError (raised before anything was
+        sent: an async LLM called synchronously inside a running loop) spends nothing."""
+        if isinstance(exc, ConfigError):
+            return exc
+        if hold is not None:
+            hold.spend(estimate, estimate)
+        if isinstance(exc, Exception):
+            return BackendError(f"{self.name}: the LLM call failed: {type(exc).__name__}: {exc}")
+        return exc  # cancelled, interrupted: as itself
+
     def _call(self, messages: list[Message]) -> Reply:
         estimate, hold = self._before(messages)
         try:
             try:
                 reply = self.llm.complete(messages)
-            except ConfigError:
-                raise
-            except Exception as exc:
-                raise BackendError(f"{self.name}: the LLM call failed: {type(exc).__name__}: {exc}") from exc
+            except BaseException as exc:
+                raised = self._failed(exc, estimate, hold)
+                if raised is exc:
+                    raise
+                raise raised from exc
             return self._after(messages, reply, estimate, hold)
         finally:
             if hold is not None:
@@ -242,10 +291,11 @@ class LLMBase:
         try:
             try:
                 reply = await self.llm.acomplete(messages)
-            except ConfigError:
-                raise
-            except Exception as exc:
-                raise BackendError(f"{self.name}: the LLM call failed: {type(exc).__name__}: {exc}") from exc
+            except BaseException as exc:
+                raised = self._failed(exc, estimate, hold)
+                if raised is exc:
+                    raise
+                raise raised from exc
             return self._after(messages, reply, estimate, hold)
         finally:
             if hold is not None:

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from rerankers_plugins.errors import ConfigError
+from rerankers_plugins.scorers._aio import gather_cancelling
 from rerankers_plugins.scorers.base import ScoreResult
 from rerankers_plugins.scorers.llm.base import LLMBase, Message, Reply, clean, truncate_words
 from rerankers_plugins.scorers.llm.prompts import Template
@@ -198,7 +199,12 @@ class LLMPointwiseScorer(LLMBase):
         # callbacks and tracing) reaches the model calls made on the workers
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(texts))) as pool:
             futures = [pool.submit(contextvars.copy_context().run, one, t) for t in texts]
-            replies = [f.result() for f in futures]
+            try:
+                replies = [f.result() for f in futures]
+            except BaseException:  # one failed: the calls not yet started are never made
+                for f in futures:
+                    f.cancel()
+                raise
         return self._result(replies)
 
     async def ascore_details(self, query: str, texts: Sequence[str]) -> ScoreResult:
@@ -208,7 +214,8 @@ class LLMPointwiseScorer(LLMBase):
             async with bound:
                 return await self._acall(self.messages(query, t))
 
-        return self._result(list(await asyncio.gather(*(one(t) for t in texts))))
+        # one failure cancels the calls still running or waiting (they spend no more)
+        return self._result(await gather_cancelling([one(t) for t in texts]))
 
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
         return list(self.score_details(query, texts).values)

@@ -247,7 +247,8 @@ def parse_choice_select(text: str) -> list[int]:
     """The 1-based document numbers of a choice-select answer, most relevant first.
 
     Each ``Doc: 9, Relevance: 7`` is read wherever it stands (prose, markdown, several on a line,
-    ``Document 9``, ``relevance score 7/10``, a reason after it); documents are ordered by their
+    the relevance on the lines below its document, ``Document 9``, ``relevance score 7/10``, a
+    reason after it); documents are ordered by their
     relevance, highest first, ties and documents named without a relevance (after the rated ones)
     in the order the answer names them. Out-of-range numbers and repeats are left for
     :func:`~rerankers_plugins.ops.permutation.repair_permutation` to drop and count.
@@ -264,9 +265,8 @@ def parse_choice_select(text: str) -> list[int]:
     found: list[tuple[float, int, int]] = []
     docs = list(_DOC.finditer(text))
     for i, m in enumerate(docs):
+        # its relevance is read up to the next document, on its line or below it
         stop = docs[i + 1].start() if i + 1 < len(docs) else len(text)
-        line_end = text.find("\n", m.end())
-        stop = min(stop, line_end) if line_end != -1 else stop
         rel = _RELEVANCE.search(text, m.end(), stop)
         found.append((-float(rel.group(1)) if rel else float("inf"), i, int(m.group(1))))
     return [doc for _, _, doc in sorted(found)]
