@@ -32,6 +32,7 @@ text: Mice were fed.
 from __future__ import annotations
 
 import datetime
+import decimal
 import hashlib
 import marshal
 import math
@@ -282,6 +283,8 @@ def _plain(value: Any) -> Any:
         return value
     if hasattr(value, "item") and callable(value.item):  # a numpy scalar
         return _plain(value.item())
+    if isinstance(value, decimal.Decimal):  # not a numbers.Real
+        return float(value)
     if isinstance(value, numbers.Integral):
         return int(value)
     if isinstance(value, numbers.Real):

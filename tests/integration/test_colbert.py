@@ -159,6 +159,7 @@ def test_memory_cap_bounds_the_cache(colbert_dir):
     assert len(scorer.cache) < 20
 
 
+@pytest.mark.slow  # starts a second Python process that loads torch and the model (8 s)
 def test_disk_cache_is_shared_across_processes(colbert_dir, tmp_path):
     cache = tmp_path / "cache"
     scorer = ColBERTScorer(str(colbert_dir), dtype="float32", cache_dir=cache)

@@ -95,7 +95,7 @@ def docs(n: int) -> list[str]:
 # -- many threads and event loops, one key ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["cohere", "v1"])
+@pytest.mark.parametrize("kind", ["cohere", pytest.param("v1", marks=pytest.mark.slow)])
 def test_8_threads_x_3_loops_never_pass_the_limit(kind):
     clock = SteppedClock()
     rpm, upm = 10, 12

@@ -292,7 +292,10 @@ def corpus_for(i: int) -> list[str]:
     return [f"doc about topic{i} apple", f"doc about topic{(i + 1) % 200}", "unrelated text", f"topic{i}"]
 
 
-@pytest.mark.parametrize("kind", ["tei", "v1", "cohere"])
+@pytest.mark.parametrize(
+    "kind",
+    [pytest.param("tei", marks=pytest.mark.slow), pytest.param("v1", marks=pytest.mark.slow), "cohere"],
+)
 async def test_200_concurrent_requests_through_both_adapters(kind):
     from langchain_core.documents import Document
     from llama_index.core.schema import NodeWithScore, TextNode

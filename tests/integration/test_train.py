@@ -442,6 +442,7 @@ def test_a_distillation_row_anchors_on_a_judged_positive_and_draws_negatives_fro
     assert again == rows, "deterministic for a seed"
 
 
+@pytest.mark.slow  # trains a student for 5 s
 def test_distillation_teaches_the_student_the_teachers_order(beir, encoder, tmp_path):
     from rerankers_plugins.train import as_pipeline
 
