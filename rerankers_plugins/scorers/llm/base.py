@@ -34,10 +34,11 @@ LLM: a module-level function is one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import math
 import threading
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from typing import Any, ClassVar, TypeVar
 
 from rerankers_plugins._validate import as_int
@@ -151,6 +152,17 @@ Dialogue = Generator[list[Message], Reply, _R]
 of each call, is sent back the :class:`Reply`, and returns its result."""
 
 
+def _chars(messages: list[Message]) -> int:
+    """The characters a call sends: what its token estimate is made of."""
+    return sum(len(m.get("content") or "") for m in messages)
+
+
+class _Answer:
+    """What one LLM call answered (set by the body of :meth:`LLMBase._spending`)."""
+
+    reply: Reply
+
+
 class LLMBase:
     #: old keyword -> new keyword, accepted with a FutureWarning (as for the scorers)
     renamed: ClassVar[Mapping[str, str]] = {}
@@ -224,7 +236,7 @@ class LLMBase:
 
     def estimate_tokens(self, messages: list[Message]) -> int:
         """The tokens a call of ``messages`` is expected to spend (see the module docstring)."""
-        chars = sum(len(m.get("content") or "") for m in messages)
+        chars = _chars(messages)
         with self._seen:
             ratio = self._seen_tokens / self._seen_chars if self._seen_chars else self.DEFAULT_TOKENS_PER_CHAR
         return max(1, math.ceil(chars * ratio))
@@ -236,13 +248,14 @@ class LLMBase:
         estimate = 0
         if self._budget is not None:
             estimate = self.estimate_tokens(messages)
-            chars = sum(len(m.get("content") or "") for m in messages)
             rule = (
                 "observed tokens per character"
                 if self._seen_chars
                 else f"{self.DEFAULT_TOKENS_PER_CHAR:g} tokens per character before any usage was reported"
             )
-            hold = self._budget.hold(estimate, self.name, f" (estimated: {chars} characters at {rule})")
+            hold = self._budget.hold(
+                estimate, self.name, f" (estimated: {_chars(messages)} characters at {rule})"
+            )
         self._usage.add(Usage(requests=1), self.name)
         return estimate, hold
 
@@ -254,7 +267,7 @@ class LLMBase:
             if usage.total_tokens:
                 with self._seen:
                     self._seen_tokens += usage.total_tokens
-                    self._seen_chars += sum(len(m.get("content") or "") for m in messages)
+                    self._seen_chars += _chars(messages)
         if hold is not None:
             hold.spend(usage.total_tokens if usage is not None and usage.total_tokens else estimate, estimate)
         return reply
@@ -271,35 +284,36 @@ class LLMBase:
             return BackendError(f"{self.name}: the LLM call failed: {type(exc).__name__}: {exc}")
         return exc  # cancelled, interrupted: as itself
 
-    def _call(self, messages: list[Message]) -> Reply:
+    @contextlib.contextmanager
+    def _spending(self, messages: list[Message]) -> Iterator[_Answer]:
+        """One LLM call's accounting, the same for the sync and the async call: the request
+        counted and its estimate held before the body sends it (:meth:`_before`); the body sets
+        ``answer.reply``, which is counted (:meth:`_after`); a body that raises spends the estimate
+        and raises what :meth:`_failed` says; the hold is released either way."""
         estimate, hold = self._before(messages)
+        answer = _Answer()
         try:
             try:
-                reply = self.llm.complete(messages)
+                yield answer
             except BaseException as exc:
                 raised = self._failed(exc, estimate, hold)
                 if raised is exc:
                     raise
                 raise raised from exc
-            return self._after(messages, reply, estimate, hold)
+            self._after(messages, answer.reply, estimate, hold)
         finally:
             if hold is not None:
                 hold.close()
 
+    def _call(self, messages: list[Message]) -> Reply:
+        with self._spending(messages) as answer:
+            answer.reply = self.llm.complete(messages)
+        return answer.reply
+
     async def _acall(self, messages: list[Message]) -> Reply:
-        estimate, hold = self._before(messages)
-        try:
-            try:
-                reply = await self.llm.acomplete(messages)
-            except BaseException as exc:
-                raised = self._failed(exc, estimate, hold)
-                if raised is exc:
-                    raise
-                raise raised from exc
-            return self._after(messages, reply, estimate, hold)
-        finally:
-            if hold is not None:
-                hold.close()
+        with self._spending(messages) as answer:
+            answer.reply = await self.llm.acomplete(messages)
+        return answer.reply
 
     def drive(self, dialogue: Dialogue[_R]) -> _R:
         """Run ``dialogue`` to its result with the sync LLM call, on this thread (so a framework's
