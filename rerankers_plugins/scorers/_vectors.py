@@ -1,5 +1,5 @@
-"""The document-vector cache of the scorers that encode documents without the query (ColBERT,
-poly-encoder): in memory, and optionally on disk, keyed by the checkpoint's weights digest and the
+"""The document-vector cache of the scorers that encode documents without the query (bi-encoder,
+ColBERT, poly-encoder): in memory, and optionally on disk, keyed by the checkpoint's weights digest and the
 settings that change the stored vectors, so a checkpoint retrained in place never gets the old ones.
 """
 

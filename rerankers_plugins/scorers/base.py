@@ -197,7 +197,7 @@ class DocumentCache(Protocol):
 
 @runtime_checkable
 class Indexable(Protocol):
-    """A scorer with a document-vector cache (ColBERT, poly-encoder): ``index(texts)`` encodes and
+    """A scorer with a document-vector cache (bi-encoder, ColBERT, poly-encoder): ``index(texts)`` encodes and
     stores ahead of scoring, returning how many texts were encoded."""
 
     @property

@@ -9,6 +9,12 @@ each text the document prompt, saved under whichever name the checkpoint chose (
 passed to sentence-transformers as ``prompt=`` through ``encode_query`` / ``encode_document``, so a
 Router model still routes each side, and a Pooling module with ``include_prompt=False`` still
 leaves the prompt out of the mean.
+
+A document's embedding does not depend on the query, so it is computed once and kept in the same
+document-vector cache as ColBERT's (:class:`~rerankers_plugins.scorers._vectors.DocumentEmbeddingCache`:
+memory, and disk with ``cache_dir``), keyed by the checkpoint's files digest, the document prompt,
+the window and dtype, and the text as the model reads it (a document template filled in): a query
+whose candidates were seen before encodes only itself.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ import copy
 import logging
 import threading
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any, Unpack
+from pathlib import Path
+from typing import Any, Literal, Unpack
 
 from rerankers_plugins._optional import require
 from rerankers_plugins._validate import as_int
@@ -28,6 +35,7 @@ from rerankers_plugins.scorers._http import OnError
 from rerankers_plugins.scorers._local import LocalScorer
 from rerankers_plugins.scorers._scheduler import Plan, Unit
 from rerankers_plugins.scorers._tokens import TruncationReport
+from rerankers_plugins.scorers._vectors import CacheDType, DocumentEmbeddingCache, model_key
 from rerankers_plugins.templates import TemplateLike, as_template
 from rerankers_plugins.types import ScoreScale
 
@@ -62,6 +70,12 @@ class BiEncoderScorer(LocalScorer):
             model card asks for prompts that its files do not save (the published e5 and bge
             checkpoints: ``"query: "`` / ``"passage: "``, and bge's
             ``"Represent this sentence for searching relevant passages: "`` / ``""``).
+        cache_dir: optional directory for document embeddings shared across processes.
+        cache_bytes: memory bound of the in-process document cache (one vector per document:
+            512 MiB holds about 350,000 384-dimensional float32 embeddings).
+        cache_dtype: how cached embeddings are stored: ``"auto"`` (default) float32 when the encoder
+            computes in float32, so cached scores equal fresh ones, float16 when it computes in
+            bfloat16 / float16; ``"float16"`` / ``"float32"`` force one.
         deadline, on_error, scheduler: how calls share the model, as for
             :class:`~rerankers_plugins.CrossEncoderScorer`.
         document_template: what the model reads of each candidate, as for
@@ -82,6 +96,9 @@ class BiEncoderScorer(LocalScorer):
         dtype: DTypeName = "auto",
         query_prompt: str | None = None,
         document_prompt: str | None = None,
+        cache_dir: str | Path | None = None,
+        cache_bytes: int = 512 * 2**20,
+        cache_dtype: Literal["auto", "float16", "float32"] = "auto",
         deadline: float | None = None,
         on_error: OnError = "raise",
         document_template: TemplateLike | None = None,
@@ -91,6 +108,9 @@ class BiEncoderScorer(LocalScorer):
         self._serve(deadline, on_error, scheduler)
         self.document_template = as_template(document_template)
         as_int(batch_size, "batch_size", minimum=1)
+        as_int(cache_bytes, "cache_bytes", minimum=0)
+        if cache_dtype not in ("auto", "float16", "float32"):
+            raise ConfigError(f"cache_dtype must be 'auto', 'float16' or 'float32', got {cache_dtype!r}")
         for what, value in (("query_prompt", query_prompt), ("document_prompt", document_prompt)):
             if value is not None and not isinstance(value, str):
                 raise ConfigError(f"{what} must be a string or None, got {value!r}")
@@ -120,6 +140,21 @@ class BiEncoderScorer(LocalScorer):
         self.query_prompt = query_prompt if query_prompt is not None else str(prompts.get("query") or "")
         self.document_prompt = document_prompt if document_prompt is not None else _document_prompt(prompts)
         self._truncation = TruncationReport(f"BiEncoderScorer({self.model!r})")
+        if cache_dtype == "auto":
+            cache_dtype = "float32" if self.dtype == self._torch.float32 else "float16"
+        self.cache_dtype: CacheDType = cache_dtype
+        key = model_key(
+            ckpt.root(),
+            ckpt.digest,
+            self.document_prompt,
+            self.max_length,
+            str(self.dtype),
+            self.cache_dtype,
+            prefix="bi-",
+        )
+        self.cache = DocumentEmbeddingCache(
+            key, max_bytes=cache_bytes, directory=cache_dir, dtype=cache_dtype
+        )
 
     def __repr__(self) -> str:
         return (
@@ -155,23 +190,42 @@ class BiEncoderScorer(LocalScorer):
         return emb.float()
 
     def embed_documents(self, texts: Sequence[str]) -> Any:
-        """L2-normalised float32 embeddings, one row per text (``[n, dim]`` tensor)."""
+        """L2-normalised float32 embeddings, one row per text (``[n, dim]`` tensor; no cache involved)."""
         self._check_lengths(texts, self.document_prompt)
         return self._encode("document", list(texts))
+
+    def index(self, texts: Sequence[str]) -> int:
+        """Precompute and cache the embeddings of ``texts`` (memory, and disk when ``cache_dir`` is
+        set); returns how many were encoded (the rest were cached already)."""
+        return self.cache.fill(texts, lambda todo: list(self.embed_documents(todo)), chunk=1024)
 
     def embed_query(self, query: str) -> Any:
         """L2-normalised float32 query embedding (``[dim]`` tensor)."""
         return self._encode("query", [query])[0]
 
     def score_settings(self) -> Mapping[str, Any]:
-        return {"query_prompt": self.query_prompt, "document_prompt": self.document_prompt}
+        settings: dict[str, Any] = {
+            "query_prompt": self.query_prompt,
+            "document_prompt": self.document_prompt,
+        }
+        if self.cache_dtype != "float32":  # stored in float16: scores move by about 1e-3
+            settings["cache_dtype"] = self.cache_dtype
+        return settings
 
     def _plan(self, query: str, texts: Sequence[str]) -> Plan:
+        """The query and the documents not cached yet as units; cosines against the cached and the
+        fresh embeddings (both as stored, so a cached call scores what a fresh one does)."""
         (q_len,) = self._check_lengths([query], self.query_prompt, check=False)
         units = [Unit(query, q_len, "query")]
-        lengths = self._check_lengths(texts, self.document_prompt)
-        units += [Unit(t, n, "document") for t, n in zip(texts, lengths, strict=True)]
-        return Plan(units, self._cosines)
+        keys, found, missing = self.cache.lookup(texts)
+        todo = list(missing.values())  # the truncation warning comes from the texts encoded
+        lengths = self._check_lengths(todo, self.document_prompt)
+        units += [Unit(t, n, "document") for t, n in zip(todo, lengths, strict=True)]
+
+        def finish(outputs: list[Any]) -> list[float]:
+            return self._cosines([outputs[0], *self.cache.complete(keys, found, list(missing), outputs[1:])])
+
+        return Plan(units, finish)
 
     def _run_batch(self, kind: str, data: list[Any], owners: list[Hashable]) -> list[Any]:
         return list(self._encode(kind, data))
@@ -179,5 +233,6 @@ class BiEncoderScorer(LocalScorer):
     def _cosines(self, outputs: list[Any]) -> list[float]:
         torch = self._torch
         with torch.inference_mode():
-            sims = (torch.stack(outputs[1:]) @ outputs[0]).clamp_(-1.0, 1.0)
+            docs = torch.stack([d.to(outputs[0].device, torch.float32) for d in outputs[1:]])
+            sims = (docs @ outputs[0]).clamp_(-1.0, 1.0)
         return [float(s) for s in sims.tolist()]
