@@ -13,6 +13,7 @@ from typing import Any
 
 from rerankers_plugins.errors import BackendError
 from rerankers_plugins.scorers._aio import check_deadline
+from rerankers_plugins.scorers._compile import CompiledBlocks, compile_blocks, resolve_compile
 from rerankers_plugins.scorers._hf import Checkpoint, load_options
 from rerankers_plugins.scorers._http import OnError, check_on_error
 from rerankers_plugins.scorers._scheduler import (
@@ -56,6 +57,8 @@ class LocalScorer(BaseScorer):
     #: how concurrent calls share the model (None: each call computes in its own thread)
     scheduler_options: SchedulerOptions | None
     _tokenizer: Any
+    #: the compiled transformer blocks (``compile=``): how many, still active, seconds at load
+    compiled: CompiledBlocks = CompiledBlocks()
     _scheduler: Scheduler | None = None
     _closed: bool = False
 
@@ -101,6 +104,25 @@ class LocalScorer(BaseScorer):
         if left <= 0:
             raise late(self.name, self.deadline)
         return left
+
+    def _accelerate(self, setting: Any, *models: Any) -> None:
+        """Compile the transformer blocks of ``models`` where ``compile=`` (``setting``) says so
+        (:mod:`~rerankers_plugins.scorers._compile`), paying the compile now: a batch of one unit
+        and one of two units of each kind the scorer computes, run straight to the model (no
+        document cache is filled, no request waits for it)."""
+        if not resolve_compile(setting, self.device, self.dtype):
+            self.compiled = CompiledBlocks()
+            return
+        self.compiled = compile_blocks(models)
+
+        def warm() -> None:
+            for texts in (["warm up"], ["warm up", "warm up, with a second and longer text"]):
+                units = self._plan("warm up", texts).units
+                for kind in dict.fromkeys(u.kind for u in units):
+                    mine = [u.data for u in units if u.kind == kind]
+                    self._run_batch(kind, mine, [0] * len(mine))
+
+        self.compiled.warm(warm)
 
     def _score_here(self, query: str, texts: Sequence[str]) -> list[float]:
         """Score in this thread, bypassing the worker (warm-up at load)."""

@@ -38,6 +38,7 @@ from typing import Any, ClassVar, Literal, Unpack
 
 from rerankers_plugins._deprecation import renamed_attribute
 from rerankers_plugins._optional import require
+from rerankers_plugins.errors import ConfigError
 from rerankers_plugins.scorers._causal import (
     KNOWN_CAUSAL_RERANKERS,
     CausalLogits,
@@ -49,6 +50,7 @@ from rerankers_plugins.scorers._ce_layouts import (
     st_logit_score,
 )
 from rerankers_plugins.scorers._ce_loading import CrossEncoderLoading
+from rerankers_plugins.scorers._compile import CompileSetting, check_compile
 from rerankers_plugins.scorers._device import DTypeName
 from rerankers_plugins.scorers._hf import LoadKwargs
 from rerankers_plugins.scorers._http import OnError
@@ -114,6 +116,10 @@ class CrossEncoderScorer(CrossEncoderLoading):
             (``window``, ``fair_share``, ``max_queue_tokens``, ``threads``:
             :class:`~rerankers_plugins.scorers._scheduler.SchedulerOptions`). ``False``: each call
             computes in its own thread.
+        compile: compile the model's transformer blocks at load (inductor, fused and with packed
+            weights): ``"auto"`` (default) where it wins, on CPUs computing in bfloat16 because they
+            are fast at it; ``True`` everywhere (some seconds at load, cached on disk across
+            processes); ``False`` never. See :mod:`~rerankers_plugins.scorers._compile`.
         **load: how the checkpoint is fetched and built, as sentence-transformers takes it
             (``revision``, ``trust_remote_code``, ``local_files_only``, ``hub_cache_dir``,
             ``model_kwargs``, ``tokenizer_kwargs``, ``config_kwargs``: :class:`~rerankers_plugins.scorers._hf.LoadOptions`).
@@ -142,10 +148,12 @@ class CrossEncoderScorer(CrossEncoderLoading):
         on_error: OnError = "raise",
         document_template: TemplateLike | None = None,
         scheduler: bool | Mapping[str, Any] = True,
+        compile: CompileSetting = "auto",
         **load: Unpack[LoadKwargs],
     ) -> None:
         check_options(activation, batch_size, max_length, runtime, prompt_format, instruction)
         self._serve(deadline, on_error, scheduler)
+        check_compile(compile)
         self.document_template = as_template(document_template)
         self._torch = require("torch", "cross-encoder")
         self.runtime = runtime
@@ -180,6 +188,10 @@ class CrossEncoderScorer(CrossEncoderLoading):
             self.max_length,
             self.max_batch_tokens,
         )
+        if compile is True and runtime != "torch":
+            raise ConfigError(f"compile=True compiles the torch model; runtime={runtime!r} runs ONNX Runtime")
+        if runtime == "torch":
+            self._accelerate(compile, self._causal.model if self._causal is not None else self._model)
         if warmup:
             # One short pair through the whole path: the first user call then pays none of the
             # one-off costs (kernel selection, thread pool start-up, the tokenizer's first call).

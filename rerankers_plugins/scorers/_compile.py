@@ -1,0 +1,206 @@
+"""Compiled transformer blocks for the local scorers: ``compile="auto" | True | False``.
+
+A transformer spends its time in a stack of identical blocks (BERT's ``encoder.layer``, Qwen's
+``model.layers``, T5's encoder and decoder ``block``). Between their matrix products, eager PyTorch
+runs each bias add, activation, layer norm, residual add and dtype conversion as its own pass over
+memory, and multiplies by weights in their plain layout. :func:`compile_blocks` compiles each block
+with inductor (``torch.compile``, dynamic shapes, ``freezing``: weights folded in as constants and
+packed once for oneDNN's kernels; the element-wise work fused into few vectorised loops). Blocks of
+one class share one compiled graph, so compiling costs about one block's time, and inductor keeps
+what it compiled on disk (its cache directory, ``TORCHINDUCTOR_CACHE_DIR``): a later process loads
+more of it instead of compiling again.
+
+The compile runs at load (:meth:`CompiledBlocks.warm`: a batch of one and of two rows, the two
+shapes inductor specialises), never inside a request. A block that fails to compile or to run
+compiled is run eagerly instead, once and for all, with a warning naming the error; an input the
+eager model rejects too raises the eager model's error.
+
+``"auto"`` compiles where it wins and only there: on a CPU computing in bfloat16 because the CPU is
+fast at it (AMX-BF16, or AVX512-BF16 where the probe of
+:func:`~rerankers_plugins.scorers._device.cpu_has_fast_bf16` chose it), on Linux with a C++ compiler
+for inductor's kernels. There the eager path leaves the bfloat16 matrix units idle between the
+products; in float32 the eager path is already within a few per cent of the matrix-product ceiling,
+so the seconds of compiling at load are not spent by default (``compile=True`` spends them).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import threading
+import time
+import types
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from rerankers_plugins._optional import require
+from rerankers_plugins.errors import ConfigError
+from rerankers_plugins.scorers._device import cpu_has_fast_bf16
+
+__all__ = [
+    "CompileSetting",
+    "CompiledBlocks",
+    "check_compile",
+    "compile_blocks",
+    "resolve_compile",
+    "transformer_blocks",
+]
+
+logger = logging.getLogger(__name__)
+
+CompileSetting = bool | Literal["auto"]
+
+#: a block list is compiled when it holds at least this share of the largest block list's parameters
+#: (T5's encoder and decoder stacks both; not a small list beside the main stack)
+MIN_BLOCK_SHARE = 0.25
+
+
+def _cxx_compiler() -> str | None:
+    """The C++ compiler inductor would use (``CXX``, else ``g++`` / ``c++`` / ``clang++``), if any."""
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def check_compile(value: Any) -> CompileSetting:
+    """``compile=`` checked: ``"auto"``, True or False."""
+    if not (value is True or value is False or (isinstance(value, str) and value == "auto")):
+        raise ConfigError(f"compile must be 'auto', True or False, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def resolve_compile(value: Any, device: str, dtype: Any) -> bool:
+    """``compile=`` -> whether this scorer compiles its blocks (see the module docstring).
+
+    >>> import torch
+    >>> resolve_compile("auto", "cpu", torch.float32)
+    False
+    >>> resolve_compile(False, "cpu", torch.bfloat16)
+    False
+    """
+    if check_compile(value) != "auto":
+        return bool(value)
+    torch = require("torch", "cross-encoder")
+    if torch.device(device).type != "cpu" or dtype != torch.bfloat16:
+        return False
+    if not sys.platform.startswith("linux") or not cpu_has_fast_bf16():
+        return False
+    if _cxx_compiler() is None:
+        logger.info("compile='auto': no C++ compiler (CXX, g++, c++, clang++) for inductor; running eagerly")
+        return False
+    return True
+
+
+def transformer_blocks(model: Any) -> list[Any]:
+    """The blocks of ``model``'s transformer stacks: the outermost ``ModuleList`` s of two or more
+    modules of one class, the largest (by parameters) and any holding at least
+    :data:`MIN_BLOCK_SHARE` of it; each of their modules, in order."""
+    torch = require("torch", "cross-encoder")
+    lists: list[tuple[int, Any]] = []
+    taken: set[int] = set()
+    for module in model.modules():
+        if not isinstance(module, torch.nn.ModuleList) or len(module) < 2:
+            continue
+        if len({type(m) for m in module}) != 1 or id(module) in taken:
+            continue
+        taken.update(id(sub) for sub in module.modules())
+        lists.append((sum(p.numel() for p in module.parameters()), module))
+    largest = max((n for n, _ in lists), default=0)
+    if largest == 0:
+        return []
+    return [block for n, module in lists if n >= MIN_BLOCK_SHARE * largest for block in module]
+
+
+@dataclass
+class CompiledBlocks:
+    """The compiled blocks of one scorer's model(s): how many, whether they still run compiled, the
+    seconds their compile at load took, and the error that sent them back to eager (if one did)."""
+
+    blocks: int = 0
+    active: bool = False
+    seconds: float = 0.0
+    error: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def fall_back(self, exc: BaseException) -> None:
+        with self._lock:
+            if not self.active:
+                return
+            self.active = False
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            self.error = f"{type(exc).__name__}: {' '.join(lines[:2])[:300]}"
+        logger.warning(
+            "compiled transformer blocks failed (%s); running them eagerly from now on (same scores)",
+            self.error,
+        )
+
+    def warm(self, run: Callable[[], object]) -> None:
+        """Compile now (``run``: the scorer's warm-up batches), timing it; a failure falls back."""
+        if not self.active:
+            return
+        t0 = time.perf_counter()
+        run()
+        self.seconds = time.perf_counter() - t0
+        logger.info(
+            "compiled %d transformer blocks in %.1f s at load (%s)",
+            self.blocks,
+            self.seconds,
+            "compiled" if self.active else f"eager: {self.error}",
+        )
+
+
+def _guarded(block: Any, compiled: Callable[..., Any], state: CompiledBlocks) -> Callable[..., Any]:
+    eager = block._call_impl
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if state.active:
+            try:
+                return compiled(*args, **kwargs)
+            except Exception as exc:
+                out = eager(*args, **kwargs)  # the eager block's own error, if the input is at fault
+                state.fall_back(exc)
+                return out
+        return eager(*args, **kwargs)
+
+    return call
+
+
+def _own_code(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` with a code object of its own. Dynamo keeps compiled graphs, and counts
+    recompiles against a limit (8), per code object; blocks' forwards are often one shared wrapper
+    (transformers wraps every layer's forward in the same gradient-checkpointing function), and
+    ``Module._call_impl`` is one for every module, so without a copy per model the models of one
+    process would spend one limit together and the later ones would silently run eagerly."""
+    code = function.__code__.replace(co_name=function.__code__.co_name)
+    copy = types.FunctionType(
+        code, function.__globals__, function.__name__, function.__defaults__, function.__closure__
+    )
+    copy.__kwdefaults__ = function.__kwdefaults__
+    copy.__dict__.update(function.__dict__)
+    copy.__qualname__ = function.__qualname__
+    return copy
+
+
+def compile_blocks(models: Iterable[Any]) -> CompiledBlocks:
+    """Compile the transformer blocks of ``models`` in place (lazily: the first call compiles; see
+    :meth:`CompiledBlocks.warm`). Models with no block list are left as they are."""
+    torch = require("torch", "cross-encoder")
+    state = CompiledBlocks()
+    for model in models:
+        forwards: dict[type, Callable[..., Any]] = {}
+        for block in transformer_blocks(model):
+            cls = type(block)
+            if cls not in forwards:
+                forwards[cls] = _own_code(cls.forward)
+            compiled = torch.compile(
+                types.MethodType(forwards[cls], block), dynamic=True, options={"freezing": True}
+            )
+            # stored where Module.compile() stores its compiled call; falls back to eager on failure
+            block._compiled_call_impl = _guarded(block, compiled, state)
+            state.blocks += 1
+    state.active = state.blocks > 0
+    return state
