@@ -3,7 +3,10 @@
 For each test query, BM25 top-100 candidates are reranked twice by the same weights, once in
 float32 and once in bfloat16, and the top-10 lists are compared.
 
-    python benchmarks/agreement.py [--queries 30] [--candidates 100]
+    python benchmarks/agreement.py [--queries 30] [--candidates 100] [--compile]
+
+``--compile`` runs the bfloat16 side with compiled transformer blocks (``compile=True``), as
+``compile="auto"`` does where bfloat16 is chosen.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=30)
     parser.add_argument("--candidates", type=int, default=100)
+    parser.add_argument("--compile", action="store_true", help="bfloat16 with compiled blocks")
     args = parser.parse_args()
 
     from rerankers_plugins import BiEncoderScorer, CrossEncoderScorer
@@ -53,7 +57,7 @@ def main() -> None:
         compare(
             "bi-encoder all-MiniLM-L6-v2 (trained weights), cosine",
             BiEncoderScorer(bi, dtype="float32"),
-            BiEncoderScorer(bi, dtype="bfloat16"),
+            BiEncoderScorer(bi, dtype="bfloat16", compile=args.compile),
             data,
             qids,
             args.candidates,
@@ -62,14 +66,15 @@ def main() -> None:
         compare(
             "cross-encoder MiniLM-L6 (ms-marco-MiniLM-L-6-v2 compute, untrained head), sigmoid",
             CrossEncoderScorer(ce, dtype="float32"),
-            CrossEncoderScorer(ce, dtype="bfloat16"),
+            CrossEncoderScorer(ce, dtype="bfloat16", compile=args.compile),
             data,
             qids,
             args.candidates,
             retriever,
         ),
     ]
-    print(f"SciFact test, BM25 top-{args.candidates}, first {len(qids)} queries by id\n")
+    side = "bfloat16 with compiled blocks" if args.compile else "bfloat16 eager"
+    print(f"SciFact test, BM25 top-{args.candidates}, first {len(qids)} queries by id; {side} vs float32\n")
     print(
         "| model | queries | mean top-10 overlap | worst top-10 overlap | same top-1 | max abs score diff |"
     )

@@ -11,12 +11,14 @@ what it compiled on disk (its cache directory, ``TORCHINDUCTOR_CACHE_DIR``): a l
 more of it instead of compiling again.
 
 The compile runs at load (:meth:`CompiledBlocks.warm`: a batch of one and of two rows, the two
-shapes inductor specialises), never inside a request. A block that fails to compile or to run
+shapes inductor specialises), never inside a request; under ``"auto"`` a full batch is then timed
+compiled and eager, and the compiled blocks are kept only if they are at least
+:data:`MIN_SPEEDUP` x faster on this machine (:meth:`CompiledBlocks.keep_if_faster`). A block that fails to compile or to run
 compiled is run eagerly instead, once and for all, with a warning naming the error; an input the
 eager model rejects too raises the eager model's error.
 
-``"auto"`` compiles where it wins and only there: on a CPU computing in bfloat16 because the CPU is
-fast at it (AMX-BF16, or AVX512-BF16 where the probe of
+``"auto"`` compiles where it can win, and keeps the compiled blocks where they measure faster at
+load: on a CPU computing in bfloat16 because the CPU is fast at it (AMX-BF16, or AVX512-BF16 where the probe of
 :func:`~rerankers_plugins.scorers._device.cpu_has_fast_bf16` chose it), on Linux with a C++ compiler
 for inductor's kernels. There the eager path leaves the bfloat16 matrix units idle between the
 products; in float32 the eager path is already within a few per cent of the matrix-product ceiling,
@@ -28,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import statistics
 import sys
 import threading
 import time
@@ -56,6 +59,9 @@ CompileSetting = bool | Literal["auto"]
 #: a block list is compiled when it holds at least this share of the largest block list's parameters
 #: (T5's encoder and decoder stacks both; not a small list beside the main stack)
 MIN_BLOCK_SHARE = 0.25
+
+#: under ``compile="auto"`` the compiled blocks are kept only if a full batch runs this much faster
+MIN_SPEEDUP = 1.05
 
 
 def _cxx_compiler() -> str | None:
@@ -124,6 +130,8 @@ class CompiledBlocks:
     active: bool = False
     seconds: float = 0.0
     error: str | None = None
+    #: eager time / compiled time of a full batch, where ``compile="auto"`` measured it at load
+    speedup: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def fall_back(self, exc: BaseException) -> None:
@@ -150,6 +158,33 @@ class CompiledBlocks:
             self.blocks,
             self.seconds,
             "compiled" if self.active else f"eager: {self.error}",
+        )
+
+    def keep_if_faster(self, run: Callable[[], object], *, rounds: int = 3) -> None:
+        """Time ``run`` (a full batch) compiled and eager, alternately, ``rounds`` times; keep the
+        compiled blocks only if their median is at least :data:`MIN_SPEEDUP` x faster."""
+        if not self.active:
+            return
+        compiled: list[float] = []
+        eager: list[float] = []
+        try:
+            run()  # a batch this size may compile once more (a shape the warm-up did not specialise)
+            for _ in range(rounds):
+                for times, active in ((compiled, True), (eager, False)):
+                    self.active = active
+                    t0 = time.perf_counter()
+                    run()
+                    times.append(time.perf_counter() - t0)
+        finally:
+            self.active = True
+        self.speedup = statistics.median(eager) / max(statistics.median(compiled), 1e-9)
+        if self.speedup < MIN_SPEEDUP:
+            self.active = False
+            self.error = f"measured {self.speedup:.2f}x eager at load, below {MIN_SPEEDUP}x"
+        logger.info(
+            "compile='auto': compiled blocks measured %.2fx eager on a full batch; %s",
+            self.speedup,
+            "keeping them" if self.active else "running eagerly",
         )
 
 

@@ -115,14 +115,20 @@ class LocalScorer(BaseScorer):
             return
         self.compiled = compile_blocks(models)
 
+        def run(texts: Sequence[str]) -> None:
+            units = self._plan("warm up", texts).units
+            for kind in dict.fromkeys(u.kind for u in units):
+                mine = [u.data for u in units if u.kind == kind]
+                self._run_batch(kind, mine, [0] * len(mine))
+
         def warm() -> None:
-            for texts in (["warm up"], ["warm up", "warm up, with a second and longer text"]):
-                units = self._plan("warm up", texts).units
-                for kind in dict.fromkeys(u.kind for u in units):
-                    mine = [u.data for u in units if u.kind == kind]
-                    self._run_batch(kind, mine, [0] * len(mine))
+            run(["warm up"])
+            run(["warm up", "warm up, with a second and longer text"])
 
         self.compiled.warm(warm)
+        if setting == "auto":  # kept only where it measures faster than eager on this machine
+            rows = max(2, (self.max_batch_tokens or 1024) // 256)
+            self.compiled.keep_if_faster(lambda: run(["a passage of about two hundred tokens " * 40] * rows))
 
     def _score_here(self, query: str, texts: Sequence[str]) -> list[float]:
         """Score in this thread, bypassing the worker (warm-up at load)."""

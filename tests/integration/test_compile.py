@@ -170,3 +170,17 @@ def test_an_input_the_eager_block_rejects_raises_its_error_and_keeps_compiling()
         with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
             model(torch.randn(3, 5))
     assert state.active  # a bad input is not a compile failure
+
+
+@pytest.mark.slow  # compiles a tiny model in bfloat16 and times it both ways
+def test_auto_keeps_compiled_blocks_only_where_they_measure_faster(tiny_ce_dir, cpu):
+    cpu({"avx512f", "amx_bf16"})  # a CPU fast at bfloat16: dtype and compile "auto" both choose it
+    scorer = CrossEncoderScorer(str(tiny_ce_dir))
+    assert scorer.dtype == torch.bfloat16
+    state = scorer.compiled
+    assert state.blocks == 2 and state.speedup is not None
+    assert state.active == (state.speedup >= _compile.MIN_SPEEDUP)
+    if not state.active:
+        assert "measured" in (state.error or "")
+    eager = CrossEncoderScorer(str(tiny_ce_dir), compile=False)
+    np.testing.assert_allclose(scorer.score(QUERY, DOCS), eager.score(QUERY, DOCS), atol=2e-2)
