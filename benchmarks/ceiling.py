@@ -123,7 +123,7 @@ def child(threads: int, repeats: int, profile: bool) -> None:
     runs: list[tuple[str, Callable[[list[Candidate]], list[str]]]] = [("LangChain", langchain)]
     runs += [(name, ours(s)) for name, s in systems.items()]
     for i, (_, fn) in enumerate(runs):  # warm-up on slices no repetition uses
-        fn(slice_(60 + i))
+        fn(slice_(40 + i))
     times: dict[str, list[float]] = defaultdict(list)
     flops: dict[str, list[float]] = defaultdict(list)
     tops: dict[str, list[set[str]]] = defaultdict(list)
@@ -167,7 +167,7 @@ def child(threads: int, repeats: int, profile: bool) -> None:
         + f" (inductor cache: {os.environ.get('TORCHINDUCTOR_CACHE_DIR', 'default directory')})"
     )
     if profile:
-        texts = [c.text for c in slice_(90)]
+        texts = [c.text for c in slice_(47)]
         for name, s in systems.items():
             print(f"\n#### where one call's time goes: {name}, {threads} thread(s)\n")
             # in this thread (the scheduler's worker runs on another, which the profiler does not see)

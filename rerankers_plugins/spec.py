@@ -50,6 +50,12 @@ __all__ = [
 Spec = dict[str, Any]
 
 
+#: scorer kinds whose document vectors a pipeline spec keeps on disk by default, under
+#: ``~/.cache/rerankers-plugins/<kind>`` (keyed by the weights' digest and settings), so that reruns of
+#: ``eval``, ``tune`` and ``batch`` encode only the queries
+DISK_CACHED: tuple[str, ...] = ("colbert", "bi-encoder")
+
+
 def _value(text: str) -> Any:
     low = text.lower()
     if low in ("true", "false"):
@@ -125,8 +131,8 @@ def build_pipeline(spec: Spec, named: Mapping[str, ScorerLike] | None = None) ->
         return sub(spec["use"])
     if "scorer" in spec:
         kind = spec.pop("scorer")
-        if kind == "colbert":  # reruns reuse the document vectors
-            spec.setdefault("cache_dir", str(Path.home() / ".cache" / "rerankers-plugins" / "colbert"))
+        if kind in DISK_CACHED:  # reruns reuse the document vectors
+            spec.setdefault("cache_dir", str(Path.home() / ".cache" / "rerankers-plugins" / kind))
         return get_scorer(kind, **spec)
     key = _strategy_key(spec)
     cls: Callable[..., ScorerLike] = load(STRATEGIES[key])
