@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -82,3 +84,12 @@ def interleaved_medians(fns: Sequence[Callable[[], object]], repeats: int) -> li
             fn()
             times[i].append((time.perf_counter() - t0) * 1000)
     return [statistics.median(t) for t in times]
+
+
+def run_per_thread_count(script: str, threads: str, args: Sequence[str]) -> None:
+    """Run ``script --child N *args`` for each comma-separated thread count N, each in a process of
+    its own with OpenMP's and MKL's thread counts set, so no run inherits another's thread pool."""
+    for n in [int(t) for t in threads.split(",")]:
+        env = dict(os.environ, OMP_NUM_THREADS=str(n), MKL_NUM_THREADS=str(n))
+        sys.stdout.flush()
+        subprocess.run([sys.executable, script, "--child", str(n), *args], env=env, check=True)

@@ -24,8 +24,6 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -188,13 +186,8 @@ def main() -> None:
 
     print(_common.cpu_description())
     print(f"torch {torch.__version__}, python {platform.python_version()}")
-    for threads in [int(t) for t in args.threads.split(",")]:
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        cmd = [sys.executable, __file__, "--child", str(threads), "--repeats", str(args.repeats)]
-        if args.profile:
-            cmd.append("--profile")
-        sys.stdout.flush()
-        subprocess.run(cmd, env=env, check=True)
+    extra = ["--profile"] if args.profile else []
+    _common.run_per_thread_count(__file__, args.threads, ["--repeats", str(args.repeats), *extra])
 
 
 if __name__ == "__main__":

@@ -248,13 +248,8 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, python {platform.python_version()}"
     )
-    for threads in [int(t) for t in args.threads.split(",")]:
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        cmd = [sys.executable, __file__, "--child", str(threads), "--repeats", str(args.repeats)]
-        if args.late_interaction:
-            cmd.append("--late-interaction")
-        sys.stdout.flush()
-        subprocess.run(cmd, env=env, check=True)
+    extra = ["--late-interaction"] if args.late_interaction else []
+    _common.run_per_thread_count(__file__, args.threads, ["--repeats", str(args.repeats), *extra])
 
 
 if __name__ == "__main__":
