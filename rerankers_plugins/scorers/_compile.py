@@ -3,12 +3,13 @@
 A transformer spends its time in a stack of identical blocks (BERT's ``encoder.layer``, Qwen's
 ``model.layers``, T5's encoder and decoder ``block``). Between their matrix products, eager PyTorch
 runs each bias add, activation, layer norm, residual add and dtype conversion as its own pass over
-memory, and multiplies by weights in their plain layout. :func:`compile_blocks` compiles each block
-with inductor (``torch.compile``, dynamic shapes, ``freezing``: weights folded in as constants and
-packed once for oneDNN's kernels; the element-wise work fused into few vectorised loops). Blocks of
-one class share one compiled graph, so compiling costs about one block's time, and inductor keeps
-what it compiled on disk (its cache directory, ``TORCHINDUCTOR_CACHE_DIR``): a later process loads
-more of it instead of compiling again.
+memory. :func:`compile_blocks` compiles each block with inductor (``torch.compile``, dynamic shapes:
+the element-wise work between the products fused into few vectorised loops; the weights stay graph
+inputs, so the matrix products are the same oneDNN / MKL calls as eagerly). Each block is compiled
+on its own (its own code object, so no block shares Dynamo's per-code recompile limit with another:
+a Qwen3 decoder layer's ``layer_idx`` alone makes its graph differ from its neighbours'); identical
+graphs are compiled once by inductor, which keeps what it compiled on disk (its cache directory,
+``TORCHINDUCTOR_CACHE_DIR``), so a later process loads more of it instead of compiling again.
 
 The compile runs at load (:meth:`CompiledBlocks.warm`: a batch of one and of two rows, the two
 shapes inductor specialises), never inside a request; under ``"auto"`` a full batch is then timed
@@ -132,6 +133,8 @@ class CompiledBlocks:
     error: str | None = None
     #: eager time / compiled time of a full batch, where ``compile="auto"`` measured it at load
     speedup: float | None = None
+    #: set while keep_if_faster times the eager blocks
+    _timing_eager: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def fall_back(self, exc: BaseException) -> None:
@@ -170,13 +173,15 @@ class CompiledBlocks:
         try:
             run()  # a batch this size may compile once more (a shape the warm-up did not specialise)
             for _ in range(rounds):
-                for times, active in ((compiled, True), (eager, False)):
-                    self.active = active
+                for times, skip in ((compiled, False), (eager, True)):
+                    self._timing_eager = skip
                     t0 = time.perf_counter()
                     run()
                     times.append(time.perf_counter() - t0)
+                    if not self.active:  # the compiled blocks failed and fell back: they stay eager
+                        return
         finally:
-            self.active = True
+            self._timing_eager = False
         self.speedup = statistics.median(eager) / max(statistics.median(compiled), 1e-9)
         if self.speedup < MIN_SPEEDUP:
             self.active = False
@@ -192,7 +197,7 @@ def _guarded(block: Any, compiled: Callable[..., Any], state: CompiledBlocks) ->
     eager = block._call_impl
 
     def call(*args: Any, **kwargs: Any) -> Any:
-        if state.active:
+        if state.active and not state._timing_eager:
             try:
                 return compiled(*args, **kwargs)
             except Exception as exc:
@@ -208,8 +213,9 @@ def _own_code(function: Callable[..., Any]) -> Callable[..., Any]:
     """``function`` with a code object of its own. Dynamo keeps compiled graphs, and counts
     recompiles against a limit (8), per code object; blocks' forwards are often one shared wrapper
     (transformers wraps every layer's forward in the same gradient-checkpointing function), and
-    ``Module._call_impl`` is one for every module, so without a copy per model the models of one
-    process would spend one limit together and the later ones would silently run eagerly."""
+    ``Module._call_impl`` is one for every module, so without a copy per block the blocks (and
+    models) of one process would spend one limit together and the later ones would silently run
+    eagerly: 28 Qwen3 decoder layers, each reading its own ``layer_idx``, are 28 graphs."""
     code = function.__code__.replace(co_name=function.__code__.co_name)
     copy = types.FunctionType(
         code, function.__globals__, function.__name__, function.__defaults__, function.__closure__
@@ -226,14 +232,9 @@ def compile_blocks(models: Iterable[Any]) -> CompiledBlocks:
     torch = require("torch", "cross-encoder")
     state = CompiledBlocks()
     for model in models:
-        forwards: dict[type, Callable[..., Any]] = {}
         for block in transformer_blocks(model):
-            cls = type(block)
-            if cls not in forwards:
-                forwards[cls] = _own_code(cls.forward)
-            compiled = torch.compile(
-                types.MethodType(forwards[cls], block), dynamic=True, options={"freezing": True}
-            )
+            forward = _own_code(type(block).forward)
+            compiled = torch.compile(types.MethodType(forward, block), dynamic=True)
             # stored where Module.compile() stores its compiled call; falls back to eager on failure
             block._compiled_call_impl = _guarded(block, compiled, state)
             state.blocks += 1

@@ -58,7 +58,7 @@ class LocalScorer(BaseScorer):
     scheduler_options: SchedulerOptions | None
     _tokenizer: Any
     #: the compiled transformer blocks (``compile=``): how many, still active, seconds at load
-    compiled: CompiledBlocks = CompiledBlocks()
+    compiled: CompiledBlocks
     _scheduler: Scheduler | None = None
     _closed: bool = False
 
@@ -69,6 +69,7 @@ class LocalScorer(BaseScorer):
         self.on_error = check_on_error(on_error)
         self.scheduler_options = SchedulerOptions.of(scheduler)
         self._scheduler_lock = threading.Lock()
+        self.compiled = CompiledBlocks()  # none until _accelerate compiles
 
     def _plan(self, query: str, texts: Sequence[str]) -> Plan:
         """The call made ready for the model: its units (token rows, texts to encode) and how their
@@ -111,7 +112,6 @@ class LocalScorer(BaseScorer):
         and one of two units of each kind the scorer computes, run straight to the model (no
         document cache is filled, no request waits for it)."""
         if not resolve_compile(setting, self.device, self.dtype):
-            self.compiled = CompiledBlocks()
             return
         self.compiled = compile_blocks(models)
 
@@ -127,8 +127,12 @@ class LocalScorer(BaseScorer):
 
         self.compiled.warm(warm)
         if setting == "auto":  # kept only where it measures faster than eager on this machine
-            rows = max(2, (self.max_batch_tokens or 1024) // 256)
-            self.compiled.keep_if_faster(lambda: run(["a passage of about two hundred tokens " * 40] * rows))
+            # a full batch of distinct texts (a document cache would make one unit of equal ones)
+            # that fit the window (a truncation warning here would be the scorer's one warning)
+            words = max(4, self.max_length // 3)
+            rows = max(2, (self.max_batch_tokens or 1024) // max(8, self.max_length // 2))
+            texts = [f"{i} " + " ".join(["warm"] * words) for i in range(rows)]
+            self.compiled.keep_if_faster(lambda: run(texts))
 
     def _score_here(self, query: str, texts: Sequence[str]) -> list[float]:
         """Score in this thread, bypassing the worker (warm-up at load)."""

@@ -19,19 +19,34 @@ from typing import Any, Literal
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import ConfigError
 
-__all__ = ["CacheDType", "DocumentEmbeddingCache", "model_key"]
+__all__ = ["CacheDType", "DocumentEmbeddingCache", "load_settings", "model_key"]
 
 logger = logging.getLogger(__name__)
 
 CacheDType = Literal["float16", "float32"]
 
 
-def model_key(root: Path, digest: str, *settings: Any, prefix: str = "") -> str:
-    """The :class:`DocumentEmbeddingCache` key of a checkpoint: its resolved path, its digest
-    (:func:`~rerankers_plugins.scorers._hf.checkpoint_digest`) and the (JSON-serialisable)
-    settings that change the stored vectors."""
-    identity = json.dumps([str(root.resolve()), digest, *settings])
+def model_key(root: Path | str, digest: str, *settings: Any, prefix: str = "") -> str:
+    """The :class:`DocumentEmbeddingCache` key of a checkpoint: its resolved path (or Hub id), its
+    digest (:func:`~rerankers_plugins.scorers._hf.checkpoint_digest`) and the settings that change
+    the stored vectors (JSON; other values by ``repr``)."""
+    where = str(root.resolve()) if isinstance(root, Path) else root
+    identity = json.dumps([where, digest, *settings], default=repr, sort_keys=True)
     return prefix + hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+def load_settings(options: Any) -> list[Any]:
+    """The load options that change what a checkpoint computes (``model_kwargs``,
+    ``tokenizer_kwargs``, ``config_kwargs``, the revision), as extra :func:`model_key` settings;
+    none when none is set, so the keys of default loads stay what they were."""
+    chosen = {
+        name: dict(getattr(options, name))
+        for name in ("model_kwargs", "tokenizer_kwargs", "config_kwargs")
+        if getattr(options, name, None)
+    }
+    if getattr(options, "revision", None) is not None:
+        chosen["revision"] = options.revision
+    return [chosen] if chosen else []
 
 
 class DocumentEmbeddingCache:
@@ -112,7 +127,13 @@ class DocumentEmbeddingCache:
 
     def put(self, key: str, vectors: Any) -> Any:
         """Store ``[n, dim]`` vectors (converted to the cache dtype on CPU); returns what was stored."""
-        item = vectors.detach().to("cpu", dtype=getattr(require("torch", "colbert"), self.dtype)).contiguous()
+        # a copy of its own: a row of a batch would otherwise keep the whole batch alive in the LRU
+        item = (
+            vectors.detach()
+            .to("cpu", dtype=getattr(require("torch", "colbert"), self.dtype))
+            .contiguous()
+            .clone()
+        )
         if self.directory is not None:
             path = self._path(key)
             if not path.is_file():

@@ -36,7 +36,7 @@ from rerankers_plugins.scorers._http import OnError
 from rerankers_plugins.scorers._local import LocalScorer
 from rerankers_plugins.scorers._scheduler import Plan, Unit
 from rerankers_plugins.scorers._tokens import TruncationReport
-from rerankers_plugins.scorers._vectors import CacheDType, DocumentEmbeddingCache, model_key
+from rerankers_plugins.scorers._vectors import CacheDType, DocumentEmbeddingCache, load_settings, model_key
 from rerankers_plugins.templates import TemplateLike, as_template
 from rerankers_plugins.types import ScoreScale
 
@@ -81,10 +81,11 @@ class BiEncoderScorer(LocalScorer):
             :class:`~rerankers_plugins.CrossEncoderScorer`.
         document_template: what the model reads of each candidate, as for
             :class:`~rerankers_plugins.CrossEncoderScorer`.
-        compile: compile the model's transformer blocks at load (inductor, fused and with packed
-            weights): ``"auto"`` (default) where it wins, on CPUs computing in bfloat16 because they
-            are fast at it; ``True`` everywhere (some seconds at load, cached on disk across
-            processes); ``False`` never. See :mod:`~rerankers_plugins.scorers._compile`.
+        compile: compile the model's transformer blocks at load (inductor: the element-wise work
+            between matrix products fused): ``"auto"`` (default) on CPUs computing in bfloat16
+            because they are fast at it, kept only where a full batch measures faster at load;
+            ``True`` everywhere (seconds at load, cached on disk across processes); ``False``
+            never. See :mod:`~rerankers_plugins.scorers._compile`.
         **load: how the checkpoint is fetched and built (``revision``, ``trust_remote_code``, ...),
             as for :class:`CrossEncoderScorer`.
     """
@@ -151,8 +152,9 @@ class BiEncoderScorer(LocalScorer):
             cache_dtype = "float32" if self.dtype == self._torch.float32 else "float16"
         self.cache_dtype: CacheDType = cache_dtype
         key = model_key(
-            ckpt.root(),
+            Path(ckpt.local) if ckpt.local is not None else f"hub:{ckpt.path}",  # no snapshot download
             ckpt.digest,
+            *load_settings(ckpt.options),
             self.document_prompt,
             self.max_length,
             str(self.dtype),
@@ -241,6 +243,6 @@ class BiEncoderScorer(LocalScorer):
     def _cosines(self, outputs: list[Any]) -> list[float]:
         torch = self._torch
         with torch.inference_mode():
-            docs = torch.stack([d.to(outputs[0].device, torch.float32) for d in outputs[1:]])
+            docs = torch.stack([d.float() for d in outputs[1:]]).to(outputs[0].device)
             sims = (docs @ outputs[0]).clamp_(-1.0, 1.0)
         return [float(s) for s in sims.tolist()]

@@ -62,7 +62,7 @@ from rerankers_plugins.scorers._http import OnError
 from rerankers_plugins.scorers._local import LocalScorer
 from rerankers_plugins.scorers._scheduler import Plan, Unit, compute_units
 from rerankers_plugins.scorers._tokens import TruncationReport, pad_right
-from rerankers_plugins.scorers._vectors import CacheDType, DocumentEmbeddingCache, model_key
+from rerankers_plugins.scorers._vectors import CacheDType, DocumentEmbeddingCache, load_settings, model_key
 from rerankers_plugins.templates import TemplateLike, as_template
 from rerankers_plugins.types import ScoreScale
 
@@ -109,10 +109,11 @@ class ColBERTScorer(LocalScorer):
             :class:`~rerankers_plugins.CrossEncoderScorer`.
         document_template: what the model reads of each candidate, as for
             :class:`~rerankers_plugins.CrossEncoderScorer`.
-        compile: compile the model's transformer blocks at load (inductor, fused and with packed
-            weights): ``"auto"`` (default) where it wins, on CPUs computing in bfloat16 because they
-            are fast at it; ``True`` everywhere (some seconds at load, cached on disk across
-            processes); ``False`` never. See :mod:`~rerankers_plugins.scorers._compile`.
+        compile: compile the model's transformer blocks at load (inductor: the element-wise work
+            between matrix products fused): ``"auto"`` (default) on CPUs computing in bfloat16
+            because they are fast at it, kept only where a full batch measures faster at load;
+            ``True`` everywhere (seconds at load, cached on disk across processes); ``False``
+            never. See :mod:`~rerankers_plugins.scorers._compile`.
         **load: how the checkpoint is fetched and built (``revision``, ``local_files_only``, ...),
             as for :class:`~rerankers_plugins.CrossEncoderScorer`.
     """
@@ -191,7 +192,14 @@ class ColBERTScorer(LocalScorer):
             f"ColBERTScorer({self.model!r}) queries", hint="Raise query_length to read longer queries."
         )
         key = model_key(
-            root, ckpt.digest, self.layout, self.max_length, self.dim, str(self.dtype), self.cache_dtype
+            root,
+            ckpt.digest,
+            self.layout,
+            self.max_length,
+            self.dim,
+            str(self.dtype),
+            self.cache_dtype,
+            *load_settings(ckpt.options),
         )
         self.cache = DocumentEmbeddingCache(
             key, max_bytes=cache_bytes, directory=cache_dir, dtype=self.cache_dtype

@@ -116,10 +116,11 @@ class CrossEncoderScorer(CrossEncoderLoading):
             (``window``, ``fair_share``, ``max_queue_tokens``, ``threads``:
             :class:`~rerankers_plugins.scorers._scheduler.SchedulerOptions`). ``False``: each call
             computes in its own thread.
-        compile: compile the model's transformer blocks at load (inductor, fused and with packed
-            weights): ``"auto"`` (default) where it wins, on CPUs computing in bfloat16 because they
-            are fast at it; ``True`` everywhere (some seconds at load, cached on disk across
-            processes); ``False`` never. See :mod:`~rerankers_plugins.scorers._compile`.
+        compile: compile the model's transformer blocks at load (inductor: the element-wise work
+            between matrix products fused): ``"auto"`` (default) on CPUs computing in bfloat16
+            because they are fast at it, kept only where a full batch measures faster at load;
+            ``True`` everywhere (seconds at load, cached on disk across processes); ``False``
+            never. See :mod:`~rerankers_plugins.scorers._compile`.
         **load: how the checkpoint is fetched and built, as sentence-transformers takes it
             (``revision``, ``trust_remote_code``, ``local_files_only``, ``hub_cache_dir``,
             ``model_kwargs``, ``tokenizer_kwargs``, ``config_kwargs``: :class:`~rerankers_plugins.scorers._hf.LoadOptions`).
@@ -153,7 +154,8 @@ class CrossEncoderScorer(CrossEncoderLoading):
     ) -> None:
         check_options(activation, batch_size, max_length, runtime, prompt_format, instruction)
         self._serve(deadline, on_error, scheduler)
-        check_compile(compile)
+        if check_compile(compile) is True and runtime != "torch":
+            raise ConfigError(f"compile=True compiles the torch model; runtime={runtime!r} runs ONNX Runtime")
         self.document_template = as_template(document_template)
         self._torch = require("torch", "cross-encoder")
         self.runtime = runtime
@@ -188,8 +190,6 @@ class CrossEncoderScorer(CrossEncoderLoading):
             self.max_length,
             self.max_batch_tokens,
         )
-        if compile is True and runtime != "torch":
-            raise ConfigError(f"compile=True compiles the torch model; runtime={runtime!r} runs ONNX Runtime")
         if runtime == "torch":
             self._accelerate(compile, self._causal.model if self._causal is not None else self._model)
         if warmup:

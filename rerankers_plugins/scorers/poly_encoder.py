@@ -47,7 +47,7 @@ from rerankers_plugins.scorers._http import OnError
 from rerankers_plugins.scorers._local import LocalScorer
 from rerankers_plugins.scorers._scheduler import Plan, Unit, compute_units
 from rerankers_plugins.scorers._tokens import TruncationReport, pad_right
-from rerankers_plugins.scorers._vectors import DocumentEmbeddingCache, model_key
+from rerankers_plugins.scorers._vectors import DocumentEmbeddingCache, load_settings, model_key
 from rerankers_plugins.templates import TemplateLike, as_template
 from rerankers_plugins.types import ScoreScale
 
@@ -221,10 +221,11 @@ class PolyEncoderScorer(LocalScorer):
             :class:`~rerankers_plugins.CrossEncoderScorer`.
         document_template: what the model reads of each candidate, as for
             :class:`~rerankers_plugins.CrossEncoderScorer`.
-        compile: compile the model's transformer blocks at load (inductor, fused and with packed
-            weights): ``"auto"`` (default) where it wins, on CPUs computing in bfloat16 because they
-            are fast at it; ``True`` everywhere (some seconds at load, cached on disk across
-            processes); ``False`` never. See :mod:`~rerankers_plugins.scorers._compile`.
+        compile: compile the model's transformer blocks at load (inductor: the element-wise work
+            between matrix products fused): ``"auto"`` (default) on CPUs computing in bfloat16
+            because they are fast at it, kept only where a full batch measures faster at load;
+            ``True`` everywhere (seconds at load, cached on disk across processes); ``False``
+            never. See :mod:`~rerankers_plugins.scorers._compile`.
         **load: how the checkpoint is fetched and built (``revision``, ``local_files_only``, ...),
             as for :class:`~rerankers_plugins.CrossEncoderScorer`.
 
@@ -283,7 +284,14 @@ class PolyEncoderScorer(LocalScorer):
         self._pad = int(self._tokenizer.pad_token_id or 0)
         self._doc_truncation = TruncationReport(f"PolyEncoderScorer({self.model!r}) documents")
         self.cache = DocumentEmbeddingCache(
-            model_key(root, ckpt.digest, self.max_length, str(self.dtype), prefix="poly-"),
+            model_key(
+                root,
+                ckpt.digest,
+                self.max_length,
+                str(self.dtype),
+                *load_settings(ckpt.options),
+                prefix="poly-",
+            ),
             max_bytes=cache_bytes,
             directory=cache_dir,
         )

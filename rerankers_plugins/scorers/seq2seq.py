@@ -119,10 +119,11 @@ class Seq2SeqScorer(LocalScorer):
             :class:`~rerankers_plugins.CrossEncoderScorer`.
         document_template: what the model reads of each candidate, as for
             :class:`~rerankers_plugins.CrossEncoderScorer`.
-        compile: compile the model's transformer blocks at load (inductor, fused and with packed
-            weights): ``"auto"`` (default) where it wins, on CPUs computing in bfloat16 because they
-            are fast at it; ``True`` everywhere (some seconds at load, cached on disk across
-            processes); ``False`` never. See :mod:`~rerankers_plugins.scorers._compile`.
+        compile: compile the model's transformer blocks at load (inductor: the element-wise work
+            between matrix products fused): ``"auto"`` (default) on CPUs computing in bfloat16
+            because they are fast at it, kept only where a full batch measures faster at load;
+            ``True`` everywhere (seconds at load, cached on disk across processes); ``False``
+            never. See :mod:`~rerankers_plugins.scorers._compile`.
         **load: how the checkpoint is fetched and built (``revision``, ``trust_remote_code``, ...),
             as for :class:`~rerankers_plugins.CrossEncoderScorer`.
     """

@@ -126,3 +126,17 @@ def test_evaluation_indexes_the_pool_before_timing(tiny_bi, passages):
     misses = tiny_bi.cache.misses
     tiny_bi.score(QUERY, passages)
     assert tiny_bi.cache.misses == misses
+
+
+def test_load_options_that_change_embeddings_are_another_cache(tiny_bi_dir, tmp_path):
+    plain = BiEncoderScorer(str(tiny_bi_dir), dtype="float32", cache_dir=tmp_path)
+    lowered = BiEncoderScorer(
+        str(tiny_bi_dir), dtype="float32", cache_dir=tmp_path, tokenizer_kwargs={"do_lower_case": False}
+    )
+    assert lowered.cache.model_key != plain.cache.model_key
+
+
+def test_a_cached_vector_does_not_hold_its_whole_batch(tiny_bi, passages):
+    tiny_bi.score(QUERY, passages)
+    stored = tiny_bi.cache.get(tiny_bi.cache.key(passages[0]))
+    assert stored.untyped_storage().nbytes() == stored.numel() * stored.element_size()

@@ -113,10 +113,13 @@ def test_compiled_blocks_score_as_eager_and_compile_only_at_load(kind, tmp_path)
     cls, path, extra = _builders(tmp_path)[kind](tmp_path / "model")
     eager = cls(str(path), dtype="float32", compile=False, **extra)
     assert not eager.compiled.active and eager.compiled.blocks == 0
+    before = counters["stats"]["unique_graphs"]
     compiled = cls(str(path), dtype="float32", compile=True, **extra)
     assert compiled.compiled.active and compiled.compiled.blocks >= 2
     assert compiled.compiled.seconds > 0
     graphs = counters["stats"]["unique_graphs"]
+    # every block was compiled (each has a graph of its own), none left to run eagerly
+    assert graphs - before >= compiled.compiled.blocks
     # requests of shapes the warm-up never saw: one document, many, long and short
     for query, docs in [(QUERY, DOCS), ("another query", DOCS[:1]), (QUERY * 3, [d * 4 for d in DOCS] * 3)]:
         np.testing.assert_allclose(compiled.score(query, docs), eager.score(query, docs), atol=1e-5)
@@ -162,11 +165,13 @@ def test_an_input_the_eager_block_rejects_raises_its_error_and_keeps_compiling()
     holder.layers = layers
     state = _compile.compile_blocks([holder])
     assert state.blocks == 2 and state.active
+    graphs = counters["stats"]["unique_graphs"]
     with torch.inference_mode():
         good = torch.randn(3, 8)
         expected = torch.nn.Sequential(*[torch.nn.Linear(8, 8) for _ in range(2)])
         expected.load_state_dict(model.state_dict())
         torch.testing.assert_close(model(good), expected(good))
+        assert counters["stats"]["unique_graphs"] >= graphs + 2  # both blocks ran compiled
         with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
             model(torch.randn(3, 5))
     assert state.active  # a bad input is not a compile failure
@@ -184,3 +189,20 @@ def test_auto_keeps_compiled_blocks_only_where_they_measure_faster(tiny_ce_dir, 
         assert "measured" in (state.error or "")
     eager = CrossEncoderScorer(str(tiny_ce_dir), compile=False)
     np.testing.assert_allclose(scorer.score(QUERY, DOCS), eager.score(QUERY, DOCS), atol=2e-2)
+
+
+@pytest.mark.slow  # compiles a tiny model and breaks it
+def test_a_failure_while_auto_times_the_blocks_leaves_them_eager(tiny_ce_dir):
+    scorer = CrossEncoderScorer(str(tiny_ce_dir), dtype="float32", compile=True)
+    state = scorer.compiled
+    calls = {"n": 0}
+
+    def run() -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first timed compiled run fails as a broken kernel would
+            state.fall_back(RuntimeError("kernel failed"))
+
+    state.keep_if_faster(run)
+    assert not state.active
+    assert state.error == "RuntimeError: kernel failed"  # not overwritten by a timing verdict
+    assert state.speedup is None
