@@ -22,8 +22,9 @@ eager model rejects too raises the eager model's error.
 load: on a CPU computing in bfloat16 because the CPU is fast at it (AMX-BF16, or AVX512-BF16 where the probe of
 :func:`~rerankers_plugins.scorers._device.cpu_has_fast_bf16` chose it), on Linux with a C++ compiler
 for inductor's kernels. There the eager path leaves the bfloat16 matrix units idle between the
-products; in float32 the eager path is already within a few per cent of the matrix-product ceiling,
-so the seconds of compiling at load are not spent by default (``compile=True`` spends them).
+products; in float32, compiled blocks measured no gain per call on the cross-encoder workload (the
+fused element-wise work cost what the separate operators did: docs/benchmarks.md), so the seconds
+of compiling at load are not spent by default (``compile=True`` spends them).
 """
 
 from __future__ import annotations

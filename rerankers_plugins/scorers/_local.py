@@ -13,7 +13,13 @@ from typing import Any
 
 from rerankers_plugins.errors import BackendError
 from rerankers_plugins.scorers._aio import check_deadline
-from rerankers_plugins.scorers._compile import CompiledBlocks, compile_blocks, resolve_compile
+from rerankers_plugins.scorers._compile import (
+    CompiledBlocks,
+    CompileSetting,
+    check_compile,
+    compile_blocks,
+    resolve_compile,
+)
 from rerankers_plugins.scorers._hf import Checkpoint, load_options
 from rerankers_plugins.scorers._http import OnError, check_on_error
 from rerankers_plugins.scorers._scheduler import (
@@ -62,13 +68,15 @@ class LocalScorer(BaseScorer):
     _scheduler: Scheduler | None = None
     _closed: bool = False
 
-    def _serve(self, deadline: float | None, on_error: str, scheduler: Any) -> None:
+    def _serve(self, deadline: float | None, on_error: str, scheduler: Any, compile: Any) -> None:
         """Record how calls reach the model (the constructors' ``deadline``, ``on_error`` and
-        ``scheduler``); the worker starts with the first call."""
+        ``scheduler``; the worker starts with the first call) and whether its blocks are compiled
+        (``compile``, applied by :meth:`_accelerate` once the model is loaded)."""
         self.deadline = check_deadline(deadline)
         self.on_error = check_on_error(on_error)
         self.scheduler_options = SchedulerOptions.of(scheduler)
         self._scheduler_lock = threading.Lock()
+        self.compile: CompileSetting = check_compile(compile)
         self.compiled = CompiledBlocks()  # none until _accelerate compiles
 
     def _plan(self, query: str, texts: Sequence[str]) -> Plan:
@@ -106,12 +114,12 @@ class LocalScorer(BaseScorer):
             raise late(self.name, self.deadline)
         return left
 
-    def _accelerate(self, setting: Any, *models: Any) -> None:
-        """Compile the transformer blocks of ``models`` where ``compile=`` (``setting``) says so
+    def _accelerate(self, *models: Any) -> None:
+        """Compile the transformer blocks of ``models`` where ``compile=`` says so
         (:mod:`~rerankers_plugins.scorers._compile`), paying the compile now: a batch of one unit
         and one of two units of each kind the scorer computes, run straight to the model (no
         document cache is filled, no request waits for it)."""
-        if not resolve_compile(setting, self.device, self.dtype):
+        if not resolve_compile(self.compile, self.device, self.dtype):
             return
         self.compiled = compile_blocks(models)
 
@@ -126,7 +134,7 @@ class LocalScorer(BaseScorer):
             run(["warm up", "warm up, with a second and longer text"])
 
         self.compiled.warm(warm)
-        if setting == "auto":  # kept only where it measures faster than eager on this machine
+        if self.compile == "auto":  # kept only where it measures faster than eager on this machine
             # a full batch of distinct texts (a document cache would make one unit of equal ones)
             # that fit the window (a truncation warning here would be the scorer's one warning)
             words = max(4, self.max_length // 3)

@@ -19,7 +19,14 @@ from typing import Any, Literal
 from rerankers_plugins._optional import require
 from rerankers_plugins.errors import ConfigError
 
-__all__ = ["CacheDType", "DocumentEmbeddingCache", "load_settings", "model_key"]
+__all__ = [
+    "CacheDType",
+    "DocumentEmbeddingCache",
+    "check_cache_dtype",
+    "load_settings",
+    "model_key",
+    "resolve_cache_dtype",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +40,22 @@ def model_key(root: Path | str, digest: str, *settings: Any, prefix: str = "") -
     where = str(root.resolve()) if isinstance(root, Path) else root
     identity = json.dumps([where, digest, *settings], default=repr, sort_keys=True)
     return prefix + hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+def check_cache_dtype(value: Any) -> None:
+    """ConfigError unless ``cache_dtype=`` is ``"auto"``, ``"float16"`` or ``"float32"``."""
+    if value not in ("auto", "float16", "float32"):
+        raise ConfigError(f"cache_dtype must be 'auto', 'float16' or 'float32', got {value!r}")
+
+
+def resolve_cache_dtype(value: str, dtype: Any) -> CacheDType:
+    """``cache_dtype="auto"`` -> float32 where the encoder computes in float32 (cached vectors are
+    then exactly the fresh ones), float16 where it computes in bfloat16 / float16 (whose values
+    float16 already holds, in half the memory); an explicit choice unchanged."""
+    check_cache_dtype(value)
+    if value == "auto":
+        return "float32" if dtype == require("torch", "colbert").float32 else "float16"
+    return value  # type: ignore[return-value]
 
 
 def load_settings(options: Any) -> list[Any]:

@@ -29,14 +29,21 @@ from typing import Any, Literal, Unpack
 from rerankers_plugins._optional import require
 from rerankers_plugins._validate import as_int
 from rerankers_plugins.errors import ConfigError
-from rerankers_plugins.scorers._compile import CompileSetting, check_compile
+from rerankers_plugins.scorers._compile import CompileSetting
 from rerankers_plugins.scorers._device import DTypeName
 from rerankers_plugins.scorers._hf import LoadKwargs
 from rerankers_plugins.scorers._http import OnError
 from rerankers_plugins.scorers._local import LocalScorer
 from rerankers_plugins.scorers._scheduler import Plan, Unit
 from rerankers_plugins.scorers._tokens import TruncationReport
-from rerankers_plugins.scorers._vectors import CacheDType, DocumentEmbeddingCache, load_settings, model_key
+from rerankers_plugins.scorers._vectors import (
+    CacheDType,
+    DocumentEmbeddingCache,
+    check_cache_dtype,
+    load_settings,
+    model_key,
+    resolve_cache_dtype,
+)
 from rerankers_plugins.templates import TemplateLike, as_template
 from rerankers_plugins.types import ScoreScale
 
@@ -81,11 +88,8 @@ class BiEncoderScorer(LocalScorer):
             :class:`~rerankers_plugins.CrossEncoderScorer`.
         document_template: what the model reads of each candidate, as for
             :class:`~rerankers_plugins.CrossEncoderScorer`.
-        compile: compile the model's transformer blocks at load (inductor: the element-wise work
-            between matrix products fused): ``"auto"`` (default) on CPUs computing in bfloat16
-            because they are fast at it, kept only where a full batch measures faster at load;
-            ``True`` everywhere (seconds at load, cached on disk across processes); ``False``
-            never. See :mod:`~rerankers_plugins.scorers._compile`.
+        compile: whether the model's transformer blocks are compiled at load, as for
+            :class:`~rerankers_plugins.CrossEncoderScorer`.
         **load: how the checkpoint is fetched and built (``revision``, ``trust_remote_code``, ...),
             as for :class:`CrossEncoderScorer`.
     """
@@ -112,13 +116,11 @@ class BiEncoderScorer(LocalScorer):
         compile: CompileSetting = "auto",
         **load: Unpack[LoadKwargs],
     ) -> None:
-        self._serve(deadline, on_error, scheduler)
-        check_compile(compile)
+        self._serve(deadline, on_error, scheduler, compile)
         self.document_template = as_template(document_template)
         as_int(batch_size, "batch_size", minimum=1)
         as_int(cache_bytes, "cache_bytes", minimum=0)
-        if cache_dtype not in ("auto", "float16", "float32"):
-            raise ConfigError(f"cache_dtype must be 'auto', 'float16' or 'float32', got {cache_dtype!r}")
+        check_cache_dtype(cache_dtype)
         for what, value in (("query_prompt", query_prompt), ("document_prompt", document_prompt)):
             if value is not None and not isinstance(value, str):
                 raise ConfigError(f"{what} must be a string or None, got {value!r}")
@@ -148,9 +150,7 @@ class BiEncoderScorer(LocalScorer):
         self.query_prompt = query_prompt if query_prompt is not None else str(prompts.get("query") or "")
         self.document_prompt = document_prompt if document_prompt is not None else _document_prompt(prompts)
         self._truncation = TruncationReport(f"BiEncoderScorer({self.model!r})")
-        if cache_dtype == "auto":
-            cache_dtype = "float32" if self.dtype == self._torch.float32 else "float16"
-        self.cache_dtype: CacheDType = cache_dtype
+        self.cache_dtype: CacheDType = resolve_cache_dtype(cache_dtype, self.dtype)
         key = model_key(
             Path(ckpt.local) if ckpt.local is not None else f"hub:{ckpt.path}",  # no snapshot download
             ckpt.digest,
@@ -162,9 +162,9 @@ class BiEncoderScorer(LocalScorer):
             prefix="bi-",
         )
         self.cache = DocumentEmbeddingCache(
-            key, max_bytes=cache_bytes, directory=cache_dir, dtype=cache_dtype
+            key, max_bytes=cache_bytes, directory=cache_dir, dtype=self.cache_dtype
         )
-        self._accelerate(compile, self._model)
+        self._accelerate(self._model)
 
     def __repr__(self) -> str:
         return (
@@ -233,16 +233,17 @@ class BiEncoderScorer(LocalScorer):
         units += [Unit(t, n, "document") for t, n in zip(todo, lengths, strict=True)]
 
         def finish(outputs: list[Any]) -> list[float]:
-            return self._cosines([outputs[0], *self.cache.complete(keys, found, list(missing), outputs[1:])])
+            return self._cosines(outputs[0], self.cache.complete(keys, found, list(missing), outputs[1:]))
 
         return Plan(units, finish)
 
     def _run_batch(self, kind: str, data: list[Any], owners: list[Hashable]) -> list[Any]:
         return list(self._encode(kind, data))
 
-    def _cosines(self, outputs: list[Any]) -> list[float]:
+    def _cosines(self, query: Any, documents: Sequence[Any]) -> list[float]:
+        """Cosine of the normalised query vector with each normalised document vector."""
         torch = self._torch
         with torch.inference_mode():
-            docs = torch.stack([d.float() for d in outputs[1:]]).to(outputs[0].device)
-            sims = (docs @ outputs[0]).clamp_(-1.0, 1.0)
+            docs = torch.stack([d.float() for d in documents]).to(query.device)
+            sims = (docs @ query).clamp_(-1.0, 1.0)
         return [float(s) for s in sims.tolist()]

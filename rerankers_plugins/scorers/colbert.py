@@ -55,14 +55,21 @@ from rerankers_plugins._validate import as_int
 from rerankers_plugins.errors import BackendError, ConfigError
 from rerankers_plugins.ops.maxsim import maxsim, pad_vectors
 from rerankers_plugins.scorers._colbert_layouts import Layout, detect_layout, load_spec
-from rerankers_plugins.scorers._compile import CompileSetting, check_compile
+from rerankers_plugins.scorers._compile import CompileSetting
 from rerankers_plugins.scorers._device import DTypeName
 from rerankers_plugins.scorers._hf import Checkpoint, LoadKwargs
 from rerankers_plugins.scorers._http import OnError
 from rerankers_plugins.scorers._local import LocalScorer
 from rerankers_plugins.scorers._scheduler import Plan, Unit, compute_units
 from rerankers_plugins.scorers._tokens import TruncationReport, pad_right
-from rerankers_plugins.scorers._vectors import CacheDType, DocumentEmbeddingCache, load_settings, model_key
+from rerankers_plugins.scorers._vectors import (
+    CacheDType,
+    DocumentEmbeddingCache,
+    check_cache_dtype,
+    load_settings,
+    model_key,
+    resolve_cache_dtype,
+)
 from rerankers_plugins.templates import TemplateLike, as_template
 from rerankers_plugins.types import ScoreScale
 
@@ -109,11 +116,8 @@ class ColBERTScorer(LocalScorer):
             :class:`~rerankers_plugins.CrossEncoderScorer`.
         document_template: what the model reads of each candidate, as for
             :class:`~rerankers_plugins.CrossEncoderScorer`.
-        compile: compile the model's transformer blocks at load (inductor: the element-wise work
-            between matrix products fused): ``"auto"`` (default) on CPUs computing in bfloat16
-            because they are fast at it, kept only where a full batch measures faster at load;
-            ``True`` everywhere (seconds at load, cached on disk across processes); ``False``
-            never. See :mod:`~rerankers_plugins.scorers._compile`.
+        compile: whether the model's transformer blocks are compiled at load, as for
+            :class:`~rerankers_plugins.CrossEncoderScorer`.
         **load: how the checkpoint is fetched and built (``revision``, ``local_files_only``, ...),
             as for :class:`~rerankers_plugins.CrossEncoderScorer`.
     """
@@ -142,8 +146,7 @@ class ColBERTScorer(LocalScorer):
         compile: CompileSetting = "auto",
         **load: Unpack[LoadKwargs],
     ) -> None:
-        self._serve(deadline, on_error, scheduler)
-        check_compile(compile)
+        self._serve(deadline, on_error, scheduler, compile)
         self.document_template = as_template(document_template)
         _check_options(query_length, max_length, batch_size, layout, cache_dtype)
         self._torch = require("torch", "colbert")
@@ -183,9 +186,7 @@ class ColBERTScorer(LocalScorer):
         self.dim = int(
             spec.projection[-1].linear.out_features if spec.projection else encoder.config.hidden_size
         )
-        if cache_dtype == "auto":
-            cache_dtype = "float32" if self.dtype == self._torch.float32 else "float16"
-        self.cache_dtype: CacheDType = cache_dtype
+        self.cache_dtype: CacheDType = resolve_cache_dtype(cache_dtype, self.dtype)
         self._special_ids = frozenset(int(i) for i in self._tokenizer.all_special_ids)
         self._doc_truncation = TruncationReport(f"ColBERTScorer({self.model!r}) documents")
         self._query_truncation = TruncationReport(
@@ -214,7 +215,7 @@ class ColBERTScorer(LocalScorer):
             self.device,
             self.dtype,
         )
-        self._accelerate(compile, self._encoder)
+        self._accelerate(self._encoder)
 
     def __repr__(self) -> str:
         return (
@@ -359,5 +360,4 @@ def _check_options(
     as_int(batch_size, "batch_size", minimum=1)
     if layout not in (None, "colbert", "pylate", "plain"):
         raise ConfigError(f"layout must be 'colbert', 'pylate', 'plain' or None, got {layout!r}")
-    if cache_dtype not in ("auto", "float16", "float32"):
-        raise ConfigError(f"cache_dtype must be 'auto', 'float16' or 'float32', got {cache_dtype!r}")
+    check_cache_dtype(cache_dtype)

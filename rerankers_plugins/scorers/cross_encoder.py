@@ -50,7 +50,7 @@ from rerankers_plugins.scorers._ce_layouts import (
     st_logit_score,
 )
 from rerankers_plugins.scorers._ce_loading import CrossEncoderLoading
-from rerankers_plugins.scorers._compile import CompileSetting, check_compile
+from rerankers_plugins.scorers._compile import CompileSetting
 from rerankers_plugins.scorers._device import DTypeName
 from rerankers_plugins.scorers._hf import LoadKwargs
 from rerankers_plugins.scorers._http import OnError
@@ -153,8 +153,8 @@ class CrossEncoderScorer(CrossEncoderLoading):
         **load: Unpack[LoadKwargs],
     ) -> None:
         check_options(activation, batch_size, max_length, runtime, prompt_format, instruction)
-        self._serve(deadline, on_error, scheduler)
-        if check_compile(compile) is True and runtime != "torch":
+        self._serve(deadline, on_error, scheduler, compile)
+        if compile is True and runtime != "torch":
             raise ConfigError(f"compile=True compiles the torch model; runtime={runtime!r} runs ONNX Runtime")
         self.document_template = as_template(document_template)
         self._torch = require("torch", "cross-encoder")
@@ -191,7 +191,7 @@ class CrossEncoderScorer(CrossEncoderLoading):
             self.max_batch_tokens,
         )
         if runtime == "torch":
-            self._accelerate(compile, self._causal.model if self._causal is not None else self._model)
+            self._accelerate(self._causal.model if self._causal is not None else self._model)
         if warmup:
             # One short pair through the whole path: the first user call then pays none of the
             # one-off costs (kernel selection, thread pool start-up, the tokenizer's first call).

@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Literal, Unpack
 from rerankers_plugins._optional import require
 from rerankers_plugins._validate import as_int
 from rerankers_plugins.errors import BackendError, ConfigError
-from rerankers_plugins.scorers._compile import CompileSetting, check_compile
+from rerankers_plugins.scorers._compile import CompileSetting
 from rerankers_plugins.scorers._device import DTypeName
 from rerankers_plugins.scorers._hf import (
     Checkpoint,
@@ -221,11 +221,8 @@ class PolyEncoderScorer(LocalScorer):
             :class:`~rerankers_plugins.CrossEncoderScorer`.
         document_template: what the model reads of each candidate, as for
             :class:`~rerankers_plugins.CrossEncoderScorer`.
-        compile: compile the model's transformer blocks at load (inductor: the element-wise work
-            between matrix products fused): ``"auto"`` (default) on CPUs computing in bfloat16
-            because they are fast at it, kept only where a full batch measures faster at load;
-            ``True`` everywhere (seconds at load, cached on disk across processes); ``False``
-            never. See :mod:`~rerankers_plugins.scorers._compile`.
+        compile: whether the model's transformer blocks are compiled at load, as for
+            :class:`~rerankers_plugins.CrossEncoderScorer`.
         **load: how the checkpoint is fetched and built (``revision``, ``local_files_only``, ...),
             as for :class:`~rerankers_plugins.CrossEncoderScorer`.
 
@@ -255,8 +252,7 @@ class PolyEncoderScorer(LocalScorer):
         compile: CompileSetting = "auto",
         **load: Unpack[LoadKwargs],
     ) -> None:
-        self._serve(deadline, on_error, scheduler)
-        check_compile(compile)
+        self._serve(deadline, on_error, scheduler, compile)
         self.document_template = as_template(document_template)
         as_int(query_length, "query_length", minimum=4)
         as_int(max_length, "max_length", minimum=4, allow_none=True)
@@ -295,7 +291,7 @@ class PolyEncoderScorer(LocalScorer):
             max_bytes=cache_bytes,
             directory=cache_dir,
         )
-        self._accelerate(compile, self._module)
+        self._accelerate(self._module)
 
     def __repr__(self) -> str:
         return (

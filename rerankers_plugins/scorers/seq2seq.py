@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Literal, Unpack
 from rerankers_plugins._optional import require
 from rerankers_plugins._validate import as_int
 from rerankers_plugins.errors import ConfigError
-from rerankers_plugins.scorers._compile import CompileSetting, check_compile
+from rerankers_plugins.scorers._compile import CompileSetting
 from rerankers_plugins.scorers._device import DTypeName, resolve_dtype
 from rerankers_plugins.scorers._hf import LoadKwargs
 from rerankers_plugins.scorers._http import OnError
@@ -119,11 +119,8 @@ class Seq2SeqScorer(LocalScorer):
             :class:`~rerankers_plugins.CrossEncoderScorer`.
         document_template: what the model reads of each candidate, as for
             :class:`~rerankers_plugins.CrossEncoderScorer`.
-        compile: compile the model's transformer blocks at load (inductor: the element-wise work
-            between matrix products fused): ``"auto"`` (default) on CPUs computing in bfloat16
-            because they are fast at it, kept only where a full batch measures faster at load;
-            ``True`` everywhere (seconds at load, cached on disk across processes); ``False``
-            never. See :mod:`~rerankers_plugins.scorers._compile`.
+        compile: whether the model's transformer blocks are compiled at load, as for
+            :class:`~rerankers_plugins.CrossEncoderScorer`.
         **load: how the checkpoint is fetched and built (``revision``, ``trust_remote_code``, ...),
             as for :class:`~rerankers_plugins.CrossEncoderScorer`.
     """
@@ -152,8 +149,7 @@ class Seq2SeqScorer(LocalScorer):
         compile: CompileSetting = "auto",
         **load: Unpack[LoadKwargs],
     ) -> None:
-        self._serve(deadline, on_error, scheduler)
-        check_compile(compile)
+        self._serve(deadline, on_error, scheduler, compile)
         self.document_template = as_template(document_template)
         if variant not in TEMPLATES:
             raise ConfigError(f"variant must be 'monot5' or 'rankt5', got {variant!r}")
@@ -210,7 +206,7 @@ class Seq2SeqScorer(LocalScorer):
         self._ids: tuple[int, ...] = self._answer_ids(true_token, false_token, score_token)
         self._truncation = TruncationReport(f"Seq2SeqScorer({self.model!r})")
         logger.debug("loaded %s model %s on %s as %s", variant, model, self.device, self.dtype)
-        self._accelerate(compile, self._model)
+        self._accelerate(self._model)
 
     def _precision(self, dtype: str, device: str) -> Any:
         """:func:`resolve_dtype`, but float32 where it would pick float16 ("auto" on a CUDA device
